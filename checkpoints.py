@@ -1,0 +1,46 @@
+"""The one checkpoint format: a plain dict of tensors and Python primitives.
+
+Plain dicts load with `torch.load(..., weights_only=True)`, which refuses to unpickle
+arbitrary objects, so a checkpoint from someone else cannot run code on your machine.
+`map_location` makes a checkpoint saved on CUDA load on CPU and back.
+
+Keys: format, model {name, arch_args}, model_state, optimizer_state, scheduler_state,
+epoch (completed), epochs (planned), schedule_start_epoch, history (one dict per epoch),
+rng (torch and CUDA generator states), config (the run's arguments).
+"""
+import os
+import pickle
+import zipfile
+
+import torch
+
+FORMAT = "kd-cifar10/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or not one of ours."""
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a crash mid-write leaves the previous file intact."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"format": FORMAT, **ckpt}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as e:
+        # weights_only errors are long; the line naming the refused object is the useful one.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0])
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (format {FORMAT})")
+    return ckpt

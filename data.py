@@ -1,0 +1,203 @@
+"""CIFAR-10 as uint8 tensors, a fixed validation split, and a loader that augments whole
+batches with tensor ops on the training device.
+
+The images are decoded once and cached (in the project's ignored `.cache/`, never in the
+data root); after that a run starts in about a second and no PIL work happens in training.
+"""
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+from tqdm import tqdm
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+# Decoded-tensor cache; KD_CACHE_DIR moves it (the tests point it at a temporary folder).
+CACHE_DIR = Path(os.environ.get("KD_CACHE_DIR", Path(__file__).resolve().parent / ".cache"))
+VAL_SIZE = 5000  # images held out of the 50k training set for every choice made in training
+VAL_SEED = 0  # fixed, independent of --seed: every run validates on the same images
+CROP_PADDING = 4  # pixels of zero padding before the random 32x32 crop
+
+
+class DataError(ValueError):
+    """The data root is missing, empty, or not CIFAR-10."""
+
+
+def default_data_root():
+    return os.environ.get("CIFAR10_ROOT", "./data")
+
+
+def load_cifar10(root, cache_dir=CACHE_DIR):
+    """Return {"train_images", "train_labels", "test_images", "test_labels"}: uint8 NCHW images
+    and int64 labels, from torchvision's layout or an ImageFolder root (train/ and test/)."""
+    root = Path(root).expanduser()
+    layout = _detect_layout(root)
+    if layout is None:
+        _download_or_fail(root)
+        layout = "torchvision"
+    fingerprint = _fingerprint(root, layout)
+    cache = Path(cache_dir) / f"cifar10-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]}.pt"
+    if cache.is_file():
+        try:
+            cached = torch.load(cache, weights_only=True)
+            if cached.get("fingerprint") == fingerprint:
+                return cached["data"]
+        except Exception:  # a stale or truncated cache is rebuilt, never trusted
+            pass
+    data = _decode_torchvision(root) if layout == "torchvision" else _decode_image_folder(root)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"fingerprint": fingerprint, "data": data}, tmp)
+    os.replace(tmp, cache)
+    return data
+
+
+def _detect_layout(root):
+    if (root / "cifar-10-batches-py").is_dir():
+        return "torchvision"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "imagefolder"
+    return None
+
+
+def _download_or_fail(root):
+    existed = root.exists()
+    try:
+        torchvision.datasets.CIFAR10(root, train=True, download=True)
+    except Exception as e:  # no network, a proxy, a full disk: all end in the same advice
+        if not existed and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        raise DataError(
+            f"no CIFAR-10 at {root.resolve()} (looked for {root}/cifar-10-batches-py/ and for "
+            f"{root}/train/<class>/ + {root}/test/<class>/) and the download failed "
+            f"({type(e).__name__}). Fix: pass --data-root (or set CIFAR10_ROOT) to a folder "
+            f"with either layout, e.g. ../shared/data/cifar10-jpeg, or run once where "
+            f"torchvision can download CIFAR-10 into {root}") from None
+
+
+def _fingerprint(root, layout):
+    """Cheap identity of the data on disk: names, sizes and mtimes of its top folders/files."""
+    if layout == "torchvision":
+        entries = sorted((root / "cifar-10-batches-py").iterdir())
+    else:
+        entries = sorted(p for split in ("train", "test") for p in (root / split).iterdir())
+    return [(p.name, p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns) for p in entries]
+
+
+def _decode_torchvision(root):
+    data = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = torchvision.datasets.CIFAR10(root, train=train, download=False)
+        except RuntimeError as e:
+            raise DataError(f"{root}/cifar-10-batches-py is incomplete or corrupted ({e})") from None
+        data[f"{split}_images"] = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        data[f"{split}_labels"] = torch.tensor(ds.targets, dtype=torch.int64)
+    return data
+
+
+def _decode_image_folder(root):
+    data = {}
+    for split in ("train", "test"):
+        folder = root / split
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if found != list(CLASSES):
+            raise DataError(f"{folder} must hold one folder per CIFAR-10 class {list(CLASSES)}; "
+                            f"found {found}")
+        try:
+            samples = torchvision.datasets.ImageFolder(folder).samples
+        except FileNotFoundError as e:
+            raise DataError(f"{folder}: {e}") from None
+        images = np.empty((len(samples), 32, 32, 3), dtype=np.uint8)
+        for i, (path, _) in enumerate(tqdm(samples, desc=f"decoding {split}", unit="img",
+                                           leave=False, mininterval=1.0)):
+            try:
+                with Image.open(path) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+            except (OSError, SyntaxError, ValueError):  # what PIL raises for a broken file
+                raise DataError(f"cannot decode image {path}") from None
+            if pixels.shape != (32, 32, 3):
+                raise DataError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]}, CIFAR-10 "
+                                f"images are 32x32")
+            images[i] = pixels
+        data[f"{split}_images"] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        data[f"{split}_labels"] = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    return data
+
+
+def split_train_val(data, train_subset=None):
+    """Hold out a fixed validation split of the training set; optionally keep only the first
+    `train_subset` of the remaining training images. Returns (train, val) as (images, labels)."""
+    n = len(data["train_labels"])
+    val_size = min(VAL_SIZE, n // 10)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    pick = lambda idx: (data["train_images"][idx], data["train_labels"][idx])  # noqa: E731
+    return pick(train_idx), pick(val_idx)
+
+
+def random_crop(images, padding, generator):
+    """Per-image random translation: zero-pad, then gather a 32x32 window at random offsets."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    dev = images.device
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    return padded[torch.arange(b, device=dev)[:, None, None, None],
+                  torch.arange(c, device=dev)[None, :, None, None], rows, cols]
+
+
+def random_flip(images, generator):
+    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class BatchLoader:
+    """Batches of (float images in [0, 1], labels) from uint8 tensors held on `device`.
+
+    Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a given
+    epoch yields the same batches whether or not the run was interrupted before it.
+    """
+
+    def __init__(self, images, labels, batch_size, device="cpu", shuffle=False, augment=False,
+                 seed=0, drop_last=False, max_batches=None, channels_last=False):
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.batch_size = batch_size
+        self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        # drop_last keeps a ragged last batch (e.g. of 1 image) from upsetting BatchNorm.
+        n = len(self.labels)
+        self.num_batches = n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+        if max_batches is not None:
+            self.num_batches = min(self.num_batches, max_batches)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.num_batches
+
+    def __iter__(self):
+        generator = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        order = (torch.randperm(n, generator=generator, device=self.device) if self.shuffle
+                 else torch.arange(n, device=self.device))
+        for i in range(self.num_batches):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.augment:
+                images = random_flip(random_crop(images, CROP_PADDING, generator), generator)
+            images = images.float().div_(255).contiguous(memory_format=self.memory_format)
+            yield images, self.labels[idx]

@@ -1,0 +1,42 @@
+"""Figures: training curves of a run, and a grid of sample images."""
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed (CI, SSH sessions)
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def plot_curves(history, path, title):
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    df = pd.DataFrame(history)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style in (("train", "-"), ("val", "--")):
+        ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, marker="o", ms=3, label=split)
+        ax_acc.plot(df["epoch"], df[f"{split}_acc"], style, marker="o", ms=3, label=split)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if "train_kd" not in df else "loss",
+                title=f"{title}: loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save(fig, path)
+
+
+def plot_samples(images, labels, class_names, path):
+    """A row of uint8 CHW images with their class names."""
+    fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.7))
+    for ax, image, label in zip(axes, images, labels):
+        ax.imshow(image.permute(1, 2, 0).numpy())
+        ax.set_title(class_names[int(label)], fontsize=8)
+        ax.axis("off")
+    save(fig, path)
+
+
+def save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

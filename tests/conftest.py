@@ -1,0 +1,86 @@
+"""Shared fixtures: small synthetic CIFAR-10 look-alikes made on the spot, in both layouts."""
+import os
+import pickle
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# Decoded-data caches of the synthetic sets go to a temporary folder, not the project's .cache.
+os.environ["KD_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd-test-cache-")
+
+from data import CLASSES  # noqa: E402
+
+# One colour per class: a small CNN separates these in an epoch or two, so a training
+# run on them must reach high accuracy.
+PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                        [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+                        [128, 128, 0], [0, 0, 128]], dtype=torch.float32)
+
+
+def synthetic_images(n_per_class, seed):
+    """uint8 NCHW images whose colour says their class, with noise and a random bright square
+    (so crops and flips change them), plus their int64 labels."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(10).repeat_interleave(n_per_class)
+    images = PALETTE[labels][:, :, None, None] + 40 * torch.randn(len(labels), 3, 32, 32, generator=g)
+    for i in range(len(labels)):
+        y, x = torch.randint(0, 24, (2,), generator=g).tolist()
+        images[i, :, y:y + 8, x:x + 8] = 255
+    return images.clamp(0, 255).to(torch.uint8), labels
+
+
+def write_image_folder(root, n_train=12, n_test=4, ext="png", seed=0):
+    """An ImageFolder root (train/<class>/, test/<class>/); returns the images written."""
+    written = {}
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = synthetic_images(n, s)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = Path(root) / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{i:05d}.{ext}"
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, quality=95)
+        written[split] = (images, labels)
+    return written
+
+
+def write_torchvision_layout(root, n_train=10, n_test=4, seed=0):
+    """torchvision's cifar-10-batches-py pickles (5 train batches + test batch + meta)."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    written = {}
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = synthetic_images(n, s)
+        written[split] = (images, labels)
+        rows = images.reshape(len(images), -1).numpy()  # CIFAR's rows: R, G, B planes of 32x32
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        for chunk, name in zip(np.array_split(np.arange(len(images)), len(names)), names):
+            with open(folder / name, "wb") as f:
+                pickle.dump({"data": rows[chunk], "labels": labels[chunk].tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(CLASSES)}, f)
+    return written
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """A 30-per-class PNG ImageFolder root, shared by the CLI tests (read-only)."""
+    root = tmp_path_factory.mktemp("cifar_png")
+    write_image_folder(root, n_train=30, n_test=5)
+    return root
+
+
+def run_script(script, *flags, check=True):
+    """Run a script from the shell as a user would; returns the CompletedProcess."""
+    import subprocess
+    proc = subprocess.run([sys.executable, script, *map(str, flags)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc

@@ -1,0 +1,156 @@
+import pytest
+import torch
+import torchvision
+
+import data
+from conftest import write_image_folder, write_torchvision_layout
+from data import BatchLoader, DataError, load_cifar10, random_crop, split_train_val
+
+
+def test_image_folder_layout_decodes_exactly(tmp_path):
+    written = write_image_folder(tmp_path / "root", n_train=3, n_test=2)
+    loaded = load_cifar10(tmp_path / "root", cache_dir=tmp_path / "cache")
+    for split in ("train", "test"):
+        images, labels = written[split]
+        assert loaded[f"{split}_images"].dtype == torch.uint8
+        assert loaded[f"{split}_images"].shape == (len(labels), 3, 32, 32)
+        # ImageFolder sorts by class then file name, as written: PNG is lossless.
+        assert torch.equal(loaded[f"{split}_images"], images)
+        assert torch.equal(loaded[f"{split}_labels"], labels)
+
+
+def test_jpeg_image_folder_decodes(tmp_path):
+    write_image_folder(tmp_path / "root", n_train=2, n_test=1, ext="jpg")
+    loaded = load_cifar10(tmp_path / "root", cache_dir=tmp_path / "cache")
+    assert loaded["train_images"].shape == (20, 3, 32, 32)
+
+
+def test_torchvision_layout(tmp_path, monkeypatch):
+    # Real CIFAR-10 files pass torchvision's md5 check; synthetic ones cannot.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    written = write_torchvision_layout(tmp_path / "root", n_train=10, n_test=3)
+    loaded = load_cifar10(tmp_path / "root", cache_dir=tmp_path / "cache")
+    for split in ("train", "test"):
+        assert torch.equal(loaded[f"{split}_images"], written[split][0])
+        assert torch.equal(loaded[f"{split}_labels"], written[split][1])
+
+
+def test_cache_is_reused_and_kept_out_of_the_data_root(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    write_image_folder(root, n_train=2, n_test=1)
+    before = sorted(p for p in root.rglob("*"))
+    first = load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert sorted(p for p in root.rglob("*")) == before
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again despite the cache")
+    monkeypatch.setattr(data, "_decode_image_folder", no_decoding)
+    second = load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert torch.equal(first["train_images"], second["train_images"])
+
+
+def test_missing_root_names_where_it_looked_and_both_fixes(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    with pytest.raises(DataError) as e:
+        load_cifar10(tmp_path / "nothing", cache_dir=tmp_path / "cache")
+    message = str(e.value)
+    assert "cifar-10-batches-py" in message and "train/<class>" in message
+    assert "--data-root" in message and "download" in message
+    assert not (tmp_path / "nothing").exists()  # a failed download leaves no empty folder
+
+
+def test_wrong_class_folders(tmp_path):
+    root = tmp_path / "root"
+    write_image_folder(root, n_train=1, n_test=1)
+    (root / "train" / "cat").rename(root / "train" / "kitten")
+    with pytest.raises(DataError, match="kitten"):
+        load_cifar10(root, cache_dir=tmp_path / "cache")
+
+
+def test_unreadable_image_is_named(tmp_path):
+    root = tmp_path / "root"
+    write_image_folder(root, n_train=1, n_test=1)
+    bad = root / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        load_cifar10(root, cache_dir=tmp_path / "cache")
+
+
+def fake_data(n=200):
+    images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 32, 32)
+    return {"train_images": images.clone(), "train_labels": torch.arange(n) % 10}
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    d = fake_data(200)
+    (train_x, _), (val_x, _) = split_train_val(d)
+    (train_x2, _), (val_x2, _) = split_train_val(d)
+    assert torch.equal(val_x, val_x2) and len(val_x) == 20 and len(train_x) == 180
+    train_ids, val_ids = set(train_x[:, 0, 0, 0].tolist()), set(val_x[:, 0, 0, 0].tolist())
+    assert not train_ids & val_ids and len(train_ids | val_ids) == 200
+    (subset_x, subset_y), (val_x3, _) = split_train_val(d, train_subset=50)
+    assert len(subset_y) == 50 and torch.equal(val_x3, val_x)
+    assert torch.equal(subset_x, train_x[:50])
+
+
+def test_random_crop_matches_per_image_slicing():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    cropped = random_crop(images, 4, g)
+    g = torch.Generator().manual_seed(0)
+    dy, dx = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(16):
+        assert torch.equal(cropped[i], padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32])
+
+
+def test_loader_batches_shapes_dtypes_and_labels_follow_images():
+    # Each image is filled with its own index, so after any crop/flip its centre still says
+    # which image it is, and the label must be that image's label.
+    n = 100
+    images = torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(n, 3, 32, 32).clone()
+    labels = torch.randint(0, 10, (n,))
+    loader = BatchLoader(images, labels, 32, shuffle=True, augment=True, seed=1, drop_last=True)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3
+    seen = []
+    for x, y in batches:
+        assert x.dtype == torch.float32 and x.shape == (32, 3, 32, 32) and y.dtype == torch.int64
+        assert 0 <= x.min() and x.max() <= 1
+        ids = (x[:, 0, 16, 16] * 255).round().long()
+        assert torch.equal(y, labels[ids])
+        seen += ids.tolist()
+    assert len(set(seen)) == 96  # a permutation: no image twice in an epoch
+
+
+def test_augmentation_changes_images_but_not_their_content():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    loader = BatchLoader(images, torch.zeros(64, dtype=torch.long), 64, augment=True)
+    x, _ = next(iter(loader))
+    changed = (x * 255).round().to(torch.uint8) != images
+    assert changed.flatten(1).any(1).float().mean() > 0.8
+
+
+def test_same_seed_same_batches_other_epoch_other_order():
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(64)
+    make = lambda seed: BatchLoader(images, labels, 16, shuffle=True, augment=True, seed=seed)  # noqa: E731
+    a, b, c = make(3), make(3), make(4)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(next(iter(a))[1], next(iter(c))[1])
+    first = next(iter(a))[1]
+    a.set_epoch(1)
+    assert not torch.equal(first, next(iter(a))[1])
+
+
+def test_loader_max_batches_and_ragged_batches():
+    images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
+    labels = torch.zeros(10, dtype=torch.long)
+    assert [len(y) for _, y in BatchLoader(images, labels, 4)] == [4, 4, 2]
+    assert [len(y) for _, y in BatchLoader(images, labels, 4, drop_last=True)] == [4, 4]
+    assert [len(y) for _, y in BatchLoader(images, labels, 16, drop_last=True)] == [10]
+    assert len(list(BatchLoader(images, labels, 2, max_batches=2))) == 2

@@ -1,0 +1,124 @@
+import argparse
+
+import pytest
+import torch
+
+import engine
+import losses
+from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from engine import lr_factor
+
+
+def parse(image_folder, tmp_path, *flags, name="student"):
+    parser = argparse.ArgumentParser()
+    engine.add_common_args(parser, out=str(tmp_path / f"{name}.pt"), epochs=3, batch_size=32,
+                           lr=0.05, optimizer="sgd", schedule="onecycle")
+    return parser.parse_args(["--data-root", str(image_folder), "--plots-dir",
+                              str(tmp_path / "plots"), *map(str, flags)])
+
+
+def train(args, loss_fn=losses.cross_entropy):
+    args, device, splits, ckpt = engine.prepare_run(args, "student")
+    return engine.fit("student", loss_fn, args, device, splits, ckpt)
+
+
+def test_training_learns_a_learnable_set(image_folder, tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 6))
+    history = load_checkpoint(tmp_path / "student.pt")["history"]
+    assert history[-1]["val_acc"] >= 90 and history[-1]["train_acc"] >= 90
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def interrupt_after(steps):
+    calls = {"n": 0}
+
+    def loss_fn(logits, labels, images):
+        calls["n"] += 1
+        if calls["n"] > steps:
+            raise KeyboardInterrupt
+        return losses.cross_entropy(logits, labels, images)
+    return loss_fn
+
+
+def test_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
+    full = train(parse(image_folder, tmp_path / "a", "--epochs", 3))
+    args = parse(image_folder, tmp_path / "b", "--epochs", 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(args, interrupt_after(8 + 3))  # 270 images / 32 = 8 steps per epoch: mid-epoch 2
+    assert load_checkpoint(tmp_path / "b" / "student.pt")["epoch"] == 1
+    resumed = train(parse(image_folder, tmp_path / "b", "--resume"))
+    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+    history_a = load_checkpoint(tmp_path / "a" / "student.pt")["history"]
+    history_b = load_checkpoint(tmp_path / "b" / "student.pt")["history"]
+    timeless = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h]  # noqa: E731
+    assert timeless(history_a) == timeless(history_b)
+
+
+def test_resume_takes_the_recipe_from_the_checkpoint(image_folder, tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--lr", 0.01))
+    args, *_ = engine.prepare_run(parse(image_folder, tmp_path, "--resume", "--lr", 0.5), "student")
+    assert args.lr == 0.01 and args.epochs == 1
+
+
+def test_extending_a_finished_run_starts_a_fresh_cycle(image_folder, tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 1))
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    ckpt = load_checkpoint(tmp_path / "student.pt")
+    assert ckpt["epoch"] == 2 and ckpt["schedule_start_epoch"] == 1
+    assert [r["epoch"] for r in ckpt["history"]] == [1, 2]
+    assert ckpt["history"][1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the new cycle ended too
+
+
+def test_interrupted_run_must_finish_before_it_is_extended(image_folder, tmp_path):
+    args = parse(image_folder, tmp_path, "--epochs", 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(args, interrupt_after(10))
+    with pytest.raises(engine.UserError, match="--epochs 3"):
+        engine.prepare_run(parse(image_folder, tmp_path, "--resume", "--epochs", 5), "student")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--schedule", "constant"))
+    before = load_checkpoint(tmp_path / "student.pt")
+
+    def explode(logits, labels, images):
+        return {"loss": losses.cross_entropy(logits, labels)["loss"] * float("nan")}
+    with pytest.raises(engine.UserError, match="non-finite loss .* step 1 of epoch 2"):
+        train(parse(image_folder, tmp_path, "--resume", "--epochs", 2), explode)
+    after = load_checkpoint(tmp_path / "student.pt")
+    assert after["epoch"] == 1
+    assert all(torch.equal(before["model_state"][k], v) for k, v in after["model_state"].items())
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path):
+    ckpt = {"model": {"name": "student", "arch_args": {"widths": [8, 16]}},
+            "model_state": {"w": torch.randn(3)}, "epoch": 2, "config": {"lr": 0.1, "x": None}}
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(loaded["model_state"]["w"], ckpt["model_state"]["w"])
+    assert loaded["config"] == ckpt["config"] and loaded["epoch"] == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_bad_checkpoint_files_are_rejected_clearly(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"something": "else"}, path)  # a valid torch file, but not ours
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="bad.pt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_onecycle_schedule_shape():
+    lrs = [lr_factor(s, 10, 0, 10, "onecycle", 0.2) for s in range(100)]
+    peak = max(range(100), key=lrs.__getitem__)
+    assert 18 <= peak <= 20 and lrs[0] > 0 and lrs[-1] < 0.02 and max(lrs) <= 1.0
+    assert all(a <= b for a, b in zip(lrs[:peak], lrs[1:peak + 1]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert lr_factor(150, 10, 10, 20, "onecycle", 0.2) > 0.5  # extension: a second cycle
+    assert lr_factor(7, 10, 0, 10, "constant", 0.2) == 1.0

@@ -99,7 +99,8 @@ def record_paths(out):
     """Run records are named after the checkpoint, so runs sharing a folder never collide."""
     out = Path(out)
     stem = out.with_suffix("")
-    return {"config": Path(f"{stem}.config.json"), "metrics": Path(f"{stem}.metrics.csv")}
+    return {"config": Path(f"{stem}.config.json"), "metrics": Path(f"{stem}.metrics.csv"),
+            "test": Path(f"{stem}.test.json")}
 
 
 def git_commit():
@@ -122,10 +123,10 @@ def lr_factor(step, steps_per_epoch, start_epoch, epochs, schedule, warmup):
     """LR multiplier at optimizer `step`; the schedule spans epochs [start_epoch, epochs)."""
     if schedule == "constant":
         return 1.0
-    total = (epochs - start_epoch) * steps_per_epoch
-    t = (step - start_epoch * steps_per_epoch) / max(total, 1)
+    total = max((epochs - start_epoch) * steps_per_epoch, 1)
+    t = (step - start_epoch * steps_per_epoch) / total
     if t < warmup:
-        return (t + 1 / max(total, 1)) / warmup  # first step already at a small non-zero LR
+        return min(1.0, (t + 1 / total) / warmup)  # the first step at a small non-zero LR
     return max(0.0, (1 - t) / (1 - warmup))
 
 
@@ -180,14 +181,15 @@ def evaluate(model, loader, device):
         loss += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    return {"loss": float(loss) / seen, "acc": 100.0 * int(correct) / seen}
+    return {"loss": float(loss) / seen, "acc": 100.0 * int(correct) / seen, "images": seen}
 
 
-def prepare_run(args, model_name):
+def prepare_run(args, model_name, recipe_keys=()):
     """Validate the flags, decide fresh start / resume / extension, and load the data.
 
-    Returns (args, device, data splits, checkpoint or None). Every rejection happens here,
-    before anything is written.
+    `recipe_keys` names a script's own flags that, like RECIPE_KEYS, define the run and are
+    restored from the checkpoint on --resume. Returns (args, device, data splits, checkpoint
+    or None). Every rejection happens here, before anything is written.
     """
     check_args(args)
     device = select_device(args.device)
@@ -198,7 +200,7 @@ def prepare_run(args, model_name):
         if ckpt["model"]["name"] != model_name:
             raise UserError(f"{out} holds a {ckpt['model']['name']} run; this script trains "
                             f"the {model_name}")
-        for key in RECIPE_KEYS:
+        for key in RECIPE_KEYS + tuple(recipe_keys):
             setattr(args, key, ckpt["config"][key])
         done, planned = ckpt["epoch"], ckpt["epochs"]
         if args.epochs is None:
@@ -305,17 +307,32 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                    f"acc {train['acc']:.2f}%  val loss {val['loss']:.4f} acc {val['acc']:.2f}%  "
                    f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
                    f"{row['images_per_second']:.0f} img/s")
+    # The test set is touched once, after training, for the final number only.
+    test_loader = BatchLoader(*splits["test"], 1000, device, max_batches=max_batches,
+                              channels_last=True)
+    test = evaluate(model, test_loader, device)
+    write_json(paths["test"], {"epoch": args.epochs, "test_loss": test["loss"],
+                               "test_acc": test["acc"], "test_images": test["images"]})
+    print(f"{name} test loss {test['loss']:.4f} acc {test['acc']:.2f}% "
+          f"({test['images']:,} test images) -> {paths['test']}")
     return model.eval()
 
 
 def write_records(paths, config, history):
     """Config JSON and metrics CSV, rewritten whole from the checkpoint's history each epoch,
     so they always agree with the checkpoint beside them."""
-    for path, text in ((paths["config"], json.dumps(config, indent=2)),
-                       (paths["metrics"], pd.DataFrame(history).to_csv(index=False))):
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    write_json(paths["config"], config)
+    write_text(paths["metrics"], pd.DataFrame(history).to_csv(index=False))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text(path, text):
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _raise_interrupt(signum, frame):

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from checkpoints import CheckpointError, load_checkpoint
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SHAPE = (3, 32, 32)
@@ -112,12 +114,18 @@ def model_spec(model):
     return {"name": name, "arch_args": model.arch_args}
 
 
-def load_model(path, device="cpu"):
-    """Rebuild a model from a checkpoint file alone and return it in eval mode on `device`."""
-    from checkpoints import load_checkpoint  # local import: checkpoints.py imports nothing of ours
+def load_model(path, device="cpu", kind=None):
+    """Rebuild a model from a checkpoint file alone and return it in eval mode on `device`.
+    With `kind` ("teacher" or "student"), a checkpoint of the other kind is refused."""
+    return model_from_checkpoint(load_checkpoint(path, map_location=device), path, device, kind)
 
-    ckpt = load_checkpoint(path, map_location=device)
-    model = build_model(ckpt["model"]["name"], ckpt["model"]["arch_args"])
+
+def model_from_checkpoint(ckpt, path, device="cpu", kind=None):
+    """The model of an already loaded checkpoint (`path` is for messages)."""
+    name = ckpt["model"]["name"]
+    if kind is not None and name != kind:
+        raise CheckpointError(f"{path} holds a {name}, not a {kind}")
+    model = build_model(name, ckpt["model"]["arch_args"])
     model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval()
 

@@ -1,4 +1,5 @@
-"""Figures: training curves of a run, and a grid of sample images."""
+"""Figures: training curves of a run, the students compared, and sample images."""
+import json
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +19,33 @@ def plot_curves(history, path, title):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if "train_kd" not in df else "loss",
                 title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    save(fig, path)
+
+
+def plot_compare(runs_dir, path):
+    """Validation accuracy and loss per epoch of every student variant with a run in
+    `runs_dir`: the mean over its seeds, with a band of +-1 std where there are several."""
+    runs = {}
+    for metrics in sorted(Path(runs_dir).glob("student_*.metrics.csv")):
+        config = Path(str(metrics).replace(".metrics.csv", ".config.json"))
+        if config.is_file():
+            variant = json.loads(config.read_text())["loss"]
+            runs.setdefault(variant, []).append(pd.read_csv(metrics))
+    if not runs:
+        return
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for variant, frames in sorted(runs.items()):
+        for ax, column in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
+            per_epoch = pd.concat(frames).groupby("epoch")[column]
+            mean, std = per_epoch.mean(), per_epoch.std().fillna(0)
+            line, = ax.plot(mean.index, mean, marker="o", ms=3,
+                            label=f"{variant} ({len(frames)} run{'s' * (len(frames) > 1)})")
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2, color=line.get_color())
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="students: validation loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="students: validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

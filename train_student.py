@@ -1,5 +1,56 @@
-"""Not yet: this stage arrives with issue 3 (see the issue tracker)."""
-import sys
+"""Train the 2-conv StudentNet: distilled from the teacher (kd+ce), from the teacher's soft
+targets alone (kd), or alone on the labels (ce).
+
+    python train_student.py --loss kd+ce     # -> checkpoints/student_kd+ce_seed0.pt
+    python train_student.py --loss kd
+    python train_student.py --loss ce        # the baseline: no teacher
+"""
+import argparse
+from pathlib import Path
+
+import torch
+
+import engine
+import losses
+import plotting
+from checkpoints import load_checkpoint
+from models import model_from_checkpoint
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loss", choices=losses.STUDENT_LOSSES, default="kd+ce",
+                        help="kd+ce: alpha*KD + (1-alpha)*CE; kd: KD alone; ce: no teacher "
+                             "(default: kd+ce)")
+    parser.add_argument("--temperature", type=float, default=4.0,
+                        help="softmax temperature T of the KD term (default: 4)")
+    parser.add_argument("--alpha", type=float, default=0.9,
+                        help="weight of the KD term in kd+ce (default: 0.9)")
+    parser.add_argument("--teacher", default="checkpoints/teacher.pt",
+                        help="teacher checkpoint (default: checkpoints/teacher.pt)")
+    engine.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=15,
+                           batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle")
+    args = parser.parse_args()
+    try:
+        losses.check_kd_args(args.temperature, args.alpha)
+    except ValueError as e:
+        raise engine.UserError(f"--{e}") from None
+    args.out = args.out.replace("<loss>", args.loss).replace("<seed>", str(args.seed))
+    args, device, splits, ckpt = engine.prepare_run(
+        args, "student", recipe_keys=("loss", "temperature", "alpha", "teacher"))
+    teacher = None
+    if args.loss != "ce":
+        teacher_ckpt = load_checkpoint(args.teacher, map_location=device)
+        if teacher_ckpt["epoch"] < teacher_ckpt["epochs"]:
+            raise engine.UserError(
+                f"{args.teacher} is an unfinished run (epoch {teacher_ckpt['epoch']} of "
+                f"{teacher_ckpt['epochs']}); finish it with train_teacher.py --resume")
+        teacher = model_from_checkpoint(teacher_ckpt, args.teacher, device, kind="teacher")
+        teacher.requires_grad_(False).to(memory_format=torch.channels_last)
+    loss_fn = losses.student_loss(args.loss, teacher, args.temperature, args.alpha)
+    engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({args.loss})")
+    plotting.plot_compare(Path(args.out).parent, Path(args.plots_dir) / "students_compare.png")
+
 
 if __name__ == "__main__":
-    sys.exit("train_student.py: not yet implemented (issue 3)")
+    engine.run_cli(main)

@@ -1,0 +1,92 @@
+"""train_student.py: the teacher is left untouched, and the variants differ by the loss alone."""
+import argparse
+
+import pytest
+import torch
+
+import engine
+import losses
+from conftest import run_script
+from models import load_model
+
+
+@pytest.fixture(scope="module")
+def teacher_path(image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
+               "--plots-dir", out.parent)
+    return out
+
+
+def run_variant(kind, teacher, image_folder, out, record):
+    parser = argparse.ArgumentParser()
+    engine.add_common_args(parser, out=str(out), epochs=1, batch_size=64, lr=0.05,
+                           optimizer="sgd", schedule="onecycle")
+    args = parser.parse_args(["--data-root", str(image_folder), "--plots-dir", str(out.parent)])
+    args, device, splits, ckpt = engine.prepare_run(args, "student")
+    inner = losses.student_loss(kind, teacher, 4.0, 0.9)
+
+    def loss_fn(logits, labels, images):
+        record.append((images.clone(), labels.clone(), logits.detach().clone()))
+        return inner(logits, labels, images)
+    engine.fit("student", loss_fn, args, device, splits, ckpt)
+
+
+def test_variants_start_equal_see_the_same_batches_and_leave_the_teacher_alone(
+        teacher_path, image_folder, tmp_path):
+    teacher = load_model(teacher_path, kind="teacher").requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    records = {}
+    for kind in losses.STUDENT_LOSSES:
+        records[kind] = []
+        run_variant(kind, teacher, image_folder, tmp_path / f"{kind}.pt", records[kind])
+    # The teacher's weights and BatchNorm buffers (running stats, batch count) are untouched.
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not teacher.training
+    base = records["kd+ce"]
+    for kind in ("kd", "ce"):
+        other = records[kind]
+        assert len(other) == len(base) > 1
+        for (x1, y1, _), (x2, y2, _) in zip(base, other):
+            assert torch.equal(x1, x2) and torch.equal(y1, y2)
+        # Identical initial weights: identical logits on the identical first batch.
+        assert torch.equal(base[0][2], other[0][2])
+    # ... and the losses do make them differ afterwards.
+    assert not torch.equal(base[1][2], records["ce"][1][2])
+
+
+@pytest.mark.parametrize("loss", losses.STUDENT_LOSSES)
+def test_dry_run_of_each_variant(teacher_path, image_folder, tmp_path, loss):
+    proc = run_script("train_student.py", "--dry-run", "--loss", loss, "--teacher",
+                      teacher_path, "--data-root", image_folder, "--out",
+                      tmp_path / f"student_{loss}_seed0.pt", "--plots-dir", tmp_path / "plots")
+    assert f"student_{loss}_seed0 epoch 1/1" in proc.stdout
+    assert load_model(tmp_path / f"student_{loss}_seed0.pt", kind="student") is not None
+    assert (tmp_path / "plots" / f"student_{loss}_seed0_curves.png").is_file()
+    assert (tmp_path / "plots" / "students_compare.png").is_file()
+    header = (tmp_path / f"student_{loss}_seed0.metrics.csv").read_text().splitlines()[0]
+    assert ("train_kd" in header and "train_ce" in header) == (loss != "ce")
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--temperature", "0"], "temperature"),
+    (["--alpha", "1.5"], "alpha"),
+    (["--teacher", "missing.pt"], "not found"),
+])
+def test_bad_student_flags(teacher_path, image_folder, tmp_path, flags, fragment):
+    proc = run_script("train_student.py", "--dry-run", "--teacher", teacher_path,
+                      "--data-root", image_folder, "--out", tmp_path / "s.pt", *flags,
+                      check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert fragment in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_student_given_as_teacher_is_refused(teacher_path, image_folder, tmp_path):
+    student = tmp_path / "student_ce_seed0.pt"
+    run_script("train_student.py", "--dry-run", "--loss", "ce", "--data-root", image_folder,
+               "--out", student, "--plots-dir", tmp_path)
+    proc = run_script("train_student.py", "--dry-run", "--teacher", student, "--data-root",
+                      image_folder, "--out", tmp_path / "s.pt", check=False)
+    assert proc.returncode == 2 and "not a teacher" in proc.stderr

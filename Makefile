@@ -1,14 +1,23 @@
-# make all   : set up .venv and run the pipeline (today: the teacher)
+# make all   : set up .venv and run the pipeline: teacher, then the three student variants
 # make test  : set up .venv and run the test suite
-# Data: CIFAR10_ROOT=path (torchvision layout or ImageFolder root); default ./data,
-# where torchvision downloads CIFAR-10 if the network allows.
+#
+# CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
+#                    torchvision downloads CIFAR-10 if the network allows)
+# SEEDS="0 1 2"      seeds to run (default 0); students always distil from the seed-0 teacher
+# Safe to rerun: a finished stage is skipped, an interrupted one resumes.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+SEEDS ?= 0
+LOSSES := kd+ce kd ce
 
-.PHONY: all teacher test clean-venv
+# $(call stage,script,checkpoint,flags): resume the run if its checkpoint exists, else start it
+stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --out "$(2)" $(3); \
+        else $(PY) $(1) --out "$(2)" $(3); fi
 
-all: teacher
+.PHONY: all teacher students test clean-venv
+
+all: students
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +25,15 @@ $(VENV)/installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-# A finished teacher is not trained again; an interrupted one resumes.
 teacher: $(VENV)/installed
-	@if [ -f checkpoints/teacher.pt ]; then $(PY) train_teacher.py --resume; \
-	 else $(PY) train_teacher.py; fi
+	@set -e; for s in 0 $(filter-out 0,$(SEEDS)); do \
+	  out=checkpoints/teacher$$([ $$s = 0 ] || echo _seed$$s).pt; \
+	  $(call stage,train_teacher.py,$$out,--seed $$s); done
+
+students: teacher
+	@set -e; for s in $(SEEDS); do for loss in $(LOSSES); do \
+	  $(call stage,train_student.py,checkpoints/student_$${loss}_seed$$s.pt,--loss $$loss --seed $$s); \
+	done; done
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed (CI, SSH sessions)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def plot_curves(history, path, title):
@@ -19,9 +20,7 @@ def plot_curves(history, path, title):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if "train_kd" not in df else "loss",
                 title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
+    style_axes(ax_loss, ax_acc)
     save(fig, path)
 
 
@@ -46,9 +45,7 @@ def plot_compare(runs_dir, path):
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2, color=line.get_color())
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="students: validation loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="students: validation accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
+    style_axes(ax_loss, ax_acc)
     save(fig, path)
 
 
@@ -60,6 +57,13 @@ def plot_samples(images, labels, class_names, path):
         ax.set_title(class_names[int(label)], fontsize=8)
         ax.axis("off")
     save(fig, path)
+
+
+def style_axes(*axes):
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 def save(fig, path):

@@ -28,7 +28,7 @@ def main():
                         help="weight of the KD term in kd+ce (default: 0.9)")
     parser.add_argument("--teacher", default="checkpoints/teacher.pt",
                         help="teacher checkpoint (default: checkpoints/teacher.pt)")
-    engine.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=15,
+    engine.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=12,
                            batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle")
     args = parser.parse_args()
     try:

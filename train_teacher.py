@@ -15,8 +15,12 @@ from data import CLASSES
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    engine.add_common_args(parser, out="checkpoints/teacher.pt", epochs=15, batch_size=256,
-                           lr=0.2, optimizer="sgd", schedule="onecycle")
+    # Recipe chosen on the validation split (4-epoch probes on 20k images): batch 128 at
+    # LR 0.1 reached 67.0%, batch 256 at LR 0.2 65.5%, at 0.4 55.0%; weight decay 1e-4
+    # 64.5% against 65.5% for 5e-4. No label smoothing: it makes teachers distil worse
+    # (Muller et al., 2019).
+    engine.add_common_args(parser, out="checkpoints/teacher.pt", epochs=20, batch_size=128,
+                           lr=0.1, optimizer="sgd", schedule="onecycle")
     args, device, splits, ckpt = engine.prepare_run(parser.parse_args(), "teacher")
     train_images, train_labels = splits["train"]
     first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]

@@ -67,6 +67,8 @@ def test_existing_checkpoint_is_never_overwritten_by_accident(image_folder, tmp_
     (["--batch-size", "0"], "--batch-size"),
     (["--train-subset", "100000"], "--train-subset"),
     (["--resume"], "not found"),
+    (["--widths", "8", "16"], "--widths"),
+    (["--widths", "0", "8", "8", "8"], "--widths"),
 ])
 def test_bad_flags_get_one_line_errors(image_folder, tmp_path, flags, fragment):
     proc = run_script("train_teacher.py", "--data-root", image_folder, "--out",

@@ -79,3 +79,10 @@ def test_models_py_prints_tables():
                          text=True, check=True).stdout
     assert "teacher/student" in out and out.count("total") == 2
     assert f"{count_macs(TeacherNet()):,}" in out
+
+
+@pytest.mark.parametrize("cls, widths", [(TeacherNet, (8, 8)), (TeacherNet, (0, 8, 8, 8)),
+                                         (StudentNet, (8, -1)), (StudentNet, (8, 8, 8))])
+def test_bad_widths_are_rejected(cls, widths):
+    with pytest.raises(ValueError, match="positive integer widths"):
+        cls(widths)

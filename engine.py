@@ -71,6 +71,8 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
       "or extend a finished run to --epochs")
     a("--overwrite", action="store_true", help="start over even if --out exists (the old "
       "checkpoint is replaced only when the first new epoch ends)")
+    a("--skip-test", action="store_true", help="no test-set evaluation at the end (for "
+      "probes and sweeps, whose choices are made on the validation split)")
     a("--dry-run", action="store_true", help=f"one epoch of {DRY_RUN_BATCHES} batches, for "
       "smoke tests")
     parser.set_defaults(default_epochs=epochs)
@@ -316,6 +318,8 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                    f"acc {train['acc']:.2f}%  val loss {val['loss']:.4f} acc {val['acc']:.2f}%  "
                    f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
                    f"{row['images_per_second']:.0f} img/s")
+    if args.skip_test:
+        return model.eval()
     # The test set is touched once, after training, for the final number only.
     test_loader = BatchLoader(*splits["test"], 1000, device, max_batches=max_batches)
     test = evaluate(model, test_loader, device)

@@ -49,7 +49,7 @@ def cross_entropy(logits, labels, images=None):
 STUDENT_LOSSES = ("kd+ce", "kd", "ce")
 
 
-def student_loss(kind, teacher=None, temperature=4.0, alpha=0.9):
+def student_loss(kind, teacher=None, temperature=4.0, alpha=0.5):
     """The training loss of a student variant: "kd+ce" (distillation_loss), "kd"
     (kd_only_loss) or "ce" (cross-entropy alone, no teacher).
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The probes behind the defaults in models.py, train_teacher.py and train_student.py: short
+# runs (4 epochs on a 20k-image subset, one seed) compared on the validation split.
+#   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh teacher   # ~10 min
+#   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh student   # ~9 min, needs checkpoints/teacher.pt
+# Runs go to runs/probe_<which>/ (finished ones are skipped); a table of them is printed last.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+which=${1:?usage: probes.sh teacher|student}
+out=runs/probe_$which
+probe() {  # name, flags...
+  local name=$1; shift
+  [ -f "$out/$name.pt" ] || $PY "train_$which.py" --train-subset 20000 --epochs 4 \
+    --skip-test --out "$out/$name.pt" --plots-dir "$out" "$@"
+}
+if [ "$which" = teacher ]; then
+  probe w32_b256_lr0.2   --widths 32 64 128 256 --batch-size 256 --lr 0.2
+  probe w32_b128_lr0.1   --widths 32 64 128 256 --batch-size 128 --lr 0.1
+  probe w32_b256_lr0.4   --widths 32 64 128 256 --batch-size 256 --lr 0.4
+  probe w32_b256_wd1e-4  --widths 32 64 128 256 --batch-size 256 --lr 0.2 --weight-decay 1e-4
+  probe w48_b256_lr0.2   --widths 48 96 192 256 --batch-size 256 --lr 0.2
+else
+  # 1. widths, trained alone; 2. KD temperature and alpha at the chosen widths
+  probe ce_w32-64   --loss ce --widths 32 64
+  probe ce_w48-96   --loss ce --widths 48 96
+  probe ce_w64-128  --loss ce --widths 64 128
+  for t in 2 4 8; do
+    for a in 0.5 0.9; do
+      probe "kd+ce_T${t}_a${a}" --loss kd+ce --temperature $t --alpha $a
+    done
+  done
+fi
+$PY experiments/summarize.py "$out"

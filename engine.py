@@ -29,6 +29,8 @@ from models import build_model, model_spec
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
                "weight_decay", "schedule", "warmup", "no_augment", "dry_run")
 DRY_RUN_BATCHES = 2
+RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
+                  "epochs", "schedule_start_epoch", "history", "rng", "config")
 
 
 class UserError(ValueError):
@@ -151,14 +153,14 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, desc="
             logits = model(images)
             losses = loss_fn(logits, labels, images)
         loss = losses["loss"]
+        # Checked before the step, so a NaN never reaches the weights. A sync per step is
+        # free on CPU; on CUDA check every 50 steps to keep the GPU fed.
+        if (device.type == "cpu" or step % 50 == 0) and not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        # A sync per step is free on CPU; on CUDA check every 50 steps to keep the GPU fed.
-        if device.type == "cpu" or step % 50 == 0:
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss ({loss.item()}) at step {step + 1}")
         n = len(labels)
         seen += n
         correct += (logits.argmax(1) == labels).sum()
@@ -199,12 +201,19 @@ def prepare_run(args, model_name, recipe_keys=()):
     device = select_device(args.device)
     out = Path(args.out)
     ckpt = None
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
     if args.resume:
         ckpt = load_checkpoint(out, map_location=device)
+        missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
+        if missing:
+            raise CheckpointError(f"{out} cannot be resumed: it lacks {', '.join(missing)}")
         if ckpt["model"]["name"] != model_name:
             raise UserError(f"{out} holds a {ckpt['model']['name']} run; this script trains "
                             f"the {model_name}")
         for key in RECIPE_KEYS + tuple(recipe_keys):
+            if key not in ckpt["config"]:
+                raise CheckpointError(f"{out} cannot be resumed: its config lacks {key!r}")
             setattr(args, key, ckpt["config"][key])
         done, planned = ckpt["epoch"], ckpt["epochs"]
         if args.epochs is None:
@@ -227,6 +236,9 @@ def prepare_run(args, model_name, recipe_keys=()):
     if args.train_subset is not None and args.train_subset > len(train[1]):
         raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train[1])} "
                         f"training images")
+    if min(args.batch_size, len(train[1])) < 2:
+        raise UserError("training batches need at least 2 images (BatchNorm statistics); "
+                        "raise --batch-size or --train-subset")
     return args, device, {"train": train, "val": val, "test": (data["test_images"],
                                                                data["test_labels"])}, ckpt
 

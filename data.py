@@ -41,7 +41,8 @@ def load_cifar10(root, cache_dir=CACHE_DIR):
         _download_or_fail(root)
         layout = "torchvision"
     fingerprint = _fingerprint(root, layout)
-    cache = Path(cache_dir) / f"cifar10-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]}.pt"
+    root_id = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    cache = Path(cache_dir) / f"cifar10-{root_id}.pt"
     if cache.is_file():
         try:
             cached = torch.load(cache, weights_only=True)
@@ -95,7 +96,8 @@ def _decode_torchvision(root):
         try:
             ds = torchvision.datasets.CIFAR10(root, train=train, download=False)
         except RuntimeError as e:
-            raise DataError(f"{root}/cifar-10-batches-py is incomplete or corrupted ({e})") from None
+            raise DataError(f"{root}/cifar-10-batches-py is incomplete or corrupted "
+                            f"({e})") from None
         data[f"{split}_images"] = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         data[f"{split}_labels"] = torch.tensor(ds.targets, dtype=torch.int64)
     return data
@@ -189,7 +191,8 @@ class BatchLoader:
         return self.num_batches
 
     def __iter__(self):
-        generator = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.labels)
         order = (torch.randperm(n, generator=generator, device=self.device) if self.shuffle
                  else torch.arange(n, device=self.device))

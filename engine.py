@@ -313,7 +313,8 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                "lr": optimizer.param_groups[0]["lr"],
                "epoch_seconds": time.perf_counter() - start,
                "images_per_second": train["images"] / train_seconds}
-        row.update({f"train_{k}": v for k, v in train.items() if k not in ("loss", "acc", "images")})
+        row.update({f"train_{k}": v for k, v in train.items()
+                    if k not in ("loss", "acc", "images")})
         history.append(row)
         save_checkpoint({
             "model": model_spec(model), "model_state": model.state_dict(),

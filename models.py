@@ -143,9 +143,11 @@ def load_model(path, device="cpu", kind=None):
 def model_from_checkpoint(ckpt, path, device="cpu", kind=None):
     """The model of an already loaded checkpoint (`path` is for messages)."""
     try:
-        name, arch_args, state = ckpt["model"]["name"], ckpt["model"]["arch_args"], ckpt["model_state"]
+        name, arch_args = ckpt["model"]["name"], ckpt["model"]["arch_args"]
+        state = ckpt["model_state"]
     except (KeyError, TypeError):
-        raise CheckpointError(f"{path} holds no model (no model name, arguments or weights)") from None
+        raise CheckpointError(f"{path} holds no model (no model name, arguments or "
+                              f"weights)") from None
     if kind is not None and name != kind:
         raise CheckpointError(f"{path} holds a {name}, not a {kind}")
     try:
@@ -153,7 +155,8 @@ def model_from_checkpoint(ckpt, path, device="cpu", kind=None):
         model.load_state_dict(state)
     except (ValueError, TypeError, RuntimeError) as e:  # what nn.Module raises on a mismatch
         reason = str(e).strip().splitlines()[0][:160]
-        raise CheckpointError(f"{path}: its weights do not fit its architecture ({reason})") from None
+        raise CheckpointError(f"{path}: its weights do not fit its architecture "
+                              f"({reason})") from None
     return model.to(device).eval()
 
 

@@ -29,7 +29,8 @@ def synthetic_images(n_per_class, seed):
     (so crops and flips change them), plus their int64 labels."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(10).repeat_interleave(n_per_class)
-    images = PALETTE[labels][:, :, None, None] + 40 * torch.randn(len(labels), 3, 32, 32, generator=g)
+    noise = 40 * torch.randn(len(labels), 3, 32, 32, generator=g)
+    images = PALETTE[labels][:, :, None, None] + noise
     for i in range(len(labels)):
         y, x = torch.randint(0, 24, (2,), generator=g).tolist()
         images[i, :, y:y + 8, x:x + 8] = 255
@@ -74,6 +75,15 @@ def image_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar_png")
     write_image_folder(root, n_train=30, n_test=5)
     return root
+
+
+@pytest.fixture(scope="session")
+def teacher_checkpoint(image_folder, tmp_path_factory):
+    """A finished (dry-run) teacher checkpoint on the synthetic set, shared read-only."""
+    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
+               "--plots-dir", out.parent)
+    return out
 
 
 def run_script(script, *flags, check=True):

@@ -137,7 +137,8 @@ def test_augmentation_changes_images_but_not_their_content():
 def test_same_seed_same_batches_other_epoch_other_order():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(64)
-    make = lambda seed: BatchLoader(images, labels, 16, shuffle=True, augment=True, seed=seed)  # noqa: E731
+    def make(seed):
+        return BatchLoader(images, labels, 16, shuffle=True, augment=True, seed=seed)
     a, b, c = make(3), make(3), make(4)
     for (xa, ya), (xb, yb) in zip(a, b):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

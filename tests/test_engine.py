@@ -51,7 +51,8 @@ def test_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
         assert torch.equal(a, b), key
     history_a = load_checkpoint(tmp_path / "a" / "student.pt")["history"]
     history_b = load_checkpoint(tmp_path / "b" / "student.pt")["history"]
-    timeless = lambda h: [{k: v for k, v in r.items() if "second" not in k} for r in h]  # noqa: E731
+    def timeless(history):
+        return [{k: v for k, v in row.items() if "second" not in k} for row in history]
     assert timeless(history_a) == timeless(history_b)
 
 

@@ -94,7 +94,8 @@ def test_student_losses_log_their_parts_and_use_the_same_batch():
     logits = torch.randn(4, 10)
     out = student_loss("kd+ce", teacher, 4.0, 0.75)(logits, labels, images)
     assert seen[0] is images
-    assert out["loss"].item() == pytest.approx(0.75 * out["kd"].item() + 0.25 * out["ce"].item(), rel=1e-5)
+    expected = 0.75 * out["kd"].item() + 0.25 * out["ce"].item()
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
     kd = student_loss("kd", teacher, 4.0, 0.75)(logits, labels, images)
     assert torch.allclose(kd["loss"], kd["kd"])
     assert student_loss("ce") is cross_entropy

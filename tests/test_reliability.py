@@ -51,14 +51,6 @@ def test_same_command_same_numbers(image_folder, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.fixture(scope="module")
-def teacher_checkpoint(image_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
-               "--plots-dir", out.parent)
-    return out
-
-
 def last_line(proc):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     return proc.stderr.strip().splitlines()[-1]

@@ -10,14 +10,6 @@ from conftest import run_script
 from models import load_model
 
 
-@pytest.fixture(scope="module")
-def teacher_path(image_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
-               "--plots-dir", out.parent)
-    return out
-
-
 def run_variant(kind, teacher, image_folder, out, record):
     parser = argparse.ArgumentParser()
     engine.add_common_args(parser, out=str(out), epochs=1, batch_size=64, lr=0.05,
@@ -33,8 +25,8 @@ def run_variant(kind, teacher, image_folder, out, record):
 
 
 def test_variants_start_equal_see_the_same_batches_and_leave_the_teacher_alone(
-        teacher_path, image_folder, tmp_path):
-    teacher = load_model(teacher_path, kind="teacher").requires_grad_(False)
+        teacher_checkpoint, image_folder, tmp_path):
+    teacher = load_model(teacher_checkpoint, kind="teacher").requires_grad_(False)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     records = {}
     for kind in losses.STUDENT_LOSSES:
@@ -57,9 +49,9 @@ def test_variants_start_equal_see_the_same_batches_and_leave_the_teacher_alone(
 
 
 @pytest.mark.parametrize("loss", losses.STUDENT_LOSSES)
-def test_dry_run_of_each_variant(teacher_path, image_folder, tmp_path, loss):
+def test_dry_run_of_each_variant(teacher_checkpoint, image_folder, tmp_path, loss):
     proc = run_script("train_student.py", "--dry-run", "--loss", loss, "--teacher",
-                      teacher_path, "--data-root", image_folder, "--out",
+                      teacher_checkpoint, "--data-root", image_folder, "--out",
                       tmp_path / f"student_{loss}_seed0.pt", "--plots-dir", tmp_path / "plots")
     assert f"student_{loss}_seed0 epoch 1/1" in proc.stdout
     assert load_model(tmp_path / f"student_{loss}_seed0.pt", kind="student") is not None
@@ -74,8 +66,8 @@ def test_dry_run_of_each_variant(teacher_path, image_folder, tmp_path, loss):
     (["--alpha", "1.5"], "alpha"),
     (["--teacher", "missing.pt"], "not found"),
 ])
-def test_bad_student_flags(teacher_path, image_folder, tmp_path, flags, fragment):
-    proc = run_script("train_student.py", "--dry-run", "--teacher", teacher_path,
+def test_bad_student_flags(teacher_checkpoint, image_folder, tmp_path, flags, fragment):
+    proc = run_script("train_student.py", "--dry-run", "--teacher", teacher_checkpoint,
                       "--data-root", image_folder, "--out", tmp_path / "s.pt", *flags,
                       check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
@@ -83,7 +75,7 @@ def test_bad_student_flags(teacher_path, image_folder, tmp_path, flags, fragment
     assert fragment in proc.stderr.strip().splitlines()[-1]
 
 
-def test_a_student_given_as_teacher_is_refused(teacher_path, image_folder, tmp_path):
+def test_a_student_given_as_teacher_is_refused(teacher_checkpoint, image_folder, tmp_path):
     student = tmp_path / "student_ce_seed0.pt"
     run_script("train_student.py", "--dry-run", "--loss", "ce", "--data-root", image_folder,
                "--out", student, "--plots-dir", tmp_path)

@@ -2,7 +2,6 @@ import json
 import sys
 
 import pandas as pd
-import pytest
 
 from conftest import ROOT
 

@@ -203,6 +203,13 @@ def prepare_run(args, model_name, recipe_keys=()):
     ckpt = None
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
+    for folder, flag in ((out.parent, "--out"), (Path(args.plots_dir), "--plots-dir")):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{flag}: cannot create {folder} ({e.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"{flag}: {folder} is not writable")
     if args.resume:
         ckpt = load_checkpoint(out, map_location=device)
         missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
@@ -377,4 +384,7 @@ def run_cli(main):
         print("\ninterrupted: the last complete epoch's checkpoint is intact; rerun with "
               "--resume to continue", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # a full disk or a vanished folder mid-run: say what, not where
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 

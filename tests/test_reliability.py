@@ -39,6 +39,25 @@ def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, si
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder, tmp_path):
+    flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--data-root", image_folder,
+             "--plots-dir", tmp_path]
+    run_script("train_student.py", *flags, "--out", tmp_path / "full.pt")
+    out = tmp_path / "cut.pt"
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "train_student.py", *map(str, flags), "--out",
+                                 str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        while not out.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    if proc.returncode == 130:  # else the run finished before the signal: nothing to resume
+        assert load_checkpoint(out)["epoch"] < 4
+        run_script("train_student.py", *flags, "--out", out, "--resume")
+    full, cut = load_model(tmp_path / "full.pt").state_dict(), load_model(out).state_dict()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
 def test_same_command_same_numbers(image_folder, tmp_path):
     outs = [tmp_path / f"run{i}" / "student.pt" for i in range(2)]
     for out in outs:
@@ -93,12 +112,14 @@ def test_a_checkpoint_without_training_state_cannot_be_resumed(teacher_checkpoin
 @pytest.mark.parametrize("flags, fragment", [
     (["--out", "{tmp}"], "is a folder"),
     (["--train-subset", "1"], "at least 2 images"),
+    (["--out", "/proc/no/teacher.pt"], "--out: cannot create"),
+    (["--plots-dir", "/proc/no"], "--plots-dir: cannot create"),
 ])
 def test_more_bad_input(image_folder, tmp_path, flags, fragment):
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
-    args = ["--data-root", image_folder, "--plots-dir", tmp_path, "--dry-run"]
-    if "--out" not in flags:
-        args += ["--out", tmp_path / "t.pt"]
+    args = ["--data-root", image_folder, "--dry-run"]
+    args += [] if "--out" in flags else ["--out", tmp_path / "t.pt"]
+    args += [] if "--plots-dir" in flags else ["--plots-dir", tmp_path]
     assert fragment in last_line(run_script("train_teacher.py", *args, *flags, check=False))
 
 

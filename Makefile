@@ -1,4 +1,5 @@
-# make all   : set up .venv and run the pipeline: teacher, then the three student variants
+# make all   : set up .venv and run the pipeline: teacher, the three student variants, and
+#              the EMA comparisons (mean-teacher with and without EMA, model-ema)
 # make test  : set up .venv and run the test suite
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
@@ -15,9 +16,9 @@ LOSSES := kd+ce kd ce
 stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --out "$(2)" $(3); \
         else $(PY) $(1) --out "$(2)" $(3); fi
 
-.PHONY: all teacher students test clean-venv
+.PHONY: all teacher students ema test clean-venv
 
-all: students
+all: students ema
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,13 @@ students: teacher
 	@set -e; for s in $(SEEDS); do for loss in $(LOSSES); do \
 	  $(call stage,train_student.py,checkpoints/student_$${loss}_seed$$s.pt,--loss $$loss --seed $$s); \
 	done; done
+
+ema: teacher
+	@set -e; for s in $(SEEDS); do \
+	  $(call stage,train_ema.py,checkpoints/ema_mean-teacher_seed$$s.pt,--seed $$s); \
+	  $(call stage,train_ema.py,checkpoints/ema_mean-teacher-no-ema_seed$$s.pt,--no-ema --seed $$s); \
+	  $(call stage,train_ema.py,checkpoints/ema_model-ema_seed$$s.pt,--mode model-ema --seed $$s); \
+	done
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests

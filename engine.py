@@ -17,12 +17,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import plotting
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from data import BatchLoader, DataError, default_data_root, load_cifar10, split_train_val
-from models import build_model, model_spec
+from models import build_model, model_from_checkpoint, model_spec
 
 # Keys of the config that define the training run itself; --resume takes them from the
 # checkpoint, so a resumed run is exactly the run that was interrupted.
@@ -143,8 +144,10 @@ def make_optimizer(model, args):
                            nesterov=args.momentum > 0, weight_decay=args.weight_decay)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, desc="train"):
-    """One pass over `loader`; returns mean loss, accuracy (%) and mean loss parts."""
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, desc="train",
+                    after_step=None):
+    """One pass over `loader`; returns mean loss, accuracy (%) and mean loss parts.
+    `after_step()` runs after every optimizer step (e.g. an EMA update)."""
     model.train()
     sums, correct, seen = {}, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0)
@@ -161,6 +164,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, desc="
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         n = len(labels)
         seen += n
         correct += (logits.argmax(1) == labels).sum()
@@ -250,22 +255,59 @@ def prepare_run(args, model_name, recipe_keys=()):
                                                                data["test_labels"])}, ckpt
 
 
+def load_teacher(path, device):
+    """The trained teacher of a finished run, in eval mode, frozen, ready for KD."""
+    ckpt = load_checkpoint(path, map_location=device)
+    teacher = model_from_checkpoint(ckpt, path, device, kind="teacher")
+    if ckpt.get("epoch", 0) < ckpt.get("epochs", 0):
+        raise UserError(f"{path} is an unfinished run (epoch {ckpt['epoch']} of "
+                        f"{ckpt['epochs']}); finish it with train_teacher.py --resume")
+    return teacher.requires_grad_(False).to(memory_format=torch.channels_last)
+
+
 def arch_args(args):
     return {"widths": args.widths} if args.widths else None
 
 
-def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=None):
+def initial_model(model_name, args, ckpt=None, seed=None):
+    """The model a run starts from: its weights depend on the seed alone, so runs that differ
+    only in their loss start from identical weights."""
+    torch.manual_seed(args.seed if seed is None else seed)
+    return build_model(model_name, ckpt["model"]["arch_args"] if ckpt else arch_args(args))
+
+
+def make_ema(model, decay):
+    """An EMA copy of `model` (torch.optim.swa_utils.AveragedModel).
+
+    BatchNorm buffers are averaged like the weights (use_buffers=True), so the EMA's running
+    statistics belong to the averaged weights and no update_bn pass is needed. The first
+    update copies the model; after it the decay warms up as min(decay, (1 + n) / (10 + n))
+    for update n, so a short run is not dominated by the EMA's starting point. Decay 1
+    switches the warm-up off too: the EMA keeps its first copy.
+    """
+    def update(ema_params, model_params, num_averaged):
+        n = int(num_averaged)
+        warm = decay if decay == 1 else min(decay, (1 + n) / (10 + n))
+        get_ema_multi_avg_fn(warm)(ema_params, model_params, num_averaged)
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
+def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=None,
+        ema=None, update_ema=True):
     """Train `model_name` (or a given `model`) with `loss_fn`, checkpointing every epoch.
 
+    With `ema` (from make_ema), the EMA model is updated after every step (unless
+    `update_ema` is False: a frozen copy), evaluated every epoch, saved and resumed.
     Writes the checkpoint (--out), its config JSON and metrics CSV beside it, and
     `<plots-dir>/<name>_curves.png`. Returns the trained model.
     """
-    torch.manual_seed(args.seed)
     if model is None:
-        model = build_model(model_name, ckpt["model"]["arch_args"] if ckpt else arch_args(args))
+        model = initial_model(model_name, args, ckpt)
     cuda = device.type == "cuda"
     # channels_last: 1.2-1.4x faster training steps on this 2-core CPU (oneDNN) and on GPUs.
     model = model.to(device, memory_format=torch.channels_last)
+    if ema is not None:
+        ema = ema.to(device, memory_format=torch.channels_last).eval()
     max_batches = DRY_RUN_BATCHES if args.dry_run else None
     train_loader = BatchLoader(*splits["train"], args.batch_size, device, shuffle=True,
                                augment=not args.no_augment, seed=args.seed, drop_last=True,
@@ -289,6 +331,9 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
         scheduler.load_state_dict(ckpt["scheduler_state"])
         for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
             group["lr"] = base_lr * schedule(scheduler.last_epoch)
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["ema"]["model_state"])
+            ema.n_averaged.fill_(ckpt["ema"]["updates"])
         torch.set_rng_state(ckpt["rng"]["torch"].cpu())
         if cuda and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())
@@ -308,8 +353,10 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
         train_loader.set_epoch(epoch)
         start = time.perf_counter()
         try:
-            train = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device,
-                                    desc=f"{name} {epoch + 1}/{args.epochs}")
+            train = train_one_epoch(
+                model, train_loader, loss_fn, optimizer, scheduler, device,
+                desc=f"{name} {epoch + 1}/{args.epochs}",
+                after_step=(lambda: ema.update_parameters(model)) if ema and update_ema else None)
         except FloatingPointError as e:
             raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
                             f"({args.out}, epoch {epoch}) is kept") from None
@@ -322,6 +369,9 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                "images_per_second": train["images"] / train_seconds}
         row.update({f"train_{k}": v for k, v in train.items()
                     if k not in ("loss", "acc", "images")})
+        if ema is not None:
+            ema_val = evaluate(ema, val_loader, device)
+            row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
         history.append(row)
         save_checkpoint({
             "model": model_spec(model), "model_state": model.state_dict(),
@@ -330,23 +380,31 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
             "history": history, "config": config,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state() if cuda else None},
+            **({"ema": {"model_state": ema.module.state_dict(),
+                        "updates": int(ema.n_averaged)}} if ema is not None else {}),
         }, args.out)
         write_records(paths, config, history)
         plotting.plot_curves(history, Path(args.plots_dir) / f"{name}_curves.png",
                              title=title or name)
         tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
                    f"acc {train['acc']:.2f}%  val loss {val['loss']:.4f} acc {val['acc']:.2f}%  "
-                   f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
+                   + (f"EMA val acc {row['ema_val_acc']:.2f}%  " if ema is not None else "")
+                   + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
                    f"{row['images_per_second']:.0f} img/s")
     if args.skip_test:
         return model.eval()
     # The test set is touched once, after training, for the final number only.
     test_loader = BatchLoader(*splits["test"], 1000, device, max_batches=max_batches)
     test = evaluate(model, test_loader, device)
-    write_json(paths["test"], {"epoch": args.epochs, "test_loss": test["loss"],
-                               "test_acc": test["acc"], "test_images": test["images"]})
-    print(f"{name} test loss {test['loss']:.4f} acc {test['acc']:.2f}% "
-          f"({test['images']:,} test images) -> {paths['test']}")
+    record = {"epoch": args.epochs, "test_loss": test["loss"], "test_acc": test["acc"],
+              "test_images": test["images"]}
+    message = f"{name} test loss {test['loss']:.4f} acc {test['acc']:.2f}%"
+    if ema is not None:
+        ema_test = evaluate(ema, test_loader, device)
+        record.update(ema_test_loss=ema_test["loss"], ema_test_acc=ema_test["acc"])
+        message += f", EMA loss {ema_test['loss']:.4f} acc {ema_test['acc']:.2f}%"
+    write_json(paths["test"], record)
+    print(f"{message} ({test['images']:,} test images) -> {paths['test']}")
     return model.eval()
 
 

@@ -134,17 +134,21 @@ def model_spec(model):
     return {"name": name, "arch_args": model.arch_args}
 
 
-def load_model(path, device="cpu", kind=None):
+def load_model(path, device="cpu", kind=None, ema=False):
     """Rebuild a model from a checkpoint file alone and return it in eval mode on `device`.
-    With `kind` ("teacher" or "student"), a checkpoint of the other kind is refused."""
-    return model_from_checkpoint(load_checkpoint(path, map_location=device), path, device, kind)
+    With `kind` ("teacher" or "student"), a checkpoint of the other kind is refused. With
+    `ema=True`, the EMA model of an EMA run (train_ema.py) instead of the raw one."""
+    return model_from_checkpoint(load_checkpoint(path, map_location=device), path, device,
+                                 kind, ema)
 
 
-def model_from_checkpoint(ckpt, path, device="cpu", kind=None):
+def model_from_checkpoint(ckpt, path, device="cpu", kind=None, ema=False):
     """The model of an already loaded checkpoint (`path` is for messages)."""
+    if ema and "ema" not in ckpt:
+        raise CheckpointError(f"{path} holds no EMA model (not a train_ema.py run)")
     try:
         name, arch_args = ckpt["model"]["name"], ckpt["model"]["arch_args"]
-        state = ckpt["model_state"]
+        state = ckpt["ema"]["model_state"] if ema else ckpt["model_state"]
     except (KeyError, TypeError):
         raise CheckpointError(f"{path} holds no model (no model name, arguments or "
                               f"weights)") from None

@@ -14,9 +14,11 @@ def plot_curves(history, path, title):
     """Loss and accuracy per epoch, train and validation, side by side."""
     df = pd.DataFrame(history)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for split, style in (("train", "-"), ("val", "--")):
-        ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, marker="o", ms=3, label=split)
-        ax_acc.plot(df["epoch"], df[f"{split}_acc"], style, marker="o", ms=3, label=split)
+    splits = [("train", "-"), ("val", "--")] + [("ema_val", ":")] * ("ema_val_acc" in df)
+    for split, style in splits:
+        label = split.replace("ema_val", "EMA val")
+        ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, marker="o", ms=3, label=label)
+        ax_acc.plot(df["epoch"], df[f"{split}_acc"], style, marker="o", ms=3, label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if "train_kd" not in df else "loss",
                 title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy")
@@ -24,27 +26,52 @@ def plot_curves(history, path, title):
     save(fig, path)
 
 
-def plot_compare(runs_dir, path):
-    """Validation accuracy and loss per epoch of every student variant with a run in
-    `runs_dir`: the mean over its seeds, with a band of +-1 std where there are several."""
-    runs = {}
-    for metrics in sorted(Path(runs_dir).glob("student_*.metrics.csv")):
+def run_records(runs_dir, pattern):
+    """(config, metrics DataFrame) of every run in `runs_dir` whose records match `pattern`."""
+    for metrics in sorted(Path(runs_dir).glob(f"{pattern}.metrics.csv")):
         config = Path(str(metrics).replace(".metrics.csv", ".config.json"))
         if config.is_file():
-            variant = json.loads(config.read_text())["loss"]
-            runs.setdefault(variant, []).append(pd.read_csv(metrics))
-    if not runs:
+            yield json.loads(config.read_text()), pd.read_csv(metrics)
+
+
+def plot_compare(runs_dir, path):
+    """Validation loss and accuracy of every student variant with a run in `runs_dir`."""
+    curves = {}
+    for config, df in run_records(runs_dir, "student_*"):
+        curves.setdefault(config["loss"], []).append((df, "val"))
+    plot_mean_curves(curves, path, "students")
+
+
+def plot_ema_compare(runs_dir, path):
+    """With vs without EMA (mean-teacher) and raw vs EMA (model-ema), from the EMA runs."""
+    curves = {}
+    for config, df in run_records(runs_dir, "ema_*"):
+        if config["mode"] == "mean-teacher":
+            label = "mean-teacher " + ("without EMA" if config["no_ema"] else "with EMA")
+            curves.setdefault(f"{label}: student", []).append((df, "val"))
+        else:
+            curves.setdefault("model-ema: raw student", []).append((df, "val"))
+            curves.setdefault("model-ema: EMA of student", []).append((df, "ema_val"))
+    plot_mean_curves(curves, path, "EMA")
+
+
+def plot_mean_curves(curves, path, title):
+    """Validation loss and accuracy per epoch, one line per label: the mean over its runs
+    (seeds), with a band of +-1 std where there are several. curves: label -> [(df, prefix)]."""
+    if not curves:
         return
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for variant, frames in sorted(runs.items()):
-        for ax, column in ((ax_loss, "val_loss"), (ax_acc, "val_acc")):
-            per_epoch = pd.concat(frames).groupby("epoch")[column]
+    for label, runs in sorted(curves.items()):
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+            frames = [df[["epoch", f"{prefix}_{metric}"]].set_axis(["epoch", metric], axis=1)
+                      for df, prefix in runs]
+            per_epoch = pd.concat(frames).groupby("epoch")[metric]
             mean, std = per_epoch.mean(), per_epoch.std().fillna(0)
             line, = ax.plot(mean.index, mean, marker="o", ms=3,
-                            label=f"{variant} ({len(frames)} run{'s' * (len(frames) > 1)})")
+                            label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2, color=line.get_color())
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="students: validation loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="students: validation accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: validation loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: validation accuracy")
     style_axes(ax_loss, ax_acc)
     save(fig, path)
 

@@ -8,13 +8,9 @@ targets alone (kd), or alone on the labels (ce).
 import argparse
 from pathlib import Path
 
-import torch
-
 import engine
 import losses
 import plotting
-from checkpoints import load_checkpoint
-from models import model_from_checkpoint
 
 
 def main():
@@ -42,15 +38,7 @@ def main():
     args.out = args.out.replace("<loss>", args.loss).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = engine.prepare_run(
         args, "student", recipe_keys=("loss", "temperature", "alpha", "teacher"))
-    teacher = None
-    if args.loss != "ce":
-        teacher_ckpt = load_checkpoint(args.teacher, map_location=device)
-        if teacher_ckpt["epoch"] < teacher_ckpt["epochs"]:
-            raise engine.UserError(
-                f"{args.teacher} is an unfinished run (epoch {teacher_ckpt['epoch']} of "
-                f"{teacher_ckpt['epochs']}); finish it with train_teacher.py --resume")
-        teacher = model_from_checkpoint(teacher_ckpt, args.teacher, device, kind="teacher")
-        teacher.requires_grad_(False).to(memory_format=torch.channels_last)
+    teacher = engine.load_teacher(args.teacher, device) if args.loss != "ce" else None
     loss_fn = losses.student_loss(args.loss, teacher, args.temperature, args.alpha)
     engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({args.loss})")
     plotting.plot_compare(Path(args.out).parent, Path(args.plots_dir) / "students_compare.png")

@@ -19,21 +19,30 @@ def run_table(folders):
             config = json.loads(Path(f"{stem}.config.json").read_text())
             history = pd.read_csv(metrics)
             last = history.iloc[-1]
-            test = Path(f"{stem}.test.json")
-            rows.append({
-                "run": Path(stem).name, "model": config["model"]["name"],
-                "variant": config.get("loss", "ce"),
+            test = json.loads(Path(f"{stem}.test.json").read_text()) \
+                if Path(f"{stem}.test.json").is_file() else {}
+            variant = config.get("loss", "ce")
+            if "mode" in config:  # an EMA run (train_ema.py): distils with kd+ce
+                variant = config["mode"] + ("-no-ema" if config["no_ema"] else "")
+            row = {
+                "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,
                 "widths": " ".join(map(str, config["model"]["arch_args"]["widths"])),
                 "images": config["train_subset"] or 45000, "epochs": int(last["epoch"]),
                 "batch": config["batch_size"], "lr": config["lr"], "wd": config["weight_decay"],
                 # T and alpha mean nothing to a run without a teacher
-                "T": config.get("temperature") if config.get("loss", "ce") != "ce" else None,
-                "alpha": config.get("alpha") if config.get("loss") == "kd+ce" else None,
+                "T": config.get("temperature") if variant != "ce" else None,
+                "alpha": config.get("alpha") if variant not in ("ce", "kd") else None,
                 "seed": config["seed"],
                 "val_acc": round(last["val_acc"], 2), "val_loss": round(last["val_loss"], 4),
-                "test_acc": json.loads(test.read_text())["test_acc"] if test.is_file() else None,
+                "test_acc": test.get("test_acc"),
                 "minutes": round(history["epoch_seconds"].sum() / 60, 1),
-                "img/s": round(history["images_per_second"].median())})
+                "img/s": round(history["images_per_second"].median())}
+            rows.append(row)
+            if "ema_val_acc" in history:  # the EMA model of the same run, as a row of its own
+                rows.append({**row, "run": row["run"] + " (EMA)", "variant": variant + " EMA",
+                             "val_acc": round(last["ema_val_acc"], 2),
+                             "val_loss": round(last["ema_val_loss"], 4),
+                             "test_acc": test.get("ema_test_acc")})
     return pd.DataFrame(rows)
 
 

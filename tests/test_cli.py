@@ -104,7 +104,7 @@ def test_resume_rejects_a_checkpoint_of_another_model(image_folder, tmp_path):
     assert_one_line_error(proc, "student")
 
 
-@pytest.mark.parametrize("script", ["train_ema.py", "evaluate.py"])
+@pytest.mark.parametrize("script", ["evaluate.py"])
 def test_later_stages_say_not_yet(script):
     proc = run_script(script, check=False)
     assert proc.returncode != 0 and "not yet" in proc.stderr

@@ -1,8 +1,11 @@
 """Train the student with and without EMA (exponential moving average) weight updates.
 
-    python train_ema.py                           # mean-teacher, with EMA  -> checkpoints/ema_mean-teacher_seed0.pt
-    python train_ema.py --no-ema                  # mean-teacher, frozen teacher (the report's "without EMA")
-    python train_ema.py --mode model-ema          # KD from the 7-conv teacher, raw student and its EMA
+    python train_ema.py                     # mean-teacher with EMA
+    python train_ema.py --no-ema            # mean-teacher, frozen teacher (report's "without EMA")
+    python train_ema.py --mode model-ema    # KD from the 7-conv teacher; raw student and its EMA
+
+Checkpoints: checkpoints/ema_<mode>_seed<seed>.pt, <mode> one of mean-teacher,
+mean-teacher-no-ema, model-ema.
 
 mean-teacher (the original report's experiment): teacher and student share the student's
 architecture; the teacher starts from its own random weights (seed + 1) and, after every

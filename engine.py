@@ -373,17 +373,19 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
             ema_val = evaluate(ema, val_loader, device)
             row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
         history.append(row)
-        save_checkpoint({
-            "model": model_spec(model), "model_state": model.state_dict(),
-            "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
-            "epoch": epoch + 1, "epochs": args.epochs, "schedule_start_epoch": schedule_start,
-            "history": history, "config": config,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if cuda else None},
-            **({"ema": {"model_state": ema.module.state_dict(),
-                        "updates": int(ema.n_averaged)}} if ema is not None else {}),
-        }, args.out)
-        write_records(paths, config, history)
+        with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
+            save_checkpoint({
+                "model": model_spec(model), "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(),
+                "epoch": epoch + 1, "epochs": args.epochs, "schedule_start_epoch": schedule_start,
+                "history": history, "config": config,
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state() if cuda else None},
+                **({"ema": {"model_state": ema.module.state_dict(),
+                            "updates": int(ema.n_averaged)}} if ema is not None else {}),
+            }, args.out)
+            write_records(paths, config, history)
         plotting.plot_curves(history, Path(args.plots_dir) / f"{name}_curves.png",
                              title=title or name)
         tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
@@ -429,10 +431,29 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends (then raise KeyboardInterrupt), so that
+    an interrupt cannot fall between writing a checkpoint and the records beside it."""
+    caught = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def run_cli(main):
     """Run a script's main(): bad input is one line on stderr and exit 2; Ctrl-C or SIGTERM
     exits 130 with the last complete checkpoint intact (it is only ever replaced atomically)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Explicitly: a shell starts background jobs with SIGINT ignored, and Python then keeps
+    # ignoring it; a signal sent to this process on purpose should stop it cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except (UserError, DataError, CheckpointError) as e:

@@ -23,12 +23,16 @@ def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, si
             [sys.executable, "train_teacher.py", "--data-root", str(image_folder), "--out",
              str(out), "--plots-dir", str(tmp_path), "--epochs", "200", "--batch-size", "8"],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.time() + 120
-        while not out.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        time.sleep(0.3)  # into the next epoch
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
+        try:
+            deadline = time.time() + 300
+            while not out.exists() and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+            time.sleep(0.3)  # into the next epoch
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:  # never leave a 200-epoch run behind
+                proc.kill()
     stderr = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr

@@ -32,12 +32,7 @@ def main():
                         help="EMA decay per optimizer step, in [0, 1] (default: 0.995)")
     parser.add_argument("--no-ema", action="store_true",
                         help="mean-teacher: keep the teacher frozen at its starting weights")
-    parser.add_argument("--temperature", type=float, default=4.0,
-                        help="softmax temperature T of the KD term (default: 4)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="weight of the KD term (default: 0.5)")
-    parser.add_argument("--teacher", default="checkpoints/teacher.pt",
-                        help="model-ema: the trained teacher (default: checkpoints/teacher.pt)")
+    engine.add_kd_args(parser)
     engine.add_common_args(parser, out="checkpoints/ema_<mode>_seed<seed>.pt", epochs=12,
                            batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle")
     args = parser.parse_args()
@@ -46,10 +41,6 @@ def main():
     if args.no_ema and args.mode != "mean-teacher":
         raise engine.UserError("--no-ema goes with --mode mean-teacher (model-ema evaluates "
                                "the raw student beside its EMA in one run)")
-    try:
-        losses.check_kd_args(args.temperature, args.alpha)
-    except ValueError as e:
-        raise engine.UserError(f"--{e}") from None
     mode = args.mode + ("-no-ema" if args.no_ema else "")
     args.out = args.out.replace("<mode>", mode).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = engine.prepare_run(

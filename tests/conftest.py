@@ -1,8 +1,11 @@
 """Shared fixtures: small synthetic CIFAR-10 look-alikes made on the spot, in both layouts."""
 import os
 import pickle
+import signal
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +89,24 @@ def teacher_checkpoint(image_folder, tmp_path_factory):
     return out
 
 
+def interrupt_after_first_checkpoint(script, flags, out):
+    """Start `script`, send SIGTERM once its first checkpoint exists, and return its exit
+    status (130 when interrupted; 0 if it finished before the signal arrived)."""
+    with open(Path(out).with_suffix(".stderr.txt"), "w") as err:
+        proc = subprocess.Popen([sys.executable, script, *map(str, flags), "--out", str(out)],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            while not Path(out).exists() and proc.poll() is None:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def run_script(script, *flags, check=True):
     """Run a script from the shell as a user would; returns the CompletedProcess."""
-    import subprocess
     proc = subprocess.run([sys.executable, script, *map(str, flags)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:

@@ -1,15 +1,10 @@
 """EMA: the update rule, BatchNorm buffers, checkpoints and train_ema.py from the shell."""
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 
 import engine
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import ROOT, run_script
+from conftest import interrupt_after_first_checkpoint, run_script
 from models import StudentNet, load_model
 
 
@@ -95,14 +90,8 @@ def test_ema_state_survives_an_interrupt_and_resume(image_folder, tmp_path):
              image_folder, "--plots-dir", tmp_path]
     run_script("train_ema.py", *flags, "--out", tmp_path / "full.pt")
     cut = tmp_path / "cut.pt"
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "train_ema.py", *map(str, flags), "--out",
-                                 str(cut)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        while not cut.exists() and proc.poll() is None:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    if proc.returncode == 130:  # else the run finished before the signal: nothing to resume
+    returncode = interrupt_after_first_checkpoint("train_ema.py", flags, cut)
+    if returncode == 130:  # else the run finished before the signal: nothing to resume
         assert load_checkpoint(cut)["epoch"] < 3
         run_script("train_ema.py", *flags, "--out", cut, "--resume")
     full, again = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(cut)

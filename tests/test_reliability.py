@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import ROOT, run_script
+from conftest import ROOT, interrupt_after_first_checkpoint, run_script
 from models import load_model
 
 
@@ -48,14 +48,8 @@ def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder
              "--plots-dir", tmp_path]
     run_script("train_student.py", *flags, "--out", tmp_path / "full.pt")
     out = tmp_path / "cut.pt"
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "train_student.py", *map(str, flags), "--out",
-                                 str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        while not out.exists() and proc.poll() is None:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    if proc.returncode == 130:  # else the run finished before the signal: nothing to resume
+    returncode = interrupt_after_first_checkpoint("train_student.py", flags, out)
+    if returncode == 130:  # else the run finished before the signal: nothing to resume
         assert load_checkpoint(out)["epoch"] < 4
         run_script("train_student.py", *flags, "--out", out, "--resume")
     full, cut = load_model(tmp_path / "full.pt").state_dict(), load_model(out).state_dict()

@@ -1,5 +1,7 @@
-# make all   : set up .venv and run the pipeline: teacher, the three student variants, and
-#              the EMA comparisons (mean-teacher with and without EMA, model-ema)
+# make all   : set up .venv and run the pipeline: teacher, the three student variants, the
+#              EMA comparisons (mean-teacher with and without EMA, model-ema), then evaluate.py
+# make quick : the same sequence on 5,000 training images for 3 epochs (a few minutes on a
+#              CPU), in runs/quick/ (checkpoints/ and plots/ inside)
 # make test  : set up .venv and run the test suite
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
@@ -11,14 +13,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SEEDS ?= 0
 LOSSES := kd+ce kd ce
+CKPT ?= checkpoints
+PLOTS ?= plots
+FLAGS ?=
+TEACHER := $(CKPT)/teacher.pt
 
 # $(call stage,script,checkpoint,flags): resume the run if its checkpoint exists, else start it
-stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --out "$(2)" $(3); \
-        else $(PY) $(1) --out "$(2)" $(3); fi
+stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --out "$(2)" $(3) $(RUN_FLAGS); \
+        else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
+RUN_FLAGS = --plots-dir $(PLOTS) $(FLAGS)
 
-.PHONY: all teacher students ema test clean-venv
+.PHONY: all quick teacher students ema evaluate test clean-venv
 
-all: students ema
+all: evaluate
+
+quick:
+	$(MAKE) all CKPT=runs/quick/checkpoints PLOTS=runs/quick/plots \
+	  FLAGS="--train-subset 5000 --epochs 3"
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,20 +39,25 @@ $(VENV)/installed: requirements.txt
 
 teacher: $(VENV)/installed
 	@set -e; for s in 0 $(filter-out 0,$(SEEDS)); do \
-	  out=checkpoints/teacher$$([ $$s = 0 ] || echo _seed$$s).pt; \
+	  out=$(CKPT)/teacher$$([ $$s = 0 ] || echo _seed$$s).pt; \
 	  $(call stage,train_teacher.py,$$out,--seed $$s); done
 
 students: teacher
 	@set -e; for s in $(SEEDS); do for loss in $(LOSSES); do \
-	  $(call stage,train_student.py,checkpoints/student_$${loss}_seed$$s.pt,--loss $$loss --seed $$s); \
+	  $(call stage,train_student.py,$(CKPT)/student_$${loss}_seed$$s.pt,\
+	    --loss $$loss --seed $$s --teacher $(TEACHER)); \
 	done; done
 
 ema: teacher
 	@set -e; for s in $(SEEDS); do \
-	  $(call stage,train_ema.py,checkpoints/ema_mean-teacher_seed$$s.pt,--seed $$s); \
-	  $(call stage,train_ema.py,checkpoints/ema_mean-teacher-no-ema_seed$$s.pt,--no-ema --seed $$s); \
-	  $(call stage,train_ema.py,checkpoints/ema_model-ema_seed$$s.pt,--mode model-ema --seed $$s); \
+	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher_seed$$s.pt,--seed $$s); \
+	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher-no-ema_seed$$s.pt,--no-ema --seed $$s); \
+	  $(call stage,train_ema.py,$(CKPT)/ema_model-ema_seed$$s.pt,\
+	    --mode model-ema --seed $$s --teacher $(TEACHER)); \
 	done
+
+evaluate: students ema
+	$(PY) evaluate.py $(CKPT)/*.pt --plots-dir $(PLOTS)
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests

@@ -24,7 +24,7 @@ import plotting
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from data import BatchLoader, DataError, default_data_root, load_cifar10, split_train_val
 from losses import check_kd_args
-from models import build_model, model_from_checkpoint, model_spec
+from models import NUM_CLASSES, build_model, model_from_checkpoint, model_spec
 
 # Keys of the config that define the training run itself; --resume takes them from the
 # checkpoint, so a resumed run is exactly the run that was interrupted.
@@ -41,10 +41,8 @@ class UserError(ValueError):
 
 def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule):
     """The flags every training script shares; the keyword arguments are its defaults."""
+    add_data_device_args(parser)
     a = parser.add_argument
-    a("--data-root", default=default_data_root(),
-      help="torchvision CIFAR-10 root or ImageFolder root with train/ and test/ "
-           "(default: $CIFAR10_ROOT or ./data)")
     a("--epochs", type=int, default=None, help=f"epochs to train (default: {epochs}; with "
       "--resume: the checkpoint's, or more to extend a finished run)")
     a("--batch-size", type=int, default=batch_size, help=f"images per step (default: {batch_size})")
@@ -64,13 +62,10 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
       help="channel widths of the network (default: the model's own, see models.py)")
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")
-    a("--device", choices=("auto", "cpu", "cuda"), default="auto",
-      help="auto: CUDA when present (default: auto)")
     a("--train-subset", type=int, default=None, metavar="N",
       help="train on the first N training images only (default: all 45,000)")
     a("--out", default=out, help=f"checkpoint path; run records are written beside it "
       f"(default: {out})")
-    a("--plots-dir", default="plots", help="where figures go (default: plots)")
     a("--resume", action="store_true", help="continue the run in --out from its last epoch, "
       "or extend a finished run to --epochs")
     a("--overwrite", action="store_true", help="start over even if --out exists (the old "
@@ -80,6 +75,17 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
     a("--dry-run", action="store_true", help=f"one epoch of {DRY_RUN_BATCHES} batches, for "
       "smoke tests")
     parser.set_defaults(default_epochs=epochs)
+
+
+def add_data_device_args(parser):
+    """--data-root, --device and --plots-dir, shared by the training scripts and evaluate.py."""
+    a = parser.add_argument
+    a("--data-root", default=default_data_root(),
+      help="torchvision CIFAR-10 root or ImageFolder root with train/ and test/ "
+           "(default: $CIFAR10_ROOT or ./data)")
+    a("--device", choices=("auto", "cpu", "cuda"), default="auto",
+      help="auto: CUDA when present (default: auto)")
+    a("--plots-dir", default="plots", help="where figures go (default: plots)")
 
 
 def add_kd_args(parser):
@@ -202,17 +208,22 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, desc="
 
 
 @torch.no_grad()
-def evaluate(model, loader, device):
-    """Mean cross-entropy and accuracy (%) of `model` over `loader`, in eval mode."""
+def evaluate(model, loader, device, num_classes=NUM_CLASSES):
+    """Mean cross-entropy, accuracy (%) and confusion matrix (rows: true class, columns:
+    predicted) of `model` over `loader`, in eval mode."""
     model.eval()
-    loss, correct, seen = 0.0, 0, 0
+    loss, seen = 0.0, 0
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     for images, labels in loader:
         with autocast(device):
             logits = model(images).float()
         loss += F.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1),
+                                    minlength=num_classes * num_classes)
         seen += len(labels)
-    return {"loss": float(loss) / seen, "acc": 100.0 * int(correct) / seen, "images": seen}
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    return {"loss": float(loss) / seen, "acc": 100.0 * int(confusion.trace()) / seen,
+            "images": seen, "confusion": confusion}
 
 
 def prepare_run(args, model_name, recipe_keys=()):

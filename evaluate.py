@@ -1,5 +1,184 @@
-"""Not yet: this stage arrives with issue 5 (see the issue tracker)."""
-import sys
+"""Evaluate trained models on the CIFAR-10 test set and compare them as someone deciding what
+to deploy would: accuracy, parameters, MACs, CPU latency and throughput.
+
+    python evaluate.py                        # every checkpoints/*.pt
+    python evaluate.py checkpoints/teacher.pt checkpoints/student_kd+ce_seed0.pt
+
+Each model is rebuilt from its checkpoint alone and evaluated without augmentation. An EMA
+run (train_ema.py) gives two rows: its student (weights `raw`) and its EMA model (weights
+`ema`: for mean-teacher, the EMA teacher). Writes, in --plots-dir:
+  results.csv             one row per model, per-class test accuracies included
+  results.md              mean ± std over seeds per variant, then every model
+  confusion_<name>.png    the teacher and the student with the best validation accuracy
+  per_class_accuracy.png  per-class test accuracy of every variant (mean over seeds)
+"""
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import engine
+import plotting
+from checkpoints import load_checkpoint
+from data import CLASSES, BatchLoader, load_cifar10, split_train_val
+from models import IMAGE_SHAPE, count_macs, model_from_checkpoint
+from results import run_variant, seed_table
+
+LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
+TIMED_RUNS = 7
+SUMMARY_COLUMNS = ["checkpoint", "weights", "model", "variant", "seed", "epochs", "val_acc",
+                   "test_loss", "test_acc", "params", "macs", "latency_ms", "images_per_s",
+                   "train_minutes"]
+DEPLOY_KEYS = ["model", "variant", "epochs", "params", "macs", "latency_ms", "images_per_s"]
+
+
+def median_seconds(fn, runs=TIMED_RUNS, warmup=2):
+    """Median wall time of `fn()` over `runs` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def cpu_speed(model, batch_size):
+    """(ms per image at batch 1, images/s at `batch_size`) of `model`'s forward pass on the
+    CPU in eval mode, with channels_last inputs as in training."""
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.channels_last)
+    one, batch = (torch.rand(n, *IMAGE_SHAPE).contiguous(memory_format=torch.channels_last)
+                  for n in (1, batch_size))
+    latency = median_seconds(lambda: [model(one) for _ in range(LATENCY_CALLS)])
+    return 1000 * latency / LATENCY_CALLS, batch_size / median_seconds(lambda: model(batch))
+
+
+def checkpoint_paths(given):
+    paths = list(dict.fromkeys(given)) or sorted(map(str, Path("checkpoints").glob("*.pt")))
+    if not paths:
+        raise engine.UserError("no checkpoints given and none in checkpoints/; train some "
+                               "first (make all) or name the files")
+    return paths
+
+
+def load_models(paths, device):
+    """[(path, weights, model, checkpoint without its training state)] for every model in
+    `paths`; every file is read and checked before any evaluation starts."""
+    models = []
+    for path in paths:
+        ckpt = load_checkpoint(path, map_location=device)
+        for ema in (False, True) if "ema" in ckpt else (False,):
+            model = model_from_checkpoint(ckpt, path, device, ema=ema)
+            models.append((path, "ema" if ema else "raw", model,
+                           {k: ckpt.get(k) for k in ("config", "epoch", "epochs", "history")}))
+    return models
+
+
+def evaluate_all(models, loaders, device, batch_size):
+    """One row per model, and its test confusion matrix."""
+    rows, confusions, speeds = [], [], {}
+    for path, weights, model, info in tqdm(models, desc="evaluating", unit="model"):
+        config = info["config"] or {}
+        test = engine.evaluate(model, loaders["test"], device)
+        val = engine.evaluate(model, loaders["val"], device)
+        arch = (config["model"]["name"], tuple(config["model"]["arch_args"]["widths"]))
+        if arch not in speeds:  # speed depends on the architecture, not on the weights
+            speeds[arch] = cpu_speed(model, batch_size)
+        latency_ms, images_per_s = speeds[arch]
+        per_class = 100 * test["confusion"].diag() / test["confusion"].sum(1).clamp(min=1)
+        history = info["history"] or []
+        rows.append({
+            "checkpoint": path, "weights": weights, "model": arch[0],
+            "variant": run_variant(config, ema=weights == "ema"), "seed": config.get("seed"),
+            "epochs": info["epoch"], "val_acc": val["acc"], "test_loss": test["loss"],
+            "test_acc": test["acc"], "params": sum(p.numel() for p in model.parameters()),
+            "macs": count_macs(model), "latency_ms": latency_ms, "images_per_s": images_per_s,
+            "train_minutes": sum(r.get("epoch_seconds", 0) for r in history) / 60,
+            **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
+        confusions.append(test["confusion"])
+        if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
+            tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
+                       f"{info['epochs']})")
+    return pd.DataFrame(rows), confusions
+
+
+def plot_results(results, confusions, plots_dir):
+    """Confusion matrices of the teacher and of the student with the best validation accuracy
+    (never chosen by a test score), and per-class accuracy of every variant."""
+    written = []
+    for kind in ("teacher", "student"):
+        candidates = results[results["model"] == kind]
+        if candidates.empty:
+            continue
+        best = candidates["val_acc"].idxmax()
+        row = results.loc[best]
+        name = Path(row["checkpoint"]).stem + "_ema" * (row["weights"] == "ema")
+        path = Path(plots_dir) / f"confusion_{name}.png"
+        plotting.plot_confusion(confusions[best], CLASSES, path,
+                                f"{name}: test accuracy {row['test_acc']:.2f}%")
+        written.append(path)
+    per_class = results.groupby("variant", sort=False)[[f"acc_{c}" for c in CLASSES]].mean()
+    seeds = results.groupby("variant", sort=False).size()
+    per_class.index = [f"{v} ({n} run{'s' * (n > 1)})" for v, n in seeds.items()]
+    per_class.columns = list(CLASSES)
+    path = Path(plots_dir) / "per_class_accuracy.png"
+    plotting.plot_per_class(per_class, path, "per-class test accuracy (mean over runs)")
+    return written + [path]
+
+
+def markdown_tables(results, test_images, device, batch_size):
+    shown = results[SUMMARY_COLUMNS].round({"val_acc": 2, "test_loss": 4, "test_acc": 2,
+                                            "latency_ms": 3, "images_per_s": 0,
+                                            "train_minutes": 1})
+    deploy = seed_table(shown, DEPLOY_KEYS)
+    threads = torch.get_num_threads()
+    return (f"# Results on the CIFAR-10 test set ({test_images:,} images)\n\n"
+            f"Evaluated on {device}; latency (one image) and throughput (batch of "
+            f"{batch_size}) are forward passes on the "
+            f"CPU ({os.cpu_count()} cores, {threads} threads), median of {TIMED_RUNS} runs "
+            f"after warm-up. `val_acc` is on the 5,000 held-out training images.\n\n"
+            f"## Per variant: test accuracy, mean ± std over seeds\n\n"
+            f"{deploy.to_markdown(index=False)}\n\n"
+            f"## Every model\n\n{shown.to_markdown(index=False)}\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="*",
+                        help="checkpoint files (default: every checkpoints/*.pt)")
+    engine.add_data_device_args(parser)
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="images per evaluation batch and per throughput measurement "
+                             "(default: 256)")
+    args = parser.parse_args()
+    if args.batch_size < 1:
+        raise engine.UserError(f"--batch-size must be positive, got {args.batch_size}")
+    device = engine.select_device(args.device)
+    models = load_models(checkpoint_paths(args.checkpoints), device)
+    data = load_cifar10(args.data_root)
+    _, val = split_train_val(data)
+    loaders = {"test": BatchLoader(data["test_images"], data["test_labels"], args.batch_size,
+                                   device),
+               "val": BatchLoader(*val, args.batch_size, device)}
+    results, confusions = evaluate_all(models, loaders, device, args.batch_size)
+    plots_dir = Path(args.plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    engine.write_text(plots_dir / "results.csv", results.to_csv(index=False))
+    markdown = markdown_tables(results, len(data["test_labels"]), device, args.batch_size)
+    engine.write_text(plots_dir / "results.md", markdown)
+    figures = plot_results(results, confusions, plots_dir)
+    print(markdown)
+    print("wrote " + ", ".join(map(str, [plots_dir / "results.csv", plots_dir / "results.md",
+                                         *figures])))
+
 
 if __name__ == "__main__":
-    sys.exit("evaluate.py: not yet implemented (issue 5)")
+    engine.run_cli(main)

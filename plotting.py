@@ -76,6 +76,35 @@ def plot_mean_curves(curves, path, title):
     save(fig, path)
 
 
+def plot_confusion(confusion, class_names, path, title):
+    """A confusion matrix (rows: true class, columns: predicted) as percentages of each true
+    class, with the percentages written in the cells."""
+    counts = confusion.double()
+    percent = 100 * counts / counts.sum(1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    image = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    for i in range(len(class_names)):
+        for j in range(len(class_names)):
+            ax.text(j, i, f"{percent[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if percent[i, j] > 50 else "black")
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set(xlabel="predicted", ylabel="true class", title=title)
+    fig.colorbar(image, ax=ax, label="% of the true class")
+    save(fig, path)
+
+
+def plot_per_class(per_class, path, title):
+    """Grouped bars: accuracy (%) per class (columns of `per_class`) for each row (a model)."""
+    ax = per_class.T.plot.bar(figsize=(12, 4.2), width=0.85, rot=30)
+    low = max(0, per_class.to_numpy().min() - 10)
+    ax.set(ylabel="test accuracy (%)", ylim=(low, 100), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    save(ax.figure, path)
+
+
 def plot_samples(images, labels, class_names, path):
     """A row of uint8 CHW images with their class names."""
     fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.7))

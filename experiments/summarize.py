@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results import run_variant, seed_table  # noqa: E402
+
 
 def run_table(folders):
     rows = []
@@ -21,9 +24,7 @@ def run_table(folders):
             last = history.iloc[-1]
             test = json.loads(Path(f"{stem}.test.json").read_text()) \
                 if Path(f"{stem}.test.json").is_file() else {}
-            variant = config.get("loss", "ce")
-            if "mode" in config:  # an EMA run (train_ema.py): distils with kd+ce
-                variant = config["mode"] + ("-no-ema" if config["no_ema"] else "")
+            variant = run_variant(config)
             row = {
                 "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,
                 "widths": " ".join(map(str, config["model"]["arch_args"]["widths"])),
@@ -39,22 +40,12 @@ def run_table(folders):
                 "img/s": round(history["images_per_second"].median())}
             rows.append(row)
             if "ema_val_acc" in history:  # the EMA model of the same run, as a row of its own
-                rows.append({**row, "run": row["run"] + " (EMA)", "variant": variant + " EMA",
+                rows.append({**row, "run": row["run"] + " (EMA)",
+                             "variant": run_variant(config, ema=True),
                              "val_acc": round(last["ema_val_acc"], 2),
                              "val_loss": round(last["ema_val_loss"], 4),
                              "test_acc": test.get("ema_test_acc")})
     return pd.DataFrame(rows)
-
-
-def seed_table(runs):
-    """Mean ± std (sample std, ddof=1) of test accuracy over the seeds of each variant."""
-    tested = runs.dropna(subset=["test_acc"])
-    keys = ["model", "variant", "widths", "epochs", "T", "alpha"]
-    table = tested.groupby(keys, dropna=False)["test_acc"].agg(["mean", "std", "count"])
-    table = table.reset_index()
-    table["test_acc"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
-                         for m, s, n in zip(table["mean"], table["std"], table["count"])]
-    return table.rename(columns={"count": "seeds"})[keys + ["seeds", "test_acc"]]
 
 
 if __name__ == "__main__":
@@ -64,4 +55,5 @@ if __name__ == "__main__":
     unused = [c for c in ("T", "alpha") if runs[c].isna().all()]
     print(runs.drop(columns=unused).to_string(index=False))
     if runs["test_acc"].notna().any():
-        print("\n" + seed_table(runs).drop(columns=unused).to_string(index=False))
+        keys = ["model", "variant", "widths", "epochs", "T", "alpha"]
+        print("\n" + seed_table(runs, keys).drop(columns=unused).to_string(index=False))

@@ -102,9 +102,3 @@ def test_resume_rejects_a_checkpoint_of_another_model(image_folder, tmp_path):
     proc = run_script("train_teacher.py", "--resume", "--data-root", image_folder, "--out",
                       out, "--plots-dir", tmp_path, check=False)
     assert_one_line_error(proc, "student")
-
-
-@pytest.mark.parametrize("script", ["evaluate.py"])
-def test_later_stages_say_not_yet(script):
-    proc = run_script(script, check=False)
-    assert proc.returncode != 0 and "not yet" in proc.stderr

@@ -6,7 +6,9 @@ import pandas as pd
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from summarize import run_table, seed_table  # noqa: E402
+from summarize import run_table  # noqa: E402
+
+from results import seed_table  # noqa: E402
 
 
 def write_run(folder, name, loss, seed, test_acc, val_acc=50.0):
@@ -31,6 +33,6 @@ def test_mean_and_std_over_seeds(tmp_path):
     assert len(runs) == 5 and runs["val_acc"].tolist()[0] == 50.0
     assert runs.loc[runs.run == "student_kd_seed0", "minutes"].item() == 1.0
     assert runs.loc[runs.run == "student_kd_seed0", "img/s"].item() == 200
-    table = seed_table(runs).set_index("variant")
+    table = seed_table(runs, ["model", "variant", "epochs"]).set_index("variant")
     assert table.loc["kd", "test_acc"] == "72.00 ± 2.00" and table.loc["kd", "seeds"] == 3
     assert table.loc["ce", "test_acc"] == "65.00" and table.loc["ce", "seeds"] == 1

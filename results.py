@@ -1,0 +1,26 @@
+"""Tables of results shared by evaluate.py and experiments/summarize.py: which variant a run
+is, and the mean ± std of its test accuracy over seeds."""
+
+
+def run_variant(config, ema=False):
+    """The variant a run's config describes: `teacher`, the student loss (`kd+ce`, `kd`, `ce`),
+    or the EMA mode (`mean-teacher`, `mean-teacher-no-ema`, `model-ema`); with `ema`, the
+    EMA model of that run (`... EMA`)."""
+    if "mode" in config:  # a train_ema.py run
+        variant = config["mode"] + ("-no-ema" if config["no_ema"] else "")
+    elif config["model"]["name"] == "teacher":
+        variant = "teacher"
+    else:
+        variant = config["loss"]
+    return variant + " EMA" * ema
+
+
+def seed_table(runs, keys):
+    """Mean ± std (sample std, ddof=1) of `test_acc` over the runs (seeds) sharing `keys`;
+    runs without a test accuracy are left out."""
+    tested = runs.dropna(subset=["test_acc"])
+    table = tested.groupby(keys, dropna=False, sort=False)["test_acc"]
+    table = table.agg(["mean", "std", "count"]).reset_index()
+    table["test_acc"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+                         for m, s, n in zip(table["mean"], table["std"], table["count"])]
+    return table.rename(columns={"count": "seeds"})[keys + ["seeds", "test_acc"]]

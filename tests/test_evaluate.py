@@ -1,0 +1,83 @@
+"""evaluate.py on the checkpoints of a --dry-run pipeline: its table agrees with an
+independent count of correct predictions, and its files are written."""
+import re
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_script, synthetic_images
+from data import CLASSES
+from models import load_model
+
+N_TEST_PER_CLASS = 5  # the image_folder fixture's test split
+
+
+@pytest.fixture(scope="module")
+def pipeline(teacher_checkpoint, image_folder, tmp_path_factory):
+    """teacher -> two seeds of a KD student -> a model-ema run, all --dry-run, in one folder."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    teacher = folder / "teacher.pt"
+    shutil.copy(teacher_checkpoint, teacher)
+    common = ["--dry-run", "--batch-size", "64", "--data-root", image_folder, "--plots-dir",
+              folder, "--teacher", teacher]
+    for seed in (0, 1):
+        run_script("train_student.py", *common, "--seed", seed,
+                   "--out", folder / f"student_kd+ce_seed{seed}.pt")
+    run_script("train_ema.py", *common, "--mode", "model-ema",
+               "--out", folder / "ema_model-ema_seed0.pt")
+    proc = run_script("evaluate.py", *sorted(folder.glob("*.pt")), "--data-root", image_folder,
+                      "--plots-dir", folder / "plots", "--batch-size", "16")
+    return folder, proc
+
+
+def correct_per_class(model):
+    """Correct predictions per class on the test images, counted without this repo's data
+    loading or evaluation code (the fixture's PNGs are lossless copies of these)."""
+    images, labels = synthetic_images(N_TEST_PER_CLASS, seed=1)
+    with torch.no_grad():
+        predictions = model(images.float() / 255).argmax(1)
+    return torch.bincount(labels[predictions == labels], minlength=len(CLASSES))
+
+
+def test_results_agree_with_an_independent_count(pipeline):
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv")
+    assert {"checkpoint", "weights", "model", "test_loss", "test_acc", "params",
+            "macs"} <= set(results.columns)
+    # The EMA run gives two rows, every other checkpoint one.
+    assert len(results) == 5
+    assert sorted(results["weights"]) == ["ema", "raw", "raw", "raw", "raw"]
+    for row in results.itertuples():
+        model = load_model(row.checkpoint, ema=row.weights == "ema")
+        correct = correct_per_class(model)
+        assert row.test_acc == pytest.approx(100 * correct.sum().item() / (10 * N_TEST_PER_CLASS))
+        per_class = [getattr(row, f"acc_{name}") for name in CLASSES]
+        assert per_class == pytest.approx((100 * correct / N_TEST_PER_CLASS).tolist())
+        assert row.params == sum(p.numel() for p in model.parameters())
+    macs = results.groupby("model")["macs"].first()
+    assert macs["teacher"] > 10 * macs["student"]
+    assert (results["latency_ms"] > 0).all() and (results["images_per_s"] > 0).all()
+
+
+def test_tables_and_figures_are_written(pipeline):
+    folder, proc = pipeline
+    plots = folder / "plots"
+    markdown = (plots / "results.md").read_text()
+    # Two seeds of kd+ce: a mean ± std row.
+    assert re.search(r"\| kd\+ce .*\|\s+2 \|\s+[\d.]+ ± [\d.]+ \|$", markdown, re.M)
+    assert "model-ema EMA" in markdown and "teacher" in markdown
+    assert "student_kd+ce_seed1" in proc.stdout
+    names = {p.name for p in plots.glob("*.png")}
+    assert "confusion_teacher.png" in names and "per_class_accuracy.png" in names
+    assert len([n for n in names if n.startswith("confusion_")]) == 2  # teacher + best student
+
+
+def test_bad_input_is_one_line(image_folder, tmp_path):
+    for flags, fragment in (([tmp_path / "missing.pt"], "not found"),
+                            ([tmp_path / "missing.pt", "--batch-size", "0"], "--batch-size")):
+        proc = run_script("evaluate.py", *flags, "--data-root", image_folder, "--plots-dir",
+                          tmp_path, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0]

@@ -1,4 +1,5 @@
 import argparse
+import signal
 
 import pytest
 import torch
@@ -54,6 +55,28 @@ def test_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
     def timeless(history):
         return [{k: v for k, v in row.items() if "second" not in k} for row in history]
     assert timeless(history_a) == timeless(history_b)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_swallowed_by_a_finalizer_still_stops_training(image_folder, tmp_path,
+                                                                    monkeypatch):
+    """Python ignores exceptions raised in finalizers; a Ctrl-C that lands in one (matplotlib
+    closing a figure did, under load) must still stop the run within a step."""
+    monkeypatch.setattr(engine, "_interrupt_requested", False)
+    calls = {"n": 0}
+
+    class InterruptedFinalizer:
+        def __del__(self):
+            engine._raise_interrupt(signal.SIGINT, None)  # as if the signal arrived here
+
+    def loss_fn(logits, labels, images):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            InterruptedFinalizer()  # dropped at once: "Exception ignored in ... __del__"
+        return losses.cross_entropy(logits, labels, images)
+    with pytest.raises(KeyboardInterrupt):
+        train(parse(image_folder, tmp_path, "--epochs", 3), loss_fn)
+    assert calls["n"] == 3
 
 
 def test_resume_takes_the_recipe_from_the_checkpoint(image_folder, tmp_path):

@@ -1,0 +1,279 @@
+"""How fast the teacher and the student train and infer here, against this machine's fp32
+matmul peak and against the tutorial data pipeline; prints a table.
+
+    python benchmarks/throughput.py --data-root ../shared/data/cifar10-jpeg
+    python benchmarks/throughput.py --compile      # also torch.compile'd training steps
+
+Every variant processes a fixed number of images per round, and each round runs every
+variant once, in turn (A B C ... A B C ...), so that the machine's minute-to-minute swings
+hit all of them alike; the table gives the median over rounds, after one untimed round of
+warm-up. Training goes through engine.train_one_epoch with the real BatchLoader (data and
+augmentation included), as the training scripts do; inference through engine.evaluate.
+The tutorial variant trains the same model on batches from torchvision's dataset, per-image
+PIL transforms (random crop, flip, ToTensor) and a DataLoader with 2 workers.
+FLOP per training image = 3 x the forward pass (torch.utils.flop_counter), plus one teacher
+forward for a KD step. Peak memory: the peak RSS of a fresh process that runs a few training
+steps, less that of one that only builds the same model and batch.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed loops
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torchvision import transforms  # noqa: E402
+
+import engine  # noqa: E402
+import losses  # noqa: E402
+from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
+from models import IMAGE_SHAPE, build_model, count_macs  # noqa: E402
+
+BATCH_SIZE = {"teacher": 128, "student": 256}  # train_teacher.py's and train_student.py's
+MATMUL_SIZE = 2048
+
+
+class Variant:
+    """A named workload: `run()` processes `images` images; `flop` per image (or None)."""
+
+    def __init__(self, name, run, images, flop=None, batch=None):
+        self.name, self.run, self.images, self.flop, self.batch = name, run, images, flop, batch
+        self.seconds = []
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training(model, loader, loss_fn, device, compile_model=False, threads=None,
+             memory_format=torch.channels_last):
+    """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR)."""
+    model = model.to(device, memory_format=memory_format)
+    step_model = torch.compile(model) if compile_model else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    if memory_format != torch.channels_last:  # BatchLoader yields channels_last batches
+        loader = [(x.contiguous(memory_format=memory_format), y) for x, y in loader]
+
+    def run():
+        default_threads = torch.get_num_threads()
+        torch.set_num_threads(threads or default_threads)
+        try:
+            engine.train_one_epoch(step_model, loader, loss_fn, optimizer, scheduler, device)
+            sync(device)
+        finally:
+            torch.set_num_threads(default_threads)
+    return run
+
+
+def inference(model, loader, device, compile_model=False):
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    model = torch.compile(model) if compile_model else model
+    return lambda: (engine.evaluate(model, loader, device), sync(device))
+
+
+def data_only(loader):
+    def run():
+        for _ in loader:
+            pass
+    return run
+
+
+class TutorialLoader:
+    """The usual tutorial pipeline: torchvision dataset, per-image PIL transforms, DataLoader
+    with 2 workers; each pass takes `batches` batches from a fresh iterator, so its workers
+    start (start-up included in the time, as at every epoch's start) and stop within the
+    pass and never run in the background of another variant."""
+
+    def __init__(self, data_root, batch_size, batches):
+        augment = transforms.Compose([transforms.RandomCrop(32, padding=CROP_PADDING),
+                                      transforms.RandomHorizontalFlip(), transforms.ToTensor()])
+        root = Path(data_root)
+        if (root / "train").is_dir():
+            dataset = torchvision.datasets.ImageFolder(root / "train", transform=augment)
+        else:
+            dataset = torchvision.datasets.CIFAR10(root, train=True, transform=augment)
+        self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                                  num_workers=2, drop_last=True)
+        self.batches = batches
+
+    def __len__(self):
+        return self.batches
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        try:
+            for _ in range(self.batches):
+                yield next(iterator)
+        finally:
+            del iterator  # shuts the workers down
+
+
+def build_variants(args, device):
+    data = load_cifar10(args.data_root)
+    train, _ = split_train_val(data)
+    torch.manual_seed(0)
+    teacher = build_model("teacher").to(device, memory_format=torch.channels_last).eval()
+    kd_loss = losses.student_loss("kd+ce", teacher.requires_grad_(False))
+    forward_flop_teacher = 2 * count_macs(teacher)
+    variants = []
+    for kind in ("teacher", "student"):
+        bs = BATCH_SIZE[kind]
+        n = args.batches * bs
+        forward_flop = 2 * count_macs(build_model(kind))
+        flop = 3 * forward_flop
+
+        def loader(augment=True):
+            return BatchLoader(*train, bs, device, shuffle=True, augment=augment,
+                               drop_last=True, max_batches=args.batches)
+
+        def model():
+            torch.manual_seed(0)
+            return build_model(kind)
+        ce = losses.cross_entropy
+        tutorial = TutorialLoader(args.data_root, bs, args.batches)
+        variants += [
+            Variant(f"{kind}: train", training(model(), loader(), ce, device), n, flop, bs),
+            Variant(f"{kind}: train, tutorial pipeline",
+                    training(model(), tutorial, ce, device), n, flop, bs),
+            Variant(f"{kind}: data + augmentation only", data_only(loader()), n, None, bs),
+            Variant(f"{kind}: train, contiguous NCHW",
+                    training(model(), loader(), ce, device,
+                             memory_format=torch.contiguous_format), n, flop, bs),
+            Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
+                    forward_flop, bs),
+        ]
+        if device.type == "cpu" and torch.get_num_threads() > 1:
+            variants.append(Variant(f"{kind}: train, 1 thread",
+                                    training(model(), loader(), ce, device, threads=1), n,
+                                    flop, bs))
+        if args.compile:
+            variants += [
+                Variant(f"{kind}: train, torch.compile",
+                        training(model(), loader(), ce, device, compile_model=True), n, flop,
+                        bs),
+                Variant(f"{kind}: inference, torch.compile",
+                        inference(model(), loader(False), device, compile_model=True), n,
+                        forward_flop, bs)]
+        if kind == "student":
+            kd_flop = flop + forward_flop_teacher
+            variants.append(Variant("student: KD train (teacher forward included)",
+                                    training(model(), loader(), kd_loss, device), n, kd_flop,
+                                    bs))
+    a = torch.rand(MATMUL_SIZE, MATMUL_SIZE, device=device)
+    variants.append(Variant("fp32 matmul peak", lambda: (a @ a, sync(device)), 1,
+                            2 * MATMUL_SIZE ** 3))
+    return variants
+
+
+def measure(variants, rounds):
+    for round_ in range(rounds + 1):  # round 0 warms up (allocations, oneDNN kernels, compile)
+        for v in variants:
+            start = time.perf_counter()
+            v.run()
+            if round_:
+                v.seconds.append(time.perf_counter() - start)
+        print(f"round {round_}/{rounds} done", file=sys.stderr)
+
+
+def peak_memory_mib(kind, steps=3):
+    """Peak memory (MiB) a fresh CPU process adds while it runs `steps` training steps of
+    `kind` ("teacher", "student" or "kd"), over what its model and batch already hold."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            f"from benchmarks.throughput import memory_probe; memory_probe({kind!r}, {steps})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return float(out.split()[-1])
+
+
+def memory_probe(kind, steps):
+    bs = BATCH_SIZE["student" if kind == "kd" else kind]
+    model = build_model("student" if kind == "kd" else kind).to(memory_format=torch.channels_last)
+    teacher = build_model("teacher").eval().requires_grad_(False) if kind == "kd" else None
+    loss_fn = losses.student_loss("kd+ce", teacher) if teacher else losses.cross_entropy
+    images = torch.rand(bs, *IMAGE_SHAPE).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (bs,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    # Writing 5 to clear_refs resets the kernel's peak-RSS mark (VmHWM) to the current RSS,
+    # so the peak read afterwards is that of the training steps alone.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = rss_kib("VmRSS")
+    for _ in range(steps):
+        loss = loss_fn(model(images), labels, images)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print((rss_kib("VmHWM") - before) / 1024)
+
+
+def rss_kib(field):
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(field + ":"))
+    return int(line.split()[1])
+
+
+def report(variants, device):
+    peak = next(v for v in variants if v.name == "fp32 matmul peak")
+    peak_gflops = peak.flop / statistics.median(peak.seconds) / 1e9
+    tutorial = {v.name.split(":")[0]: statistics.median(v.seconds) / v.images
+                for v in variants if "tutorial" in v.name}
+    data_only = {v.name.split(":")[0]: statistics.median(v.seconds)
+                 for v in variants if "data + augmentation" in v.name}
+    default = {v.name: statistics.median(v.seconds) / v.images for v in variants}
+    rows = []
+    for v in variants:
+        if v is peak:
+            continue
+        kind = v.name.split(":")[0]
+        seconds = statistics.median(v.seconds)
+        per_image = seconds / v.images
+        row = {"variant": v.name, "batch": v.batch, "images/s": round(v.images / seconds),
+               "spread %": round(100 * (max(v.seconds) - min(v.seconds)) / seconds)}
+        if v.flop:
+            gflops = v.flop * v.images / seconds / 1e9
+            row.update({"GFLOP/image": round(v.flop / 1e9, 4), "GFLOP/s": round(gflops, 1),
+                        "% of peak": round(100 * gflops / peak_gflops, 1)})
+        if v.name.endswith(": train"):
+            row["speed vs tutorial"] = round(tutorial[kind] / per_image, 2)
+            row["data share %"] = round(100 * data_only[kind] / seconds, 1)
+        if ", " in v.name and "tutorial" not in v.name:  # a variant of a default: the ratio
+            row["speed vs default"] = round(default[v.name.split(", ")[0]] / per_image, 2)
+        rows.append(row)
+    table = pd.DataFrame(rows).astype(object).fillna("")
+    print(f"\n{torch.get_num_threads()} threads on {device}, torch {torch.__version__}; "
+          f"fp32 matmul peak ({MATMUL_SIZE}x{MATMUL_SIZE}): {peak_gflops:.0f} GFLOP/s; "
+          f"median of {len(peak.seconds)} interleaved rounds")
+    print(table.to_markdown(index=False))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    engine.add_data_device_args(parser)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
+    parser.add_argument("--batches", type=int, default=8,
+                        help="batches per variant per round (default: 8)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile'd training steps")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.batches < 1:
+        raise engine.UserError("--rounds and --batches must be positive")
+    device = engine.select_device(args.device)
+    variants = build_variants(args, device)
+    measure(variants, args.rounds)
+    report(variants, device)
+    if device.type == "cpu" and Path("/proc/self/clear_refs").exists():
+        print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
+              ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
+                        for kind in ("teacher", "student", "kd")))
+
+
+if __name__ == "__main__":
+    engine.run_cli(main)

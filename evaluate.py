@@ -28,7 +28,7 @@ import plotting
 from checkpoints import load_checkpoint
 from data import CLASSES, BatchLoader, load_cifar10, split_train_val
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint
-from results import run_variant, seed_table
+from results import run_variant, seed_table, variant_rank
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
 TIMED_RUNS = 7
@@ -107,7 +107,10 @@ def evaluate_all(models, loaders, device, batch_size):
         if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
             tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
                        f"{info['epochs']})")
-    return pd.DataFrame(rows), confusions
+    results = pd.DataFrame(rows)
+    order = sorted(results.index, key=lambda i: (variant_rank(results.at[i, "variant"]),
+                                                 results.at[i, "checkpoint"]))
+    return results.loc[order].reset_index(drop=True), [confusions[i] for i in order]
 
 
 def plot_results(results, confusions, plots_dir):

@@ -2,6 +2,15 @@
 is, and the mean ± std of its test accuracy over seeds."""
 
 
+# The order tables list variants in: the teacher, the students, then the EMA runs.
+VARIANT_ORDER = ("teacher", "kd+ce", "kd", "ce", "mean-teacher", "mean-teacher EMA",
+                 "mean-teacher-no-ema", "mean-teacher-no-ema EMA", "model-ema", "model-ema EMA")
+
+
+def variant_rank(variant):
+    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+
 def run_variant(config, ema=False):
     """The variant a run's config describes: `teacher`, the student loss (`kd+ce`, `kd`, `ce`),
     or the EMA mode (`mean-teacher`, `mean-teacher-no-ema`, `model-ema`); with `ema`, the

@@ -97,11 +97,11 @@ def plot_confusion(confusion, class_names, path, title):
 
 def plot_per_class(per_class, path, title):
     """Grouped bars: accuracy (%) per class (columns of `per_class`) for each row (a model)."""
-    ax = per_class.T.plot.bar(figsize=(12, 4.2), width=0.85, rot=30)
+    ax = per_class.T.plot.bar(figsize=(14, 4.2), width=0.85, rot=30)
     low = max(0, per_class.to_numpy().min() - 10)
     ax.set(ylabel="test accuracy (%)", ylim=(low, 100), title=title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside, not on, the bars
     save(ax.figure, path)
 
 

@@ -79,6 +79,24 @@ def test_an_interrupt_swallowed_by_a_finalizer_still_stops_training(image_folder
     assert calls["n"] == 3
 
 
+def test_compile_flag_compiles_the_training_steps_only(image_folder, tmp_path, monkeypatch):
+    compiled, stepped = [], []
+
+    def fake_compile(model):  # the wiring, without paying for a real compilation
+        compiled.append(model)
+
+        def step_model(images):
+            stepped.append(len(images))
+            return model(images)
+        step_model.train, step_model.parameters = model.train, model.parameters
+        return step_model
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = train(parse(image_folder, tmp_path, "--epochs", 1, "--compile"))
+    assert compiled == [model] and len(stepped) == 270 // 32  # every training step
+    plain = train(parse(image_folder, tmp_path / "plain", "--epochs", 1))
+    assert len(compiled) == 1 and plain is not model
+
+
 def test_resume_takes_the_recipe_from_the_checkpoint(image_folder, tmp_path):
     train(parse(image_folder, tmp_path, "--epochs", 1, "--lr", 0.01))
     args, *_ = engine.prepare_run(parse(image_folder, tmp_path, "--resume", "--lr", 0.5), "student")

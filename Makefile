@@ -3,6 +3,7 @@
 # make quick : the same sequence on 5,000 training images for 3 epochs (a few minutes on a
 #              CPU), in runs/quick/ (checkpoints/ and plots/ inside)
 # make test  : set up .venv and run the test suite
+# make bench : set up .venv and print benchmarks/throughput.py's table (idle machine!)
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
 #                    torchvision downloads CIFAR-10 if the network allows)
@@ -23,7 +24,7 @@ stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --out "$(2)" $(3) $(RUN_FLAGS
         else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
 RUN_FLAGS = --plots-dir $(PLOTS) $(FLAGS)
 
-.PHONY: all quick teacher students ema evaluate test clean-venv
+.PHONY: all quick teacher students ema evaluate test bench clean-venv
 
 all: evaluate
 
@@ -61,6 +62,9 @@ evaluate: students ema
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests
+
+bench: $(VENV)/installed
+	$(PY) benchmarks/throughput.py --compile
 
 clean-venv:
 	rm -rf $(VENV)

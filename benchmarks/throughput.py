@@ -1,5 +1,5 @@
 """How fast the teacher and the student train and infer here, against this machine's fp32
-matmul peak and against the tutorial data pipeline; prints a table.
+peak and against the tutorial data pipeline; prints a table.
 
     python benchmarks/throughput.py --data-root ../shared/data/cifar10-jpeg
     python benchmarks/throughput.py --compile      # also torch.compile'd training steps
@@ -12,7 +12,8 @@ augmentation included), as the training scripts do; inference through engine.eva
 The tutorial variant trains the same model on batches from torchvision's dataset, per-image
 PIL transforms (random crop, flip, ToTensor) and a DataLoader with 2 workers.
 FLOP per training image = 3 x the forward pass (torch.utils.flop_counter), plus one teacher
-forward for a KD step. Peak memory: the peak RSS of a fresh process that runs a few training
+forward for a KD step; the peak is the faster of a large matmul and a large convolution,
+timed in the same rounds (see peak_variants). Peak memory: the peak RSS of a fresh process that runs a few training
 steps, less that of one that only builds the same model and batch.
 """
 import argparse

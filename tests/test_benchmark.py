@@ -1,0 +1,16 @@
+"""benchmarks/throughput.py runs end to end on a small set (its numbers are not checked:
+timing belongs to the benchmark, not to the tests)."""
+from conftest import run_script
+
+
+def test_benchmark_prints_every_row(image_folder):
+    proc = run_script("benchmarks/throughput.py", "--data-root", image_folder, "--rounds", "1",
+                      "--batches", "1")
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    names = [row.split("|")[1].strip() for row in rows]
+    for kind in ("teacher", "student"):
+        for variant in ("train", "train, tutorial pipeline", "data + augmentation only",
+                        "inference"):
+            assert f"{kind}: {variant}" in names
+    assert "student: KD train (teacher forward included)" in names
+    assert "peak memory of training steps" in proc.stdout

@@ -63,9 +63,9 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")
     a("--compile", action="store_true", help="torch.compile the model for its training "
-      "steps (off by default: on the 2-core dev CPU it gained 1.07x (teacher) and 1.16x "
-      "(student) per step, not enough to repay its compile time in a run of minutes; "
-      "see benchmarks/throughput.py --compile)")
+      "steps (off by default: on the 2-core dev CPU it gained nothing for the teacher and "
+      "1.24x per student step, after 5-13 s of compiling; see benchmarks/throughput.py "
+      "--compile)")
     a("--train-subset", type=int, default=None, metavar="N",
       help="train on the first N training images only (default: all 45,000)")
     a("--out", default=out, help=f"checkpoint path; run records are written beside it "
@@ -339,7 +339,7 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     """
     if model is None:
         model = initial_model(model_name, args, ckpt)
-    # channels_last: 1.16x (teacher) and 1.33x (student) faster training steps than
+    # channels_last: 1.14x (teacher) and 1.12-1.33x (student) faster training steps than
     # contiguous NCHW on the 2-core dev CPU (benchmarks/throughput.py, oneDNN); it is also
     # the layout cuDNN convolutions prefer.
     model = model.to(device, memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 # Decoded-data caches of the synthetic sets go to a temporary folder, not the project's .cache.
 os.environ["KD_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd-test-cache-")
 
+from checkpoints import load_checkpoint  # noqa: E402
 from data import CLASSES  # noqa: E402
 
 # One colour per class: a small CNN separates these in an epoch or two, so a training
@@ -103,6 +104,17 @@ def interrupt_after_first_checkpoint(script, flags, out):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def full_and_resumed_runs(script, flags, folder, epochs):
+    """Run `script` with `flags` to the end in folder/full.pt, and again in folder/cut.pt
+    interrupted by SIGTERM after its first checkpoint and then resumed; returns both paths."""
+    run_script(script, *flags, "--out", folder / "full.pt")
+    cut = folder / "cut.pt"
+    if interrupt_after_first_checkpoint(script, flags, cut) == 130:  # else it had finished
+        assert load_checkpoint(cut)["epoch"] < epochs
+        run_script(script, *flags, "--out", cut, "--resume")
+    return folder / "full.pt", cut
 
 
 def run_script(script, *flags, check=True):

@@ -4,7 +4,7 @@ import torch
 
 import engine
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import interrupt_after_first_checkpoint, run_script
+from conftest import full_and_resumed_runs, run_script
 from models import StudentNet, load_model
 
 
@@ -88,13 +88,8 @@ def test_dry_run_of_each_mode(teacher_checkpoint, image_folder, tmp_path, flags)
 def test_ema_state_survives_an_interrupt_and_resume(image_folder, tmp_path):
     flags = ["--mode", "mean-teacher", "--epochs", "3", "--batch-size", "16", "--data-root",
              image_folder, "--plots-dir", tmp_path]
-    run_script("train_ema.py", *flags, "--out", tmp_path / "full.pt")
-    cut = tmp_path / "cut.pt"
-    returncode = interrupt_after_first_checkpoint("train_ema.py", flags, cut)
-    if returncode == 130:  # else the run finished before the signal: nothing to resume
-        assert load_checkpoint(cut)["epoch"] < 3
-        run_script("train_ema.py", *flags, "--out", cut, "--resume")
-    full, again = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(cut)
+    full, cut = full_and_resumed_runs("train_ema.py", flags, tmp_path, epochs=3)
+    full, again = load_checkpoint(full), load_checkpoint(cut)
     assert full["ema"]["updates"] == again["ema"]["updates"] == 3 * (270 // 16)
     assert all(torch.equal(v, again["model_state"][k]) for k, v in full["model_state"].items())
     assert all(torch.equal(v, again["ema"]["model_state"][k])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import ROOT, interrupt_after_first_checkpoint, run_script
+from conftest import ROOT, full_and_resumed_runs, run_script
 from models import load_model
 
 
@@ -46,13 +46,8 @@ def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, si
 def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder, tmp_path):
     flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--data-root", image_folder,
              "--plots-dir", tmp_path]
-    run_script("train_student.py", *flags, "--out", tmp_path / "full.pt")
-    out = tmp_path / "cut.pt"
-    returncode = interrupt_after_first_checkpoint("train_student.py", flags, out)
-    if returncode == 130:  # else the run finished before the signal: nothing to resume
-        assert load_checkpoint(out)["epoch"] < 4
-        run_script("train_student.py", *flags, "--out", out, "--resume")
-    full, cut = load_model(tmp_path / "full.pt").state_dict(), load_model(out).state_dict()
+    full, cut = full_and_resumed_runs("train_student.py", flags, tmp_path, epochs=4)
+    full, cut = load_model(full).state_dict(), load_model(cut).state_dict()
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 

@@ -481,9 +481,13 @@ def write_text(path, text):
 _interrupt_requested = False
 
 
-def _raise_interrupt(signum, frame):
+def _note_interrupt(signum, frame):
     global _interrupt_requested
     _interrupt_requested = True
+
+
+def _raise_interrupt(signum, frame):
+    _note_interrupt(signum, frame)
     raise KeyboardInterrupt
 
 
@@ -499,16 +503,14 @@ def check_interrupt():
 def interrupts_deferred():
     """Hold Ctrl-C and SIGTERM until the block ends (then raise KeyboardInterrupt), so that
     an interrupt cannot fall between writing a checkpoint and the records beside it."""
-    caught = []
-    handlers = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
+    handlers = {sig: signal.signal(sig, _note_interrupt)
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt
+    check_interrupt()
 
 
 def run_cli(main):

@@ -27,7 +27,7 @@ import engine
 import plotting
 from checkpoints import load_checkpoint
 from data import CLASSES, BatchLoader, load_cifar10, split_train_val
-from models import IMAGE_SHAPE, count_macs, model_from_checkpoint
+from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 from results import run_variant, seed_table, variant_rank
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -84,15 +84,16 @@ def load_models(paths, device):
 
 def evaluate_all(models, loaders, device, batch_size):
     """One row per model, and its test confusion matrix."""
-    rows, confusions, speeds = [], [], {}
+    rows, confusions, costs = [], [], {}
     for path, weights, model, info in tqdm(models, desc="evaluating", unit="model"):
-        config = info["config"] or {}
+        config = info["config"]
         test = engine.evaluate(model, loaders["test"], device)
         val = engine.evaluate(model, loaders["val"], device)
-        arch = (config["model"]["name"], tuple(config["model"]["arch_args"]["widths"]))
-        if arch not in speeds:  # speed depends on the architecture, not on the weights
-            speeds[arch] = cpu_speed(model, batch_size)
-        latency_ms, images_per_s = speeds[arch]
+        spec = model_spec(model)
+        arch = (spec["name"], tuple(spec["arch_args"]["widths"]))
+        if arch not in costs:  # MACs and speed depend on the architecture, not the weights
+            costs[arch] = (count_macs(model), *cpu_speed(model, batch_size))
+        macs, latency_ms, images_per_s = costs[arch]
         per_class = 100 * test["confusion"].diag() / test["confusion"].sum(1).clamp(min=1)
         history = info["history"] or []
         rows.append({
@@ -100,7 +101,7 @@ def evaluate_all(models, loaders, device, batch_size):
             "variant": run_variant(config, ema=weights == "ema"), "seed": config.get("seed"),
             "epochs": info["epoch"], "val_acc": val["acc"], "test_loss": test["loss"],
             "test_acc": test["acc"], "params": sum(p.numel() for p in model.parameters()),
-            "macs": count_macs(model), "latency_ms": latency_ms, "images_per_s": images_per_s,
+            "macs": macs, "latency_ms": latency_ms, "images_per_s": images_per_s,
             "train_minutes": sum(r.get("epoch_seconds", 0) for r in history) / 60,
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])

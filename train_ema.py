@@ -21,6 +21,7 @@ from pathlib import Path
 import engine
 import losses
 import plotting
+from results import run_variant
 
 
 def main():
@@ -41,7 +42,7 @@ def main():
     if args.no_ema and args.mode != "mean-teacher":
         raise engine.UserError("--no-ema goes with --mode mean-teacher (model-ema evaluates "
                                "the raw student beside its EMA in one run)")
-    mode = args.mode + ("-no-ema" if args.no_ema else "")
+    mode = run_variant(vars(args))  # mean-teacher, mean-teacher-no-ema or model-ema
     args.out = args.out.replace("<mode>", mode).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = engine.prepare_run(
         args, "student", recipe_keys=("mode", "ema_decay", "no_ema", "temperature", "alpha",

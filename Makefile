@@ -64,7 +64,7 @@ test: $(VENV)/installed
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/installed
-	$(PY) benchmarks/throughput.py --compile
+	$(PY) benchmarks/throughput.py --compile --profile
 
 clean-venv:
 	rm -rf $(VENV)

@@ -3,6 +3,7 @@ peak and against the tutorial data pipeline; prints a table.
 
     python benchmarks/throughput.py --data-root ../shared/data/cifar10-jpeg
     python benchmarks/throughput.py --compile      # also torch.compile'd training steps
+    python benchmarks/throughput.py --profile      # also where a step's time goes, per op kind
 
 Every variant processes a fixed number of images per round, and each round runs every
 variant once, in turn (A B C ... A B C ...), so that the machine's minute-to-minute swings
@@ -13,8 +14,8 @@ The tutorial variant trains the same model on batches from torchvision's dataset
 PIL transforms (random crop, flip, ToTensor) and a DataLoader with 2 workers.
 FLOP per training image = 3 x the forward pass (torch.utils.flop_counter), plus one teacher
 forward for a KD step; the peak is the faster of a large matmul and a large convolution,
-timed in the same rounds (see peak_variants). Peak memory: the peak RSS of a fresh process that runs a few training
-steps, less that of one that only builds the same model and batch.
+timed in the same rounds (see peak_variants). Peak memory: the peak RSS of a fresh process
+that runs a few training steps, less that of one that only builds the same model and batch.
 """
 import argparse
 import os
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 import engine  # noqa: E402
@@ -57,15 +59,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def training(model, loader, loss_fn, device, compile_model=False, threads=None,
-             memory_format=torch.channels_last):
-    """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR)."""
-    model = model.to(device, memory_format=memory_format)
+def training(model, loader, loss_fn, device, compile_model=False, threads=None):
+    """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
+    model in the loader's memory format."""
+    model = model.to(device, memory_format=getattr(loader, "memory_format",
+                                                   torch.channels_last))
     step_model = torch.compile(model) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    if memory_format != torch.channels_last:  # BatchLoader yields channels_last batches
-        loader = [(x.contiguous(memory_format=memory_format), y) for x, y in loader]
 
     def run():
         default_threads = torch.get_num_threads()
@@ -135,9 +136,10 @@ def build_variants(args, device):
         forward_flop = 2 * count_macs(build_model(kind))
         flop = 3 * forward_flop
 
-        def loader(augment=True):
+        def loader(augment=True, memory_format=torch.channels_last):
             return BatchLoader(*train, bs, device, shuffle=True, augment=augment,
-                               drop_last=True, max_batches=args.batches)
+                               drop_last=True, max_batches=args.batches,
+                               memory_format=memory_format)
 
         def model():
             torch.manual_seed(0)
@@ -150,8 +152,8 @@ def build_variants(args, device):
                     training(model(), tutorial, ce, device), n, flop, bs),
             Variant(f"{kind}: data + augmentation only", data_only(loader()), n, None, bs),
             Variant(f"{kind}: train, contiguous NCHW",
-                    training(model(), loader(), ce, device,
-                             memory_format=torch.contiguous_format), n, flop, bs),
+                    training(model(), loader(memory_format=torch.contiguous_format), ce,
+                             device), n, flop, bs),
             Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
                     forward_flop, bs),
         ]
@@ -209,24 +211,90 @@ def peak_memory_mib(kind, steps=3):
     return float(out.split()[-1])
 
 
-def memory_probe(kind, steps):
-    bs = BATCH_SIZE["student" if kind == "kd" else kind]
-    model = build_model("student" if kind == "kd" else kind).to(memory_format=torch.channels_last)
-    teacher = build_model("teacher").eval().requires_grad_(False) if kind == "kd" else None
+def synthetic_step(kind, device="cpu"):
+    """A training step of `kind` ("teacher", "student" or "kd": a student distilling from a
+    teacher) on one fixed random batch, as a function; no data work."""
+    student = "student" if kind == "kd" else kind
+    bs = BATCH_SIZE[student]
+    torch.manual_seed(0)
+    model = build_model(student).to(device, memory_format=torch.channels_last)
+    teacher = (build_model("teacher").to(device, memory_format=torch.channels_last).eval()
+               .requires_grad_(False) if kind == "kd" else None)
     loss_fn = losses.student_loss("kd+ce", teacher) if teacher else losses.cross_entropy
-    images = torch.rand(bs, *IMAGE_SHAPE).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (bs,))
+    images = torch.rand(bs, *IMAGE_SHAPE, device=device).contiguous(
+        memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (bs,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        loss = loss_fn(model(images), labels, images)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def memory_probe(kind, steps):
+    step = synthetic_step(kind)
     # Writing 5 to clear_refs resets the kernel's peak-RSS mark (VmHWM) to the current RSS,
     # so the peak read afterwards is that of the training steps alone.
     Path("/proc/self/clear_refs").write_text("5")
     before = rss_kib("VmRSS")
     for _ in range(steps):
-        loss = loss_fn(model(images), labels, images)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        step()
     print((rss_kib("VmHWM") - before) / 1024)
+
+
+# Where a step's time goes: each op's self time goes to the group of its outermost enclosing
+# op or autograd node that matches (lower-case substring, first match), so that e.g. the
+# zero-fill inside max-pool's backward counts as max-pool and SGD's add_ as optimizer.
+OP_GROUPS = {"optimizer": "optimizer", "conv": "conv", "addmm": "matmul (FC)",
+             "aten::mm": "matmul (FC)", "mmbackward": "matmul (FC)", "batch_norm": "BatchNorm",
+             "batchnorm": "BatchNorm", "relu": "ReLU", "threshold": "ReLU",
+             "max_pool": "max-pool", "maxpool": "max-pool", "softmax": "loss", "nll": "loss",
+             "kl_div": "loss", "copy": "layout copies", "contiguous": "layout copies"}
+
+
+def op_group(event):
+    chain = []
+    while event is not None:
+        chain.append(event.name.lower())
+        event = event.cpu_parent
+    return next((group for name in reversed(chain) for key, group in OP_GROUPS.items()
+                 if key in name), "other")
+
+
+def profile_breakdown(kind, device, steps=10):
+    """Self time of a training step's aten ops (torch.profiler), summed per OP_GROUPS group,
+    per step and as a share of the step; for conv and matmul also the GFLOP/s they reach,
+    from the FLOP that torch.utils.flop_counter counts for them (forward and backward)."""
+    step = synthetic_step(kind, device)
+    for _ in range(3):
+        step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flop = {"conv": 0, "matmul (FC)": 0}
+    for op, n in counter.get_flop_counts()["Global"].items():
+        flop["conv" if "convolution" in str(op) else "matmul (FC)"] += n
+    sync(device)
+    start = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    step_ms = 1e3 * (time.perf_counter() - start) / steps
+    ms = {}
+    for event in prof.events():
+        group = op_group(event)
+        ms[group] = ms.get(group, 0) + event.self_cpu_time_total / 1e3 / steps
+    ms["outside aten ops (Python, autograd engine)"] = step_ms - sum(ms.values())
+    rows = [{"what": group, "ms / step": round(t, 2), "share %": round(100 * t / step_ms, 1),
+             "GFLOP/s": round(flop[group] / t / 1e6) if group in flop else ""}
+            for group, t in sorted(ms.items(), key=lambda item: -item[1])]
+    print(f"\n{kind}: where a training step's time goes (batch "
+          f"{BATCH_SIZE['student' if kind == 'kd' else kind]}, profiled, "
+          f"{step_ms:.1f} ms per step)")
+    print(pd.DataFrame(rows).to_markdown(index=False))
 
 
 def rss_kib(field):
@@ -282,6 +350,8 @@ def main():
                         help="batches per variant per round (default: 8)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd training steps")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where a training step's time goes, per kind of op")
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
         raise engine.UserError("--rounds and --batches must be positive")
@@ -293,6 +363,9 @@ def main():
         print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
               ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
                         for kind in ("teacher", "student", "kd")))
+    if args.profile:
+        for kind in ("teacher", "student", "kd"):
+            profile_breakdown(kind, device)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from conftest import run_script
 
 def test_benchmark_prints_every_row(image_folder):
     proc = run_script("benchmarks/throughput.py", "--data-root", image_folder, "--rounds", "1",
-                      "--batches", "1")
+                      "--batches", "1", "--profile")
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     names = [row.split("|")[1].strip() for row in rows]
     for kind in ("teacher", "student"):
@@ -14,3 +14,13 @@ def test_benchmark_prints_every_row(image_folder):
             assert f"{kind}: {variant}" in names
     assert "student: KD train (teacher forward included)" in names
     assert "peak memory of training steps" in proc.stdout
+
+    # --profile: per kind, groups of op self time that account for the whole step
+    tables = proc.stdout.split("where a training step's time goes")[1:]
+    assert len(tables) == 3
+    for table in tables:
+        rows = {line.split("|")[1].strip(): line.split("|")[2:-1]
+                for line in table.splitlines()[3:] if line.startswith("| ")}
+        assert {"conv", "matmul (FC)", "BatchNorm", "ReLU", "max-pool", "optimizer"} <= set(rows)
+        assert abs(sum(float(cells[1]) for cells in rows.values()) - 100) < 1
+        assert float(rows["conv"][2]) > 0  # GFLOP/s

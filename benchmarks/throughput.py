@@ -264,10 +264,12 @@ def op_group(event):
                  if key in name), "other")
 
 
-def profile_breakdown(kind, device, steps=10):
+def profile_breakdown(kind, device, peak_gflops, steps=10):
     """Self time of a training step's aten ops (torch.profiler), summed per OP_GROUPS group,
     per step and as a share of the step; for conv and matmul also the GFLOP/s they reach,
-    from the FLOP that torch.utils.flop_counter counts for them (forward and backward)."""
+    from the FLOP that torch.utils.flop_counter counts for them (forward and backward).
+    Last, the ceiling the other groups put on the step: its % of peak if conv and matmul
+    took no time at all."""
     step = synthetic_step(kind, device)
     for _ in range(3):
         step()
@@ -295,6 +297,10 @@ def profile_breakdown(kind, device, steps=10):
           f"{BATCH_SIZE['student' if kind == 'kd' else kind]}, profiled, "
           f"{step_ms:.1f} ms per step)")
     print(pd.DataFrame(rows).to_markdown(index=False))
+    flop_free_ms = step_ms - sum(ms[group] for group in flop)
+    print(f"with conv and matmul taking no time at all, this step would reach at most "
+          f"{sum(flop.values()) / flop_free_ms / 1e6 / peak_gflops * 100:.0f}% of the "
+          f"{peak_gflops:.0f} GFLOP/s peak")
 
 
 def rss_kib(field):
@@ -340,6 +346,7 @@ def report(variants, device):
           ", ".join(f"{name[6:]} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) +
           f"; '% of peak' refers to {peak_gflops:.0f} GFLOP/s")
     print(table.to_markdown(index=False))
+    return peak_gflops
 
 
 def main():
@@ -358,14 +365,14 @@ def main():
     device = engine.select_device(args.device)
     variants = build_variants(args, device)
     measure(variants, args.rounds)
-    report(variants, device)
+    peak_gflops = report(variants, device)
     if device.type == "cpu" and Path("/proc/self/clear_refs").exists():
         print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
               ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
                         for kind in ("teacher", "student", "kd")))
     if args.profile:
         for kind in ("teacher", "student", "kd"):
-            profile_breakdown(kind, device)
+            profile_breakdown(kind, device, peak_gflops)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,4 @@ def test_benchmark_prints_every_row(image_folder):
         assert {"conv", "matmul (FC)", "BatchNorm", "ReLU", "max-pool", "optimizer"} <= set(rows)
         assert abs(sum(float(cells[1]) for cells in rows.values()) - 100) < 1
         assert float(rows["conv"][2]) > 0  # GFLOP/s
+        assert "this step would reach at most" in table

@@ -363,6 +363,12 @@ def main():
     if args.rounds < 1 or args.batches < 1:
         raise engine.UserError("--rounds and --batches must be positive")
     device = engine.select_device(args.device)
+    busy = os.getloadavg()[0]
+    if device.type == "cpu" and busy > 0.5:
+        # Another process on these cores skews every row, and not alike (two processes of
+        # OpenMP threads can slow each other 3x here).
+        print(f"warning: load average {busy:.1f} before the start; time on an idle machine",
+              file=sys.stderr)
     variants = build_variants(args, device)
     measure(variants, args.rounds)
     peak_gflops = report(variants, device)

@@ -4,8 +4,9 @@
 #   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh teacher   # ~10 min
 #   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh student   # ~9 min, needs checkpoints/teacher.pt
 #   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh long-teacher  # ~29 min
-# long-teacher: the default teacher trained 40 epochs on all the data (test number included),
-# and a KD + CE student distilled from it (issue 6: can the teacher reach 88%?).
+# long-teacher: the teacher trained 40 epochs on all the data (test number included), and a
+# KD + CE student distilled from it: the probe (88.3% validation against 86.6% after 20
+# epochs) that made 40 epochs the teacher's default (issue 6: can the teacher reach 88%?).
 # Runs go to runs/probe_<which>/ (finished ones are skipped); a table of them is printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -18,14 +18,24 @@ IMAGE_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 
 
-def conv_bn_relu(in_channels, out_channels, stride=1):
+def conv_bn_relu(in_channels, out_channels, stride=1, relu=True):
     # BatchNorm after every conv lets a plain (non-residual) stack train at a high learning
     # rate in few epochs; bias=False because BN's shift makes a conv bias redundant.
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
+        *([nn.ReLU(inplace=True)] if relu else []),
     )
+
+
+def pool_relu():
+    """The max-pool, with the ReLU of the conv before it (built with relu=False). ReLU is
+    monotonic, so max-pool and ReLU commute exactly, in value and gradient (training is
+    bit-identical; a test checks): after the pool, ReLU touches a quarter of the
+    activations, which makes student training steps about 1.18x faster here (ReLU and the
+    other memory-bound passes dominate its step; see README, Performance). The conv keeps
+    its state-dict keys, so checkpoints from the conv-BN-ReLU-pool order load unchanged."""
+    return nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))
 
 
 class _Net(nn.Module):
@@ -82,8 +92,8 @@ class TeacherNet(_Net):
         w0, w1, w2, w3 = widths
         features = nn.Sequential(
             conv_bn_relu(3, 6),
-            conv_bn_relu(6, w0),
-            nn.MaxPool2d(2),
+            conv_bn_relu(6, w0, relu=False),
+            pool_relu(),
             conv_bn_relu(w0, w1),
             conv_bn_relu(w1, w1),
             conv_bn_relu(w1, w2, stride=2),
@@ -111,8 +121,8 @@ class StudentNet(_Net):
         check_widths(widths, 2)
         w0, w1 = widths
         features = nn.Sequential(
-            conv_bn_relu(3, w0),
-            nn.MaxPool2d(2),
+            conv_bn_relu(3, w0, relu=False),
+            pool_relu(),
             conv_bn_relu(w0, w1, stride=2),
         )
         super().__init__(features, w1 * 8 * 8)

@@ -1,3 +1,4 @@
+import copy
 import math
 import subprocess
 import sys
@@ -26,6 +27,32 @@ def test_architecture_rules(cls, n_convs):
     linears = layers(model, nn.Linear)
     assert [m.out_features for m in linears] == [256, 10]
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["teacher", "student"])
+def test_relu_after_the_pool_trains_exactly_like_conv_bn_relu_pool(name):
+    """models.pool_relu moves the ReLU of the conv before the pool after it: a few SGD steps
+    must give bit-identical weights to the usual order, whose checkpoints keep loading."""
+    torch.manual_seed(0)
+    model = build_model(name)
+    usual = copy.deepcopy(model)
+    i = next(i for i, layer in enumerate(usual.features)
+             if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.MaxPool2d))
+    usual.features[i - 1].append(nn.ReLU(inplace=True))
+    usual.features[i] = nn.MaxPool2d(2)
+    assert usual.state_dict().keys() == model.state_dict().keys()
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(16, 3, 32, 32, generator=generator),
+                torch.randint(0, 10, (16,), generator=generator)) for _ in range(3)]
+    for net in (model, usual):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        for images, labels in batches:
+            loss = nn.functional.cross_entropy(net(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for key, value in usual.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
 
 
 def test_teacher_first_conv_has_6_filters():

@@ -40,7 +40,7 @@ from torchvision import transforms  # noqa: E402
 import engine  # noqa: E402
 import losses  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
-from models import IMAGE_SHAPE, build_model, count_macs  # noqa: E402
+from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 
 BATCH_SIZE = {"teacher": 128, "student": 256}  # train_teacher.py's and train_student.py's
 MATMUL_SIZE = 2048
@@ -154,6 +154,8 @@ def build_variants(args, device):
             Variant(f"{kind}: train, contiguous NCHW",
                     training(model(), loader(memory_format=torch.contiguous_format), ce,
                              device), n, flop, bs),
+            Variant(f"{kind}: train, ReLU before the pool",
+                    training(relu_before_pool(model()), loader(), ce, device), n, flop, bs),
             Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
                     forward_flop, bs),
         ]

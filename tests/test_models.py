@@ -9,7 +9,8 @@ from torch import nn
 
 from checkpoints import save_checkpoint
 from conftest import ROOT
-from models import StudentNet, TeacherNet, build_model, count_macs, load_model, model_spec
+from models import (StudentNet, TeacherNet, build_model, count_macs, load_model, model_spec,
+                    relu_before_pool)
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 
@@ -35,11 +36,9 @@ def test_relu_after_the_pool_trains_exactly_like_conv_bn_relu_pool(name):
     must give bit-identical weights to the usual order, whose checkpoints keep loading."""
     torch.manual_seed(0)
     model = build_model(name)
-    usual = copy.deepcopy(model)
-    i = next(i for i, layer in enumerate(usual.features)
-             if isinstance(layer, nn.Sequential) and isinstance(layer[0], nn.MaxPool2d))
-    usual.features[i - 1].append(nn.ReLU(inplace=True))
-    usual.features[i] = nn.MaxPool2d(2)
+    usual = relu_before_pool(copy.deepcopy(model))
+    i = next(i for i, layer in enumerate(usual.features) if isinstance(layer, nn.MaxPool2d))
+    assert isinstance(usual.features[i - 1][-1], nn.ReLU)  # conv, BN, ReLU, then the pool
     assert usual.state_dict().keys() == model.state_dict().keys()
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.rand(16, 3, 32, 32, generator=generator),

@@ -63,8 +63,8 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")
     a("--compile", action="store_true", help="torch.compile the model for its training "
-      "steps (off by default: on the 2-core dev CPU it gained nothing for the teacher and "
-      "1.24x per student step, after 5-13 s of compiling; see benchmarks/throughput.py "
+      "steps (off by default: on the 2-core dev CPU it gained 1.03x per teacher step and "
+      "1.1-1.3x per student step, after 5-15 s of compiling; see benchmarks/throughput.py "
       "--compile)")
     a("--train-subset", type=int, default=None, metavar="N",
       help="train on the first N training images only (default: all 45,000)")

@@ -42,7 +42,8 @@ import losses  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 
-BATCH_SIZE = {"teacher": 128, "student": 256}  # train_teacher.py's and train_student.py's
+# train_teacher.py's and train_student.py's; "kd" is a student step distilling from a teacher
+BATCH_SIZE = {"teacher": 128, "student": 256, "kd": 256}
 MATMUL_SIZE = 2048
 
 
@@ -62,8 +63,7 @@ def sync(device):
 def training(model, loader, loss_fn, device, compile_model=False, threads=None):
     """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
     model in the loader's memory format."""
-    model = model.to(device, memory_format=getattr(loader, "memory_format",
-                                                   torch.channels_last))
+    model = model.to(device, memory_format=loader.memory_format)
     step_model = torch.compile(model) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -97,6 +97,8 @@ class TutorialLoader:
     with 2 workers; each pass takes `batches` batches from a fresh iterator, so its workers
     start (start-up included in the time, as at every epoch's start) and stop within the
     pass and never run in the background of another variant."""
+
+    memory_format = torch.channels_last  # the model's layout; its first conv converts the NCHW batches
 
     def __init__(self, data_root, batch_size, batches):
         augment = transforms.Compose([transforms.RandomCrop(32, padding=CROP_PADDING),
@@ -216,16 +218,15 @@ def peak_memory_mib(kind, steps=3):
 def synthetic_step(kind, device="cpu"):
     """A training step of `kind` ("teacher", "student" or "kd": a student distilling from a
     teacher) on one fixed random batch, as a function; no data work."""
-    student = "student" if kind == "kd" else kind
-    bs = BATCH_SIZE[student]
     torch.manual_seed(0)
-    model = build_model(student).to(device, memory_format=torch.channels_last)
+    model = build_model("student" if kind == "kd" else kind).to(
+        device, memory_format=torch.channels_last)
     teacher = (build_model("teacher").to(device, memory_format=torch.channels_last).eval()
                .requires_grad_(False) if kind == "kd" else None)
     loss_fn = losses.student_loss("kd+ce", teacher) if teacher else losses.cross_entropy
-    images = torch.rand(bs, *IMAGE_SHAPE, device=device).contiguous(
+    images = torch.rand(BATCH_SIZE[kind], *IMAGE_SHAPE, device=device).contiguous(
         memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (bs,), device=device)
+    labels = torch.randint(0, 10, (BATCH_SIZE[kind],), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
@@ -295,8 +296,7 @@ def profile_breakdown(kind, device, peak_gflops, steps=10):
     rows = [{"what": group, "ms / step": round(t, 2), "share %": round(100 * t / step_ms, 1),
              "GFLOP/s": round(flop[group] / t / 1e6) if group in flop else ""}
             for group, t in sorted(ms.items(), key=lambda item: -item[1])]
-    print(f"\n{kind}: where a training step's time goes (batch "
-          f"{BATCH_SIZE['student' if kind == 'kd' else kind]}, profiled, "
+    print(f"\n{kind}: where a training step's time goes (batch {BATCH_SIZE[kind]}, profiled, "
           f"{step_ms:.1f} ms per step)")
     print(pd.DataFrame(rows).to_markdown(index=False))
     other_ms = step_ms - sum(ms[group] for group in flop)

@@ -98,7 +98,8 @@ class TutorialLoader:
     start (start-up included in the time, as at every epoch's start) and stop within the
     pass and never run in the background of another variant."""
 
-    memory_format = torch.channels_last  # the model's layout; its first conv converts the NCHW batches
+    # The model's layout; its first conv converts ToTensor's NCHW batches.
+    memory_format = torch.channels_last
 
     def __init__(self, data_root, batch_size, batches):
         augment = transforms.Compose([transforms.RandomCrop(32, padding=CROP_PADDING),

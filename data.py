@@ -145,29 +145,28 @@ def split_train_val(data, train_subset=None):
     return pick(train_idx), pick(val_idx)
 
 
-def random_crop(images, padding, generator):
-    """Per-image random translation: zero-pad, then gather a 32x32 window at random offsets."""
+def random_crop(images, padding, dy, dx):
+    """Per-image translation: zero-pad, then gather the 32x32 window at offsets (dy, dx)."""
     b, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4)
     dev = images.device
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator, device=dev)
     rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
     return padded[torch.arange(b, device=dev)[:, None, None, None],
                   torch.arange(c, device=dev)[None, :, None, None], rows, cols]
 
 
-def random_flip(images, generator):
-    flip = torch.rand(len(images), generator=generator, device=images.device) < 0.5
+def random_flip(images, flip):
+    """Mirror left-right the images where the boolean `flip` is set."""
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
 class BatchLoader:
     """Batches of (float images in [0, 1], labels) from uint8 tensors held on `device`.
 
-    Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a given
-    epoch yields the same batches whether or not the run was interrupted before it.
+    Shuffling and augmentation draw from a CPU generator seeded by (seed, epoch), so a given
+    epoch yields the same batches whether or not the run was interrupted before it, and on
+    any device.
     """
 
     def __init__(self, images, labels, batch_size, device="cpu", shuffle=False, augment=False,
@@ -195,15 +194,32 @@ class BatchLoader:
         return self.num_batches
 
     def __iter__(self):
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed * 100_003 + self.epoch)
-        n = len(self.labels)
-        order = (torch.randperm(n, generator=generator, device=self.device) if self.shuffle
-                 else torch.arange(n, device=self.device))
+        order, draws = self.epoch_draws()
         for i in range(self.num_batches):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[batch]
             images = self.images[idx]
             if self.augment:
-                images = random_flip(random_crop(images, CROP_PADDING, generator), generator)
+                dy, dx, flip = (d[batch] for d in draws)
+                images = random_flip(random_crop(images, CROP_PADDING, dy, dx), flip)
             images = images.float().div_(255).contiguous(memory_format=self.memory_format)
             yield images, self.labels[idx]
+
+    def epoch_draws(self):
+        """This epoch's image order and augmentation (crop offsets dy, dx and flips), on
+        `device`. Drawn on the CPU whatever the device, and all at once: the same seed gives
+        the same batches on a CPU and a GPU, and a GPU gets them in one copy per epoch, not
+        a host round trip per batch."""
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if not self.augment:
+            return order.to(self.device), None
+        span = 2 * CROP_PADDING + 1
+        dy, dx, flip = [], [], []
+        for i in range(self.num_batches):  # per batch, in the order the draws were always made
+            b = len(order[i * self.batch_size:(i + 1) * self.batch_size])
+            dy.append(torch.randint(0, span, (b,), generator=generator))
+            dx.append(torch.randint(0, span, (b,), generator=generator))
+            flip.append(torch.rand(b, generator=generator) < 0.5)
+        return order.to(self.device), [torch.cat(d).to(self.device) for d in (dy, dx, flip)]

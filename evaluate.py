@@ -23,11 +23,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+import cli
 import engine
 import plotting
 from checkpoints import load_checkpoint
 from data import CLASSES, BatchLoader, load_cifar10, split_train_val
+from device import select_device
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
+from records import write_text
 from results import run_variant, seed_table, variant_rank
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -64,7 +67,7 @@ def cpu_speed(model, batch_size):
 def checkpoint_paths(given):
     paths = list(dict.fromkeys(given)) or sorted(map(str, Path("checkpoints").glob("*.pt")))
     if not paths:
-        raise engine.UserError("no checkpoints given and none in checkpoints/; train some "
+        raise cli.UserError("no checkpoints given and none in checkpoints/; train some "
                                "first (make all) or name the files")
     return paths
 
@@ -158,14 +161,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoints", nargs="*",
                         help="checkpoint files (default: every checkpoints/*.pt)")
-    engine.add_data_device_args(parser)
+    cli.add_data_device_args(parser)
     parser.add_argument("--batch-size", type=int, default=256,
                         help="images per evaluation batch and per throughput measurement "
                              "(default: 256)")
     args = parser.parse_args()
     if args.batch_size < 1:
-        raise engine.UserError(f"--batch-size must be positive, got {args.batch_size}")
-    device = engine.select_device(args.device)
+        raise cli.UserError(f"--batch-size must be positive, got {args.batch_size}")
+    device = select_device(args.device)
     models = load_models(checkpoint_paths(args.checkpoints), device)
     data = load_cifar10(args.data_root)
     _, val = split_train_val(data)
@@ -175,9 +178,9 @@ def main():
     results, confusions = evaluate_all(models, loaders, device, args.batch_size)
     plots_dir = Path(args.plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    engine.write_text(plots_dir / "results.csv", results.to_csv(index=False))
+    write_text(plots_dir / "results.csv", results.to_csv(index=False))
     markdown = markdown_tables(results, len(data["test_labels"]), device, args.batch_size)
-    engine.write_text(plots_dir / "results.md", markdown)
+    write_text(plots_dir / "results.md", markdown)
     figures = plot_results(results, confusions, plots_dir)
     print(markdown)
     print("wrote " + ", ".join(map(str, [plots_dir / "results.csv", plots_dir / "results.md",
@@ -185,4 +188,4 @@ def main():
 
 
 if __name__ == "__main__":
-    engine.run_cli(main)
+    cli.run_cli(main)

@@ -13,14 +13,17 @@ optimizer step, becomes the EMA of the student's weights; the student trains on
 distillation_loss against the teacher's outputs. --no-ema keeps the teacher frozen at its
 starting weights. model-ema: the student distils from the trained teacher exactly as in
 train_student.py --loss kd+ce, while an EMA of its weights is kept. Both the student and the
-EMA model are evaluated every epoch; see engine.make_ema for the EMA rule.
+EMA model are evaluated every epoch; see ema.ModelEMA for the EMA rule.
 """
 import argparse
 from pathlib import Path
 
+import cli
 import engine
 import losses
 import plotting
+import runs
+from ema import ModelEMA
 from results import run_variant
 
 
@@ -33,28 +36,28 @@ def main():
                         help="EMA decay per optimizer step, in [0, 1] (default: 0.995)")
     parser.add_argument("--no-ema", action="store_true",
                         help="mean-teacher: keep the teacher frozen at its starting weights")
-    engine.add_kd_args(parser)
-    engine.add_common_args(parser, out="checkpoints/ema_<mode>_seed<seed>.pt", epochs=12,
+    cli.add_kd_args(parser)
+    cli.add_common_args(parser, out="checkpoints/ema_<mode>_seed<seed>.pt", epochs=12,
                            batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle")
     args = parser.parse_args()
     if not 0 <= args.ema_decay <= 1:
-        raise engine.UserError(f"--ema-decay must be in [0, 1], got {args.ema_decay}")
+        raise cli.UserError(f"--ema-decay must be in [0, 1], got {args.ema_decay}")
     if args.no_ema and args.mode != "mean-teacher":
-        raise engine.UserError("--no-ema goes with --mode mean-teacher (model-ema evaluates "
+        raise cli.UserError("--no-ema goes with --mode mean-teacher (model-ema evaluates "
                                "the raw student beside its EMA in one run)")
     mode = run_variant(vars(args))  # mean-teacher, mean-teacher-no-ema or model-ema
     args.out = args.out.replace("<mode>", mode).replace("<seed>", str(args.seed))
-    args, device, splits, ckpt = engine.prepare_run(
+    args, device, splits, ckpt = runs.prepare_run(
         args, "student", recipe_keys=("mode", "ema_decay", "no_ema", "temperature", "alpha",
                                       "teacher"))
-    student = engine.initial_model("student", args, ckpt)
+    student = runs.initial_model("student", args, ckpt)
     if args.mode == "mean-teacher":
-        ema = engine.make_ema(engine.initial_model("student", args, ckpt, seed=args.seed + 1),
-                              args.ema_decay)
+        ema = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
+                       args.ema_decay)
         teacher = ema.module
     else:
-        ema = engine.make_ema(student, args.ema_decay)
-        teacher = engine.load_teacher(args.teacher, device)
+        ema = ModelEMA(student, args.ema_decay)
+        teacher = runs.load_teacher(args.teacher, device)
     loss_fn = losses.student_loss("kd+ce", teacher, args.temperature, args.alpha)
     engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({mode})",
                model=student, ema=ema, update_ema=not args.no_ema)
@@ -62,4 +65,4 @@ def main():
 
 
 if __name__ == "__main__":
-    engine.run_cli(main)
+    cli.run_cli(main)

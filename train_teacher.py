@@ -7,9 +7,11 @@
 import argparse
 from pathlib import Path
 
+import cli
 import engine
 import losses
 import plotting
+import runs
 from data import CLASSES
 
 
@@ -20,9 +22,9 @@ def main():
     # 64.5% against 65.5% for 5e-4. No label smoothing: it makes teachers distil worse
     # (Muller et al., 2019). 40 epochs: 88.3% validation against 86.6% after 20
     # (experiments/probes.sh long-teacher), in 23 min here.
-    engine.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
+    cli.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
                            lr=0.1, optimizer="sgd", schedule="onecycle")
-    args, device, splits, ckpt = engine.prepare_run(parser.parse_args(), "teacher")
+    args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher")
     train_images, train_labels = splits["train"]
     first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]
     plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,
@@ -31,4 +33,4 @@ def main():
 
 
 if __name__ == "__main__":
-    engine.run_cli(main)
+    cli.run_cli(main)

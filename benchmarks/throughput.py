@@ -1,5 +1,5 @@
-"""How fast the teacher and the student train and infer here, against this machine's fp32
-peak and against the tutorial data pipeline; prints a table.
+"""How fast the teacher and the student train and infer here, against this machine's peak
+(in the training precision) and against the tutorial data pipeline; prints a table.
 
     python benchmarks/throughput.py --data-root ../shared/data/cifar10-jpeg
     python benchmarks/throughput.py --compile      # also torch.compile'd training steps
@@ -11,7 +11,9 @@ hit all of them alike; the table gives the median over rounds, after one untimed
 warm-up. Training goes through engine.train_one_epoch with the real BatchLoader (data and
 augmentation included), as the training scripts do; inference through engine.evaluate.
 The tutorial variant trains the same model on batches from torchvision's dataset, per-image
-PIL transforms (random crop, flip, ToTensor) and a DataLoader with 2 workers.
+PIL transforms (random crop, flip, ToTensor) and a DataLoader with 2 workers (pinned memory
+and asynchronous copies to a GPU). On a GPU every timed region ends with a synchronisation,
+and the peak and the profile are the GPU's.
 FLOP per training image = 3 x the forward pass (torch.utils.flop_counter), plus one teacher
 forward for a KD step; the peak is the faster of a large matmul and a large convolution,
 timed in the same rounds (see peak_variants). Peak memory: the peak RSS of a fresh process
@@ -37,8 +39,10 @@ import torchvision  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
+import cli  # noqa: E402
 import engine  # noqa: E402
 import losses  # noqa: E402
+from device import autocast, resolve_precision, select_device  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 
@@ -60,7 +64,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def training(model, loader, loss_fn, device, compile_model=False, threads=None):
+def training(model, loader, loss_fn, device, precision, compile_model=False, threads=None):
     """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
     model in the loader's memory format."""
     model = model.to(device, memory_format=loader.memory_format)
@@ -72,8 +76,8 @@ def training(model, loader, loss_fn, device, compile_model=False, threads=None):
         default_threads = torch.get_num_threads()
         torch.set_num_threads(threads or default_threads)
         try:
-            engine.train_one_epoch(step_model, loader, loss_fn, optimizer, scheduler, device)
-            sync(device)
+            engine.train_one_epoch(step_model, loader, loss_fn, optimizer, scheduler, device,
+                                   precision)
         finally:
             torch.set_num_threads(default_threads)
     return run
@@ -82,7 +86,7 @@ def training(model, loader, loss_fn, device, compile_model=False, threads=None):
 def inference(model, loader, device, compile_model=False):
     model = model.to(device, memory_format=torch.channels_last).eval()
     model = torch.compile(model) if compile_model else model
-    return lambda: (engine.evaluate(model, loader, device), sync(device))
+    return lambda: engine.evaluate(model, loader, device)
 
 
 def data_only(loader):
@@ -101,7 +105,7 @@ class TutorialLoader:
     # The model's layout; its first conv converts ToTensor's NCHW batches.
     memory_format = torch.channels_last
 
-    def __init__(self, data_root, batch_size, batches):
+    def __init__(self, data_root, batch_size, batches, device):
         augment = transforms.Compose([transforms.RandomCrop(32, padding=CROP_PADDING),
                                       transforms.RandomHorizontalFlip(), transforms.ToTensor()])
         root = Path(data_root)
@@ -109,8 +113,10 @@ class TutorialLoader:
             dataset = torchvision.datasets.ImageFolder(root / "train", transform=augment)
         else:
             dataset = torchvision.datasets.CIFAR10(root, train=True, transform=augment)
+        self.device = device
         self.loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                                  num_workers=2, drop_last=True)
+                                                  num_workers=2, drop_last=True,
+                                                  pin_memory=device.type == "cuda")
         self.batches = batches
 
     def __len__(self):
@@ -120,7 +126,9 @@ class TutorialLoader:
         iterator = iter(self.loader)
         try:
             for _ in range(self.batches):
-                yield next(iterator)
+                images, labels = next(iterator)
+                yield (images.to(self.device, non_blocking=True),
+                       labels.to(self.device, non_blocking=True))
         finally:
             del iterator  # shuts the workers down
 
@@ -131,6 +139,7 @@ def build_variants(args, device):
     torch.manual_seed(0)
     teacher = build_model("teacher").to(device, memory_format=torch.channels_last).eval()
     kd_loss = losses.student_loss("kd+ce", teacher.requires_grad_(False))
+    precision = args.precision
     forward_flop_teacher = 2 * count_macs(teacher)
     variants = []
     for kind in ("teacher", "student"):
@@ -148,60 +157,67 @@ def build_variants(args, device):
             torch.manual_seed(0)
             return build_model(kind)
         ce = losses.cross_entropy
-        tutorial = TutorialLoader(args.data_root, bs, args.batches)
+        tutorial = TutorialLoader(args.data_root, bs, args.batches, device)
+
+        def training_of(model, loader, loss_fn=ce, **kwargs):
+            return training(model, loader, loss_fn, device, precision, **kwargs)
         variants += [
-            Variant(f"{kind}: train", training(model(), loader(), ce, device), n, flop, bs),
-            Variant(f"{kind}: train, tutorial pipeline",
-                    training(model(), tutorial, ce, device), n, flop, bs),
+            Variant(f"{kind}: train", training_of(model(), loader()), n, flop, bs),
+            Variant(f"{kind}: train, tutorial pipeline", training_of(model(), tutorial), n,
+                    flop, bs),
             Variant(f"{kind}: data + augmentation only", data_only(loader()), n, None, bs),
             Variant(f"{kind}: train, contiguous NCHW",
-                    training(model(), loader(memory_format=torch.contiguous_format), ce,
-                             device), n, flop, bs),
+                    training_of(model(), loader(memory_format=torch.contiguous_format)), n,
+                    flop, bs),
             Variant(f"{kind}: train, ReLU before the pool",
-                    training(relu_before_pool(model()), loader(), ce, device), n, flop, bs),
+                    training_of(relu_before_pool(model()), loader()), n, flop, bs),
             Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
                     forward_flop, bs),
         ]
         if device.type == "cpu" and torch.get_num_threads() > 1:
             variants.append(Variant(f"{kind}: train, 1 thread",
-                                    training(model(), loader(), ce, device, threads=1), n,
-                                    flop, bs))
+                                    training_of(model(), loader(), threads=1), n, flop, bs))
         if args.compile:
             variants += [
                 Variant(f"{kind}: train, torch.compile",
-                        training(model(), loader(), ce, device, compile_model=True), n, flop,
-                        bs),
+                        training_of(model(), loader(), compile_model=True), n, flop, bs),
                 Variant(f"{kind}: inference, torch.compile",
                         inference(model(), loader(False), device, compile_model=True), n,
                         forward_flop, bs)]
         if kind == "student":
             kd_flop = flop + forward_flop_teacher
             variants.append(Variant("student: KD train (teacher forward included)",
-                                    training(model(), loader(), kd_loss, device), n, kd_flop,
-                                    bs))
-    return variants + peak_variants(device)
+                                    training_of(model(), loader(), kd_loss), n, kd_flop, bs))
+    return variants + peak_variants(device, precision)
 
 
-def peak_variants(device):
-    """The two references for this machine's fp32 peak. torch.mm goes to MKL, whose sgemm
-    takes its AVX2 path on AMD CPUs; the models' convolutions go to oneDNN, which uses
-    AVX-512 there, so a large 3x3 convolution can run twice as fast as a matmul. The higher
-    of the two is the peak the table's percentages refer to."""
-    a = torch.rand(MATMUL_SIZE, MATMUL_SIZE, device=device)
+def peak_variants(device, precision):
+    """The two references for this machine's peak in the training precision (fp32 or bf16).
+    On the CPU, torch.mm goes to MKL, whose sgemm takes its AVX2 path on AMD CPUs, and the
+    models' convolutions go to oneDNN, which uses AVX-512 there, so a large 3x3 convolution
+    can run twice as fast as a matmul. On a GPU they are cuBLAS and cuDNN, sized so that one
+    call takes far longer than launching it. The higher of the two is the peak the table's
+    percentages refer to."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    size, batch = (8192, 1024) if device.type == "cuda" else (2048, 64)
+    a = torch.rand(size, size, device=device, dtype=dtype)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(
-        device, memory_format=torch.channels_last).requires_grad_(False)
-    x = torch.rand(64, 256, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
-    return [Variant(f"peak: fp32 matmul {MATMUL_SIZE}x{MATMUL_SIZE} (torch.mm)",
-                    lambda: (a @ a, sync(device)), 1, 2 * MATMUL_SIZE ** 3),
-            Variant("peak: fp32 3x3 conv, 256 channels, 16x16, batch 64",
-                    lambda: (conv(x), sync(device)), 1, 2 * 256 * 256 * 9 * 16 * 16 * 64)]
+        device, dtype, memory_format=torch.channels_last).requires_grad_(False)
+    x = torch.rand(batch, 256, 16, 16, device=device, dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    return [Variant(f"peak: {precision} matmul {size}x{size} (torch.mm)", lambda: a @ a, 1,
+                    2 * size ** 3),
+            Variant(f"peak: {precision} 3x3 conv, 256 channels, 16x16, batch {batch}",
+                    lambda: conv(x), 1, 2 * 256 * 256 * 9 * 16 * 16 * batch)]
 
 
-def measure(variants, rounds):
+def measure(variants, rounds, device):
     for round_ in range(rounds + 1):  # round 0 warms up (allocations, oneDNN kernels, compile)
         for v in variants:
+            sync(device)  # a GPU starts idle and is timed until its last kernel ends
             start = time.perf_counter()
             v.run()
+            sync(device)
             (v.seconds.append if round_ else v.warmup.append)(time.perf_counter() - start)
         print(f"round {round_}/{rounds} done", file=sys.stderr)
 
@@ -216,9 +232,9 @@ def peak_memory_mib(kind, steps=3):
     return float(out.split()[-1])
 
 
-def synthetic_step(kind, device="cpu"):
+def synthetic_step(kind, device="cpu", precision="fp32"):
     """A training step of `kind` ("teacher", "student" or "kd": a student distilling from a
-    teacher) on one fixed random batch, as a function; no data work."""
+    teacher) on one fixed random batch, in `precision`, as a function; no data work."""
     torch.manual_seed(0)
     model = build_model("student" if kind == "kd" else kind).to(
         device, memory_format=torch.channels_last)
@@ -231,7 +247,8 @@ def synthetic_step(kind, device="cpu"):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
-        loss = loss_fn(model(images), labels, images)["loss"]
+        with autocast(torch.device(device), precision):
+            loss = loss_fn(model(images), labels, images)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -268,13 +285,14 @@ def op_group(event):
                  if key in name), "other")
 
 
-def profile_breakdown(kind, device, peak_gflops, steps=10):
+def profile_breakdown(kind, device, precision, peak_gflops, steps=10):
     """Self time of a training step's aten ops (torch.profiler), summed per OP_GROUPS group,
     per step and as a share of the step; for conv and matmul also the GFLOP/s they reach,
     from the FLOP that torch.utils.flop_counter counts for them (forward and backward).
     Last, the ceiling the other groups put on the step: its % of peak if conv and matmul
-    ran at the peak."""
-    step = synthetic_step(kind, device)
+    ran at the peak. On a GPU the times are the kernels' (device time per op), and what the
+    ops leave of the step is time the GPU sat idle, waiting for the host to launch work."""
+    step = synthetic_step(kind, device, precision)
     for _ in range(3):
         step()
     with FlopCounterMode(display=False) as counter:
@@ -284,7 +302,10 @@ def profile_breakdown(kind, device, peak_gflops, steps=10):
         flop["conv" if "convolution" in str(op) else "matmul (FC)"] += n
     sync(device)
     start = time.perf_counter()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             step()
         sync(device)
@@ -292,13 +313,17 @@ def profile_breakdown(kind, device, peak_gflops, steps=10):
     ms = {}
     for event in prof.events():
         group = op_group(event)
-        ms[group] = ms.get(group, 0) + event.self_cpu_time_total / 1e3 / steps
-    ms["outside aten ops (Python, autograd engine)"] = step_ms - sum(ms.values())
+        self_us = (event.self_device_time_total if device.type == "cuda"
+                   else event.self_cpu_time_total)
+        ms[group] = ms.get(group, 0) + self_us / 1e3 / steps
+    idle = ("GPU idle (waiting for the host to launch kernels)" if device.type == "cuda"
+            else "outside aten ops (Python, autograd engine)")
+    ms[idle] = step_ms - sum(ms.values())
     rows = [{"what": group, "ms / step": round(t, 2), "share %": round(100 * t / step_ms, 1),
              "GFLOP/s": round(flop[group] / t / 1e6) if group in flop else ""}
             for group, t in sorted(ms.items(), key=lambda item: -item[1])]
-    print(f"\n{kind}: where a training step's time goes (batch {BATCH_SIZE[kind]}, profiled, "
-          f"{step_ms:.1f} ms per step)")
+    print(f"\n{kind}: where a training step's time goes (batch {BATCH_SIZE[kind]}, {precision}, "
+          f"profiled, {step_ms:.1f} ms per step)")
     print(pd.DataFrame(rows).to_markdown(index=False))
     other_ms = step_ms - sum(ms[group] for group in flop)
     at_peak_ms = sum(flop.values()) / peak_gflops / 1e6
@@ -313,7 +338,7 @@ def rss_kib(field):
     return int(line.split()[1])
 
 
-def report(variants, device):
+def report(variants, device, precision):
     peaks = {v.name: v.flop / statistics.median(v.seconds) / 1e9
              for v in variants if v.name.startswith("peak:")}
     peak_gflops = max(peaks.values())
@@ -346,7 +371,7 @@ def report(variants, device):
     table = pd.DataFrame(rows).astype(object).fillna("")
     rounds = len(variants[0].seconds)
     print(f"\n{torch.get_num_threads()} threads on {device}, torch {torch.__version__}, "
-          f"median of {rounds} interleaved rounds; fp32 peak: " +
+          f"{precision} training, median of {rounds} interleaved rounds; peak: " +
           ", ".join(f"{name[6:]} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) +
           f"; '% of peak' refers to {peak_gflops:.0f} GFLOP/s")
     print(table.to_markdown(index=False))
@@ -355,7 +380,8 @@ def report(variants, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    engine.add_data_device_args(parser)
+    cli.add_data_device_args(parser)
+    cli.add_precision_arg(parser)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
     parser.add_argument("--batches", type=int, default=8,
                         help="batches per variant per round (default: 8)")
@@ -365,8 +391,9 @@ def main():
                         help="also print where a training step's time goes, per kind of op")
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
-        raise engine.UserError("--rounds and --batches must be positive")
-    device = engine.select_device(args.device)
+        raise cli.UserError("--rounds and --batches must be positive")
+    device = select_device(args.device)
+    args.precision = resolve_precision(args.precision, device)
     busy = os.getloadavg()[0]
     if device.type == "cpu" and busy > 0.5:
         # Another process on these cores skews every row, and not alike (two processes of
@@ -374,16 +401,16 @@ def main():
         print(f"warning: load average {busy:.1f} before the start; time on an idle machine",
               file=sys.stderr)
     variants = build_variants(args, device)
-    measure(variants, args.rounds)
-    peak_gflops = report(variants, device)
+    measure(variants, args.rounds, device)
+    peak_gflops = report(variants, device, args.precision)
     if device.type == "cpu" and Path("/proc/self/clear_refs").exists():
         print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
               ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
                         for kind in ("teacher", "student", "kd")))
     if args.profile:
         for kind in ("teacher", "student", "kd"):
-            profile_breakdown(kind, device, peak_gflops)
+            profile_breakdown(kind, device, args.precision, peak_gflops)
 
 
 if __name__ == "__main__":
-    engine.run_cli(main)
+    cli.run_cli(main)

@@ -21,6 +21,22 @@ os.environ["KD_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd-test-cache-")
 from checkpoints import load_checkpoint  # noqa: E402
 from data import CLASSES  # noqa: E402
 
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped (and reported as "
+                            "skipped) where there is none")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 # One colour per class: a small CNN separates these in an epoch or two, so a training
 # run on them must reach high accuracy.
 PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
@@ -90,11 +106,19 @@ def teacher_checkpoint(image_folder, tmp_path_factory):
     return out
 
 
+def on_cpu(flags):
+    """`flags` with --device cpu unless they name a device: the suite runs on the CPU, where
+    its exact-equality checks hold, even on a machine with a GPU (tests marked `cuda` say
+    otherwise)."""
+    flags = [str(f) for f in flags]
+    return flags if "--device" in flags else [*flags, "--device", "cpu"]
+
+
 def interrupt_after_first_checkpoint(script, flags, out):
     """Start `script`, send SIGTERM once its first checkpoint exists, and return its exit
     status (130 when interrupted; 0 if it finished before the signal arrived)."""
     with open(Path(out).with_suffix(".stderr.txt"), "w") as err:
-        proc = subprocess.Popen([sys.executable, script, *map(str, flags), "--out", str(out)],
+        proc = subprocess.Popen([sys.executable, script, *on_cpu(flags), "--out", str(out)],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         try:
             while not Path(out).exists() and proc.poll() is None:
@@ -119,7 +143,7 @@ def full_and_resumed_runs(script, flags, folder, epochs):
 
 def run_script(script, *flags, check=True):
     """Run a script from the shell as a user would; returns the CompletedProcess."""
-    proc = subprocess.run([sys.executable, script, *map(str, flags)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, script, *on_cpu(flags)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}")

@@ -99,9 +99,8 @@ def test_validation_split_is_fixed_and_disjoint():
 def test_random_crop_matches_per_image_slicing():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    cropped = random_crop(images, 4, g)
-    g = torch.Generator().manual_seed(0)
     dy, dx = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
+    cropped = random_crop(images, 4, dy, dx)
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
     for i in range(16):
         assert torch.equal(cropped[i], padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import engine
+from ema import ModelEMA
 from checkpoints import CheckpointError, load_checkpoint
 from conftest import full_and_resumed_runs, run_script
 from models import StudentNet, load_model
@@ -24,7 +24,7 @@ def tensors(module):
 def test_first_update_copies_and_decay_zero_follows_the_model():
     torch.manual_seed(0)
     model, start = StudentNet(), StudentNet()
-    ema = engine.make_ema(start, decay=0.0)
+    ema = ModelEMA(start, decay=0.0)
     for i in range(3):
         step(model, i)
         ema.update_parameters(model)
@@ -34,7 +34,7 @@ def test_first_update_copies_and_decay_zero_follows_the_model():
 
 def test_decay_one_keeps_the_first_copy():
     model = StudentNet()
-    ema = engine.make_ema(StudentNet(), decay=1.0)
+    ema = ModelEMA(StudentNet(), decay=1.0)
     step(model, 0)
     ema.update_parameters(model)
     first = tensors(ema.module)
@@ -46,7 +46,7 @@ def test_decay_one_keeps_the_first_copy():
 
 def test_warm_up_then_decay_and_batchnorm_buffers_are_averaged():
     model = StudentNet()
-    ema = engine.make_ema(StudentNet(), decay=0.9)
+    ema = ModelEMA(StudentNet(), decay=0.9)
     step(model, 0)
     ema.update_parameters(model)  # update 0: a copy
     previous = tensors(ema.module)

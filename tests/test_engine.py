@@ -4,22 +4,25 @@ import signal
 import pytest
 import torch
 
+import cli
 import engine
+import interrupts
 import losses
+import runs
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from engine import lr_factor
+from schedule import lr_factor
 
 
 def parse(image_folder, tmp_path, *flags, name="student"):
     parser = argparse.ArgumentParser()
-    engine.add_common_args(parser, out=str(tmp_path / f"{name}.pt"), epochs=3, batch_size=32,
+    cli.add_common_args(parser, out=str(tmp_path / f"{name}.pt"), epochs=3, batch_size=32,
                            lr=0.05, optimizer="sgd", schedule="onecycle")
-    return parser.parse_args(["--data-root", str(image_folder), "--plots-dir",
+    return parser.parse_args(["--device", "cpu", "--data-root", str(image_folder), "--plots-dir",
                               str(tmp_path / "plots"), *map(str, flags)])
 
 
 def train(args, loss_fn=losses.cross_entropy):
-    args, device, splits, ckpt = engine.prepare_run(args, "student")
+    args, device, splits, ckpt = runs.prepare_run(args, "student")
     return engine.fit("student", loss_fn, args, device, splits, ckpt)
 
 
@@ -62,12 +65,12 @@ def test_an_interrupt_swallowed_by_a_finalizer_still_stops_training(image_folder
                                                                     monkeypatch):
     """Python ignores exceptions raised in finalizers; a Ctrl-C that lands in one (matplotlib
     closing a figure did, under load) must still stop the run within a step."""
-    monkeypatch.setattr(engine, "_interrupt_requested", False)
+    monkeypatch.setattr(interrupts, "_interrupt_requested", False)
     calls = {"n": 0}
 
     class InterruptedFinalizer:
         def __del__(self):
-            engine._raise_interrupt(signal.SIGINT, None)  # as if the signal arrived here
+            interrupts._raise_interrupt(signal.SIGINT, None)  # as if the signal arrived here
 
     def loss_fn(logits, labels, images):
         calls["n"] += 1
@@ -77,6 +80,17 @@ def test_an_interrupt_swallowed_by_a_finalizer_still_stops_training(image_folder
     with pytest.raises(KeyboardInterrupt):
         train(parse(image_folder, tmp_path, "--epochs", 3), loss_fn)
     assert calls["n"] == 3
+
+
+def test_a_caught_interrupt_does_not_stop_a_later_run(image_folder, tmp_path, monkeypatch):
+    """One Ctrl-C, deferred and then caught, is spent: a later fit in the same process runs
+    to its end instead of stopping after its first step."""
+    monkeypatch.setattr(interrupts, "_interrupt_requested", False)
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.interrupts_deferred():
+            interrupts._note_interrupt(signal.SIGINT, None)  # as if Ctrl-C arrived here
+    train(parse(image_folder, tmp_path, "--epochs", 2))
+    assert load_checkpoint(tmp_path / "student.pt")["epoch"] == 2
 
 
 def test_compile_flag_compiles_the_training_steps_only(image_folder, tmp_path, monkeypatch):
@@ -99,7 +113,7 @@ def test_compile_flag_compiles_the_training_steps_only(image_folder, tmp_path, m
 
 def test_resume_takes_the_recipe_from_the_checkpoint(image_folder, tmp_path):
     train(parse(image_folder, tmp_path, "--epochs", 1, "--lr", 0.01))
-    args, *_ = engine.prepare_run(parse(image_folder, tmp_path, "--resume", "--lr", 0.5), "student")
+    args, *_ = runs.prepare_run(parse(image_folder, tmp_path, "--resume", "--lr", 0.5), "student")
     assert args.lr == 0.01 and args.epochs == 1
 
 
@@ -116,8 +130,8 @@ def test_interrupted_run_must_finish_before_it_is_extended(image_folder, tmp_pat
     args = parse(image_folder, tmp_path, "--epochs", 3)
     with pytest.raises(KeyboardInterrupt):
         train(args, interrupt_after(10))
-    with pytest.raises(engine.UserError, match="--epochs 3"):
-        engine.prepare_run(parse(image_folder, tmp_path, "--resume", "--epochs", 5), "student")
+    with pytest.raises(cli.UserError, match="--epochs 3"):
+        runs.prepare_run(parse(image_folder, tmp_path, "--resume", "--epochs", 5), "student")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, tmp_path):
@@ -126,7 +140,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, 
 
     def explode(logits, labels, images):
         return {"loss": losses.cross_entropy(logits, labels)["loss"] * float("nan")}
-    with pytest.raises(engine.UserError, match="non-finite loss .* step 1 of epoch 2"):
+    with pytest.raises(cli.UserError, match="non-finite loss .* step 1 of epoch 2"):
         train(parse(image_folder, tmp_path, "--resume", "--epochs", 2), explode)
     after = load_checkpoint(tmp_path / "student.pt")
     assert after["epoch"] == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from checkpoints import CheckpointError, load_checkpoint
-from conftest import ROOT, full_and_resumed_runs, run_script
+from conftest import ROOT, full_and_resumed_runs, on_cpu, run_script
 from models import load_model
 
 
@@ -20,8 +20,9 @@ def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, si
     # Output to a file, not a pipe: an undrained pipe would stall the child's progress bars.
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "train_teacher.py", "--data-root", str(image_folder), "--out",
-             str(out), "--plots-dir", str(tmp_path), "--epochs", "200", "--batch-size", "8"],
+            [sys.executable, "train_teacher.py", *on_cpu([
+                "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path, "--epochs",
+                "200", "--batch-size", "8"])],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.time() + 300

@@ -4,18 +4,20 @@ import argparse
 import pytest
 import torch
 
+import cli
 import engine
 import losses
+import runs
 from conftest import run_script
 from models import load_model
 
 
 def run_variant(kind, teacher, image_folder, out, record):
     parser = argparse.ArgumentParser()
-    engine.add_common_args(parser, out=str(out), epochs=1, batch_size=64, lr=0.05,
+    cli.add_common_args(parser, out=str(out), epochs=1, batch_size=64, lr=0.05,
                            optimizer="sgd", schedule="onecycle")
-    args = parser.parse_args(["--data-root", str(image_folder), "--plots-dir", str(out.parent)])
-    args, device, splits, ckpt = engine.prepare_run(args, "student")
+    args = parser.parse_args(["--device", "cpu", "--data-root", str(image_folder), "--plots-dir", str(out.parent)])
+    args, device, splits, ckpt = runs.prepare_run(args, "student")
     inner = losses.student_loss(kind, teacher, 4.0, 0.9)
 
     def loss_fn(logits, labels, images):

@@ -1,0 +1,138 @@
+"""The GPU path, run only where CUDA is available (marked `cuda`; skipped elsewhere): every
+script on CUDA, checkpoints handed between CUDA and the CPU, the same batches on both, and
+KD and EMA steps on the device that never wait for it between loss reads."""
+import json
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+import engine
+import losses
+from checkpoints import load_checkpoint
+from conftest import run_script, synthetic_images
+from data import BatchLoader
+from device import select_device
+from ema import ModelEMA
+from models import build_model
+
+pytestmark = pytest.mark.cuda
+CUDA = ["--device", "cuda"]
+
+
+@pytest.fixture(scope="module")
+def cuda_teacher(image_folder, tmp_path_factory):
+    """A finished (dry-run) teacher trained and saved on CUDA."""
+    out = tmp_path_factory.mktemp("cuda") / "teacher.pt"
+    run_script("train_teacher.py", "--dry-run", *CUDA, "--data-root", image_folder, "--out", out,
+               "--plots-dir", out.parent)
+    return out
+
+
+def test_a_teacher_saved_on_cuda_loads_anywhere(cuda_teacher):
+    ckpt = load_checkpoint(cuda_teacher)  # map_location: the CPU
+    assert ckpt["config"]["device"] == "cuda" and ckpt["history"][0]["device"] == "cuda"
+    expected = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    assert ckpt["config"]["precision"] == expected
+    assert all(t.device.type == "cpu" for t in ckpt["model_state"].values())
+
+
+@pytest.mark.parametrize("loss", losses.STUDENT_LOSSES)
+def test_students_train_on_cuda_from_the_cuda_teacher(cuda_teacher, image_folder, tmp_path, loss):
+    out = tmp_path / f"student_{loss}_seed0.pt"
+    proc = run_script("train_student.py", "--dry-run", *CUDA, "--loss", loss, "--teacher",
+                      cuda_teacher, "--data-root", image_folder, "--out", out, "--plots-dir",
+                      tmp_path)
+    assert "on cuda" in proc.stdout and load_checkpoint(out)["epoch"] == 1
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-ema"], ["--mode", "model-ema"]])
+def test_ema_runs_on_cuda(cuda_teacher, image_folder, tmp_path, flags):
+    out = tmp_path / "ema.pt"
+    proc = run_script("train_ema.py", "--dry-run", *CUDA, *flags, "--teacher", cuda_teacher,
+                      "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path)
+    assert "EMA val acc" in proc.stdout
+    assert load_checkpoint(out)["ema"]["updates"] == (0 if "--no-ema" in flags else 2)
+
+
+def test_cuda_checkpoints_evaluate_on_the_cpu_as_on_cuda(cuda_teacher, image_folder, tmp_path):
+    student = tmp_path / "student_kd+ce_seed0.pt"
+    run_script("train_student.py", "--dry-run", *CUDA, "--teacher", cuda_teacher, "--data-root",
+               image_folder, "--out", student, "--plots-dir", tmp_path)
+    results = {}
+    for device in ("cpu", "cuda"):
+        run_script("evaluate.py", cuda_teacher, student, "--device", device, "--data-root",
+                   image_folder, "--plots-dir", tmp_path / device)
+        results[device] = pd.read_csv(tmp_path / device / "results.csv")
+    # Both evaluate in fp32: the same predictions, up to a rare flip between cuDNN and
+    # oneDNN rounding on a near-tie (one image in 50 is 2 points).
+    for a, b in zip(results["cpu"]["test_acc"], results["cuda"]["test_acc"]):
+        assert abs(a - b) <= 2
+    recorded = json.loads(cuda_teacher.with_suffix(".test.json").read_text())["test_acc"]
+    teacher_row = results["cuda"][results["cuda"]["model"] == "teacher"].iloc[0]
+    assert abs(teacher_row["test_acc"] - recorded) <= 2
+
+
+def test_a_cpu_checkpoint_resumes_on_cuda(image_folder, tmp_path):
+    out = tmp_path / "student.pt"
+    common = ["--loss", "ce", "--batch-size", "64", "--data-root", image_folder, "--out", out,
+              "--plots-dir", tmp_path]
+    run_script("train_student.py", *common, "--epochs", "1", "--device", "cpu")
+    proc = run_script("train_student.py", *common, "--resume", "--epochs", "2", *CUDA)
+    assert "ran on cpu and continues on cuda" in proc.stdout
+    ckpt = load_checkpoint(out)
+    assert [row["device"] for row in ckpt["history"]] == ["cpu", "cuda"]
+    assert ckpt["config"]["precision"] == "fp32"  # the run's own, kept across devices
+
+
+def test_the_batches_are_the_same_on_cpu_and_cuda():
+    images, labels = synthetic_images(10, seed=0)
+    cpu, gpu = (BatchLoader(images, labels, 16, device, shuffle=True, augment=True, seed=3,
+                            drop_last=True) for device in ("cpu", "cuda"))
+    for epoch in (0, 1):
+        cpu.set_epoch(epoch)
+        gpu.set_epoch(epoch)
+        for (x_cpu, y_cpu), (x_gpu, y_gpu) in zip(cpu, gpu):
+            assert torch.equal(x_cpu, x_gpu.cpu()) and torch.equal(y_cpu, y_gpu.cpu())
+
+
+def test_kd_and_ema_steps_on_cuda_wait_for_the_device_only_at_loss_reads():
+    device = select_device("cuda")
+    torch.manual_seed(0)
+    teacher = build_model("teacher").to(device, memory_format=torch.channels_last).eval()
+    student = build_model("student").to(device, memory_format=torch.channels_last)
+    ema = ModelEMA(student, 0.99)
+    loss_fn = losses.student_loss("kd+ce", teacher.requires_grad_(False))
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    images, labels = synthetic_images(20, seed=0)
+    batches = list(BatchLoader(images, labels, 10, device, shuffle=True, augment=True,
+                               drop_last=True))  # 20 batches, made before the check
+
+    def epoch():
+        return engine.train_one_epoch(student, batches, loss_fn, optimizer, scheduler, device,
+                                      "bf16", after_step=lambda: ema.update_parameters(student),
+                                      sync_every=1000)
+    epoch()  # warm-up: cuDNN's algorithm search, lazy initialisation
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            metrics = epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    # The first step's loss read and the epoch's sums (loss, accuracy, kd, ce): 5, against
+    # at least 2 per step (40) if the EMA update read its count on the host.
+    assert len(syncs) < 10, [str(w.message) for w in syncs[:3]]
+    assert ema.updates == 40 and torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_benchmark_runs_on_cuda(image_folder):
+    proc = run_script("benchmarks/throughput.py", *CUDA, "--data-root", image_folder,
+                      "--rounds", "1", "--batches", "1", "--profile")
+    assert "student: train, tutorial pipeline" in proc.stdout
+    assert "bf16 matmul" in proc.stdout or "fp32 matmul" in proc.stdout
+    assert proc.stdout.count("where a training step's time goes") == 3

@@ -1,0 +1,147 @@
+"""Device and precision, checked on the CPU: what --precision means where, bf16 training with
+fp32 evaluation, resuming on another device, and a training loop that never waits on the
+device between its loss reads."""
+import json
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+import engine
+import losses
+from checkpoints import load_checkpoint
+from cli import UserError
+from conftest import run_script, synthetic_images
+from data import BatchLoader
+from device import resolve_precision
+from ema import ModelEMA
+from models import build_model, load_model
+from schedule import lr_factor
+
+
+@pytest.mark.parametrize("device, bf16_native, asked, expected", [
+    ("cpu", False, "auto", "fp32"),
+    ("cpu", False, "bf16", "bf16"),
+    ("cuda", True, "auto", "bf16"),
+    ("cuda", False, "auto", "fp32"),
+    ("cuda", True, "fp32", "fp32"),
+])
+def test_what_precision_means_where(monkeypatch, device, bf16_native, asked, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: bf16_native)
+    assert resolve_precision(asked, torch.device(device)) == expected
+
+
+def test_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Tesla V100")
+    with pytest.raises(UserError, match="V100 has no native bf16"):
+        resolve_precision("bf16", torch.device("cuda"))
+
+
+def tiny_loader(n=96, batch_size=16, seed=0):
+    images, labels = synthetic_images(n // 10 + 1, seed)
+    return BatchLoader(images[:n], labels[:n], batch_size, shuffle=True, augment=True,
+                       drop_last=True)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_training_steps_run_in_the_precision_asked_for(precision, dtype):
+    torch.manual_seed(0)
+    model = build_model("student").to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    seen = []
+
+    def loss_fn(logits, labels, images):
+        seen.append(logits.dtype)
+        return losses.cross_entropy(logits, labels)
+    metrics = engine.train_one_epoch(model, tiny_loader(), loss_fn, optimizer, scheduler,
+                                     torch.device("cpu"), precision)
+    assert set(seen) == {dtype} and len(seen) == 6
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay fp32
+
+
+class HostReads(TorchFunctionMode):
+    """Records every call that copies a tensor's value to the host: on a GPU, each one waits
+    for all the kernels queued before it."""
+    READS = {"item", "__bool__", "__int__", "__float__", "__index__", "tolist", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) in self.READS:
+            self.reads[func.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loop_reads_values_on_the_host_only_every_sync_every_steps():
+    """A KD step with an EMA update, SGD and the LR schedule, as on a GPU (sync_every 5):
+    the loss is read at steps 1, 6 and 11 and the epoch's sums once at the end, nothing
+    else (AveragedModel.update_parameters alone would read its count twice per step)."""
+    torch.manual_seed(0)
+    teacher = build_model("teacher").eval().requires_grad_(False)
+    student = build_model("student")
+    ema = ModelEMA(student, 0.9)
+    loss_fn = losses.student_loss("kd+ce", teacher)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, 12, 0, 1, "onecycle", 0.2))
+    loader = tiny_loader(n=12 * 8, batch_size=8)
+    with HostReads() as mode:
+        engine.train_one_epoch(student, loader, loss_fn, optimizer, scheduler,
+                               torch.device("cpu"), after_step=lambda: ema.update_parameters(
+                                   student), sync_every=5)
+    # 3 loss reads, then the sums of loss, accuracy and the two logged parts (kd, ce)
+    assert mode.reads == Counter(item=3 + 4)
+    assert ema.updates == 12
+
+
+def test_evaluation_is_fp32_after_bf16_training(teacher_checkpoint, image_folder, tmp_path):
+    out = tmp_path / "student.pt"
+    run_script("train_student.py", "--dry-run", "--precision", "bf16", "--teacher",
+               teacher_checkpoint, "--data-root", image_folder, "--out", out, "--plots-dir",
+               tmp_path)
+    assert json.loads((tmp_path / "student.config.json").read_text())["precision"] == "bf16"
+    # The recorded test loss and accuracy are the fp32 model's: an independent fp32 forward
+    # agrees to float rounding (bf16 would differ in the third digit).
+    images, labels = synthetic_images(5, seed=1)  # the fixture's test split, lossless PNGs
+    with torch.no_grad():
+        logits = load_model(out)(images.float() / 255)
+    test = json.loads((tmp_path / "student.test.json").read_text())
+    assert test["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    correct = (logits.argmax(1) == labels).sum().item()
+    assert test["test_acc"] == pytest.approx(100 * correct / len(labels))
+
+
+def test_resume_keeps_the_precision_and_records_a_change_of_device(image_folder, tmp_path):
+    out = tmp_path / "student.pt"
+    common = ["--loss", "ce", "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path,
+              "--batch-size", "64"]
+    run_script("train_student.py", *common, "--epochs", "1", "--precision", "bf16")
+    # As if the first epoch had run on a GPU: resuming on the CPU says so and records it.
+    ckpt = load_checkpoint(out)
+    ckpt["config"]["device"] = ckpt["history"][0]["device"] = "cuda"
+    torch.save(ckpt, out)
+    proc = run_script("train_student.py", *common, "--resume", "--epochs", "2",
+                      "--precision", "fp32")
+    assert "ran on cuda and continues on cpu" in proc.stdout
+    ckpt = load_checkpoint(out)
+    assert ckpt["config"]["precision"] == "bf16"  # a recipe key: the checkpoint's, not the flag
+    assert [row["device"] for row in ckpt["history"]] == ["cuda", "cpu"]
+
+
+def test_a_checkpoint_from_before_precision_resumes_in_fp32(image_folder, tmp_path):
+    out = tmp_path / "student.pt"
+    common = ["--loss", "ce", "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path,
+              "--batch-size", "64"]
+    run_script("train_student.py", *common, "--epochs", "1")
+    ckpt = load_checkpoint(out)
+    del ckpt["config"]["precision"]
+    torch.save(ckpt, out)
+    run_script("train_student.py", *common, "--resume", "--epochs", "2")
+    assert load_checkpoint(out)["config"]["precision"] == "fp32"

@@ -8,7 +8,8 @@
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
 #                    torchvision downloads CIFAR-10 if the network allows)
 # SEEDS="0 1 2"      seeds to run (default 0); students always distil from the seed-0 teacher
-# Safe to rerun: a finished stage is skipped, an interrupted one resumes.
+# Safe to rerun: a finished stage is skipped, an interrupted one resumes, and one whose
+# recipe (a changed default), data or teacher changed is trained again from the start.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,8 +20,10 @@ PLOTS ?= plots
 FLAGS ?=
 TEACHER := $(CKPT)/teacher.pt
 
-# $(call stage,script,checkpoint,flags): resume the run if its checkpoint exists, else start it
-stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --out "$(2)" $(3) $(RUN_FLAGS); \
+# $(call stage,script,checkpoint,flags): resume the run if its checkpoint exists (or train it
+# again if its recipe, data or teacher differ from this command's), else start it
+stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --restart-if-changed --out "$(2)" $(3) \
+          $(RUN_FLAGS); \
         else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
 RUN_FLAGS = --plots-dir $(PLOTS) $(FLAGS)
 

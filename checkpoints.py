@@ -8,6 +8,8 @@ Keys: format, model {name, arch_args}, model_state, optimizer_state, scheduler_s
 epoch (completed), epochs (planned), schedule_start_epoch, history (one dict per epoch),
 rng (torch and CUDA generator states), config (the run's arguments).
 """
+import contextlib
+import hashlib
 import os
 import pickle
 import zipfile
@@ -22,12 +24,32 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(ckpt, path):
-    """Write atomically: a crash mid-write leaves the previous file intact."""
+    """Write atomically: a crash mid-write leaves the previous file intact. A failed write (a
+    full disk: torch.save raises RuntimeError) is an OSError naming the file, and leaves no
+    temporary file behind."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp"
-    torch.save({"format": FORMAT, **ckpt}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT, **ckpt}, tmp)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        reason = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0])[:160]
+        raise OSError(f"cannot write checkpoint {path} ({reason}); the previous one, if "
+                      f"any, is intact") from None
+
+
+def weights_sha256(state_dict):
+    """A SHA-256 of a state dict's names and values, whatever their device or memory
+    format: the identity of a model's weights."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(name.encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path, map_location="cpu"):

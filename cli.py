@@ -47,7 +47,10 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
     a("--out", default=out, help=f"checkpoint path; run records are written beside it "
       f"(default: {out})")
     a("--resume", action="store_true", help="continue the run in --out from its last epoch, "
-      "or extend a finished run to --epochs")
+      "or extend a finished run to --epochs; refused if its data or teacher changed")
+    a("--restart-if-changed", action="store_true", help="with --resume: start the run over "
+      "if its data, teacher or recipe (defaults included) differ from this command's, "
+      "instead of resuming it (what make all does)")
     a("--overwrite", action="store_true", help="start over even if --out exists (the old "
       "checkpoint is replaced only when the first new epoch ends)")
     a("--skip-test", action="store_true", help="no test-set evaluation at the end (for "
@@ -107,6 +110,15 @@ def check_args(args):
             raise UserError(f"--{e}") from None
 
 
+# The checkpoint this process has written or is resuming, for the message after a Ctrl-C.
+_saved_checkpoint = None
+
+
+def note_checkpoint(path):
+    global _saved_checkpoint
+    _saved_checkpoint = path
+
+
 def run_cli(main):
     """Run a script's main(): bad input is one line on stderr and exit 2; Ctrl-C or SIGTERM
     exits 130 with the last complete checkpoint intact (it is only ever replaced atomically)."""
@@ -117,8 +129,9 @@ def run_cli(main):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("\ninterrupted: the last complete epoch's checkpoint is intact; rerun with "
-              "--resume to continue", file=sys.stderr)
+        print("\ninterrupted: " + (f"{_saved_checkpoint} holds the last complete epoch; rerun "
+                                   f"with --resume to continue" if _saved_checkpoint else
+                                   "no checkpoint was written"), file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # a full disk or a vanished folder mid-run: say what, not where
         print(f"error: {e}", file=sys.stderr)

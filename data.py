@@ -34,7 +34,10 @@ def default_data_root():
 
 def load_cifar10(root, cache_dir=CACHE_DIR):
     """Return {"train_images", "train_labels", "test_images", "test_labels"}: uint8 NCHW images
-    and int64 labels, from torchvision's layout or an ImageFolder root (train/ and test/)."""
+    and int64 labels, from torchvision's layout or an ImageFolder root (train/ and test/),
+    and "identity": the layout and a SHA-256 of every image and label in load order, which
+    runs record, so that two runs on different data (or on the same images in another
+    order, which moves the validation split) can never be compared or distilled unawares."""
     root = Path(root).expanduser()
     layout = _detect_layout(root)
     if layout is None:
@@ -47,15 +50,26 @@ def load_cifar10(root, cache_dir=CACHE_DIR):
         try:
             cached = torch.load(cache, weights_only=True)
             if cached.get("fingerprint") == fingerprint:
-                return cached["data"]
+                data = cached["data"]
+                data.setdefault("identity", data_identity(data, layout))  # an older cache
+                return data
         except Exception:  # a stale or truncated cache is rebuilt, never trusted
             pass
     data = _decode_torchvision(root) if layout == "torchvision" else _decode_image_folder(root)
+    data["identity"] = data_identity(data, layout)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     torch.save({"fingerprint": fingerprint, "data": data}, tmp)
     os.replace(tmp, cache)
     return data
+
+
+def data_identity(data, layout):
+    """The layout and a SHA-256 of the images and labels, in order (not of file dates)."""
+    digest = hashlib.sha256()
+    for key in ("train_images", "train_labels", "test_images", "test_labels"):
+        digest.update(data[key].contiguous().numpy().tobytes())
+    return {"layout": layout, "sha256": digest.hexdigest()}
 
 
 def _detect_layout(root):

@@ -14,12 +14,12 @@ from tqdm import tqdm
 
 import plotting
 from checkpoints import save_checkpoint
-from cli import DRY_RUN_BATCHES, UserError
+from cli import DRY_RUN_BATCHES, UserError, note_checkpoint
 from data import BatchLoader
 from device import autocast
 from interrupts import check_interrupt, interrupts_deferred
 from models import NUM_CLASSES, model_spec
-from records import git_commit, record_paths, write_json, write_records
+from records import git_commit, record_paths, test_record_matches, write_json, write_records
 from runs import initial_model, restore_training_state, training_state
 from schedule import lr_factor, make_optimizer
 
@@ -31,7 +31,8 @@ CUDA_SYNC_EVERY = 50
 
 def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, precision="fp32",
                     desc="train", after_step=None, sync_every=None):
-    """One pass over `loader`; returns mean loss, accuracy (%) and mean loss parts.
+    """One pass over `loader`; returns mean loss, accuracy (%), mean loss parts, and the LR
+    of the last step.
 
     The forward pass and loss run under `precision` ("fp32" or "bf16" autocast).
     `after_step()` runs after every optimizer step (e.g. an EMA update). The loss is read on
@@ -41,7 +42,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, precis
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else CUDA_SYNC_EVERY
     model.train()
-    sums, correct, seen = {}, 0, 0
+    sums, correct, seen, lr = {}, 0, 0, None
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0)
     for step, (images, labels) in enumerate(bar):
         with autocast(device, precision):
@@ -59,6 +60,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, precis
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]  # the LR this step used, before the schedule moves
         scheduler.step()
         if after_step is not None:
             after_step()
@@ -71,7 +73,8 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, precis
     if not math.isfinite(total := sums.pop("loss").item()):
         last_read = (len(loader) - 1) // sync_every * sync_every + 1
         raise FloatingPointError(f"non-finite loss after step {last_read}")
-    metrics = {"loss": total / seen, "acc": 100.0 * correct.item() / seen, "images": seen}
+    metrics = {"loss": total / seen, "acc": 100.0 * correct.item() / seen, "images": seen,
+               "lr": lr}
     metrics.update({k: v.item() / seen for k, v in sums.items()})
     return metrics
 
@@ -130,20 +133,26 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     if ckpt is not None:
-        restore_training_state(ckpt, model, optimizer, scheduler, schedule, ema)
+        restore_training_state(ckpt, args.out, model, optimizer, scheduler, schedule, ema)
+        note_checkpoint(args.out)
     # The compiled module shares its parameters with `model`, which is what gets saved and
     # evaluated (in eval mode a compiled module would compile a second graph).
     step_model = torch.compile(model) if args.compile else model
+    paths = record_paths(args.out)
+    name = Path(args.out).stem
     if start_epoch >= args.epochs:
         print(f"{args.out} is already complete ({start_epoch} epochs); pass --epochs N > "
               f"{start_epoch} with --resume to extend it")
+        if not args.skip_test and not test_record_matches(paths["test"], args.run_id,
+                                                          start_epoch):
+            test_and_record(model, ema, splits, device, args, paths["test"], name)
         return model.eval()
 
-    paths = record_paths(args.out)
-    name = Path(args.out).stem
     config = {k: v for k, v in vars(args).items() if k != "default_epochs"}
+    commit, dirty = git_commit()
     config.update(model=model_spec(model), torch_version=str(torch.__version__),
-                  git_commit=git_commit(), device=str(device), schedule_start_epoch=schedule_start)
+                  git_commit=commit, git_dirty=dirty, device=str(device),
+                  schedule_start_epoch=schedule_start)
     print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
     for epoch in range(start_epoch, args.epochs):
@@ -161,11 +170,11 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
         val = evaluate(model, val_loader, device)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
                "val_loss": val["loss"], "val_acc": val["acc"],
-               "lr": optimizer.param_groups[0]["lr"],
+               "lr": train["lr"],
                "epoch_seconds": time.perf_counter() - start,
                "images_per_second": train["images"] / train_seconds, "device": str(device)}
         row.update({f"train_{k}": v for k, v in train.items()
-                    if k not in ("loss", "acc", "images")})
+                    if k not in ("loss", "acc", "images", "lr")})
         if ema is not None:
             ema_val = evaluate(ema, val_loader, device)
             row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
@@ -176,6 +185,8 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                 "schedule_start_epoch": schedule_start, "history": history, "config": config,
                 **training_state(model, optimizer, scheduler, ema)}, args.out)
             write_records(paths, config, history)
+            paths["test"].unlink(missing_ok=True)  # it measured an earlier epoch or run
+        note_checkpoint(args.out)
         plotting.plot_curves(history, Path(args.plots_dir) / f"{name}_curves.png",
                              title=title or name)
         check_interrupt()
@@ -184,18 +195,24 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                    + (f"EMA val acc {row['ema_val_acc']:.2f}%  " if ema is not None else "")
                    + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
                    f"{row['images_per_second']:.0f} img/s")
-    if args.skip_test:
-        return model.eval()
-    # The test set is touched once, after training, for the final number only.
+    if not args.skip_test:
+        test_and_record(model, ema, splits, device, args, paths["test"], name)
+    return model.eval()
+
+
+def test_and_record(model, ema, splits, device, args, path, name):
+    """The test set, touched once after training for the final number only; the record
+    names the run and epoch it measured."""
+    max_batches = DRY_RUN_BATCHES if args.dry_run else None
     test_loader = BatchLoader(*splits["test"], 1000, device, max_batches=max_batches)
     test = evaluate(model, test_loader, device)
-    record = {"epoch": args.epochs, "test_loss": test["loss"], "test_acc": test["acc"],
-              "test_images": test["images"]}
+    record = {"run_id": args.run_id, "epoch": args.epochs, "test_loss": test["loss"],
+              "test_acc": test["acc"], "test_images": test["images"]}
     message = f"{name} test loss {test['loss']:.4f} acc {test['acc']:.2f}%"
     if ema is not None:
         ema_test = evaluate(ema, test_loader, device)
         record.update(ema_test_loss=ema_test["loss"], ema_test_acc=ema_test["acc"])
         message += f", EMA loss {ema_test['loss']:.4f} acc {ema_test['acc']:.2f}%"
-    write_json(paths["test"], record)
-    print(f"{message} ({test['images']:,} test images) -> {paths['test']}")
-    return model.eval()
+    write_json(path, record)
+    print(f"{message} ({test['images']:,} test images) -> {path}")
+

@@ -80,8 +80,9 @@ def load_models(paths, device):
         ckpt = load_checkpoint(path, map_location=device)
         for ema in (False, True) if "ema" in ckpt else (False,):
             model = model_from_checkpoint(ckpt, path, device, ema=ema)
-            models.append((path, "ema" if ema else "raw", model,
-                           {k: ckpt.get(k) for k in ("config", "epoch", "epochs", "history")}))
+            info = {k: ckpt.get(k) for k in ("config", "epoch", "epochs", "history")}
+            info["config"] = info["config"] or {"model": ckpt["model"]}  # a bare checkpoint
+            models.append((path, "ema" if ema else "raw", model, info))
     return models
 
 

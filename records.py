@@ -16,11 +16,17 @@ def record_paths(out):
 
 
 def git_commit():
+    """(commit, dirty): the code's git commit and whether tracked files differ from it;
+    (None, None) outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        commit = git("rev-parse", "HEAD") or None
+        return commit, (bool(git("status", "--porcelain", "--untracked-files=no"))
+                        if commit else None)
     except (OSError, subprocess.SubprocessError):
-        return None
+        return None, None
 
 
 def write_records(paths, config, history):
@@ -36,5 +42,18 @@ def write_json(path, obj):
 
 def write_text(path, text):
     tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def test_record_matches(path, run_id, epoch):
+    """Whether the test record at `path` measured this run at this epoch."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("run_id") == run_id and record.get("epoch") == epoch

@@ -17,10 +17,10 @@ def run_variant(config, ema=False):
     EMA model of that run (`... EMA`)."""
     if "mode" in config:  # a train_ema.py run
         variant = config["mode"] + ("-no-ema" if config["no_ema"] else "")
-    elif config["model"]["name"] == "teacher":
-        variant = "teacher"
-    else:
+    elif "loss" in config:
         variant = config["loss"]
+    else:  # the teacher, or a bare checkpoint known by its model alone
+        variant = config["model"]["name"]
     return variant + " EMA" * ema
 
 

@@ -1,13 +1,14 @@
 """Starting and resuming a run: the flags checked, fresh start / resume / extension decided,
 the data loaded, and the training state saved into and restored from a checkpoint."""
 import os
+import uuid
 from pathlib import Path
 
 import torch
 
-from checkpoints import CheckpointError, load_checkpoint
+from checkpoints import CheckpointError, load_checkpoint, weights_sha256
 from cli import UserError, check_args
-from data import load_cifar10, split_train_val
+from data import VAL_SEED, load_cifar10, split_train_val
 from device import resolve_precision, select_device
 from models import build_model, model_from_checkpoint
 
@@ -19,17 +20,21 @@ RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", 
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
 
-def prepare_run(args, model_name, recipe_keys=()):
-    """Validate the flags, decide fresh start / resume / extension, and load the data.
+def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
+    """Validate the flags, decide fresh start / resume / extension / restart, load the data.
 
     `recipe_keys` names a script's own flags that, like RECIPE_KEYS, define the run and are
-    restored from the checkpoint on --resume. Returns (args, device, data splits, checkpoint
-    or None). Every rejection happens here, before anything is written.
+    restored from the checkpoint on --resume. `teacher_of(args)`: the checkpoint path of the
+    teacher the run distils from, or None. Records in `args` (and so in the run's config) the run's
+    id and the identity of its data and teacher, and refuses a teacher trained on other data
+    or, on --resume, a teacher or data that changed since the checkpoint was written (with
+    --restart-if-changed, such a run, or one whose recipe differs from this command's, starts
+    over instead). Returns (args, device, data splits, checkpoint or None). Every rejection
+    happens here, before anything is written.
     """
     check_args(args)
     device = select_device(args.device)
     out = Path(args.out)
-    ckpt = None
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
     for folder, flag in ((out.parent, "--out"), (Path(args.plots_dir), "--plots-dir")):
@@ -39,45 +44,26 @@ def prepare_run(args, model_name, recipe_keys=()):
             raise UserError(f"{flag}: cannot create {folder} ({e.strerror})") from None
         if not os.access(folder, os.W_OK):
             raise UserError(f"{flag}: {folder} is not writable")
-    if args.resume:
-        ckpt = load_checkpoint(out, map_location=device)
-        missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
-        if missing:
-            raise CheckpointError(f"{out} cannot be resumed: it lacks {', '.join(missing)}")
-        if ckpt["model"]["name"] != model_name:
-            raise UserError(f"{out} holds a {ckpt['model']['name']} run; this script trains "
-                            f"the {model_name}")
-        config = ckpt["config"]
-        # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
-        config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
-                          else "fp32")
-        for key in RECIPE_KEYS + tuple(recipe_keys):
-            if key not in config:
-                raise CheckpointError(f"{out} cannot be resumed: its config lacks {key!r}")
-            setattr(args, key, config[key])
-        done, planned = ckpt["epoch"], ckpt["epochs"]
-        if args.epochs is None:
-            args.epochs = planned
-        if done < planned and args.epochs != planned:
-            raise UserError(f"{out} is an interrupted {planned}-epoch run (at epoch {done}); "
-                            f"resume it with --epochs {planned}, then extend it")
-        before = torch.device(config.get("device", "cpu")).type
-        if before != device.type:
-            print(f"note: {out} ran on {before} and continues on {device.type}: same batches "
-                  f"and {args.precision} arithmetic, but other kernels, so not bit for bit "
-                  f"the run that stays on {before} (each epoch's device is in its metrics)")
-    elif out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists; pass --resume to continue or extend it, or "
-                        f"--overwrite to start over")
-    else:
-        try:
-            build_model(model_name, arch_args(args))
-        except ValueError as e:
-            raise UserError(f"--widths: the {model_name} {e}") from None
-    args.precision = resolve_precision(args.precision, device)
-    if ckpt is None and (args.epochs is None or args.dry_run):
-        args.epochs = 1 if args.dry_run else args.default_epochs
+    if not args.resume and out.exists():
+        if not args.overwrite:
+            raise UserError(f"{out} exists; pass --resume to continue or extend it, or "
+                            f"--overwrite to start over")
+        check_overwrite(out, model_name, args)
+    try:
+        build_model(model_name, arch_args(args))
+    except ValueError as e:
+        raise UserError(f"--widths: the {model_name} {e}") from None
     data = load_cifar10(args.data_root)
+    args.data_identity = {**data["identity"], "val_seed": VAL_SEED}
+    teacher_of = teacher_of or (lambda args: None)
+    ckpt = (load_resumable(out, model_name, args, recipe_keys, device, teacher_of)
+            if args.resume else None)
+    args.teacher_identity = teacher_identity(teacher_of(args), args.data_identity)
+    if ckpt is None:
+        args.precision = resolve_precision(args.precision, device)
+        args.run_id = uuid.uuid4().hex[:12]
+        if args.epochs is None or args.dry_run:
+            args.epochs = 1 if args.dry_run else args.default_epochs
     train, val = split_train_val(data, args.train_subset)
     if args.train_subset is not None and args.train_subset > len(train[1]):
         raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train[1])} "
@@ -87,6 +73,131 @@ def prepare_run(args, model_name, recipe_keys=()):
                         "raise --batch-size or --train-subset")
     return args, device, {"train": train, "val": val, "test": (data["test_images"],
                                                                data["test_labels"])}, ckpt
+
+
+def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
+    """The checkpoint --resume continues, its recipe restored into `args`; None when
+    --restart-if-changed finds it stale (then the run starts over)."""
+    ckpt = load_checkpoint(out, map_location=device)
+    missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
+    if missing:
+        raise CheckpointError(f"{out} cannot be resumed: it lacks {', '.join(missing)}")
+    if ckpt["model"]["name"] != model_name:
+        raise UserError(f"{out} holds a {ckpt['model']['name']} run; this script trains "
+                        f"the {model_name}")
+    model_from_checkpoint(ckpt, out)  # its architecture and weights fit, or one line
+    config = ckpt["config"]
+    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
+    config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
+                      else "fp32")
+    if args.restart_if_changed:  # against what this command asks for, defaults included
+        changes = (changed_identity(config, args, teacher_of(args), strict=True)
+                   + changed_recipe(config, args, recipe_keys, device))
+        if changes:
+            print(f"{out} is stale ({'; '.join(changes)}): training it again from the start")
+            return None
+    for key in RECIPE_KEYS + tuple(recipe_keys):
+        if key not in config:
+            raise CheckpointError(f"{out} cannot be resumed: its config lacks {key!r}")
+        setattr(args, key, config[key])
+    changes = changed_identity(config, args, teacher_of(args), strict=False)
+    if changes:
+        raise UserError(f"{out} cannot be resumed: {'; '.join(changes)}. Start it again "
+                        f"with --overwrite, or give another --out")
+    args.run_id = config.get("run_id") or uuid.uuid4().hex[:12]
+    done, planned = ckpt["epoch"], ckpt["epochs"]
+    if args.epochs is None:
+        args.epochs = planned
+    if done < planned and args.epochs != planned:
+        raise UserError(f"{out} is an interrupted {planned}-epoch run (at epoch {done}); "
+                        f"resume it with --epochs {planned}, then extend it")
+    before = torch.device(config.get("device", "cpu")).type
+    if before != device.type:
+        print(f"note: {out} ran on {before} and continues on {device.type}: same batches "
+              f"and {args.precision} arithmetic, but other kernels, so not bit for bit "
+              f"the run that stays on {before} (each epoch's device is in its metrics)")
+    return ckpt
+
+
+def changed_identity(config, args, teacher, strict):
+    """What differs between the data and teacher a checkpoint was trained with and the data
+    and `teacher` (a path, or None) it is given now. A checkpoint from before runs recorded
+    them cannot be checked: with `strict` it counts as changed, else it resumes with a note."""
+    if "data_identity" not in config and not strict:
+        print(f"note: {args.out} does not record its data or teacher (it predates that); "
+              f"resuming unchecked")
+        return []
+    changes = []
+    then = config.get("data_identity")
+    if then is None or then["sha256"] != args.data_identity["sha256"]:
+        changes.append(f"its data ({describe_data(then)}) is not --data-root "
+                       f"{args.data_root} ({describe_data(args.data_identity)})")
+    then, now = config.get("teacher_identity"), teacher_identity(teacher, args.data_identity)
+    if (then or now) and (then or {}).get("sha256") != (now or {}).get("sha256"):
+        changes.append(f"its teacher ({describe_teacher(then)}) is not {teacher} "
+                       f"({describe_teacher(now)})")
+    return changes
+
+
+def changed_recipe(config, args, recipe_keys, device):
+    """The recipe settings in which a checkpoint differs from what this command asks for,
+    defaults included (what `make` reruns a stage for)."""
+    asked = {key: getattr(args, key) for key in RECIPE_KEYS + tuple(recipe_keys)}
+    asked["precision"] = resolve_precision(args.precision, device)
+    asked["epochs"] = args.epochs or (1 if args.dry_run else args.default_epochs)
+    asked["widths"] = args.widths
+    return [f"{key} {config.get(key)!r} -> {value!r}" for key, value in asked.items()
+            if config.get(key) != value]
+
+
+def describe_data(identity):
+    if identity is None:
+        return "not recorded"
+    return f"{identity['layout']} layout, sha256 {identity['sha256'][:12]}"
+
+
+def describe_teacher(identity):
+    if identity is None:
+        return "none recorded"
+    return (f"weights sha256 {identity['sha256'][:12]}, {identity['epochs']} epochs, "
+            f"{identity['val_acc']:.2f}% validation")
+
+
+def teacher_identity(path, data_identity):
+    """What a student records of its teacher (None for no teacher): a hash of its weights,
+    its epochs, its last validation accuracy, and its data; a teacher trained on other data
+    is refused."""
+    if path is None:
+        return None
+    ckpt = load_checkpoint(path)
+    model_from_checkpoint(ckpt, path, kind="teacher")  # a teacher whose weights fit, or one line
+    history = ckpt.get("history") or [{}]
+    teacher_data = (ckpt.get("config") or {}).get("data_identity")
+    if teacher_data is not None and teacher_data["sha256"] != data_identity["sha256"]:
+        raise UserError(f"the teacher {path} was trained on other data "
+                        f"({describe_data(teacher_data)}) than --data-root gives "
+                        f"({describe_data(data_identity)}): its training images may be in "
+                        f"this run's validation split")
+    return {"sha256": weights_sha256(ckpt["model_state"]), "epochs": ckpt.get("epoch"),
+            "val_acc": history[-1].get("val_acc", float("nan")), "data_sha256":
+            teacher_data["sha256"] if teacher_data else None}
+
+
+def check_overwrite(out, model_name, args):
+    """--overwrite replaces a run of the same model only: never another kind of file, a run
+    of the other model, or the teacher this run is to learn from."""
+    teacher = getattr(args, "teacher", None)
+    if teacher and Path(teacher).exists() and out.samefile(teacher):
+        raise UserError(f"--out {out} is the --teacher file; --overwrite will not replace the "
+                        f"teacher a run learns from")
+    try:
+        name = load_checkpoint(out)["model"]["name"]
+    except (CheckpointError, KeyError, TypeError):
+        raise UserError(f"--overwrite: {out} is not a checkpoint of this project; move it "
+                        f"away yourself if it should go") from None
+    if name != model_name:
+        raise UserError(f"--overwrite: {out} holds a {name} run, and this script trains the "
+                        f"{model_name}; give another --out")
 
 
 def load_teacher(path, device):
@@ -122,17 +233,23 @@ def training_state(model, optimizer, scheduler, ema=None):
     return state
 
 
-def restore_training_state(ckpt, model, optimizer, scheduler, schedule, ema=None):
-    """The inverse of training_state. The optimizer and scheduler must be built already:
-    building a scheduler resets the optimizer's LR, so the LR is set again from `schedule`."""
-    model.load_state_dict(ckpt["model_state"])
-    optimizer.load_state_dict(ckpt["optimizer_state"])
-    scheduler.load_state_dict(ckpt["scheduler_state"])
+def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, ema=None):
+    """The inverse of training_state (`path` is for messages). The optimizer and scheduler
+    must be built already: building a scheduler resets the optimizer's LR, so the LR is set
+    again from `schedule`."""
+    try:
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        scheduler.load_state_dict(ckpt["scheduler_state"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["ema"]["model_state"])
+            ema.load_updates(ckpt["ema"]["updates"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # what load_state_dict raises
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path} cannot be resumed: its training state does not fit "
+                              f"the run ({reason})") from None
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * schedule(scheduler.last_epoch)
-    if ema is not None:
-        ema.module.load_state_dict(ckpt["ema"]["model_state"])
-        ema.load_updates(ckpt["ema"]["updates"])
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())
     if torch.cuda.is_initialized() and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu())

@@ -49,7 +49,8 @@ def main():
     args.out = args.out.replace("<mode>", mode).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = runs.prepare_run(
         args, "student", recipe_keys=("mode", "ema_decay", "no_ema", "temperature", "alpha",
-                                      "teacher"))
+                                      "teacher"),
+        teacher_of=lambda args: args.teacher if args.mode == "model-ema" else None)
     student = runs.initial_model("student", args, ckpt)
     if args.mode == "mean-teacher":
         ema = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),

@@ -26,7 +26,8 @@ def main():
     args = parser.parse_args()
     args.out = args.out.replace("<loss>", args.loss).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = runs.prepare_run(
-        args, "student", recipe_keys=("loss", "temperature", "alpha", "teacher"))
+        args, "student", recipe_keys=("loss", "temperature", "alpha", "teacher"),
+        teacher_of=lambda args: args.teacher if args.loss != "ce" else None)
     teacher = runs.load_teacher(args.teacher, device) if args.loss != "ce" else None
     loss_fn = losses.student_loss(args.loss, teacher, args.temperature, args.alpha)
     engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({args.loss})")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from records import test_record_matches  # noqa: E402
 from results import run_variant, seed_table  # noqa: E402
 
 
@@ -22,8 +23,10 @@ def run_table(folders):
             config = json.loads(Path(f"{stem}.config.json").read_text())
             history = pd.read_csv(metrics)
             last = history.iloc[-1]
-            test = json.loads(Path(f"{stem}.test.json").read_text()) \
-                if Path(f"{stem}.test.json").is_file() else {}
+            # Only a test record of this very run and epoch counts.
+            test = (json.loads(Path(f"{stem}.test.json").read_text())
+                    if test_record_matches(f"{stem}.test.json", config.get("run_id"),
+                                           int(last["epoch"])) else {})
             variant = run_variant(config)
             row = {
                 "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,

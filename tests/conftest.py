@@ -114,30 +114,26 @@ def on_cpu(flags):
     return flags if "--device" in flags else [*flags, "--device", "cpu"]
 
 
-def interrupt_after_first_checkpoint(script, flags, out):
-    """Start `script`, send SIGTERM once its first checkpoint exists, and return its exit
-    status (130 when interrupted; 0 if it finished before the signal arrived)."""
-    with open(Path(out).with_suffix(".stderr.txt"), "w") as err:
-        proc = subprocess.Popen([sys.executable, script, *on_cpu(flags), "--out", str(out)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            while not Path(out).exists() and proc.poll() is None:
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGTERM)
-            return proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+def interrupted_run(script, flags, step, sig="SIGTERM", at="engine.check_interrupt"):
+    """Run `script` with `flags` and a real signal `sig` delivered just before the `step`-th
+    call of `at` (by default: right after optimizer step `step`), via tests/interrupt_at.py;
+    checks that it exited 130 and returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, "tests/interrupt_at.py", sig, at, str(step), script,
+                           *on_cpu(flags)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    return proc
 
 
-def full_and_resumed_runs(script, flags, folder, epochs):
+def full_and_resumed_runs(script, flags, folder, epochs, step):
     """Run `script` with `flags` to the end in folder/full.pt, and again in folder/cut.pt
-    interrupted by SIGTERM after its first checkpoint and then resumed; returns both paths."""
+    interrupted by SIGTERM after optimizer step `step` (mid-epoch) and then resumed; returns
+    both paths."""
     run_script(script, *flags, "--out", folder / "full.pt")
     cut = folder / "cut.pt"
-    if interrupt_after_first_checkpoint(script, flags, cut) == 130:  # else it had finished
-        assert load_checkpoint(cut)["epoch"] < epochs
-        run_script(script, *flags, "--out", cut, "--resume")
+    interrupted_run(script, [*flags, "--out", cut], step)
+    assert 1 <= load_checkpoint(cut)["epoch"] < epochs
+    run_script(script, *flags, "--out", cut, "--resume")
     return folder / "full.pt", cut
 
 

@@ -88,7 +88,8 @@ def test_dry_run_of_each_mode(teacher_checkpoint, image_folder, tmp_path, flags)
 def test_ema_state_survives_an_interrupt_and_resume(image_folder, tmp_path):
     flags = ["--mode", "mean-teacher", "--epochs", "3", "--batch-size", "16", "--data-root",
              image_folder, "--plots-dir", tmp_path]
-    full, cut = full_and_resumed_runs("train_ema.py", flags, tmp_path, epochs=3)
+    full, cut = full_and_resumed_runs("train_ema.py", flags, tmp_path, epochs=3,
+                                      step=16 + 8)  # mid-epoch 2
     full, again = load_checkpoint(full), load_checkpoint(cut)
     assert full["ema"]["updates"] == again["ema"]["updates"] == 3 * (270 // 16)
     assert all(torch.equal(v, again["model_state"][k]) for k, v in full["model_state"].items())

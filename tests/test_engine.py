@@ -123,7 +123,19 @@ def test_extending_a_finished_run_starts_a_fresh_cycle(image_folder, tmp_path):
     ckpt = load_checkpoint(tmp_path / "student.pt")
     assert ckpt["epoch"] == 2 and ckpt["schedule_start_epoch"] == 1
     assert [r["epoch"] for r in ckpt["history"]] == [1, 2]
-    assert ckpt["history"][1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the new cycle ended too
+    # the new cycle ended too: its last step ran at the cycle's last, smallest LR
+    assert ckpt["history"][1]["lr"] == pytest.approx(0.05 * lr_factor(15, 8, 1, 2, "onecycle",
+                                                                       0.2))
+
+
+def test_the_lr_column_is_the_lr_of_each_epochs_last_step(image_folder, tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 3))
+    history = load_checkpoint(tmp_path / "student.pt")["history"]
+    steps = 270 // 32  # per epoch
+    expected = [0.05 * lr_factor((e + 1) * steps - 1, steps, 0, 3, "onecycle", 0.2)
+                for e in range(3)]
+    assert [row["lr"] for row in history] == pytest.approx(expected)
+    assert history[-1]["lr"] > 0  # not the LR after the last step, which is always 0
 
 
 def test_interrupted_run_must_finish_before_it_is_extended(image_folder, tmp_path):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from checkpoints import load_checkpoint, save_checkpoint
 from conftest import run_script, synthetic_images
 from data import CLASSES
 from models import load_model
@@ -81,3 +82,13 @@ def test_bad_input_is_one_line(image_folder, tmp_path):
                           tmp_path, check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0]
+
+
+def test_a_bare_checkpoint_is_evaluated_as_its_model(teacher_checkpoint, image_folder, tmp_path):
+    """A checkpoint with only its model and weights (which load_model accepts) gets a row."""
+    ckpt = load_checkpoint(teacher_checkpoint)
+    bare = tmp_path / "bare.pt"
+    save_checkpoint({"model": ckpt["model"], "model_state": ckpt["model_state"]}, bare)
+    run_script("evaluate.py", bare, "--data-root", image_folder, "--plots-dir", tmp_path)
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results["variant"]) == ["teacher"] and results["seed"].isna().all()

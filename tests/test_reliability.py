@@ -9,45 +9,42 @@ import pandas as pd
 import pytest
 import torch
 
-from checkpoints import CheckpointError, load_checkpoint
-from conftest import ROOT, full_and_resumed_runs, on_cpu, run_script
+from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from conftest import (ROOT, full_and_resumed_runs, interrupted_run, run_script,
+                      write_image_folder)
 from models import load_model
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, sig):
     out = tmp_path / "teacher.pt"
-    # Output to a file, not a pipe: an undrained pipe would stall the child's progress bars.
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "train_teacher.py", *on_cpu([
-                "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path, "--epochs",
-                "200", "--batch-size", "8"])],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.time() + 300
-            while not out.exists() and time.time() < deadline and proc.poll() is None:
-                time.sleep(0.1)
-            time.sleep(0.3)  # into the next epoch
-            proc.send_signal(sig)
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:  # never leave a 200-epoch run behind
-                proc.kill()
-    stderr = (tmp_path / "stderr.txt").read_text()
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
+    # 270 images in batches of 8: 33 steps an epoch; the signal comes mid-epoch 2.
+    proc = interrupted_run("train_teacher.py", ["--data-root", image_folder, "--out", out,
+                                                "--plots-dir", tmp_path, "--epochs", "200",
+                                                "--batch-size", "8"], step=33 + 5, sig=sig)
+    assert "Traceback" not in proc.stderr
+    assert f"{out} holds the last complete epoch" in proc.stderr.splitlines()[-1]
     ckpt = load_checkpoint(out)
-    assert 1 <= ckpt["epoch"] < 200 and len(ckpt["history"]) == ckpt["epoch"]
+    assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
     metrics = pd.read_csv(tmp_path / "teacher.metrics.csv")
-    assert len(metrics) == ckpt["epoch"]  # the records agree with the checkpoint
+    assert len(metrics) == 1  # the records agree with the checkpoint
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
+    write_image_folder(tmp_path / "root", n_train=2, n_test=1)  # a new root: decoded afresh
+    proc = interrupted_run("train_teacher.py", ["--data-root", tmp_path / "root", "--out",
+                                                tmp_path / "t.pt", "--plots-dir", tmp_path],
+                           step=1, sig="SIGINT", at="data._decode_image_folder")
+    assert "no checkpoint was written" in proc.stderr.splitlines()[-1]
+    assert not (tmp_path / "t.pt").exists()
 
 
 def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder, tmp_path):
     flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--data-root", image_folder,
              "--plots-dir", tmp_path]
-    full, cut = full_and_resumed_runs("train_student.py", flags, tmp_path, epochs=4)
+    full, cut = full_and_resumed_runs("train_student.py", flags, tmp_path, epochs=4,
+                                      step=33 + 10)  # mid-epoch 2
     full, cut = load_model(full).state_dict(), load_model(cut).state_dict()
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
@@ -124,3 +121,53 @@ def test_nothing_unpickles_arbitrary_objects():
         for call in re.findall(r"torch\.load\([^)]*\)", source):
             assert "weights_only=True" in call, f"{path.name}: {call}"
         assert "pickle.load" not in source, path.name
+
+
+def test_a_bad_arch_args_or_training_state_cannot_be_resumed_but_says_so(teacher_checkpoint,
+                                                                        image_folder, tmp_path):
+    flags = ["--resume", "--data-root", image_folder, "--plots-dir", tmp_path]
+    ckpt = load_checkpoint(teacher_checkpoint)
+    ckpt["model"]["arch_args"] = {"depth": 3}  # no such argument
+    odd = tmp_path / "odd.pt"
+    torch.save(ckpt, odd)
+    assert "do not fit its architecture" in last_line(
+        run_script("train_teacher.py", *flags, "--out", odd, check=False))
+    ckpt = load_checkpoint(teacher_checkpoint)
+    ckpt["optimizer_state"] = {"state": {}, "param_groups": []}  # fits no optimizer
+    torch.save(ckpt, odd)
+    assert "training state does not fit" in last_line(
+        run_script("train_teacher.py", *flags, "--out", odd, "--epochs", "2", check=False))
+
+
+def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temporary_file(tmp_path,
+                                                                            monkeypatch):
+    def full_disk(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="cannot write checkpoint .*c.pt"):
+        save_checkpoint({"epoch": 1}, tmp_path / "c.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_overwrite_replaces_only_a_run_of_the_same_model(teacher_checkpoint, image_folder,
+                                                         tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(teacher_checkpoint.read_bytes())
+    before = teacher.read_bytes()
+    common = ["--dry-run", "--overwrite", "--data-root", image_folder, "--plots-dir", tmp_path]
+    # the very file the student is to learn from
+    line = last_line(run_script("train_student.py", *common, "--teacher", teacher, "--out",
+                                teacher, check=False))
+    assert "is the --teacher file" in line
+    # a run of the other model
+    line = last_line(run_script("train_student.py", *common, "--loss", "ce", "--out", teacher,
+                                check=False))
+    assert "holds a teacher run" in line
+    assert teacher.read_bytes() == before
+    # a file that is no checkpoint at all
+    notes = tmp_path / "notes.pt"
+    notes.write_text("my notes")
+    line = last_line(run_script("train_teacher.py", *common, "--out", notes, check=False))
+    assert "not a checkpoint of this project" in line and notes.read_text() == "my notes"

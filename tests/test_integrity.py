@@ -1,0 +1,96 @@
+"""Every result knows where it came from: a student records its teacher and data, a changed
+teacher or data stops a resume (or, as make does, restarts the run), and test records
+always describe the checkpoint beside them."""
+import json
+
+import pytest
+
+from checkpoints import load_checkpoint, weights_sha256
+from conftest import run_script, write_image_folder
+
+
+def last_line(proc):
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def two_teachers(image_folder, tmp_path):
+    """Teacher A at teacher.pt, and a different teacher B (another seed) beside it."""
+    for name, seed in (("teacher.pt", 0), ("teacher_b.pt", 1)):
+        run_script("train_teacher.py", "--dry-run", "--seed", seed, "--data-root", image_folder,
+                   "--out", tmp_path / name, "--plots-dir", tmp_path)
+    return tmp_path / "teacher.pt", tmp_path / "teacher_b.pt"
+
+
+def student(image_folder, folder, *flags, check=True):
+    return run_script("train_student.py", "--loss", "kd", "--epochs", "1", "--batch-size", "64",
+                      "--teacher", folder / "teacher.pt", "--data-root", image_folder, "--out",
+                      folder / "student.pt", "--plots-dir", folder, *flags, check=check)
+
+
+def test_a_student_records_its_teacher_and_data(two_teachers, image_folder, tmp_path):
+    teacher, _ = two_teachers
+    student(image_folder, tmp_path)
+    config = load_checkpoint(tmp_path / "student.pt")["config"]
+    ckpt = load_checkpoint(teacher)
+    assert config["teacher_identity"]["sha256"] == weights_sha256(ckpt["model_state"])
+    assert config["teacher_identity"]["epochs"] == 1
+    assert config["teacher_identity"]["val_acc"] == ckpt["history"][-1]["val_acc"]
+    assert config["data_identity"] == {**ckpt["config"]["data_identity"]}
+    assert config["data_identity"]["layout"] == "imagefolder"
+    assert {"git_commit", "git_dirty", "run_id"} <= set(config)
+
+
+def test_resuming_a_student_whose_teacher_changed_is_refused(two_teachers, image_folder,
+                                                             tmp_path):
+    teacher, other = two_teachers
+    student(image_folder, tmp_path)
+    teacher.write_bytes(other.read_bytes())  # the teacher retrained at the same path
+    line = last_line(student(image_folder, tmp_path, "--resume", "--epochs", "2", check=False))
+    assert "its teacher (weights sha256" in line and str(teacher) in line
+    assert load_checkpoint(tmp_path / "student.pt")["epoch"] == 1  # untouched
+
+
+def test_make_restarts_a_stage_whose_teacher_or_recipe_changed(two_teachers, image_folder,
+                                                                tmp_path):
+    teacher, other = two_teachers
+    student(image_folder, tmp_path, "--lr", "0.05")
+    again = ["--resume", "--restart-if-changed", "--lr", "0.05"]  # as make's stage does
+    assert "already complete" in student(image_folder, tmp_path, *again).stdout
+    first_id = load_checkpoint(tmp_path / "student.pt")["config"]["run_id"]
+    # a default that changed (here: the command's LR), then the teacher
+    proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed")
+    assert "is stale (lr 0.05 -> 0.1)" in proc.stdout
+    teacher.write_bytes(other.read_bytes())
+    proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed")
+    assert "is stale (its teacher" in proc.stdout
+    config = load_checkpoint(tmp_path / "student.pt")["config"]
+    assert config["lr"] == 0.1 and config["run_id"] != first_id
+    assert config["teacher_identity"]["sha256"] == weights_sha256(
+        load_checkpoint(other)["model_state"])
+
+
+def test_a_teacher_trained_on_other_data_is_refused(teacher_checkpoint, tmp_path):
+    write_image_folder(tmp_path / "other", n_train=30, n_test=5, seed=7)
+    proc = run_script("train_student.py", "--dry-run", "--teacher", teacher_checkpoint,
+                      "--data-root", tmp_path / "other", "--out", tmp_path / "s.pt", check=False)
+    assert "trained on other data" in last_line(proc)
+
+
+def test_test_records_always_describe_the_checkpoint_beside_them(image_folder, tmp_path):
+    out, test = tmp_path / "student.pt", tmp_path / "student.test.json"
+    common = ["--loss", "ce", "--batch-size", "64", "--data-root", image_folder, "--out", out,
+              "--plots-dir", tmp_path]
+    run_script("train_student.py", *common, "--epochs", "1")
+    record = json.loads(test.read_text())
+    assert record["epoch"] == 1 and record["run_id"] == load_checkpoint(out)["config"]["run_id"]
+    # extended without a test: the epoch-1 record goes
+    run_script("train_student.py", *common, "--resume", "--epochs", "2", "--skip-test")
+    assert not test.exists()
+    # a complete run without its record (e.g. interrupted during the test): computed on rerun
+    proc = run_script("train_student.py", *common, "--resume")
+    assert "test loss" in proc.stdout and json.loads(test.read_text())["epoch"] == 2
+    # started over: the old run's record goes with the first new epoch
+    run_script("train_student.py", *common, "--overwrite", "--epochs", "1", "--skip-test")
+    assert not test.exists()

@@ -18,7 +18,7 @@ def test_all_runs_teacher_students_ema_then_evaluate():
     assert all(lasts[i] < firsts[i + 1] for i in range(len(stages) - 1))
     assert "for s in 0 1" in plan and "--teacher checkpoints/teacher.pt" in plan
     # an existing stage is resumed, or trained again if its recipe, data or teacher changed
-    assert plan.count("--resume --restart-if-changed") == len(stages) - 1
+    assert plan.count("--resume --restart-if-changed") == 1 + 1 + 3  # teacher, students, EMA
     assert "evaluate.py checkpoints/*.pt --plots-dir plots" in plan
 
 

@@ -31,7 +31,7 @@ from data import CLASSES, BatchLoader, load_cifar10, split_train_val
 from device import select_device
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 from records import write_text
-from results import run_variant, seed_table, variant_rank
+from results import recipe_labels, run_variant, seed_table, variant_rank
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
 TIMED_RUNS = 7
@@ -113,6 +113,9 @@ def evaluate_all(models, loaders, device, batch_size):
             tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
                        f"{info['epochs']})")
     results = pd.DataFrame(rows)
+    # Runs that differ in anything but the seed are separate variants, named by what differs.
+    results["variant"] = recipe_labels([(variant, info["config"]) for variant, (*_, info)
+                                        in zip(results["variant"], models)])
     order = sorted(results.index, key=lambda i: (variant_rank(results.at[i, "variant"]),
                                                  results.at[i, "checkpoint"]))
     return results.loc[order].reset_index(drop=True), [confusions[i] for i in order]

@@ -9,6 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from results import recipe_labels, run_variant  # noqa: E402
+
 
 def plot_curves(history, path, title):
     """Loss and accuracy per epoch, train and validation, side by side."""
@@ -34,24 +36,36 @@ def run_records(runs_dir, pattern):
             yield json.loads(config.read_text()), pd.read_csv(metrics)
 
 
+def labelled_records(runs_dir, pattern):
+    """(settings, config, metrics) of every run matching `pattern`, where `settings` is what
+    sets its recipe apart from other runs of its variant ("" if nothing: seeds of one recipe
+    are pooled, different recipes never are)."""
+    records = list(run_records(runs_dir, pattern))
+    variants = [run_variant(config) for config, _ in records]
+    labels = recipe_labels(list(zip(variants, (config for config, _ in records))))
+    return [(label[len(variant):], config, df)
+            for label, variant, (config, df) in zip(labels, variants, records)]
+
+
 def plot_compare(runs_dir, path):
     """Validation loss and accuracy of every student variant with a run in `runs_dir`."""
     curves = {}
-    for config, df in run_records(runs_dir, "student_*"):
-        curves.setdefault(config["loss"], []).append((df, "val"))
+    for settings, config, df in labelled_records(runs_dir, "student_*"):
+        curves.setdefault(config["loss"] + settings, []).append((df, "val"))
     plot_mean_curves(curves, path, "students")
 
 
 def plot_ema_compare(runs_dir, path):
     """With vs without EMA (mean-teacher) and raw vs EMA (model-ema), from the EMA runs."""
     curves = {}
-    for config, df in run_records(runs_dir, "ema_*"):
+    for settings, config, df in labelled_records(runs_dir, "ema_*"):
         if config["mode"] == "mean-teacher":
             label = "mean-teacher " + ("without EMA" if config["no_ema"] else "with EMA")
-            curves.setdefault(f"{label}: student", []).append((df, "val"))
+            curves.setdefault(f"{label}: student{settings}", []).append((df, "val"))
         else:
-            curves.setdefault("model-ema: raw student", []).append((df, "val"))
-            curves.setdefault("model-ema: EMA of student", []).append((df, "ema_val"))
+            curves.setdefault(f"model-ema: raw student{settings}", []).append((df, "val"))
+            curves.setdefault(f"model-ema: EMA of student{settings}", []).append(
+                (df, "ema_val"))
     plot_mean_curves(curves, path, "EMA")
 
 

@@ -1,5 +1,7 @@
-"""Tables of results shared by evaluate.py and experiments/summarize.py: which variant a run
-is, and the mean ± std of its test accuracy over seeds."""
+"""Tables of results shared by evaluate.py, experiments/summarize.py and the comparison
+figures: which variant a run is, which runs share a recipe (and so may be pooled over seeds),
+and the mean ± std of their test accuracy."""
+import json
 
 
 # The order tables list variants in: the teacher, the students, then the EMA runs.
@@ -7,8 +9,43 @@ VARIANT_ORDER = ("teacher", "kd+ce", "kd", "ce", "mean-teacher", "mean-teacher E
                  "mean-teacher-no-ema", "mean-teacher-no-ema EMA", "model-ema", "model-ema EMA")
 
 
-def variant_rank(variant):
+# Config entries that say where, how or as which repeat a run was made, not what it is.
+NOT_RECIPE = {"seed", "out", "plots_dir", "data_root", "device", "resume", "overwrite",
+              "restart_if_changed", "skip_test", "compile", "git_commit", "git_dirty",
+              "torch_version", "schedule_start_epoch", "run_id", "default_epochs", "model",
+              "teacher", "teacher_identity", "data_identity"}
+
+
+def variant_rank(label):
+    variant = label.split(" (")[0]  # a label's variant, without the settings that tell apart
     return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+
+
+def recipe(config):
+    """What defines a run besides its seed: every config entry but NOT_RECIPE, the widths,
+    the teacher by its weights' hash and the data by theirs."""
+    flat = {k: v for k, v in config.items() if k not in NOT_RECIPE}
+    if run_variant(config) == "ce":  # no teacher: its T and alpha mean nothing
+        flat.pop("temperature", None), flat.pop("alpha", None)
+    flat["widths"] = (config.get("model") or {}).get("arch_args", {}).get("widths")
+    flat["teacher"] = (config.get("teacher_identity") or {}).get("sha256", "")[:12] or None
+    flat["data"] = (config.get("data_identity") or {}).get("sha256", "")[:12] or None
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat.items()}
+
+
+def recipe_labels(runs):
+    """One label per (variant, config) in `runs`: the variant, followed by the settings in
+    which its recipe differs from other runs of that variant, e.g. "kd+ce (temperature=2.0)".
+    Runs of one recipe (seeds) share a label; runs of different recipes never do."""
+    recipes = [recipe(config) for _, config in runs]
+    labels = []
+    for (variant, _), mine in zip(runs, recipes):
+        keys = sorted({key for (other_variant, _), other in zip(runs, recipes)
+                       if other_variant == variant
+                       for key in set(mine) | set(other) if mine.get(key) != other.get(key)})
+        settings = ", ".join(f"{key}={mine.get(key)}" for key in keys)
+        labels.append(f"{variant} ({settings})" if settings else variant)
+    return labels
 
 
 def run_variant(config, ema=False):

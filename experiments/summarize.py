@@ -12,11 +12,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from records import test_record_matches  # noqa: E402
-from results import run_variant, seed_table  # noqa: E402
+from results import recipe_labels, run_variant, seed_table  # noqa: E402
 
 
 def run_table(folders):
-    rows = []
+    rows, configs = [], []
     for folder in folders:
         for metrics in sorted(Path(folder).glob("*.metrics.csv")):
             stem = str(metrics)[:-len(".metrics.csv")]
@@ -42,13 +42,18 @@ def run_table(folders):
                 "minutes": round(history["epoch_seconds"].sum() / 60, 1),
                 "img/s": round(history["images_per_second"].median())}
             rows.append(row)
+            configs.append(config)
             if "ema_val_acc" in history:  # the EMA model of the same run, as a row of its own
                 rows.append({**row, "run": row["run"] + " (EMA)",
                              "variant": run_variant(config, ema=True),
                              "val_acc": round(last["ema_val_acc"], 2),
                              "val_loss": round(last["ema_val_loss"], 4),
                              "test_acc": test.get("ema_test_acc")})
-    return pd.DataFrame(rows)
+                configs.append(config)
+    runs = pd.DataFrame(rows)
+    # Runs that differ in anything but the seed are separate variants, named by what differs.
+    runs["variant"] = recipe_labels(list(zip(runs["variant"], configs)))
+    return runs
 
 
 if __name__ == "__main__":
@@ -58,5 +63,5 @@ if __name__ == "__main__":
     unused = [c for c in ("T", "alpha") if runs[c].isna().all()]
     print(runs.drop(columns=unused).to_string(index=False))
     if runs["test_acc"].notna().any():
-        keys = ["model", "variant", "widths", "epochs", "T", "alpha"]
-        print("\n" + seed_table(runs, keys).drop(columns=unused).to_string(index=False))
+        keys = ["model", "variant", "epochs"]
+        print("\n" + seed_table(runs, keys).to_string(index=False))

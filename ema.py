@@ -2,19 +2,27 @@
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+# The decay every training script keeps its EMA with by default, chosen on the validation
+# split (README, EMA).
+EMA_DECAY = 0.995
+
 
 class ModelEMA(AveragedModel):
     """torch.optim.swa_utils.AveragedModel with EMA updates (get_ema_multi_avg_fn, one
     torch._foreach_lerp_ over all weights) and its update count kept on the host.
 
+    Update n (from 0) sets EMA = d * EMA + (1 - d) * model with d = min(1 - 1/(n + 1),
+    decay), the mean-teacher warm-up (Tarvainen and Valpola, 2017): the first update copies
+    the model, and until d reaches `decay`, after 1/(1 - decay) - 1 updates (99 for 0.99,
+    199 for 0.995, 999 for 0.999), the EMA is the plain mean of every weight so far, so
+    neither the starting point nor the first noisy steps dominate, and from then on `decay`
+    alone decides. BatchNorm buffers are averaged like the weights (use_buffers=True), so
+    the EMA's running statistics belong to the averaged weights and no update_bn pass is
+    needed.
+
     AveragedModel.update_parameters reads its count from a device tensor twice per update,
     which on a GPU stalls the host until every queued kernel has run; here the count is a
-    Python int, so an update only queues kernels. BatchNorm buffers are averaged like the
-    weights (use_buffers=True), so the EMA's running statistics belong to the averaged weights
-    and no update_bn pass is needed. The first update copies the model; after it the decay
-    warms up as min(decay, (1 + n) / (10 + n)) for update n, so a short run is not dominated
-    by the EMA's starting point. Decay 1 switches the warm-up off too: the EMA keeps its
-    first copy.
+    Python int, so an update only queues kernels.
     """
 
     def __init__(self, model, decay):
@@ -23,7 +31,7 @@ class ModelEMA(AveragedModel):
         self.updates = 0
 
     def decay_at(self, update):
-        return self.decay if self.decay == 1 else min(self.decay, (1 + update) / (10 + update))
+        return min(1 - 1 / (update + 1), self.decay)
 
     @torch.no_grad()
     def update_parameters(self, model):

@@ -17,6 +17,7 @@ from checkpoints import save_checkpoint
 from cli import DRY_RUN_BATCHES, UserError, note_checkpoint
 from data import BatchLoader
 from device import autocast
+from ema import ModelEMA
 from interrupts import check_interrupt, interrupts_deferred
 from models import NUM_CLASSES, model_spec
 from records import git_commit, record_paths, test_record_matches, write_json, write_records
@@ -103,8 +104,9 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
         ema=None, update_ema=True):
     """Train `model_name` (or a given `model`) with `loss_fn`, checkpointing every epoch.
 
-    With `ema` (an ema.ModelEMA), the EMA model is updated after every step (unless
-    `update_ema` is False: a frozen copy), evaluated every epoch, saved and resumed.
+    An EMA of the model's weights (ema.ModelEMA with --ema-decay, unless that is 0, or the
+    given `ema`) is updated after every step (unless `update_ema` is False: a frozen copy),
+    evaluated every epoch, saved and resumed.
     Writes the checkpoint (--out), its config JSON and metrics CSV beside it, and
     `<plots-dir>/<name>_curves.png`. Returns the trained model.
     """
@@ -114,6 +116,8 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     # contiguous NCHW on the 2-core dev CPU (benchmarks/throughput.py, oneDNN); it is also
     # the layout cuDNN convolutions prefer.
     model = model.to(device, memory_format=torch.channels_last)
+    if ema is None and args.ema_decay > 0:
+        ema = ModelEMA(model, args.ema_decay)
     if ema is not None:
         ema = ema.to(device, memory_format=torch.channels_last).eval()
     max_batches = DRY_RUN_BATCHES if args.dry_run else None

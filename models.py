@@ -159,7 +159,7 @@ def model_spec(model):
 def load_model(path, device="cpu", kind=None, ema=False):
     """Rebuild a model from a checkpoint file alone and return it in eval mode on `device`.
     With `kind` ("teacher" or "student"), a checkpoint of the other kind is refused. With
-    `ema=True`, the EMA model of an EMA run (train_ema.py) instead of the raw one."""
+    `ema=True`, the run's EMA model (for mean-teacher, its teacher) instead of the raw one."""
     return model_from_checkpoint(load_checkpoint(path, map_location=device), path, device,
                                  kind, ema)
 
@@ -167,7 +167,7 @@ def load_model(path, device="cpu", kind=None, ema=False):
 def model_from_checkpoint(ckpt, path, device="cpu", kind=None, ema=False):
     """The model of an already loaded checkpoint (`path` is for messages)."""
     if ema and "ema" not in ckpt:
-        raise CheckpointError(f"{path} holds no EMA model (not a train_ema.py run)")
+        raise CheckpointError(f"{path} holds no EMA model (trained with --ema-decay 0)")
     try:
         name, arch_args = ckpt["model"]["name"], ckpt["model"]["arch_args"]
         state = ckpt["ema"]["model_state"] if ema else ckpt["model_state"]

@@ -48,25 +48,28 @@ def labelled_records(runs_dir, pattern):
 
 
 def plot_compare(runs_dir, path):
-    """Validation loss and accuracy of every student variant with a run in `runs_dir`."""
+    """Validation loss and accuracy of every student variant with a run in `runs_dir`, and
+    of its EMA weights where the run kept them."""
     curves = {}
     for settings, config, df in labelled_records(runs_dir, "student_*"):
         curves.setdefault(config["loss"] + settings, []).append((df, "val"))
+        if "ema_val_acc" in df:
+            curves.setdefault(f"{config['loss']} EMA{settings}", []).append((df, "ema_val"))
     plot_mean_curves(curves, path, "students")
 
 
+MEAN_TEACHER_LABELS = {"mean-teacher": "teacher = EMA of the student",
+                       "mean-teacher-no-averaging": "teacher = the student (decay 0)",
+                       "mean-teacher-no-ema": "teacher frozen at its random start"}
+
+
 def plot_ema_compare(runs_dir, path):
-    """With vs without EMA (mean-teacher) and raw vs EMA (model-ema), from the EMA runs."""
+    """The mean-teacher student's validation curves for each kind of teacher."""
     curves = {}
     for settings, config, df in labelled_records(runs_dir, "ema_*"):
-        if config["mode"] == "mean-teacher":
-            label = "mean-teacher " + ("without EMA" if config["no_ema"] else "with EMA")
-            curves.setdefault(f"{label}: student{settings}", []).append((df, "val"))
-        else:
-            curves.setdefault(f"model-ema: raw student{settings}", []).append((df, "val"))
-            curves.setdefault(f"model-ema: EMA of student{settings}", []).append(
-                (df, "ema_val"))
-    plot_mean_curves(curves, path, "EMA")
+        label = MEAN_TEACHER_LABELS.get(run_variant(config), run_variant(config))
+        curves.setdefault(f"student, {label}{settings}", []).append((df, "val"))
+    plot_mean_curves(curves, path, "mean-teacher")
 
 
 def plot_mean_curves(curves, path, title):

@@ -4,9 +4,12 @@ and the mean ± std of their test accuracy."""
 import json
 
 
-# The order tables list variants in: the teacher, the students, then the EMA runs.
-VARIANT_ORDER = ("teacher", "kd+ce", "kd", "ce", "mean-teacher", "mean-teacher EMA",
-                 "mean-teacher-no-ema", "mean-teacher-no-ema EMA", "model-ema", "model-ema EMA")
+# The order tables list variants in: the teacher, the students, then the mean-teacher runs
+# (model-ema: runs from before every script kept an EMA).
+VARIANT_ORDER = ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd", "kd EMA", "ce", "ce EMA",
+                 "mean-teacher", "mean-teacher EMA", "mean-teacher-no-averaging",
+                 "mean-teacher-no-averaging EMA", "mean-teacher-no-ema",
+                 "mean-teacher-no-ema EMA", "model-ema", "model-ema EMA")
 
 
 # Config entries that say where, how or as which repeat a run was made, not what it is.
@@ -50,10 +53,12 @@ def recipe_labels(runs):
 
 def run_variant(config, ema=False):
     """The variant a run's config describes: `teacher`, the student loss (`kd+ce`, `kd`, `ce`),
-    or the EMA mode (`mean-teacher`, `mean-teacher-no-ema`, `model-ema`); with `ema`, the
-    EMA model of that run (`... EMA`)."""
-    if "mode" in config:  # a train_ema.py run
-        variant = config["mode"] + ("-no-ema" if config["no_ema"] else "")
+    or the mean-teacher setting (`mean-teacher`, `mean-teacher-no-ema`: the teacher frozen,
+    `mean-teacher-no-averaging`: decay 0); with `ema`, the EMA model of that run (`... EMA`;
+    for mean-teacher, its teacher)."""
+    if "mode" in config:  # a train_ema.py run (mode model-ema: from before every run had EMA)
+        variant = config["mode"] + ("-no-ema" if config["no_ema"] else
+                                    "-no-averaging" if config.get("ema_decay") == 0 else "")
     elif "loss" in config:
         variant = config["loss"]
     else:  # the teacher, or a bare checkpoint known by its model alone

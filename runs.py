@@ -15,7 +15,8 @@ from models import build_model, model_from_checkpoint
 # Keys of the config that define the training run itself; --resume takes them from the
 # checkpoint, so a resumed run is exactly the run that was interrupted.
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
-               "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision")
+               "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision",
+               "ema_decay")
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
@@ -87,9 +88,11 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
                         f"the {model_name}")
     model_from_checkpoint(ckpt, out)  # its architecture and weights fit, or one line
     config = ckpt["config"]
-    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
+    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU; runs
+    # from before every script kept an EMA kept none.
     config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
                       else "fp32")
+    config.setdefault("ema_decay", 0.0)
     if args.restart_if_changed:  # against what this command asks for, defaults included
         changes = (changed_identity(config, args, teacher_of(args), strict=True)
                    + changed_recipe(config, args, recipe_keys, device))

@@ -1,19 +1,17 @@
-"""Train the student with and without EMA (exponential moving average) weight updates.
+"""Mean-teacher: the student learns from a teacher of its own architecture that is the EMA
+(exponential moving average) of the student's weights, the original report's experiment.
 
-    python train_ema.py                     # mean-teacher with EMA
-    python train_ema.py --no-ema            # mean-teacher, frozen teacher (report's "without EMA")
-    python train_ema.py --mode model-ema    # KD from the 7-conv teacher; raw student and its EMA
+    python train_ema.py                     # with EMA                -> checkpoints/ema_mean-teacher_seed0.pt
+    python train_ema.py --no-ema            # teacher frozen at its random start (the report's "without EMA")
+    python train_ema.py --ema-decay 0       # no averaging: the teacher is the current student
 
-Checkpoints: checkpoints/ema_<mode>_seed<seed>.pt, <mode> one of mean-teacher,
-mean-teacher-no-ema, model-ema.
-
-mean-teacher (the original report's experiment): teacher and student share the student's
-architecture; the teacher starts from its own random weights (seed + 1) and, after every
-optimizer step, becomes the EMA of the student's weights; the student trains on
-distillation_loss against the teacher's outputs. --no-ema keeps the teacher frozen at its
-starting weights. model-ema: the student distils from the trained teacher exactly as in
-train_student.py --loss kd+ce, while an EMA of its weights is kept. Both the student and the
-EMA model are evaluated every epoch; see ema.ModelEMA for the EMA rule.
+The teacher starts from its own random weights (seed + 1) and, after every optimizer step,
+becomes the EMA of the student's weights (ema.ModelEMA states the rule and its warm-up); the
+student trains on distillation_loss against the teacher's outputs. The report's "without
+EMA" changes two things at once, averaging and whether the teacher learns at all; decay 0
+(the teacher is the student itself, one step behind in its BatchNorm statistics only) is
+the ablation that isolates averaging. Student and teacher are evaluated every epoch.
+For the EMA of a run's own weights, every training script has --ema-decay.
 """
 import argparse
 from pathlib import Path
@@ -23,45 +21,36 @@ import engine
 import losses
 import plotting
 import runs
-from ema import ModelEMA
+from ema import EMA_DECAY, ModelEMA
 from results import run_variant
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("mean-teacher", "model-ema"), default="mean-teacher",
-                        help="see above (default: mean-teacher)")
-    # Not tuned: 0.995 averages over ~200 steps, about one epoch at batch 256 on 45k images.
-    parser.add_argument("--ema-decay", type=float, default=0.995,
-                        help="EMA decay per optimizer step, in [0, 1] (default: 0.995)")
     parser.add_argument("--no-ema", action="store_true",
-                        help="mean-teacher: keep the teacher frozen at its starting weights")
+                        help="keep the teacher frozen at its random starting weights")
+    parser.set_defaults(mode="mean-teacher")  # the one mode; named in configs and tables
     cli.add_kd_args(parser)
-    cli.add_common_args(parser, out="checkpoints/ema_<mode>_seed<seed>.pt", epochs=12,
-                           batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle")
+    cli.add_common_args(parser, out="checkpoints/ema_<variant>_seed<seed>.pt", epochs=12,
+                        batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
+                        ema_decay=EMA_DECAY)
     args = parser.parse_args()
-    if not 0 <= args.ema_decay <= 1:
-        raise cli.UserError(f"--ema-decay must be in [0, 1], got {args.ema_decay}")
-    if args.no_ema and args.mode != "mean-teacher":
-        raise cli.UserError("--no-ema goes with --mode mean-teacher (model-ema evaluates "
-                               "the raw student beside its EMA in one run)")
-    mode = run_variant(vars(args))  # mean-teacher, mean-teacher-no-ema or model-ema
-    args.out = args.out.replace("<mode>", mode).replace("<seed>", str(args.seed))
+    if args.no_ema and args.ema_decay == 0:
+        raise cli.UserError("--no-ema (a frozen teacher) and --ema-decay 0 (the teacher is the "
+                            "student) are two different teachers; give one")
+    variant = run_variant(vars(args))  # mean-teacher, -no-ema or -no-averaging
+    args.out = args.out.replace("<variant>", variant).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = runs.prepare_run(
-        args, "student", recipe_keys=("mode", "ema_decay", "no_ema", "temperature", "alpha",
-                                      "teacher"),
-        teacher_of=lambda args: args.teacher if args.mode == "model-ema" else None)
+        args, "student", recipe_keys=("mode", "no_ema", "temperature", "alpha"))
+    if args.mode != "mean-teacher":
+        raise cli.UserError(f"{args.out} is a {args.mode} run, from before every script kept an "
+                            f"EMA: train_student.py --loss kd+ce now keeps that EMA itself")
     student = runs.initial_model("student", args, ckpt)
-    if args.mode == "mean-teacher":
-        ema = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
+    teacher = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
                        args.ema_decay)
-        teacher = ema.module
-    else:
-        ema = ModelEMA(student, args.ema_decay)
-        teacher = runs.load_teacher(args.teacher, device)
-    loss_fn = losses.student_loss("kd+ce", teacher, args.temperature, args.alpha)
-    engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({mode})",
-               model=student, ema=ema, update_ema=not args.no_ema)
+    loss_fn = losses.student_loss("kd+ce", teacher.module, args.temperature, args.alpha)
+    engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({variant})",
+               model=student, ema=teacher, update_ema=not args.no_ema)
     plotting.plot_ema_compare(Path(args.out).parent, Path(args.plots_dir) / "ema_compare.png")
 
 

@@ -13,6 +13,7 @@ import engine
 import losses
 import plotting
 import runs
+from ema import EMA_DECAY
 
 
 def main():
@@ -22,7 +23,8 @@ def main():
                              "(default: kd+ce)")
     cli.add_kd_args(parser)
     cli.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=12,
-                           batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle")
+                        batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
+                        ema_decay=EMA_DECAY)
     args = parser.parse_args()
     args.out = args.out.replace("<loss>", args.loss).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = runs.prepare_run(

@@ -12,6 +12,7 @@ import engine
 import losses
 import plotting
 import runs
+from ema import EMA_DECAY
 from data import CLASSES
 
 
@@ -23,7 +24,7 @@ def main():
     # (Muller et al., 2019). 40 epochs: 88.3% validation against 86.6% after 20
     # (experiments/probes.sh long-teacher), in 23 min here.
     cli.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
-                           lr=0.1, optimizer="sgd", schedule="onecycle")
+                        lr=0.1, optimizer="sgd", schedule="onecycle", ema_decay=EMA_DECAY)
     args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher")
     train_images, train_labels = splits["train"]
     first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]

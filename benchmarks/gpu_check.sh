@@ -71,8 +71,8 @@ done
 stage ema_mean-teacher $PYTHON train_ema.py "${common[@]}" --out "$ck/ema_mean-teacher_seed0.pt"
 stage ema_mean-teacher-no-ema $PYTHON train_ema.py "${common[@]}" --no-ema \
   --out "$ck/ema_mean-teacher-no-ema_seed0.pt"
-stage ema_model-ema $PYTHON train_ema.py "${common[@]}" --mode model-ema \
-  --teacher "$ck/teacher.pt" --out "$ck/ema_model-ema_seed0.pt"
+stage ema_mean-teacher-no-averaging $PYTHON train_ema.py "${common[@]}" --ema-decay 0 \
+  --out "$ck/ema_mean-teacher-no-averaging_seed0.pt"
 stage evaluate $PYTHON evaluate.py "$ck"/*.pt --device "$DEVICE" --data-root "$data" \
   --plots-dir "$out/plots"
 printf 'pipeline\t%s\n' "$(since "$pipeline_start")" >> "$out/timings.tsv"

@@ -43,6 +43,7 @@ import cli  # noqa: E402
 import engine  # noqa: E402
 import losses  # noqa: E402
 from device import autocast, resolve_precision, select_device  # noqa: E402
+from ema import EMA_DECAY, ModelEMA  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 
@@ -64,10 +65,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def training(model, loader, loss_fn, device, precision, compile_model=False, threads=None):
+def training(model, loader, loss_fn, device, precision, compile_model=False, threads=None,
+             ema=False):
     """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
-    model in the loader's memory format."""
+    model in the loader's memory format; with `ema`, an EMA of the weights updated after
+    every step, as the training scripts keep by default."""
     model = model.to(device, memory_format=loader.memory_format)
+    average = ModelEMA(model, EMA_DECAY) if ema else None
+    after_step = (lambda: average.update_parameters(model)) if ema else None
     step_model = torch.compile(model) if compile_model else model
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -77,7 +82,7 @@ def training(model, loader, loss_fn, device, precision, compile_model=False, thr
         torch.set_num_threads(threads or default_threads)
         try:
             engine.train_one_epoch(step_model, loader, loss_fn, optimizer, scheduler, device,
-                                   precision)
+                                   precision, after_step=after_step)
         finally:
             torch.set_num_threads(default_threads)
     return run
@@ -169,6 +174,8 @@ def build_variants(args, device):
             Variant(f"{kind}: train, contiguous NCHW",
                     training_of(model(), loader(memory_format=torch.contiguous_format)), n,
                     flop, bs),
+            Variant(f"{kind}: train, EMA of the weights",
+                    training_of(model(), loader(), ema=True), n, flop, bs),
             Variant(f"{kind}: train, ReLU before the pool",
                     training_of(relu_before_pool(model()), loader()), n, flop, bs),
             Variant(f"{kind}: inference", inference(model(), loader(False), device), n,

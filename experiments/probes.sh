@@ -4,6 +4,7 @@
 #   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh teacher   # ~10 min
 #   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh student   # ~9 min, needs checkpoints/teacher.pt
 #   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh long-teacher  # ~29 min
+#   CIFAR10_ROOT=../shared/data/cifar10-jpeg bash experiments/probes.sh ema-decay     # ~8 min
 # long-teacher: the teacher trained 40 epochs on all the data (test number included), and a
 # KD + CE student distilled from it: the probe (88.3% validation against 86.6% after 20
 # epochs) that made 40 epochs the teacher's default (issue 6: can the teacher reach 88%?).
@@ -11,8 +12,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-which=${1:?usage: probes.sh teacher|student|long-teacher}
+which=${1:?usage: probes.sh teacher|student|long-teacher|ema-decay}
 out=runs/probe_$which
+if [ "$which" = ema-decay ]; then
+  # ema-decay: the EMA decay every script keeps, on the student trained alone (no teacher
+  # needed), full data and default recipe, one seed; compare ema_val_acc (the raw weights
+  # are the same in all three: the EMA only watches).
+  for decay in 0.99 0.995 0.999; do
+    [ -f "$out/ce_decay$decay.pt" ] || $PY train_student.py --loss ce --ema-decay $decay \
+      --skip-test --out "$out/ce_decay$decay.pt" --plots-dir "$out"
+  done
+  exec $PY experiments/summarize.py "$out"
+fi
 if [ "$which" = long-teacher ]; then
   [ -f "$out/teacher.pt" ] || $PY train_teacher.py --epochs 40 --out "$out/teacher.pt" \
     --plots-dir "$out"

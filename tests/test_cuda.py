@@ -47,7 +47,7 @@ def test_students_train_on_cuda_from_the_cuda_teacher(cuda_teacher, image_folder
     assert "on cuda" in proc.stdout and load_checkpoint(out)["epoch"] == 1
 
 
-@pytest.mark.parametrize("flags", [[], ["--no-ema"], ["--mode", "model-ema"]])
+@pytest.mark.parametrize("flags", [[], ["--no-ema"], ["--ema-decay", "0"]])
 def test_ema_runs_on_cuda(cuda_teacher, image_folder, tmp_path, flags):
     out = tmp_path / "ema.pt"
     proc = run_script("train_ema.py", "--dry-run", *CUDA, *flags, "--teacher", cuda_teacher,

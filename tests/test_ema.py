@@ -32,42 +32,30 @@ def test_first_update_copies_and_decay_zero_follows_the_model():
             assert torch.equal(ema.module.state_dict()[k], v), (i, k)
 
 
-def test_decay_one_keeps_the_first_copy():
+def test_after_k_updates_the_ema_is_the_stated_warm_up():
+    """A reference computed by hand for the warm-up min(1 - 1/(n + 1), decay): with decay
+    0.75 the first 4 updates (n = 0..3) average the 4 models seen, every later one moves the
+    EMA a quarter of the way to the model, so the decay matters from update 4 on."""
     model = StudentNet()
-    ema = ModelEMA(StudentNet(), decay=1.0)
-    step(model, 0)
-    ema.update_parameters(model)
-    first = tensors(ema.module)
-    for i in range(1, 4):
+    ema = ModelEMA(StudentNet(), decay=0.75)
+    seen, after_four = [], None
+    for i in range(6):
         step(model, i)
         ema.update_parameters(model)
-    assert all(torch.equal(first[k], v) for k, v in ema.module.state_dict().items())
+        seen.append(tensors(model))
+        if i == 3:
+            after_four = tensors(ema.module)
+    for key in ("features.0.0.weight", "features.0.1.running_mean"):  # a weight, a BN buffer
+        w = [s[key].double() for s in seen]
+        mean4 = (w[0] + w[1] + w[2] + w[3]) / 4
+        assert torch.allclose(after_four[key].double(), mean4, atol=1e-5), key
+        expected = 0.75 * (0.75 * mean4 + 0.25 * w[4]) + 0.25 * w[5]
+        assert torch.allclose(ema.module.state_dict()[key].double(), expected, atol=1e-5), key
+    assert ema.updates == 6 and [ema.decay_at(n) for n in (0, 1, 3, 100)] == [0, 0.5, 0.75, 0.75]
 
 
-def test_warm_up_then_decay_and_batchnorm_buffers_are_averaged():
-    model = StudentNet()
-    ema = ModelEMA(StudentNet(), decay=0.9)
-    step(model, 0)
-    ema.update_parameters(model)  # update 0: a copy
-    previous = tensors(ema.module)
-    step(model, 1)
-    ema.update_parameters(model)  # update 1: decay min(0.9, 2/11)
-    d = 2 / 11
-    for k, v in model.state_dict().items():
-        expected = d * previous[k].double() + (1 - d) * v.double()
-        if v.is_floating_point():  # weights and BN running mean/var alike
-            assert torch.allclose(ema.module.state_dict()[k].double(), expected, atol=1e-5), k
-    bn_mean = "features.0.1.running_mean"
-    assert not torch.equal(ema.module.state_dict()[bn_mean], model.state_dict()[bn_mean])
-    for _ in range(200):
-        ema.update_parameters(model)
-    assert torch.allclose(ema.module.state_dict()["features.0.0.weight"],
-                          model.state_dict()["features.0.0.weight"], atol=1e-4)
-
-
-@pytest.mark.parametrize("flags", [["--mode", "mean-teacher"], ["--mode", "mean-teacher",
-                                   "--no-ema"], ["--mode", "model-ema"]])
-def test_dry_run_of_each_mode(teacher_checkpoint, image_folder, tmp_path, flags):
+@pytest.mark.parametrize("flags", [[], ["--no-ema"], ["--ema-decay", "0"]])
+def test_dry_run_of_each_mean_teacher_setting(teacher_checkpoint, image_folder, tmp_path, flags):
     out = tmp_path / "ema_run.pt"
     proc = run_script("train_ema.py", "--dry-run", "--batch-size", "64", *flags, "--teacher",
                       teacher_checkpoint,
@@ -79,14 +67,14 @@ def test_dry_run_of_each_mode(teacher_checkpoint, image_folder, tmp_path, flags)
     ckpt = load_checkpoint(out)
     raw, ema = load_model(out), load_model(out, ema=True)
     assert ckpt["ema"]["updates"] == (0 if "--no-ema" in flags else 2)
-    moved = any(not torch.equal(a, b) for a, b in zip(raw.state_dict().values(),
-                                                      ema.state_dict().values()))
-    assert moved  # the EMA is a model of its own
+    same = all(torch.equal(a, b) for a, b in zip(raw.state_dict().values(),
+                                                 ema.state_dict().values()))
+    assert same == ("0" in flags)  # decay 0: the teacher is the student; else its own model
     assert (tmp_path / "ema_compare.png").is_file()
 
 
 def test_ema_state_survives_an_interrupt_and_resume(image_folder, tmp_path):
-    flags = ["--mode", "mean-teacher", "--epochs", "3", "--batch-size", "16", "--data-root",
+    flags = ["--epochs", "3", "--batch-size", "16", "--data-root",
              image_folder, "--plots-dir", tmp_path]
     full, cut = full_and_resumed_runs("train_ema.py", flags, tmp_path, epochs=3,
                                       step=16 + 8)  # mid-epoch 2
@@ -98,12 +86,24 @@ def test_ema_state_survives_an_interrupt_and_resume(image_folder, tmp_path):
 
 
 def test_bad_ema_flags(image_folder, tmp_path):
-    for flags, fragment in ((["--ema-decay", "1.5"], "--ema-decay"),
-                            (["--mode", "model-ema", "--no-ema"], "--no-ema")):
+    for flags, fragment in ((["--ema-decay", "1"], "--ema-decay"),
+                            (["--no-ema", "--ema-decay", "0"], "--no-ema")):
         proc = run_script("train_ema.py", "--dry-run", "--data-root", image_folder, "--out",
                           tmp_path / "e.pt", *flags, check=False)
         assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1]
-    run_script("train_student.py", "--dry-run", "--loss", "ce", "--data-root", image_folder,
-               "--out", tmp_path / "s.pt", "--plots-dir", tmp_path)
+    run_script("train_student.py", "--dry-run", "--loss", "ce", "--ema-decay", "0",
+               "--data-root", image_folder, "--out", tmp_path / "s.pt", "--plots-dir", tmp_path)
     with pytest.raises(CheckpointError, match="no EMA model"):
         load_model(tmp_path / "s.pt", ema=True)
+
+
+def test_a_model_ema_run_from_before_is_not_resumed_as_mean_teacher(image_folder, tmp_path):
+    out = tmp_path / "ema.pt"
+    common = ["--batch-size", "64", "--data-root", image_folder, "--out", out, "--plots-dir",
+              tmp_path]
+    run_script("train_ema.py", *common, "--epochs", "1")
+    ckpt = load_checkpoint(out)
+    ckpt["config"]["mode"] = "model-ema"  # what the removed --mode model-ema wrote
+    torch.save(ckpt, out)
+    proc = run_script("train_ema.py", *common, "--resume", "--epochs", "2", check=False)
+    assert proc.returncode == 2 and "model-ema run" in proc.stderr.strip().splitlines()[-1]

@@ -16,7 +16,7 @@ from schedule import lr_factor
 def parse(image_folder, tmp_path, *flags, name="student"):
     parser = argparse.ArgumentParser()
     cli.add_common_args(parser, out=str(tmp_path / f"{name}.pt"), epochs=3, batch_size=32,
-                           lr=0.05, optimizer="sgd", schedule="onecycle")
+                        lr=0.05, optimizer="sgd", schedule="onecycle", ema_decay=0.0)
     return parser.parse_args(["--device", "cpu", "--data-root", str(image_folder), "--plots-dir",
                               str(tmp_path / "plots"), *map(str, flags)])
 

@@ -17,7 +17,8 @@ N_TEST_PER_CLASS = 5  # the image_folder fixture's test split
 
 @pytest.fixture(scope="module")
 def pipeline(teacher_checkpoint, image_folder, tmp_path_factory):
-    """teacher -> two seeds of a KD student -> a model-ema run, all --dry-run, in one folder."""
+    """teacher -> two seeds of a KD student -> a mean-teacher run, all --dry-run, in one
+    folder; every run keeps an EMA (the default)."""
     folder = tmp_path_factory.mktemp("pipeline")
     teacher = folder / "teacher.pt"
     shutil.copy(teacher_checkpoint, teacher)
@@ -26,8 +27,7 @@ def pipeline(teacher_checkpoint, image_folder, tmp_path_factory):
     for seed in (0, 1):
         run_script("train_student.py", *common, "--seed", seed,
                    "--out", folder / f"student_kd+ce_seed{seed}.pt")
-    run_script("train_ema.py", *common, "--mode", "model-ema",
-               "--out", folder / "ema_model-ema_seed0.pt")
+    run_script("train_ema.py", *common, "--out", folder / "ema_mean-teacher_seed0.pt")
     proc = run_script("evaluate.py", *sorted(folder.glob("*.pt")), "--data-root", image_folder,
                       "--plots-dir", folder / "plots", "--batch-size", "16")
     return folder, proc
@@ -47,9 +47,8 @@ def test_results_agree_with_an_independent_count(pipeline):
     results = pd.read_csv(folder / "plots" / "results.csv")
     assert {"checkpoint", "weights", "model", "test_loss", "test_acc", "params",
             "macs"} <= set(results.columns)
-    # The EMA run gives two rows, every other checkpoint one.
-    assert len(results) == 5
-    assert sorted(results["weights"]) == ["ema", "raw", "raw", "raw", "raw"]
+    # Every run gives two rows: its model and its EMA.
+    assert len(results) == 8 and sorted(results["weights"]) == ["ema"] * 4 + ["raw"] * 4
     for row in results.itertuples():
         model = load_model(row.checkpoint, ema=row.weights == "ema")
         correct = correct_per_class(model)
@@ -68,7 +67,7 @@ def test_tables_and_figures_are_written(pipeline):
     markdown = (plots / "results.md").read_text()
     # Two seeds of kd+ce: a mean ± std row.
     assert re.search(r"\| kd\+ce .*\|\s+2 \|\s+[\d.]+ ± [\d.]+ \|$", markdown, re.M)
-    assert "model-ema EMA" in markdown and "teacher" in markdown
+    assert "mean-teacher EMA" in markdown and "teacher EMA" in markdown
     assert "student_kd+ce_seed1" in proc.stdout
     names = {p.name for p in plots.glob("*.png")}
     assert "confusion_teacher.png" in names and "per_class_accuracy.png" in names

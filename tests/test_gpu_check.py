@@ -24,12 +24,14 @@ def test_gpu_check_runs_every_stage(image_folder, tmp_path):
     timings = pd.read_csv(out / "timings.tsv", sep="\t")
     assert list(timings["stage"]) == [
         "tests", "teacher", "student_kd+ce", "student_kd", "student_ce", "ema_mean-teacher",
-        "ema_mean-teacher-no-ema", "ema_model-ema", "evaluate", "pipeline", "benchmark"]
+        "ema_mean-teacher-no-ema", "ema_mean-teacher-no-averaging", "evaluate", "pipeline",
+        "benchmark"]
     assert (timings["seconds"] > 0).all()
     assert "skipped" in (out / "tests.log").read_text()  # the cuda tests, on this CPU
     results = pd.read_csv(out / "results.csv")
-    assert set(results["variant"]) >= {"teacher", "kd+ce", "kd", "ce", "mean-teacher",
-                                       "model-ema", "model-ema EMA"}
+    assert set(results["variant"]) >= {"teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd",
+                                       "ce", "mean-teacher", "mean-teacher-no-ema",
+                                       "mean-teacher-no-averaging EMA"}
     assert re.search(r"^\| student: train +\|", (out / "benchmark.md").read_text(), re.M)
     assert (out / "runs" / "teacher.metrics.csv").is_file()
 

@@ -15,8 +15,9 @@ from models import load_model
 def run_variant(kind, teacher, image_folder, out, record):
     parser = argparse.ArgumentParser()
     cli.add_common_args(parser, out=str(out), epochs=1, batch_size=64, lr=0.05,
-                           optimizer="sgd", schedule="onecycle")
-    args = parser.parse_args(["--device", "cpu", "--data-root", str(image_folder), "--plots-dir", str(out.parent)])
+                        optimizer="sgd", schedule="onecycle", ema_decay=0.0)
+    args = parser.parse_args(["--device", "cpu", "--data-root", str(image_folder), "--plots-dir",
+                              str(out.parent)])
     args, device, splits, ckpt = runs.prepare_run(args, "student")
     inner = losses.student_loss(kind, teacher, 4.0, 0.9)
 

@@ -96,6 +96,25 @@ def add_kd_args(parser):
                         help="the trained teacher's checkpoint (default: checkpoints/teacher.pt)")
 
 
+def add_method_args(parser):
+    """The flags of the distillation methods beyond Hinton's (train_student.py). Defaults: the
+    papers' starting points, not yet chosen on this repo's validation split."""
+    a = parser.add_argument
+    a("--logit-standardize", action="store_true", help="z-score each sample's logits, "
+      "student's and teacher's, before the KD term's softmax (Sun et al., 2024); with "
+      "--loss kd+ce, kd or dkd")
+    a("--dkd-alpha", type=float, default=1.0, help="dkd: weight of the target-class term "
+      "TCKD (default: 1)")
+    a("--dkd-beta", type=float, default=8.0, help="dkd: weight of the non-target term NCKD "
+      "(default: 8)")
+    a("--dkd-warmup", type=float, default=1.0, help="dkd: epochs over which the DKD term's "
+      "weight rises linearly from 0 to 1 (default: 1)")
+    a("--dist-beta", type=float, default=1.0, help="dist: weight of the inter-class "
+      "(per-image) relation (default: 1)")
+    a("--dist-gamma", type=float, default=1.0, help="dist: weight of the intra-class "
+      "(per-class) relation (default: 1)")
+
+
 def check_args(args):
     positive = {"--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr,
                 "--train-subset": args.train_subset}
@@ -113,6 +132,9 @@ def check_args(args):
             check_kd_args(args.temperature, args.alpha)
         except ValueError as e:
             raise UserError(f"--{e}") from None
+    for flag in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"):
+        if getattr(args, flag, 0) < 0:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
 
 
 # The checkpoint this process has written or is resuming, for the message after a Ctrl-C.

@@ -161,6 +161,8 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
     for epoch in range(start_epoch, args.epochs):
         train_loader.set_epoch(epoch)
+        if hasattr(loss_fn, "set_epoch"):  # a loss that follows the schedule (DKD's warm-up)
+            loss_fn.set_epoch(epoch, len(train_loader))
         start = time.perf_counter()
         try:
             train = train_one_epoch(

@@ -6,7 +6,9 @@ import json
 
 # The order tables list variants in: the teacher, the students, then the mean-teacher runs
 # (model-ema: runs from before every script kept an EMA).
-VARIANT_ORDER = ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd", "kd EMA", "ce", "ce EMA",
+VARIANT_ORDER = ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd", "kd EMA", "dkd", "dkd EMA",
+                 "dist", "dist EMA", "kd+ce+ls", "kd+ce+ls EMA", "kd+ls", "kd+ls EMA",
+                 "dkd+ls", "dkd+ls EMA", "ce", "ce EMA",
                  "mean-teacher", "mean-teacher EMA", "mean-teacher-no-averaging",
                  "mean-teacher-no-averaging EMA", "mean-teacher-no-ema",
                  "mean-teacher-no-ema EMA", "model-ema", "model-ema EMA")
@@ -19,6 +21,13 @@ NOT_RECIPE = {"seed", "out", "plots_dir", "data_root", "device", "resume", "over
               "teacher", "teacher_identity", "data_identity"}
 
 
+# Per student loss, the flags that play no part in it (so runs differing in them are alike).
+_DKD, _DIST = ("dkd_alpha", "dkd_beta", "dkd_warmup"), ("dist_beta", "dist_gamma")
+UNUSED_BY = {"ce": ("temperature", "alpha", "logit_standardize") + _DKD + _DIST,
+             "kd": ("alpha",) + _DKD + _DIST, "kd+ce": _DKD + _DIST,
+             "dkd": ("alpha",) + _DIST, "dist": ("alpha", "logit_standardize") + _DKD}
+
+
 def variant_rank(label):
     variant = label.split(" (")[0]  # a label's variant, without the settings that tell apart
     return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
@@ -27,9 +36,8 @@ def variant_rank(label):
 def recipe(config):
     """What defines a run besides its seed: every config entry but NOT_RECIPE, the widths,
     the teacher by its weights' hash and the data by theirs."""
-    flat = {k: v for k, v in config.items() if k not in NOT_RECIPE}
-    if run_variant(config) == "ce":  # no teacher: its T and alpha mean nothing
-        flat.pop("temperature", None), flat.pop("alpha", None)
+    flat = {k: v for k, v in config.items()
+            if k not in NOT_RECIPE and k not in UNUSED_BY.get(config.get("loss"), ())}
     flat["widths"] = (config.get("model") or {}).get("arch_args", {}).get("widths")
     flat["teacher"] = (config.get("teacher_identity") or {}).get("sha256", "")[:12] or None
     flat["data"] = (config.get("data_identity") or {}).get("sha256", "")[:12] or None
@@ -59,8 +67,8 @@ def run_variant(config, ema=False):
     if "mode" in config:  # a train_ema.py run (mode model-ema: from before every run had EMA)
         variant = config["mode"] + ("-no-ema" if config["no_ema"] else
                                     "-no-averaging" if config.get("ema_decay") == 0 else "")
-    elif "loss" in config:
-        variant = config["loss"]
+    elif "loss" in config:  # +ls: with logit standardization
+        variant = config["loss"] + ("+ls" if config.get("logit_standardize") else "")
     else:  # the teacher, or a bare checkpoint known by its model alone
         variant = config["model"]["name"]
     return variant + " EMA" * ema

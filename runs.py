@@ -17,6 +17,10 @@ from models import build_model, model_from_checkpoint
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
                "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision",
                "ema_decay")
+# Recipe keys added after runs were made, with the value those runs had (for the method
+# weights, which meant nothing to them: the default).
+ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "logit_standardize": False, "dkd_alpha": 1.0,
+                     "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0, "dist_gamma": 1.0}
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
@@ -88,11 +92,11 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
                         f"the {model_name}")
     model_from_checkpoint(ckpt, out)  # its architecture and weights fit, or one line
     config = ckpt["config"]
-    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU; runs
-    # from before every script kept an EMA kept none.
+    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
     config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
                       else "fp32")
-    config.setdefault("ema_decay", 0.0)
+    for key, value in ADDED_RECIPE_KEYS.items():
+        config.setdefault(key, value)
     if args.restart_if_changed:  # against what this command asks for, defaults included
         changes = (changed_identity(config, args, teacher_of(args), strict=True)
                    + changed_recipe(config, args, recipe_keys, device))

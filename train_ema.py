@@ -1,9 +1,9 @@
 """Mean-teacher: the student learns from a teacher of its own architecture that is the EMA
 (exponential moving average) of the student's weights, the original report's experiment.
 
-    python train_ema.py                     # with EMA                -> checkpoints/ema_mean-teacher_seed0.pt
-    python train_ema.py --no-ema            # teacher frozen at its random start (the report's "without EMA")
-    python train_ema.py --ema-decay 0       # no averaging: the teacher is the current student
+    python train_ema.py                # teacher = EMA of the student -> ema_mean-teacher_seed0.pt
+    python train_ema.py --no-ema       # teacher frozen at its random start (report: "without EMA")
+    python train_ema.py --ema-decay 0  # no averaging: the teacher is the current student
 
 The teacher starts from its own random weights (seed + 1) and, after every optimizer step,
 becomes the EMA of the student's weights (ema.ModelEMA states the rule and its warm-up); the

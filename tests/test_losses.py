@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import cross_entropy, distillation_loss, kd_only_loss, student_loss
+from losses import (cross_entropy, dist_loss, distillation_loss, dkd_loss, kd_only_loss,
+                    standardize_logits, student_loss)
 
 
 def reference_kd(student, teacher, T):
@@ -99,3 +100,98 @@ def test_student_losses_log_their_parts_and_use_the_same_batch():
     kd = student_loss("kd", teacher, 4.0, 0.75)(logits, labels, images)
     assert torch.allclose(kd["loss"], kd["kd"])
     assert student_loss("ce") is cross_entropy
+
+
+def softmax64(row, T):
+    z = [v / T for v in row]
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def kl64(p, q):
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def reference_dkd(student, teacher, labels, T, alpha, beta):
+    """Zhao et al. (2022), eqs. 1-5 written out in float64: binary (target / rest) and
+    non-target distributions, their KL divergences, weighted and scaled by T²."""
+    total = 0.0
+    for s_row, t_row, y in zip(student.double().tolist(), teacher.double().tolist(),
+                               labels.tolist()):
+        ps, pt = softmax64(s_row, T), softmax64(t_row, T)
+        tckd = kl64([pt[y], 1 - pt[y]], [ps[y], 1 - ps[y]])
+        rest = [i for i in range(len(ps)) if i != y]
+        nckd = kl64([pt[i] / (1 - pt[y]) for i in rest], [ps[i] / (1 - ps[y]) for i in rest])
+        total += alpha * tckd + beta * nckd
+    return T * T * total / len(labels)
+
+
+def pearson64(a, b):
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(a, b))
+    return cov / math.sqrt(sum((x - ma) ** 2 for x in a) * sum((y - mb) ** 2 for y in b))
+
+
+def reference_dist(student, teacher, T, beta, gamma):
+    """Huang et al. (2022), eqs. 6-9 in float64: 1 - Pearson correlation of the softened
+    probabilities, per image (rows) and per class (columns), averaged, scaled by T²."""
+    ys = [softmax64(row, T) for row in student.double().tolist()]
+    yt = [softmax64(row, T) for row in teacher.double().tolist()]
+    inter = sum(1 - pearson64(a, b) for a, b in zip(ys, yt)) / len(ys)
+    columns = range(len(ys[0]))
+    intra = sum(1 - pearson64([r[j] for r in ys], [r[j] for r in yt]) for j in columns)
+    return T * T * (beta * inter + gamma * intra / len(ys[0]))
+
+
+def random_logits(seed, n=16, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(n, 10, generator=g), scale * torch.randn(n, 10, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+@pytest.mark.parametrize("T, alpha, beta", [(4.0, 1.0, 8.0), (1.0, 1.0, 1.0), (2.0, 0.5, 2.0)])
+def test_dkd_loss_matches_the_papers_formula(T, alpha, beta):
+    s, t, y = random_logits(int(T * 10 + beta))
+    assert dkd_loss(s, t, y, T, alpha, beta).item() == pytest.approx(
+        reference_dkd(s, t, y, T, alpha, beta), rel=1e-5)
+
+
+def test_dkd_with_kd_weights_is_kd():
+    """KD = TCKD + (1 - p_target of the teacher) · NCKD, per image (the paper's eq. 5)."""
+    s, t, y = random_logits(3, n=6)
+    for i in range(6):
+        weight = 1 - F.softmax(t[i] / 4.0, 0)[y[i]].item()
+        dkd = dkd_loss(s[i:i + 1], t[i:i + 1], y[i:i + 1], 4.0, 1.0, weight)
+        assert dkd.item() == pytest.approx(kd_only_loss(s[i:i + 1], t[i:i + 1], 4.0).item(),
+                                           rel=1e-4)
+
+
+@pytest.mark.parametrize("T, beta, gamma", [(4.0, 1.0, 1.0), (1.0, 2.0, 2.0), (2.0, 1.0, 0.5)])
+def test_dist_loss_matches_the_papers_formula(T, beta, gamma):
+    s, t, _ = random_logits(int(T * 10 + gamma * 2))
+    assert dist_loss(s, t, T, beta, gamma).item() == pytest.approx(
+        reference_dist(s, t, T, beta, gamma), rel=1e-5)
+
+
+def test_standardize_logits_is_a_per_sample_z_score():
+    s, _, _ = random_logits(5)
+    z = standardize_logits(s)
+    for row, out in zip(s.double().tolist(), z.tolist()):
+        mean = sum(row) / len(row)
+        std = math.sqrt(sum((v - mean) ** 2 for v in row) / len(row))
+        assert out == pytest.approx([(v - mean) / std for v in row], rel=1e-4, abs=1e-5)
+    # what it is for: the teacher's scale and shift per image no longer matter
+    assert torch.allclose(standardize_logits(3 * s + 7), z, atol=1e-5)
+
+
+def test_new_losses_vanish_for_identical_logits_and_leave_the_teacher_alone():
+    s, t, y = random_logits(9)
+    assert dkd_loss(s, s.clone(), y, 4.0, 1.0, 8.0).item() == pytest.approx(0, abs=1e-5)
+    assert dist_loss(s, s.clone(), 4.0, 1.0, 1.0).item() == pytest.approx(0, abs=1e-5)
+    for loss in (lambda s, t: dkd_loss(s, t, y, 4.0, 1.0, 8.0),
+                 lambda s, t: dist_loss(s, t, 4.0, 1.0, 1.0)):
+        student, teacher = s.clone().requires_grad_(), t.clone().requires_grad_()
+        loss(student, teacher).backward()
+        assert teacher.grad is None and torch.isfinite(student.grad).all()
+        assert student.grad.abs().sum() > 0

@@ -9,6 +9,7 @@ import engine
 import losses
 import runs
 from conftest import run_script
+from checkpoints import load_checkpoint
 from models import load_model
 
 
@@ -85,3 +86,35 @@ def test_a_student_given_as_teacher_is_refused(teacher_checkpoint, image_folder,
     proc = run_script("train_student.py", "--dry-run", "--teacher", student, "--data-root",
                       image_folder, "--out", tmp_path / "s.pt", check=False)
     assert proc.returncode == 2 and "not a teacher" in proc.stderr
+
+
+def test_logit_standardization_dry_run_and_where_it_does_not_apply(teacher_checkpoint,
+                                                                   image_folder, tmp_path):
+    common = ["--dry-run", "--teacher", teacher_checkpoint, "--data-root", image_folder,
+              "--plots-dir", tmp_path]
+    proc = run_script("train_student.py", *common, "--loss", "dkd", "--logit-standardize",
+                      "--out", tmp_path / "student_dkd+ls_seed0.pt")
+    assert "student_dkd+ls_seed0 epoch 1/1" in proc.stdout
+    assert load_checkpoint(tmp_path / "student_dkd+ls_seed0.pt")["config"]["logit_standardize"]
+    proc = run_script("train_student.py", *common, "--loss", "dist", "--logit-standardize",
+                      "--out", tmp_path / "s.pt", check=False)
+    assert proc.returncode == 2 and "--logit-standardize goes with" in proc.stderr
+
+
+def test_dkd_weight_warms_up_with_the_optimizer_step():
+    """CE + w · DKD with w = (step + 1) / (warm-up steps), capped at 1; after set_epoch (as
+    on resume) w follows the global step, not the calls made in this process."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Linear(4, 10).requires_grad_(False)
+    images, labels = torch.randn(8, 4), torch.randint(0, 10, (8,))
+    logits = torch.randn(8, 10)
+    loss_fn = losses.student_loss("dkd", teacher, 4.0, dkd_warmup=1.0)
+    loss_fn.set_epoch(0, steps_per_epoch=4)
+    weights = []
+    for _ in range(5):
+        parts = loss_fn(logits, labels, images)
+        weights.append(((parts["loss"] - parts["ce"]) / parts["kd"]).item())
+    assert weights == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    loss_fn.set_epoch(1, steps_per_epoch=4)  # a resumed run starts past the warm-up
+    parts = loss_fn(logits, labels, images)
+    assert ((parts["loss"] - parts["ce"]) / parts["kd"]).item() == pytest.approx(1.0)

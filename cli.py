@@ -100,6 +100,9 @@ def add_method_args(parser):
     """The flags of the distillation methods beyond Hinton's (train_student.py). Defaults: the
     papers' starting points, not yet chosen on this repo's validation split."""
     a = parser.add_argument
+    a("--no-shared-logits", action="store_true", help="compute the teacher's logits in this "
+      "run even if an earlier run of the same teacher, data and seed stored them (see "
+      "teacher_logits.py)")
     a("--logit-standardize", action="store_true", help="z-score each sample's logits, "
       "student's and teacher's, before the KD term's softmax (Sun et al., 2024); with "
       "--loss kd+ce, kd or dkd")

@@ -161,7 +161,7 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
     for epoch in range(start_epoch, args.epochs):
         train_loader.set_epoch(epoch)
-        if hasattr(loss_fn, "set_epoch"):  # a loss that follows the schedule (DKD's warm-up)
+        if hasattr(loss_fn, "set_epoch"):  # a loss that follows the run (losses.StudentLoss)
             loss_fn.set_epoch(epoch, len(train_loader))
         start = time.perf_counter()
         try:
@@ -172,6 +172,8 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
         except FloatingPointError as e:
             raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
                             f"({args.out}, epoch {epoch}) is kept") from None
+        if hasattr(loss_fn, "end_epoch"):
+            loss_fn.end_epoch(epoch)
         train_seconds = time.perf_counter() - start
         val = evaluate(model, val_loader, device)
         row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],

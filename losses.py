@@ -116,7 +116,8 @@ STANDARDIZABLE = ("kd+ce", "kd", "dkd")  # the losses --logit-standardize applie
 
 
 def student_loss(kind, teacher=None, temperature=4.0, alpha=0.5, standardize=False,
-                 dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=1.0, dist_beta=1.0, dist_gamma=1.0):
+                 dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=1.0, dist_beta=1.0, dist_gamma=1.0,
+                 shared_logits=None):
     """The training loss of a student variant:
 
     - "kd+ce": distillation_loss (weight `alpha` on the KD term); "kd": kd_only_loss;
@@ -127,7 +128,8 @@ def student_loss(kind, teacher=None, temperature=4.0, alpha=0.5, standardize=Fal
 
     With `standardize`, the distillation term sees z-scored logits (standardize_logits),
     student and teacher alike; the CE term keeps the raw ones. The teacher sees exactly the
-    batch the student sees (the same augmented images), in eval mode and under no_grad. The
+    batch the student sees (the same augmented images), in eval mode and under no_grad; with
+    `shared_logits` (a teacher_logits.SharedTeacherLogits), its logits come from there. The
     distillation term ("kd") and the CE term ("ce") are logged as parts.
     """
     check_kd_args(temperature, alpha)
@@ -140,28 +142,39 @@ def student_loss(kind, teacher=None, temperature=4.0, alpha=0.5, standardize=Fal
                          f"not {kind}")
     prepare = standardize_logits if standardize else (lambda logits: logits)
     return StudentLoss(kind, teacher, temperature, alpha, prepare, dkd_alpha, dkd_beta,
-                       dkd_warmup, dist_beta, dist_gamma)
+                       dkd_warmup, dist_beta, dist_gamma, shared_logits)
 
 
 class StudentLoss:
     """A distillation loss (see student_loss). fit calls set_epoch(epoch, steps_per_epoch)
-    before each epoch, so that DKD's warm-up follows the optimizer step, resumed runs
-    included."""
+    before each epoch, so that DKD's warm-up and the shared teacher logits follow the
+    optimizer step, resumed runs included, and end_epoch(epoch) after it, before the
+    checkpoint is written."""
 
     def __init__(self, kind, teacher, temperature, alpha, prepare, dkd_alpha, dkd_beta,
-                 dkd_warmup, dist_beta, dist_gamma):
+                 dkd_warmup, dist_beta, dist_gamma, shared_logits=None):
         self.kind, self.teacher, self.temperature, self.alpha = kind, teacher, temperature, alpha
         self.prepare = prepare
         self.dkd, self.dkd_warmup = (dkd_alpha, dkd_beta), dkd_warmup
         self.dist = (dist_beta, dist_gamma)
+        self.shared = shared_logits
         self.step, self.steps_per_epoch = 0, 1
 
     def set_epoch(self, epoch, steps_per_epoch):
         self.step, self.steps_per_epoch = epoch * steps_per_epoch, steps_per_epoch
+        if self.shared is not None:
+            self.shared.set_epoch(epoch, steps_per_epoch)
+
+    def end_epoch(self, epoch):
+        if self.shared is not None:
+            self.shared.end_epoch(epoch)
 
     def __call__(self, logits, labels, images):
         with torch.no_grad():
-            teacher_logits = self.teacher(images)
+            if self.shared is None:
+                teacher_logits = self.teacher(images)
+            else:
+                teacher_logits = self.shared(*divmod(self.step, self.steps_per_epoch), images)
         student, teacher, T = self.prepare(logits), self.prepare(teacher_logits), self.temperature
         ce = F.cross_entropy(logits.float(), labels)
         if self.kind == "dkd":

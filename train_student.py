@@ -17,6 +17,7 @@ import plotting
 import runs
 from ema import EMA_DECAY
 from results import run_variant
+from teacher_logits import SharedTeacherLogits, cache_path
 
 # The method flags that define a run, restored from the checkpoint on --resume.
 METHOD_KEYS = ("logit_standardize", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta",
@@ -43,10 +44,12 @@ def main():
         args, "student", recipe_keys=("loss", "temperature", "alpha", "teacher") + METHOD_KEYS,
         teacher_of=lambda args: args.teacher if args.loss != "ce" else None)
     teacher = runs.load_teacher(args.teacher, device) if args.loss != "ce" else None
+    shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
+              if teacher is not None and not args.no_shared_logits else None)
     loss_fn = losses.student_loss(
         args.loss, teacher, args.temperature, args.alpha, standardize=args.logit_standardize,
         dkd_alpha=args.dkd_alpha, dkd_beta=args.dkd_beta, dkd_warmup=args.dkd_warmup,
-        dist_beta=args.dist_beta, dist_gamma=args.dist_gamma)
+        dist_beta=args.dist_beta, dist_gamma=args.dist_gamma, shared_logits=shared)
     engine.fit("student", loss_fn, args, device, splits, ckpt,
                title=f"student ({run_variant(vars(args))})")
     plotting.plot_compare(Path(args.out).parent, Path(args.plots_dir) / "students_compare.png")

@@ -44,6 +44,7 @@ import engine  # noqa: E402
 import losses  # noqa: E402
 from device import autocast, resolve_precision, select_device  # noqa: E402
 from ema import EMA_DECAY, ModelEMA  # noqa: E402
+from teacher_logits import SharedTeacherLogits  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 
@@ -80,6 +81,8 @@ def training(model, loader, loss_fn, device, precision, compile_model=False, thr
     def run():
         default_threads = torch.get_num_threads()
         torch.set_num_threads(threads or default_threads)
+        if hasattr(loss_fn, "set_epoch"):  # the same epoch each pass: the same batches
+            loss_fn.set_epoch(0, len(loader))
         try:
             engine.train_one_epoch(step_model, loader, loss_fn, optimizer, scheduler, device,
                                    precision, after_step=after_step)
@@ -193,8 +196,14 @@ def build_variants(args, device):
                         forward_flop, bs)]
         if kind == "student":
             kd_flop = flop + forward_flop_teacher
-            variants.append(Variant("student: KD train (teacher forward included)",
-                                    training_of(model(), loader(), kd_loss), n, kd_flop, bs))
+            # The warm-up round computes the teacher's logits, the timed rounds are served
+            # them, as a second KD run of a seed is (teacher_logits.py).
+            shared = losses.student_loss("kd+ce", teacher, shared_logits=SharedTeacherLogits(
+                teacher, Path(tempfile.mkdtemp(prefix="kd-bench-logits-")) / "l.pt", 1))
+            variants += [Variant("student: KD train (teacher forward included)",
+                                 training_of(model(), loader(), kd_loss), n, kd_flop, bs),
+                         Variant("student: train, KD with shared teacher logits",
+                                 training_of(model(), loader(), shared), n, flop, bs)]
     return variants + peak_variants(device, precision)
 
 

@@ -13,6 +13,8 @@ def test_benchmark_prints_every_row(image_folder):
                         "inference"):
             assert f"{kind}: {variant}" in names
     assert "student: KD train (teacher forward included)" in names
+    assert "student: train, KD with shared teacher logits" in names
+    assert "teacher: train, EMA of the weights" in names
     assert "peak memory of training steps" in proc.stdout
 
     # --profile: per kind, groups of op self time that account for the whole step

@@ -118,3 +118,27 @@ def test_dkd_weight_warms_up_with_the_optimizer_step():
     loss_fn.set_epoch(1, steps_per_epoch=4)  # a resumed run starts past the warm-up
     parts = loss_fn(logits, labels, images)
     assert ((parts["loss"] - parts["ce"]) / parts["kd"]).item() == pytest.approx(1.0)
+
+
+def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
+        teacher_checkpoint, image_folder, tmp_path):
+    common = ["--loss", "kd", "--epochs", "2", "--batch-size", "64", "--teacher",
+              teacher_checkpoint, "--data-root", image_folder, "--plots-dir", tmp_path]
+    run_script("train_student.py", *common, "--out", tmp_path / "first.pt")  # computes, stores
+    stored = list((tmp_path / "teacher_logits").glob("*.pt"))
+    assert len(stored) == 1
+    run_script("train_student.py", *common, "--out", tmp_path / "shared.pt")  # serves them
+    run_script("train_student.py", *common, "--out", tmp_path / "own.pt", "--no-shared-logits")
+    weights = {name: load_model(tmp_path / f"{name}.pt").state_dict()
+               for name in ("first", "shared", "own")}
+    for key, value in weights["own"].items():
+        assert torch.equal(weights["shared"][key], value) and torch.equal(
+            weights["first"][key], value), key
+    # a store whose batches are not this run's: one error line, not a silent fallback
+    store = torch.load(stored[0], weights_only=True)
+    store["fingerprints"][1, 0, 0] += 1
+    torch.save(store, stored[0])
+    proc = run_script("train_student.py", *common, "--out", tmp_path / "bad.pt", check=False)
+    assert proc.returncode == 2
+    assert "belong to other batches" in proc.stderr.strip().splitlines()[-1]
+    assert load_checkpoint(tmp_path / "bad.pt")["epoch"] == 1  # stopped before saving epoch 2

@@ -1,0 +1,114 @@
+"""The teacher's logits for every training batch of a seed, computed by the first KD run and
+reused by the others.
+
+For one seed every distillation variant sees exactly the same batches in the same order
+(tests/test_student.py checks it), so each KD run would compute the same teacher forward
+passes, about half of its time on a CPU. The first complete run of a seed stores them, as
+computed (dtype included), in <checkpoint folder>/teacher_logits/<key>.pt; a later run with
+the same key serves them instead, so it ends with bit-identical weights. The key covers what
+the logits depend on: the teacher's weights, the data, the seed, batch size, epochs, subset,
+augmentation, precision and device type. Each stored batch carries a fingerprint of its
+images, checked against the batch being trained: a mismatch is an error, never a silent
+fallback.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from checkpoints import CheckpointError
+
+# The run settings the teacher's logits depend on, besides its weights and the data.
+KEY_SETTINGS = ("seed", "batch_size", "epochs", "train_subset", "no_augment", "dry_run",
+                "precision")
+
+
+def cache_path(args, device):
+    """Where the logits of this run's teacher, data and batches are (or will be) stored."""
+    key = {"teacher": args.teacher_identity["sha256"], "data": args.data_identity["sha256"],
+           "device": device.type, **{name: getattr(args, name) for name in KEY_SETTINGS}}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(args.out).parent / "teacher_logits" / f"{digest}.pt"
+
+
+def fingerprint(images):
+    """Two numbers that differ for any other batch in practice: the sum of the pixels, and
+    their sum weighted by the image's position (a reordered batch changes the second)."""
+    per_image = images.detach().double().flatten(1).sum(1)
+    weights = torch.arange(1, len(per_image) + 1, device=images.device, dtype=torch.float64)
+    return torch.stack([per_image.sum(), (per_image * weights).sum()])
+
+
+class SharedTeacherLogits:
+    """teacher(images) for step `step` of epoch `epoch`, served from the stored logits when
+    there are any for that batch, else computed (and kept, to be stored by `finish`)."""
+
+    def __init__(self, teacher, path, epochs):
+        self.teacher, self.path, self.epochs = teacher, Path(path), epochs
+        self.steps_per_epoch, self.batches, self.mismatch = None, {}, None
+        self.loaded, self.served, self.device = False, 0, torch.device("cpu")
+
+    def set_epoch(self, epoch, steps_per_epoch):
+        """On the first call, load the stored logits, if any."""
+        if self.steps_per_epoch is None:
+            self.steps_per_epoch = steps_per_epoch
+            self.load()
+
+    def load(self):
+        epochs, steps_per_epoch = self.epochs, self.steps_per_epoch
+        if self.path.is_file():
+            try:
+                stored = torch.load(self.path, weights_only=True)
+                shape = tuple(stored["fingerprints"].shape[:2])
+            except Exception:  # an unreadable store is never trusted: this run rewrites it
+                stored, shape = None, None
+            if stored is not None and shape == (epochs, steps_per_epoch):
+                for e in range(epochs):
+                    for s in range(steps_per_epoch):
+                        self.batches[e, s] = (stored["fingerprints"][e, s],
+                                              stored["logits"][e, s])
+        self.loaded = bool(self.batches)
+
+    def __call__(self, epoch, step, images):
+        found = self.batches.get((epoch, step))
+        if found is None:
+            logits = self.teacher(images)
+            self.batches[epoch, step] = (fingerprint(images), logits)
+            return logits
+        if images.device != self.device:  # the stored logits go to a GPU once, not per step
+            self.device = images.device
+            self.batches = {k: (f.to(self.device), v.to(self.device))
+                            for k, (f, v) in self.batches.items()}
+            expected, logits = self.batches[epoch, step]
+        else:
+            expected, logits = found
+        # Compared on the device and read at the epoch's end: no host sync per step on a GPU.
+        wrong = (fingerprint(images) != expected).any()
+        self.mismatch = wrong if self.mismatch is None else self.mismatch | wrong
+        self.served += 1
+        return logits
+
+    def end_epoch(self, epoch):
+        """Raise if a batch served this epoch was not the batch its logits were computed
+        for; after the last epoch, store the logits if every batch of the run is known and
+        none were stored yet."""
+        if self.mismatch is not None and bool(self.mismatch):
+            raise CheckpointError(
+                f"{self.path}: the stored teacher logits belong to other batches than this "
+                f"run's (a change in the data pipeline?); delete the file or pass "
+                f"--no-shared-logits")
+        self.mismatch = None
+        complete = len(self.batches) == self.epochs * self.steps_per_epoch
+        if epoch < self.epochs - 1 or self.loaded or not complete:
+            return
+        keys = [(e, s) for e in range(self.epochs) for s in range(self.steps_per_epoch)]
+        fingerprints = torch.stack([self.batches[k][0].cpu() for k in keys])
+        logits = torch.stack([self.batches[k][1].cpu() for k in keys])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, 2),
+                    "logits": logits.view(self.epochs, self.steps_per_epoch,
+                                          *logits.shape[1:])}, tmp)
+        os.replace(tmp, self.path)

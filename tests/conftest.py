@@ -1,11 +1,9 @@
 """Shared fixtures: small synthetic CIFAR-10 look-alikes made on the spot, in both layouts."""
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

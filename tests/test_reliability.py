@@ -1,9 +1,5 @@
 """Interruption, determinism, bad checkpoints and safe loading, driven from the shell."""
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest

@@ -1,7 +1,12 @@
-"""Tables of results shared by evaluate.py, experiments/summarize.py and the comparison
+"""Tables of results shared by evaluate.py, experiments/summarize.py, sweep.py and the comparison
 figures: which variant a run is, which runs share a recipe (and so may be pooled over seeds),
 and the mean ± std of their test accuracy."""
 import json
+from pathlib import Path
+
+import pandas as pd
+
+from records import test_record_matches
 
 
 # The order tables list variants in: the teacher, the students, then the mean-teacher runs
@@ -74,12 +79,56 @@ def run_variant(config, ema=False):
     return variant + " EMA" * ema
 
 
-def seed_table(runs, keys):
-    """Mean ± std (sample std, ddof=1) of `test_acc` over the runs (seeds) sharing `keys`;
-    runs without a test accuracy are left out."""
-    tested = runs.dropna(subset=["test_acc"])
-    table = tested.groupby(keys, dropna=False, sort=False)["test_acc"]
+def seed_table(runs, keys, column="test_acc"):
+    """Mean ± std (sample std, ddof=1) of `column` over the runs (seeds) sharing `keys`;
+    runs without a value there are left out."""
+    tested = runs.dropna(subset=[column])
+    table = tested.groupby(keys, dropna=False, sort=False)[column]
     table = table.agg(["mean", "std", "count"]).reset_index()
-    table["test_acc"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
-                         for m, s, n in zip(table["mean"], table["std"], table["count"])]
-    return table.rename(columns={"count": "seeds"})[keys + ["seeds", "test_acc"]]
+    table[column] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
+                     for m, s, n in zip(table["mean"], table["std"], table["count"])]
+    return table.rename(columns={"count": "seeds"})[keys + ["seeds", column]]
+
+
+def run_table(folders):
+    """One row per run whose records are in `folders` (its last epoch; its test accuracy only
+    if the test record is of this run and epoch), plus a row for its EMA where it kept one;
+    variants are labelled by what tells their recipes apart."""
+    rows, configs = [], []
+    for folder in folders:
+        for metrics in sorted(Path(folder).glob("*.metrics.csv")):
+            stem = str(metrics)[:-len(".metrics.csv")]
+            config = json.loads(Path(f"{stem}.config.json").read_text())
+            history = pd.read_csv(metrics)
+            last = history.iloc[-1]
+            # Only a test record of this very run and epoch counts.
+            test = (json.loads(Path(f"{stem}.test.json").read_text())
+                    if test_record_matches(f"{stem}.test.json", config.get("run_id"),
+                                           int(last["epoch"])) else {})
+            variant = run_variant(config)
+            row = {
+                "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,
+                "widths": " ".join(map(str, config["model"]["arch_args"]["widths"])),
+                "images": config["train_subset"] or 45000, "epochs": int(last["epoch"]),
+                "batch": config["batch_size"], "lr": config["lr"], "wd": config["weight_decay"],
+                # T and alpha mean nothing to a run without a teacher
+                "T": config.get("temperature") if variant != "ce" else None,
+                "alpha": config.get("alpha") if variant not in ("ce", "kd") else None,
+                "seed": config["seed"],
+                "val_acc": round(last["val_acc"], 2), "val_loss": round(last["val_loss"], 4),
+                "test_acc": test.get("test_acc"),
+                "minutes": round(history["epoch_seconds"].sum() / 60, 1),
+                "img/s": round(history["images_per_second"].median())}
+            rows.append(row)
+            configs.append(config)
+            if "ema_val_acc" in history:  # the EMA model of the same run, as a row of its own
+                rows.append({**row, "run": row["run"] + " (EMA)",
+                             "variant": run_variant(config, ema=True),
+                             "val_acc": round(last["ema_val_acc"], 2),
+                             "val_loss": round(last["ema_val_loss"], 4),
+                             "test_acc": test.get("ema_test_acc")})
+                configs.append(config)
+    runs = pd.DataFrame(rows)
+    # Runs that differ in anything but the seed are separate variants, named by what differs.
+    runs["variant"] = recipe_labels(list(zip(runs["variant"], configs)))
+    return runs

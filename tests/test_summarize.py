@@ -1,14 +1,8 @@
 import json
-import sys
 
 import pandas as pd
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "experiments"))
-from summarize import run_table  # noqa: E402
-
-from results import recipe_labels, seed_table  # noqa: E402
+from results import recipe_labels, run_table, seed_table
 
 
 def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):

@@ -1,0 +1,390 @@
+"""Run a grid of training runs (seeds x settings of the stage scripts) as jobs through
+submitit: on this machine (default) or on a SLURM cluster.
+
+    python sweep.py experiments/grids/methods.toml                 # here, one run at a time
+    python sweep.py experiments/grids/methods.toml --seeds 0 1 2
+    python sweep.py GRID --executor slurm --partition gpu --gpus-per-node 1 \\
+        --array-parallelism 16 --time-min 60 --sbatch account=myproject
+
+A grid file (TOML) names a folder, the seeds and one or more stages:
+
+    folder = "runs/my-study"          # checkpoints, run records, plots/ and logs/ go here
+    seeds = [0, 1, 2]
+    [[stage]]
+    script = "train_student.py"
+    name = "student_{loss}_T{temperature}_seed{seed}"   # optional; default: every axis
+    flags = {teacher = "checkpoints/teacher.pt"}        # the same for every run
+    grid = [{loss = ["kd+ce", "kd"], temperature = [2, 4]}, {loss = ["dist"]}]
+
+Each dict of `grid` is expanded to the product of its lists, like scikit-learn's
+ParameterGrid; a flag set to true is passed bare (`--logit-standardize`), false omits it.
+`{folder}` and `{seed}` may appear in flag values: a run whose flag names another run's
+checkpoint (a student's `teacher`) starts after that run has finished.
+A finished run (its records say so, with the same flags) is skipped; one with a checkpoint is
+resumed with `--resume --restart-if-changed`, as `make` does; a failed run is reported with
+its log and the others go on. The grid is copied into <folder>/sweeps/ with the code's
+commit, and a table of the runs (mean ± std over seeds) ends the sweep.
+"""
+import argparse
+import itertools
+import json
+import os
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import submitit
+
+from records import git_commit, record_paths, test_record_matches
+from results import run_table, seed_table, variant_rank
+
+ROOT = Path(__file__).resolve().parent
+SCRIPTS = ("train_teacher.py", "train_student.py", "train_ema.py")
+POLL_SECONDS = 2
+
+
+class GridError(ValueError):
+    """A grid file or sweep flag that cannot be run: said in one line."""
+
+
+@dataclass
+class Run:
+    name: str
+    script: str
+    settings: dict  # flag name (as in the grid) -> value
+    out: Path
+    needs: list = field(default_factory=list)  # names of runs whose checkpoint this one reads
+
+    def command(self, folder):
+        resume = ["--resume", "--restart-if-changed"] if self.out.exists() else []
+        return [sys.executable, self.script, *as_flags(self.settings), "--out", str(self.out),
+                "--plots-dir", str(Path(folder) / "plots"), *resume]
+
+
+def as_flags(settings):
+    flags = []
+    for key, value in settings.items():
+        if value is True:
+            flags.append(f"--{key}")
+        elif isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
+        elif value is not False:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def parse_flags(text):
+    """'--epochs 1 --dry-run' -> {'epochs': '1', 'dry-run': True}: extra flags given on the
+    command line, merged into every run's settings."""
+    tokens, settings = shlex.split(text or ""), {}
+    i = 0
+    while i < len(tokens):
+        if not tokens[i].startswith("--"):
+            raise GridError(f"--flags: expected a --flag, got {tokens[i]!r}")
+        values = list(itertools.takewhile(lambda t: not t.startswith("--"), tokens[i + 1:]))
+        settings[tokens[i][2:]] = (True if not values else values[0] if len(values) == 1
+                                   else values)
+        i += 1 + len(values)
+    return settings
+
+
+def load_grid(path):
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise GridError(f"cannot read the grid {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GridError(f"{path} is not valid TOML: {e}") from None
+
+
+def expand(grid, folder, seeds, extra=None):
+    """The runs a grid describes, in order, each with the runs it needs."""
+    stages = grid.get("stage")
+    if not stages:
+        raise GridError("the grid has no [[stage]]")
+    runs = []
+    for number, stage in enumerate(stages, 1):
+        script = stage.get("script")
+        if script not in SCRIPTS:
+            raise GridError(f"stage {number}: script must be one of {', '.join(SCRIPTS)}, "
+                            f"got {script!r}")
+        subgrids = stage.get("grid", [{}])
+        subgrids = [subgrids] if isinstance(subgrids, dict) else subgrids
+        for subgrid in subgrids:
+            for key, values in subgrid.items():
+                if not isinstance(values, list) or not values:
+                    raise GridError(f"stage {number}: grid {key!r} must be a non-empty list")
+            axes = list(subgrid)
+            default_name = "_".join([Path(script).stem.removeprefix("train_")]
+                                    + [f"{axis}={{{axis}}}" for axis in axes] + ["seed{seed}"])
+            template = stage.get("name", default_name)
+            for values in itertools.product(*subgrid.values()):
+                for seed in stage.get("seeds", seeds):
+                    combo = dict(zip(axes, values))
+                    fill = {"folder": folder, "seed": seed}
+                    settings = {**grid.get("flags", {}), **stage.get("flags", {}), **combo,
+                                **(extra or {}), "seed": seed}
+                    settings = {key: value.format(**fill) if isinstance(value, str) else value
+                                for key, value in settings.items()}
+                    try:
+                        name = template.format(**{k: name_part(v) for k, v in combo.items()},
+                                               **fill)
+                    except (KeyError, IndexError, ValueError) as e:
+                        raise GridError(f"stage {number}: name {template!r} cannot be "
+                                        f"filled: {e}") from None
+                    runs.append(Run(name, script, settings, Path(folder) / f"{name}.pt"))
+    names = [run.name for run in runs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise GridError(f"two runs would share a checkpoint ({', '.join(twice)}): put the "
+                        f"axes that tell them apart into the stage's name")
+    by_out = {str(run.out): run.name for run in runs}
+    for run in runs:
+        run.needs = [by_out[str(Path(v))] for v in run.settings.values()
+                     if isinstance(v, str) and str(Path(v)) in by_out]
+    return runs
+
+
+def name_part(value):
+    return "-".join(map(str, value)) if isinstance(value, list) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
+def finished(run):
+    """Whether the run's records say it ran to its last epoch (and was tested, unless it
+    skips the test) with the flags this sweep gives it."""
+    paths = record_paths(run.out)
+    try:
+        config = json.loads(paths["config"].read_text())
+        last = pd.read_csv(paths["metrics"])["epoch"].iloc[-1]
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+    if not run.out.exists() or last != config.get("epochs"):
+        return False
+    if not config.get("skip_test") and not test_record_matches(
+            paths["test"], config.get("run_id"), int(last)):
+        return False
+    return all(same(config.get(key.replace("-", "_")), value)
+               for key, value in run.settings.items())
+
+
+def same(recorded, wanted):
+    if isinstance(wanted, bool) or wanted is None:
+        return bool(recorded) == bool(wanted)
+    if isinstance(wanted, list) or isinstance(recorded, list):
+        wanted = wanted if isinstance(wanted, list) else [wanted]
+        return isinstance(recorded, list) and len(recorded) == len(wanted) and all(
+            same(r, w) for r, w in zip(recorded, wanted))
+    try:
+        return float(recorded) == float(wanted)
+    except (TypeError, ValueError):
+        return str(recorded) == str(wanted)
+
+
+def make_executor(args, logs):
+    if args.executor == "local":
+        executor = submitit.LocalExecutor(folder=logs)
+        executor.update_parameters(timeout_min=args.time_min)
+        return executor
+    executor = submitit.AutoExecutor(folder=logs, cluster="slurm")
+    executor.update_parameters(
+        timeout_min=args.time_min, name=args.job_name, slurm_partition=args.partition,
+        gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+        mem_gb=args.mem_gb, slurm_array_parallelism=args.array_parallelism,
+        slurm_additional_parameters=dict(args.sbatch))
+    return executor
+
+
+def job_function(run, folder):
+    return submitit.helpers.CommandFunction(run.command(folder), cwd=str(ROOT), verbose=True)
+
+
+def run_here(runs, folder, executor, gpus):
+    """Local jobs, one per GPU (one in all on a CPU), each started once the runs it needs
+    have finished; returns {name: (status, detail)}. submitit's local executor starts every
+    job at once, so when to start them is decided here."""
+    slots = list(gpus) or [None]
+    waiting, running, outcome = list(runs), {}, {}
+    todo = {run.name for run in runs}  # the runs needed but not here have finished already
+    while waiting or running:
+        for name, (job, slot, started) in list(running.items()):
+            if job.done():
+                del running[name]
+                slots.append(slot)
+                minutes = (time.time() - started) / 60
+                try:
+                    job.result()
+                    outcome[name] = ("done", f"{minutes:.1f} min")
+                except Exception:  # the job's own error is in its log, which is what we show
+                    outcome[name] = ("FAILED", str(job.paths.stderr))
+                print(f"{outcome[name][0]:>8}  {name}  ({outcome[name][1]})", flush=True)
+        for run in list(waiting):
+            needs = [need for need in run.needs if need in todo]
+            failed = [need for need in needs if need in outcome and outcome[need][0] != "done"]
+            if failed:
+                waiting.remove(run)
+                outcome[run.name] = ("not run", f"needs {', '.join(failed)}")
+                print(f" not run  {run.name}  (needs {', '.join(failed)}, which failed)")
+            elif slots and all(need in outcome for need in needs):
+                waiting.remove(run)
+                slot = slots.pop(0)
+                executor.update_parameters(gpus_per_node=0 if slot is None else 1,
+                                           visible_gpus=() if slot is None else (slot,))
+                job = executor.submit(job_function(run, folder))
+                running[run.name] = (job, slot, time.time())
+                print(f" started  {run.name}  (log: {job.paths.stdout})", flush=True)
+        time.sleep(POLL_SECONDS if running else 0)
+    return outcome
+
+
+def submit_to_slurm(runs, folder, executor):
+    """One job array per depth of dependency (teachers, then the students that need them),
+    each held by SLURM until the arrays it needs have succeeded (afterok)."""
+    depth, jobs = {}, {}
+    for run in runs:  # a run's needs come before it in the grid's order, or are finished
+        depth[run.name] = 1 + max((depth.get(need, -1) for need in run.needs), default=-1)
+    for level in sorted(set(depth.values())):
+        batch = [run for run in runs if depth[run.name] == level]
+        needs = sorted({jobs[need].job_id for run in batch for need in run.needs
+                        if need in jobs})
+        executor.update_parameters(
+            slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
+        with executor.batch():
+            submitted = [executor.submit(job_function(run, folder)) for run in batch]
+        for run, job in zip(batch, submitted):
+            jobs[run.name] = job
+            print(f"submitted  {run.name}  (job {job.job_id}, log: {job.paths.stdout})")
+    return jobs
+
+
+def wait_for(jobs):
+    outcome = {}
+    for name, job in jobs.items():
+        try:
+            job.result()
+            outcome[name] = ("done", "")
+        except Exception:
+            outcome[name] = ("FAILED", str(job.paths.stderr))
+        print(f"{outcome[name][0]:>8}  {name}  {outcome[name][1]}", flush=True)
+    return outcome
+
+
+def summary(runs, folder):
+    """The sweep's runs from their records: one row per run (and per EMA), then mean ± std
+    over seeds of every recipe."""
+    table = run_table([folder])
+    names = {run.name for run in runs}
+    if not table.empty:
+        table = table[table["run"].str.removesuffix(" (EMA)").isin(names)]
+    if table.empty:
+        return "no run of this sweep has records yet"
+    columns = [c for c in ("run", "variant", "seed", "epochs", "val_acc", "test_acc",
+                           "minutes") if table[c].notna().any()]
+    text = table[columns].to_string(index=False)
+    keys = ["model", "variant", "epochs"]
+    per_recipe = seed_table(table, keys, column="val_acc").merge(
+        seed_table(table, keys).drop(columns="seeds"), how="left", on=keys)
+    if per_recipe["test_acc"].isna().all():
+        per_recipe = per_recipe.drop(columns="test_acc")
+    per_recipe = per_recipe.sort_values("variant", key=lambda v: v.map(variant_rank),
+                                        kind="stable")
+    return f"{text}\n\n{per_recipe.to_string(index=False)}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = parser.add_argument
+    a("grid", help="the grid file (TOML)")
+    a("--folder", help="where the runs go (default: the grid's `folder`, else "
+      "runs/sweeps/<grid name>)")
+    a("--seeds", type=int, nargs="+", help="seeds of every stage (default: the grid's, else 0)")
+    a("--flags", default="", help="extra flags for every run, e.g. '--train-subset 5000 "
+      "--epochs 3' (they take part in the finished-run check)")
+    a("--list", action="store_true", help="print the runs and their commands, run nothing")
+    a("--executor", choices=("local", "slurm"), default="local",
+      help="local: on this machine, one run per visible GPU or one at a time on a CPU; "
+           "slurm: job arrays through sbatch (default: local)")
+    a("--time-min", type=int, default=24 * 60, help="a job's time limit in minutes "
+      "(default: 1440)")
+    a("--job-name", default="kd-sweep", help="the jobs' name (default: kd-sweep)")
+    s = parser.add_argument_group("slurm")
+    s.add_argument("--partition", help="SLURM partition")
+    s.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per job (default: 1)")
+    s.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per job (default: 8)")
+    s.add_argument("--mem-gb", type=int, default=32, help="memory per job (default: 32)")
+    s.add_argument("--array-parallelism", type=int, default=64,
+                   help="most jobs of one array running at once (default: 64)")
+    s.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
+                   help="more sbatch parameters, e.g. account=myproject qos=high")
+    s.add_argument("--no-wait", action="store_true", help="exit once the jobs are submitted "
+                   "(rerun the sweep later: finished runs are skipped)")
+    args = parser.parse_args()
+    try:
+        grid = load_grid(args.grid)
+        folder = Path(args.folder or grid.get("folder") or f"runs/sweeps/{Path(args.grid).stem}")
+        runs = expand(grid, str(folder), args.seeds or grid.get("seeds", [0]),
+                      parse_flags(args.flags))
+    except GridError as e:
+        sys.exit(f"error: {e}")
+    if args.list:
+        for run in runs:
+            print(run.name, shlex.join(run.command(folder)[1:]))
+        return
+    todo = [run for run in runs if not finished(run)]
+    print(f"{len(runs)} runs in {folder}: {len(runs) - len(todo)} finished (skipped), "
+          f"{len(todo)} to run")
+    folder.mkdir(parents=True, exist_ok=True)
+    save_grid(args, folder)
+    try:
+        executor = make_executor(args, folder / "logs")
+    except RuntimeError as e:  # submitit's: no srun on this machine
+        sys.exit(f"error: --executor slurm: {e}")
+    if args.executor == "slurm":
+        jobs = submit_to_slurm(todo, str(folder), executor)
+        if args.no_wait:
+            return
+        outcome = wait_for(jobs)
+    else:
+        outcome = run_here(todo, str(folder), executor, visible_gpus())
+    print("\n" + summary(runs, folder))
+    print(f"\ncheckpoints and records: {folder}/   job logs: {folder}/logs/")
+    failed = {name: detail for name, (status, detail) in outcome.items() if status != "done"}
+    if failed:
+        sys.exit("failed or not run:\n" + "\n".join(f"  {name}: {detail}"
+                                                    for name, detail in failed.items()))
+
+
+def key_value(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def save_grid(args, folder):
+    """The grid as given, with the code's commit and the command, so the study can be rerun
+    exactly."""
+    commit, dirty = git_commit()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    header = (f"# sweep of {stamp}, code {commit}{' (uncommitted changes)' if dirty else ''}\n"
+              f"# command: {shlex.join(sys.argv)}\n")
+    (folder / "sweeps").mkdir(exist_ok=True)
+    (folder / "sweeps" / f"{stamp}_{Path(args.grid).name}").write_text(
+        header + Path(args.grid).read_text())
+
+
+def visible_gpus():
+    """The GPUs local jobs may use: CUDA_VISIBLE_DEVICES's if it lists them by number."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if all(gpu.strip().isdigit() for gpu in listed):
+        return [int(gpu) for gpu in listed]
+    import torch  # only to count the GPUs: the jobs themselves run in their own processes
+    return list(range(torch.cuda.device_count()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""sweep.py: a grid expanded into the stage commands, run here through submitit's local
+executor (skip, resume, failures), and the sbatch files the SLURM executor would submit."""
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from checkpoints import load_checkpoint
+from conftest import ROOT, interrupted_run
+from sweep import GridError, expand, parse_flags
+
+
+def sweep(*flags, env=None):
+    return subprocess.run([sys.executable, "sweep.py", *map(str, flags)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def write_grid(path, text, image_folder):
+    path.write_text(f'folder = "{path.parent / "sweep"}"\n'
+                    f'flags = {{data-root = "{image_folder}", device = "cpu", epochs = 2, '
+                    f'batch-size = 32}}\n' + text)
+    return path
+
+
+STAGES = """
+[[stage]]
+script = "train_teacher.py"
+name = "teacher"
+seeds = [0]
+[[stage]]
+script = "train_student.py"
+flags = {teacher = "{folder}/teacher.pt"}
+grid = [{loss = ["kd+ce", "ce"]}]
+"""
+
+
+def test_expand_products_names_flags_and_needs():
+    grid = {"flags": {"epochs": 2}, "stage": [
+        {"script": "train_teacher.py", "name": "teacher_seed{seed}"},
+        {"script": "train_student.py", "flags": {"teacher": "{folder}/teacher_seed{seed}.pt"},
+         "grid": [{"loss": ["kd+ce", "kd"], "logit-standardize": [False, True]},
+                  {"loss": ["dist"], "widths": [[32, 64], [48, 96]]}]}]}
+    runs = expand(grid, "out", seeds=[0, 1], extra={"dry-run": True})
+    assert len(runs) == 2 + 2 * (4 + 2)
+    by_name = {run.name: run for run in runs}
+    run = by_name["student_loss=kd_logit-standardize=true_seed1"]
+    command = run.command("out")[1:]
+    assert command[:command.index("--out")] == [
+        "train_student.py", "--epochs", "2", "--teacher", "out/teacher_seed1.pt", "--loss", "kd",
+        "--logit-standardize", "--dry-run", "--seed", "1"]
+    assert run.needs == ["teacher_seed1"]
+    assert "--logit-standardize" not in by_name[
+        "student_loss=kd_logit-standardize=false_seed0"].command("out")
+    widths = by_name["student_loss=dist_widths=48-96_seed0"].command("out")
+    assert widths[widths.index("--widths"):][:3] == ["--widths", "48", "96"]
+    assert by_name["teacher_seed0"].needs == []
+
+
+def test_expand_refuses_runs_that_would_share_a_checkpoint_and_unknown_scripts():
+    stage = {"script": "train_student.py", "name": "student_seed{seed}",
+             "grid": {"loss": ["kd", "ce"]}}
+    with pytest.raises(GridError, match="share a checkpoint"):
+        expand({"stage": [stage]}, "out", seeds=[0])
+    with pytest.raises(GridError, match="script must be one of"):
+        expand({"stage": [{"script": "rm.py"}]}, "out", seeds=[0])
+    with pytest.raises(GridError, match="cannot be filled"):
+        expand({"stage": [{**stage, "name": "{temperature}"}]}, "out", seeds=[0])
+
+
+def test_extra_flags_parse_like_the_scripts_take_them():
+    assert parse_flags("--train-subset 500 --dry-run --widths 32 64") == {
+        "train-subset": "500", "dry-run": True, "widths": ["32", "64"]}
+    with pytest.raises(GridError):
+        parse_flags("epochs 3")
+
+
+def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_folder, tmp_path):
+    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
+    folder = tmp_path / "sweep"
+    # The ce student was interrupted mid-epoch 2 by an earlier sweep: it must resume.
+    ce = next(run for run in expand(tomllib.loads(grid.read_text()), str(folder), seeds=[0])
+              if run.name == "student_loss=ce_seed0")
+    interrupted_run("train_student.py", ce.command(str(folder))[2:], step=9 + 3)
+    assert load_checkpoint(ce.out)["epoch"] == 1
+
+    proc = sweep(grid)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"3 runs in {folder}: 0 finished (skipped), 3 to run"
+    # the student that needs the teacher starts only once the teacher is done
+    def first(text):
+        return next(i for i, line in enumerate(lines) if text in line)
+    assert first("    done  teacher") < first("started  student_loss=kd+ce")
+    for name in ("teacher", "student_loss=kd+ce_seed0", "student_loss=ce_seed0"):
+        assert load_checkpoint(folder / f"{name}.pt")["epoch"] == 2
+    log = lines[first("started  student_loss=ce_seed0")].split("log: ")[1].rstrip(")")
+    assert "epochs 2-2" in open(log).read()  # resumed, not started over
+    table = proc.stdout.split("\n\n")[-2]
+    assert {"teacher", "kd+ce", "ce"} == {row.split()[1] for row in table.splitlines()[1:]}
+    assert "student      ce EMA       2      1" in table  # one seed of each, 2 epochs
+    saved = list((folder / "sweeps").glob("*_grid.toml"))
+    assert len(saved) == 1 and saved[0].read_text().startswith("# sweep of ")
+    assert "code " in saved[0].read_text().splitlines()[0]
+
+    logs = set((folder / "logs").iterdir())
+    again = sweep(grid)
+    assert again.returncode == 0
+    assert again.stdout.splitlines()[0] == f"3 runs in {folder}: 3 finished (skipped), 0 to run"
+    assert set((folder / "logs").iterdir()) == logs  # nothing was started
+    changed = sweep(grid, "--list", "--flags", "--lr 0.05")
+    assert "--resume --restart-if-changed" in changed.stdout
+
+
+def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(image_folder, tmp_path):
+    stages = STAGES.replace('name = "teacher"', 'name = "teacher"\nflags = {lr = -1}') + (
+        '[[stage]]\nscript = "train_student.py"\nname = "alone"\nflags = {loss = "ce"}\n')
+    proc = sweep(write_grid(tmp_path / "grid.toml", stages, image_folder))
+    assert proc.returncode == 1
+    assert "    done  alone" in proc.stdout  # it needs no teacher: it ran
+    failed = proc.stderr.splitlines()
+    assert failed[0] == "failed or not run:"
+    teacher_log = next(line for line in failed if line.startswith("  teacher: ")).split(": ")[1]
+    assert "--lr must be positive" in open(teacher_log).read()
+    assert "  student_loss=kd+ce_seed0: needs teacher" in failed
+    assert "alone" in proc.stdout.split("\n\n")[1]  # the table has the run that ran
+
+
+def test_slurm_gets_job_arrays_with_the_teacher_as_a_dependency(image_folder, tmp_path):
+    bin_dir, submitted = tmp_path / "bin", tmp_path / "submitted"
+    bin_dir.mkdir()
+    submitted.mkdir()
+    # A stand-in for sbatch that keeps each file it is given and answers as SLURM does.
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nn=$(ls {submitted} | wc -l)\n'
+                                    f'cp "$1" {submitted}/$n.sh\n'
+                                    f'echo "Submitted batch job $((700 + n))"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
+    proc = sweep(grid, "--seeds", 0, 1, "--executor", "slurm", "--partition", "gpu",
+                 "--gpus-per-node", 1, "--array-parallelism", 3, "--time-min", 30,
+                 "--sbatch", "account=kd", "--no-wait",
+                 env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    teachers, students = [(submitted / f"{i}.sh").read_text().splitlines() for i in (0, 1)]
+    assert not list(submitted.glob("2.sh"))
+    for lines in (teachers, students):
+        for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
+                     "#SBATCH --time=30", "#SBATCH --account=kd"):
+            assert line in lines
+    assert not any("--dependency" in line for line in teachers)
+    assert "#SBATCH --array=0-3%3" in students  # 2 losses x 2 seeds, 3 at a time
+    assert "#SBATCH --dependency=afterok:700" in students
+    assert "submitted  student_loss=ce_seed1  (job 701_3" in proc.stdout

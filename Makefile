@@ -1,6 +1,7 @@
 # make all   : set up .venv and run the pipeline: teacher, the three student variants, the
 #              mean-teacher runs (teacher = EMA of the student, frozen, or the student itself),
-#              then evaluate.py; every run also keeps an EMA of its weights
+#              then evaluate.py and report.py (plots/report.md); every run also keeps an EMA
+#              of its weights
 # make quick : the same sequence on 5,000 training images for 3 epochs (a few minutes on a
 #              CPU), in runs/quick/ (checkpoints/ and plots/ inside)
 # make test  : set up .venv and run the test suite
@@ -28,9 +29,9 @@ stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --restart-if-changed --out "$
         else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
 RUN_FLAGS = --plots-dir $(PLOTS) $(FLAGS)
 
-.PHONY: all quick teacher students ema evaluate test bench clean-venv
+.PHONY: all quick teacher students ema evaluate report test bench clean-venv
 
-all: evaluate
+all: report
 
 quick:
 	$(MAKE) all CKPT=runs/quick/checkpoints PLOTS=runs/quick/plots \
@@ -63,6 +64,9 @@ ema: $(VENV)/installed
 
 evaluate: students ema
 	$(PY) evaluate.py $(CKPT)/*.pt --plots-dir $(PLOTS)
+
+report: evaluate
+	$(PY) report.py --plots-dir $(PLOTS)
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q tests

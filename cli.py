@@ -84,8 +84,8 @@ def add_precision_arg(parser):
 
 def add_kd_args(parser):
     """The distillation flags train_student.py and train_ema.py share."""
-    # T and alpha chosen on the validation split (experiments/probes.sh student: kd+ce, 4
-    # epochs on 20k images): T=4, alpha=0.5 reached 66.1%; T=2 65.3/65.7% and T=4, alpha=0.9
+    # T and alpha chosen on the validation split (experiments/grids/probe-student.toml: kd+ce,
+    # 4 epochs on 20k images): T=4, alpha=0.5 reached 66.1%; T=2 65.3/65.7% and T=4, alpha=0.9
     # 65.7% (alpha 0.5/0.9), T=8 64.6/63.9%. Against 60.9% trained alone, every setting helps;
     # between T 2-4 the differences are within what one seed can tell apart.
     parser.add_argument("--temperature", type=float, default=4.0,

@@ -94,7 +94,7 @@ class TeacherNet(_Net):
     Widths (32, 64, 128, 256), 36M MACs, chosen on the validation split: in a probe (4 epochs
     on 20k images, same recipe, this 2-core CPU) (48, 96, 192, 256) reached 65.2% validation
     accuracy against 65.5% for (32, 64, 128, 256) at 2.1x the MACs and half the images/s
-    (experiments/probes.sh teacher),
+    (experiments/grids/probe-teacher.toml),
     and (64, 128, 256, 256) costs 3.5x the MACs. The pool sits after the second conv, at
     32x32 -> 16x16, where it saves the most compute of any single place.
     """
@@ -122,8 +122,8 @@ class StudentNet(_Net):
     32x32: conv w0 -> maxpool -> 16x16: conv w1 (stride 2) -> 8x8 -> flatten -> FC 256 -> 10.
 
     Widths (32, 64), 3.1M MACs (1/11.6 of the teacher's), chosen on the validation split:
-    trained alone (4 epochs on 20k images, experiments/probes.sh student) it reached 60.9%
-    validation accuracy; (48, 96) 61.9% at 1.8x the MACs, (64, 128) 62.3% at 2.8x the MACs
+    trained alone (4 epochs on 20k images, experiments/grids/probe-student.toml) it reached
+    60.9% validation accuracy; (48, 96) 61.9% at 1.8x the MACs, (64, 128) 62.3% at 2.8x the MACs
     and 2.3x the time per image. One point is not worth tripling the cost of a model whose
     purpose is to be cheap. The second conv is strided so the flattened features (64x8x8)
     keep the FC layer at 1M MACs.

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 import submitit
+from submitit.core.utils import UncompletedJobError
 
 from records import git_commit, record_paths, test_record_matches
 from results import run_table, seed_table, variant_rank
@@ -219,7 +220,7 @@ def run_here(runs, folder, executor, gpus):
                 try:
                     job.result()
                     outcome[name] = ("done", f"{minutes:.1f} min")
-                except Exception:  # the job's own error is in its log, which is what we show
+                except UncompletedJobError:  # its own error is in its log, which we point to
                     outcome[name] = ("FAILED", str(job.paths.stderr))
                 print(f"{outcome[name][0]:>8}  {name}  ({outcome[name][1]})", flush=True)
         for run in list(waiting):
@@ -267,7 +268,7 @@ def wait_for(jobs):
         try:
             job.result()
             outcome[name] = ("done", "")
-        except Exception:
+        except UncompletedJobError:
             outcome[name] = ("FAILED", str(job.paths.stderr))
         print(f"{outcome[name][0]:>8}  {name}  {outcome[name][1]}", flush=True)
     return outcome

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_fold
     for name in ("teacher", "student_loss=kd+ce_seed0", "student_loss=ce_seed0"):
         assert load_checkpoint(folder / f"{name}.pt")["epoch"] == 2
     log = lines[first("started  student_loss=ce_seed0")].split("log: ")[1].rstrip(")")
-    assert "epochs 2-2" in open(log).read()  # resumed, not started over
+    assert "epochs 2-2" in Path(log).read_text()  # resumed, not started over
     table = proc.stdout.split("\n\n")[-2]
     assert {"teacher", "kd+ce", "ce"} == {row.split()[1] for row in table.splitlines()[1:]}
     assert "student      ce EMA       2      1" in table  # one seed of each, 2 epochs
@@ -123,7 +124,7 @@ def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(image_folder
     failed = proc.stderr.splitlines()
     assert failed[0] == "failed or not run:"
     teacher_log = next(line for line in failed if line.startswith("  teacher: ")).split(": ")[1]
-    assert "--lr must be positive" in open(teacher_log).read()
+    assert "--lr must be positive" in Path(teacher_log).read_text()
     assert "  student_loss=kd+ce_seed0: needs teacher" in failed
     assert "alone" in proc.stdout.split("\n\n")[1]  # the table has the run that ran
 

@@ -1,0 +1,141 @@
+"""Write the pipeline's report, laid out like the original report, from evaluate.py's
+results: the sample grid, the teacher, the students, the EMA comparison, each comparison's
+difference with the seed spread and a test of whether it is real.
+
+    python report.py                  # plots/results.csv -> plots/report.md
+    python report.py --plots-dir runs/quick/plots
+
+Nothing in it is written by hand per run: every number and verdict comes from results.csv.
+"""
+import argparse
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+import cli
+from records import write_text
+
+# The original report (one run each), shown beside this run's figures.
+ORIGINAL = {"teacher": "54%", "kd+ce": "49-51%", "kd": "49-51%", "ce": "49-51%",
+            "mean-teacher": "47.24%", "mean-teacher-no-ema": "45.76%"}
+STUDENT_PAIRS = [("kd+ce", "ce"), ("kd", "ce"), ("kd+ce", "kd")] + [
+    (method, "kd+ce") for method in ("dkd", "dist", "kd+ce+ls", "kd+ls", "dkd+ls")]
+EMA_PAIRS = [("mean-teacher", "mean-teacher-no-averaging"),
+             ("mean-teacher", "mean-teacher-no-ema"), ("mean-teacher", "ce")]
+LEVEL = 0.05  # a difference is called real when larger than the spread and p < LEVEL
+
+
+def compare(a, b, paired=False):
+    """a - b in points: the mean difference, the seed spread it is measured against (the
+    larger std of the two; for paired runs, the std of their differences), Welch's t-test
+    (paired: Student's on the differences) and a verdict in words."""
+    a, b = pd.Series(a, dtype=float), pd.Series(b, dtype=float)
+    diff = (a - b).mean() if paired else a.mean() - b.mean()
+    if min(len(a), len(b)) < 2:
+        return {"diff": diff, "spread": None, "t": None, "p": None,
+                "verdict": "one seed: no claim can be made"}
+    spread = (a - b).std() if paired else max(a.std(), b.std())
+    test = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
+    p = float(test.pvalue)
+    if abs(diff) <= spread or not p < LEVEL:
+        verdict = "no difference: within the seed spread" if abs(diff) <= spread else \
+            f"not significant (p = {p:.2g})"
+    else:
+        verdict = f"real (p = {p:.2g})"
+    return {"diff": diff, "spread": spread, "t": float(test.statistic), "p": p,
+            "verdict": verdict}
+
+
+def per_variant(results):
+    """Mean ± std of the test accuracy over seeds per variant, with its cost."""
+    rows = []
+    for variant, runs in results.groupby("variant", sort=False):
+        acc = runs["test_acc"]
+        rows.append({"variant": variant, "seeds": len(runs),
+                     "test accuracy (%)": f"{acc.mean():.2f} ± {acc.std():.2f}"
+                     if len(runs) > 1 else f"{acc.mean():.2f}",
+                     "MACs": f"{runs['macs'].iloc[0] / 1e6:.1f}M",
+                     "minutes per run": round(runs["train_minutes"].mean(), 1),
+                     "original report": ORIGINAL.get(variant, "")})
+    return pd.DataFrame(rows)
+
+
+def comparison_table(results, pairs, paired=False):
+    rows = []
+    by_variant = {v: runs for v, runs in results.groupby("variant", sort=False)}
+    for a, b in pairs:
+        if a not in by_variant or b not in by_variant:
+            continue
+        if paired:  # the same runs (seeds) in both: line them up by checkpoint
+            both = by_variant[a].merge(by_variant[b], on="checkpoint")
+            values = both["test_acc_x"], both["test_acc_y"]
+        else:
+            values = by_variant[a]["test_acc"], by_variant[b]["test_acc"]
+        result = compare(*values, paired=paired)
+        spread = "" if result["spread"] is None else f"{result['spread']:.2f}"
+        rows.append({"comparison": f"{a} − {b}", "difference (points)": f"{result['diff']:+.2f}",
+                     "seed spread": spread, "verdict": result["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def raw_vs_ema_pairs(results):
+    variants = list(dict.fromkeys(results["variant"]))
+    return [(f"{v} EMA", v) for v in variants if f"{v} EMA" in variants]
+
+
+def section(title, figure, plots_dir, tables):
+    """A titled section with its figure and tables; empty when it has neither."""
+    parts = []
+    if figure and (Path(plots_dir) / figure).exists():
+        parts.append(f"![{title}]({figure})\n")
+    for caption, table in tables:
+        if not table.empty:
+            parts.append(f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+    return "\n".join([f"## {title}\n", *parts]) if parts else ""
+
+
+def write_report(results, plots_dir):
+    seeds = sorted(results["seed"].dropna().astype(int).unique())
+    students = results[results["model"] == "student"]
+    is_mean_teacher = students["variant"].str.startswith("mean-teacher")
+    raw = results[~results["variant"].str.endswith(" EMA")]
+    text = [
+        "# Knowledge distillation on CIFAR-10: the report of this run\n",
+        f"Test accuracy on the CIFAR-10 test set, mean ± std over the seeds present "
+        f"({', '.join(map(str, seeds))}). A difference is called real when it is larger than "
+        f"the seed spread (the larger std of the two) and Welch's t-test gives p < {LEVEL}; "
+        "raw against EMA weights of the same runs use a paired t-test. With one seed no claim "
+        "can be made. Written by report.py from results.csv (evaluate.py).\n",
+        section("The data", "samples.png", plots_dir, []),
+        section("The teacher", "teacher_curves.png", plots_dir,
+                [("Test accuracy:", per_variant(results[results["model"] == "teacher"]))]),
+        section("The students", "students_compare.png", plots_dir,
+                [("Test accuracy:", per_variant(students[~is_mean_teacher])),
+                 ("Is each difference real?", comparison_table(raw, STUDENT_PAIRS))]),
+        section("Mean-teacher: with and without EMA", "ema_compare.png", plots_dir,
+                [("Test accuracy (the student; `EMA` rows: its EMA teacher):",
+                  per_variant(students[is_mean_teacher])),
+                 ("Is each difference real?", comparison_table(raw, EMA_PAIRS))]),
+        section("Raw against EMA weights of the same runs", None, plots_dir,
+                [("EMA − raw, paired by run:",
+                  comparison_table(results, raw_vs_ema_pairs(results), paired=True))]),
+    ]
+    path = Path(plots_dir) / "report.md"
+    write_text(path, "\n".join(part for part in text if part))
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plots-dir", default="plots", help="where results.csv (from "
+                        "evaluate.py) and the figures are, and report.md goes (default: plots)")
+    args = parser.parse_args()
+    csv = Path(args.plots_dir) / "results.csv"
+    if not csv.exists():
+        raise cli.UserError(f"no {csv}: run evaluate.py first (make all does)")
+    print(f"wrote {write_report(pd.read_csv(csv), args.plots_dir)}")
+
+
+if __name__ == "__main__":
+    cli.run_cli(main)

@@ -1,0 +1,57 @@
+"""report.py: verdicts computed from the numbers, and a report that says them."""
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from report import compare
+
+
+def test_a_gap_far_beyond_the_spread_is_real():
+    result = compare([80.0, 80.2, 79.8], [75.0, 75.3, 74.9])
+    assert result["diff"] == pytest.approx(80 - 225.2 / 3)
+    assert result["spread"] == pytest.approx(math.sqrt(0.08667 / 2), abs=1e-4)  # b's std
+    # Welch by hand: t = d / sqrt(sa²/n + sb²/n), with sa² = 0.04, sb² = 0.043333
+    assert result["t"] == pytest.approx(result["diff"] / math.sqrt((0.04 + 0.043333) / 3),
+                                        rel=1e-4)
+    assert result["p"] < 1e-4 and result["verdict"].startswith("real")
+
+
+def test_a_gap_within_the_spread_is_no_difference_and_one_seed_no_claim():
+    assert compare([80, 81, 79], [80.5, 79.5, 80])["verdict"].startswith("no difference")
+    assert compare([80], [70, 71])["verdict"] == "one seed: no claim can be made"
+
+
+def test_paired_runs_are_compared_by_their_differences():
+    raw, ema = [70.0, 75.0, 80.0], [70.3, 75.2, 80.4]  # seeds far apart, EMA always higher
+    paired = compare(ema, raw, paired=True)
+    assert paired["spread"] == pytest.approx(pd.Series([0.3, 0.2, 0.4]).std())
+    assert paired["verdict"].startswith("real")
+    assert not compare(ema, raw)["verdict"].startswith("real")  # unpaired: lost in the seeds
+
+
+def test_the_report_says_what_the_results_show(tmp_path):
+    rows = []
+    for seed, (teacher, kdce, ce, gain) in enumerate([(88.1, 78.6, 75.9, 0.1),
+                                                      (87.9, 78.9, 75.6, 0.15),
+                                                      (88.3, 78.4, 76.1, 0.05)]):
+        for variant, acc, model in (("teacher", teacher, "teacher"), ("kd+ce", kdce, "student"),
+                                    ("ce", ce, "student"), ("ce EMA", ce + gain, "student")):
+            checkpoint = f"{variant.split()[0]}_seed{seed}.pt"
+            rows.append({"checkpoint": checkpoint, "model": model, "variant": variant,
+                         "seed": seed, "test_acc": acc, "macs": 3.1e6, "train_minutes": 2.5})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    (tmp_path / "samples.png").write_bytes(b"")
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    report = (tmp_path / "report.md").read_text()
+    assert "![The data](samples.png)" in report
+    teacher = next(line for line in report.splitlines() if line.startswith("| teacher "))
+    assert [cell.strip() for cell in teacher.split("|")[1:4]] == ["teacher", "3", "88.10 ± 0.20"]
+    line = next(line for line in report.splitlines() if line.startswith("| kd+ce − ce"))
+    assert "+2.77" in line and "real" in line
+    line = next(line for line in report.splitlines() if line.startswith("| ce EMA − ce"))
+    assert "+0.10" in line and "0.05" in line  # paired: the spread of the gaps, not the seeds
+    assert "Mean-teacher" not in report  # no such runs here: no empty section

@@ -8,7 +8,6 @@ import pandas as pd
 
 from records import test_record_matches
 
-
 # The order tables list variants in: the teacher, the students, then the mean-teacher runs
 # (model-ema: runs from before every script kept an EMA).
 VARIANT_ORDER = ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd", "kd EMA", "dkd", "dkd EMA",

@@ -12,8 +12,8 @@ import engine
 import losses
 import plotting
 import runs
-from ema import EMA_DECAY
 from data import CLASSES
+from ema import EMA_DECAY
 
 
 def main():

@@ -42,11 +42,11 @@ from torchvision import transforms  # noqa: E402
 import cli  # noqa: E402
 import engine  # noqa: E402
 import losses  # noqa: E402
+from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from device import autocast, resolve_precision, select_device  # noqa: E402
 from ema import EMA_DECAY, ModelEMA  # noqa: E402
-from teacher_logits import SharedTeacherLogits  # noqa: E402
-from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
+from teacher_logits import SharedTeacherLogits  # noqa: E402
 
 # train_teacher.py's and train_student.py's; "kd" is a student step distilling from a teacher
 BATCH_SIZE = {"teacher": 128, "student": 256, "kd": 256}
@@ -156,12 +156,12 @@ def build_variants(args, device):
         forward_flop = 2 * count_macs(build_model(kind))
         flop = 3 * forward_flop
 
-        def loader(augment=True, memory_format=torch.channels_last):
+        def loader(augment=True, memory_format=torch.channels_last, bs=bs):
             return BatchLoader(*train, bs, device, shuffle=True, augment=augment,
                                drop_last=True, max_batches=args.batches,
                                memory_format=memory_format)
 
-        def model():
+        def model(kind=kind):
             torch.manual_seed(0)
             return build_model(kind)
         ce = losses.cross_entropy

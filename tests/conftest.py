@@ -20,7 +20,6 @@ from checkpoints import load_checkpoint  # noqa: E402
 from data import CLASSES  # noqa: E402
 
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped (and reported as "
                             "skipped) where there is none")

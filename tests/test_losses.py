@@ -4,8 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import (cross_entropy, dist_loss, distillation_loss, dkd_loss, kd_only_loss,
-                    standardize_logits, student_loss)
+from losses import (
+    cross_entropy,
+    dist_loss,
+    distillation_loss,
+    dkd_loss,
+    kd_only_loss,
+    standardize_logits,
+    student_loss,
+)
 
 
 def reference_kd(student, teacher, T):

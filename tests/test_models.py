@@ -9,8 +9,15 @@ from torch import nn
 
 from checkpoints import save_checkpoint
 from conftest import ROOT
-from models import (StudentNet, TeacherNet, build_model, count_macs, load_model, model_spec,
-                    relu_before_pool)
+from models import (
+    StudentNet,
+    TeacherNet,
+    build_model,
+    count_macs,
+    load_model,
+    model_spec,
+    relu_before_pool,
+)
 
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from conftest import (ROOT, full_and_resumed_runs, interrupted_run, run_script,
-                      write_image_folder)
+from conftest import ROOT, full_and_resumed_runs, interrupted_run, run_script, write_image_folder
 from models import load_model
 
 

@@ -8,8 +8,8 @@ import cli
 import engine
 import losses
 import runs
-from conftest import run_script
 from checkpoints import load_checkpoint
+from conftest import run_script
 from models import load_model
 
 

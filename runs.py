@@ -11,6 +11,7 @@ from cli import UserError, check_args
 from data import VAL_SEED, load_cifar10, split_train_val
 from device import resolve_precision, select_device
 from models import build_model, model_from_checkpoint
+from results import UNUSED_BY
 
 # Keys of the config that define the training run itself; --resume takes them from the
 # checkpoint, so a resumed run is exactly the run that was interrupted.
@@ -148,8 +149,11 @@ def changed_identity(config, args, teacher, strict):
 
 def changed_recipe(config, args, recipe_keys, device):
     """The recipe settings in which a checkpoint differs from what this command asks for,
-    defaults included (what `make` reruns a stage for)."""
-    asked = {key: getattr(args, key) for key in RECIPE_KEYS + tuple(recipe_keys)}
+    defaults included (what `make` reruns a stage for); flags the run's loss does not use
+    (DKD's for a KD student) are no part of its recipe."""
+    unused = UNUSED_BY.get(getattr(args, "loss", None), ())
+    asked = {key: getattr(args, key) for key in RECIPE_KEYS + tuple(recipe_keys)
+             if key not in unused}
     asked["precision"] = resolve_precision(args.precision, device)
     asked["epochs"] = args.epochs or (1 if args.dry_run else args.default_epochs)
     asked["widths"] = args.widths

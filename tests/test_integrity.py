@@ -58,6 +58,8 @@ def test_make_restarts_a_stage_whose_teacher_or_recipe_changed(two_teachers, ima
     student(image_folder, tmp_path, "--lr", "0.05")
     again = ["--resume", "--restart-if-changed", "--lr", "0.05"]  # as make's stage does
     assert "already complete" in student(image_folder, tmp_path, *again).stdout
+    # a flag the run's loss does not use (DKD's beta for KD) does not make it stale
+    assert "already complete" in student(image_folder, tmp_path, *again, "--dkd-beta", "2").stdout
     first_id = load_checkpoint(tmp_path / "student.pt")["config"]["run_id"]
     # a default that changed (here: the command's LR), then the teacher
     proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed")

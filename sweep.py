@@ -8,7 +8,7 @@ submitit: on this machine (default) or on a SLURM cluster.
 
 A grid file (TOML) names a folder, the seeds and one or more stages:
 
-    folder = "runs/my-study"          # checkpoints, run records, plots/ and logs/ go here
+    folder = "runs/my-study"          # checkpoints, run records, logs/ and (by default) plots/
     seeds = [0, 1, 2]
     [[stage]]
     script = "train_student.py"
@@ -62,8 +62,9 @@ class Run:
 
     def command(self, folder):
         resume = ["--resume", "--restart-if-changed"] if self.out.exists() else []
+        plots = [] if "plots-dir" in self.settings else ["--plots-dir", f"{folder}/plots"]
         return [sys.executable, self.script, *as_flags(self.settings), "--out", str(self.out),
-                "--plots-dir", str(Path(folder) / "plots"), *resume]
+                *plots, *resume]
 
 
 def as_flags(settings):

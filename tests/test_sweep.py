@@ -58,6 +58,10 @@ def test_expand_products_names_flags_and_needs():
     widths = by_name["student_loss=dist_widths=48-96_seed0"].command("out")
     assert widths[widths.index("--widths"):][:3] == ["--widths", "48", "96"]
     assert by_name["teacher_seed0"].needs == []
+    assert by_name["teacher_seed0"].command("out")[-2:] == ["--plots-dir", "out/plots"]
+    plots = expand({"stage": [{"script": "train_teacher.py", "flags": {"plots-dir": "p"}}]},
+                   "out", seeds=[0])[0].command("out")
+    assert plots.count("--plots-dir") == 1 and plots[plots.index("--plots-dir") + 1] == "p"
 
 
 def test_expand_refuses_runs_that_would_share_a_checkpoint_and_unknown_scripts():

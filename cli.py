@@ -3,6 +3,7 @@
 import math
 import sys
 
+from allocator import keep_freed_memory
 from checkpoints import CheckpointError
 from data import DataError, default_data_root
 from interrupts import install_handlers
@@ -152,6 +153,7 @@ def note_checkpoint(path):
 def run_cli(main):
     """Run a script's main(): bad input is one line on stderr and exit 2; Ctrl-C or SIGTERM
     exits 130 with the last complete checkpoint intact (it is only ever replaced atomically)."""
+    keep_freed_memory()
     install_handlers()
     try:
         main()

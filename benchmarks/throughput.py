@@ -21,6 +21,7 @@ that runs a few training steps, less that of one that only builds the same model
 """
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from torchvision import transforms  # noqa: E402
 import cli  # noqa: E402
 import engine  # noqa: E402
 import losses  # noqa: E402
+from allocator import OFF_SWITCH  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
 from device import autocast, resolve_precision, select_device  # noqa: E402
 from ema import EMA_DECAY, ModelEMA  # noqa: E402
@@ -271,6 +273,50 @@ def synthetic_step(kind, device="cpu", precision="fp32"):
     return step
 
 
+def allocator_probe(kind, steps):
+    """Minor page faults, system and wall seconds per training step of `kind` in this
+    process, after two warm-up steps (printed as one line: faults sys_s wall_s)."""
+    step = synthetic_step(kind)
+    for _ in range(2):
+        step()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        step()
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    print((after.ru_minflt - before.ru_minflt) / steps, (after.ru_stime - before.ru_stime)
+          / steps, wall / steps)
+
+
+def allocator_comparison(rounds, steps=10):
+    """Per kind of step, malloc as glibc sets it against allocator.keep_freed_memory (what
+    every script runs with): medians over `rounds` fresh processes each, interleaved."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
+            "from allocator import keep_freed_memory; keep_freed_memory(); "
+            "from benchmarks.throughput import allocator_probe; "
+            "allocator_probe(sys.argv[1], int(sys.argv[2]))")
+    samples = {}
+    for _ in range(rounds):
+        for kind in ("teacher", "student", "kd"):
+            for keep in ("0", "1"):
+                out = subprocess.run([sys.executable, "-c", code, kind, str(steps)],
+                                     capture_output=True, text=True, check=True,
+                                     env={**os.environ, OFF_SWITCH: keep}).stdout
+                samples.setdefault((kind, keep), []).append(list(map(float, out.split())))
+    rows = []
+    for kind in ("teacher", "student", "kd"):
+        (faults0, sys0, wall0), (faults1, sys1, wall1) = (
+            [statistics.median(column) for column in zip(*samples[(kind, keep)])]
+            for keep in ("0", "1"))
+        rows.append({"step": kind, "page faults, glibc default": f"{faults0:,.0f}",
+                     "page faults, kept": f"{faults1:,.0f}",
+                     "system ms, default": f"{1000 * sys0:.1f}",
+                     "system ms, kept": f"{1000 * sys1:.1f}",
+                     "ms per step, default": f"{1000 * wall0:.1f}",
+                     "ms per step, kept": f"{1000 * wall1:.1f}",
+                     "speed, kept vs default": f"{wall0 / wall1:.2f}x"})
+    return pd.DataFrame(rows)
+
+
 def memory_probe(kind, steps):
     step = synthetic_step(kind)
     # Writing 5 to clear_refs resets the kernel's peak-RSS mark (VmHWM) to the current RSS,
@@ -405,6 +451,9 @@ def main():
                         help="also time torch.compile'd training steps")
     parser.add_argument("--profile", action="store_true",
                         help="also print where a training step's time goes, per kind of op")
+    parser.add_argument("--allocator", action="store_true",
+                        help="also compare training steps with glibc's malloc settings and "
+                             "with allocator.keep_freed_memory (CPU, fresh processes)")
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
         raise cli.UserError("--rounds and --batches must be positive")
@@ -423,6 +472,10 @@ def main():
         print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
               ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
                         for kind in ("teacher", "student", "kd")))
+    if args.allocator and device.type == "cpu":
+        print(f"\nthe allocator: per training step, medians of {args.rounds} fresh processes "
+              "each (interleaved), malloc as glibc sets it against keep_freed_memory:\n" +
+              allocator_comparison(args.rounds).to_markdown(index=False))
     if args.profile:
         for kind in ("teacher", "student", "kd"):
             profile_breakdown(kind, device, args.precision, peak_gflops)

@@ -74,6 +74,7 @@ test: $(VENV)/installed
 
 bench: $(VENV)/installed
 	$(PY) benchmarks/throughput.py --compile --profile
+	$(PY) benchmarks/throughput.py --allocator
 
 clean-venv:
 	rm -rf $(VENV)

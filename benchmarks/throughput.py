@@ -452,8 +452,8 @@ def main():
     parser.add_argument("--profile", action="store_true",
                         help="also print where a training step's time goes, per kind of op")
     parser.add_argument("--allocator", action="store_true",
-                        help="also compare training steps with glibc's malloc settings and "
-                             "with allocator.keep_freed_memory (CPU, fresh processes)")
+                        help="instead, compare training steps with glibc's malloc settings "
+                             "and with allocator.keep_freed_memory (CPU, fresh processes)")
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
         raise cli.UserError("--rounds and --batches must be positive")
@@ -465,6 +465,12 @@ def main():
         # OpenMP threads can slow each other 3x here).
         print(f"warning: load average {busy:.1f} before the start; time on an idle machine",
               file=sys.stderr)
+    if args.allocator:
+        print(f"the allocator: per training step ({args.batches} timed after 2 untimed), medians "
+              f"of {args.rounds} fresh processes each (interleaved), malloc as glibc sets it "
+              "against keep_freed_memory:\n\n" +
+              allocator_comparison(args.rounds, steps=args.batches).to_markdown(index=False))
+        return
     variants = build_variants(args, device)
     measure(variants, args.rounds, device)
     peak_gflops = report(variants, device, args.precision)
@@ -472,10 +478,6 @@ def main():
         print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
               ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
                         for kind in ("teacher", "student", "kd")))
-    if args.allocator and device.type == "cpu":
-        print(f"\nthe allocator: per training step, medians of {args.rounds} fresh processes "
-              "each (interleaved), malloc as glibc sets it against keep_freed_memory:\n" +
-              allocator_comparison(args.rounds).to_markdown(index=False))
     if args.profile:
         for kind in ("teacher", "student", "kd"):
             profile_breakdown(kind, device, args.precision, peak_gflops)

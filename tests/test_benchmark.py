@@ -27,3 +27,10 @@ def test_benchmark_prints_every_row(image_folder):
         assert abs(sum(float(cells[1]) for cells in rows.values()) - 100) < 1
         assert float(rows["conv"][2]) > 0  # GFLOP/s
         assert "this step would reach at most" in table
+
+
+def test_allocator_comparison_prints_a_row_per_step():
+    proc = run_script("benchmarks/throughput.py", "--allocator", "--rounds", "1", "--batches", "1")
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
+            if line.startswith("| ")][1:]
+    assert rows == ["teacher", "student", "kd"]

@@ -212,35 +212,43 @@ def run_here(runs, folder, executor, gpus):
     slots = list(gpus) or [None]
     waiting, running, outcome = list(runs), {}, {}
     todo = {run.name for run in runs}  # the runs needed but not here have finished already
-    while waiting or running:
-        for name, (job, slot, started) in list(running.items()):
-            if job.done():
-                del running[name]
+    try:
+        while waiting or running:
+            for name in [name for name, (job, *_) in running.items() if job.done()]:
+                job, slot, started = running.pop(name)
                 slots.append(slot)
-                minutes = (time.time() - started) / 60
-                try:
-                    job.result()
-                    outcome[name] = ("done", f"{minutes:.1f} min")
-                except UncompletedJobError:  # its own error is in its log, which we point to
-                    outcome[name] = ("FAILED", str(job.paths.stderr))
+                outcome[name] = job_outcome(job, started)
                 print(f"{outcome[name][0]:>8}  {name}  ({outcome[name][1]})", flush=True)
-        for run in list(waiting):
-            needs = [need for need in run.needs if need in todo]
-            failed = [need for need in needs if need in outcome and outcome[need][0] != "done"]
-            if failed:
-                waiting.remove(run)
-                outcome[run.name] = ("not run", f"needs {', '.join(failed)}")
-                print(f" not run  {run.name}  (needs {', '.join(failed)}, which failed)")
-            elif slots and all(need in outcome for need in needs):
-                waiting.remove(run)
-                slot = slots.pop(0)
-                executor.update_parameters(gpus_per_node=0 if slot is None else 1,
-                                           visible_gpus=() if slot is None else (slot,))
-                job = executor.submit(job_function(run, folder))
-                running[run.name] = (job, slot, time.time())
-                print(f" started  {run.name}  (log: {job.paths.stdout})", flush=True)
-        time.sleep(POLL_SECONDS if running else 0)
+            for run in list(waiting):
+                needs = [need for need in run.needs if need in todo]
+                failed = [need for need in needs if outcome.get(need, ("done",))[0] != "done"]
+                if failed:
+                    waiting.remove(run)
+                    outcome[run.name] = ("not run", f"needs {', '.join(failed)}")
+                    print(f" not run  {run.name}  (needs {', '.join(failed)}, which failed)")
+                elif slots and all(need in outcome for need in needs):
+                    waiting.remove(run)
+                    slot = slots.pop(0)
+                    executor.update_parameters(gpus_per_node=0 if slot is None else 1,
+                                               visible_gpus=() if slot is None else (slot,))
+                    job = executor.submit(job_function(run, folder))
+                    running[run.name] = (job, slot, time.time())
+                    print(f" started  {run.name}  (log: {job.paths.stdout})", flush=True)
+            time.sleep(POLL_SECONDS if running else 0)
+    except KeyboardInterrupt:  # stop the jobs too: each saves its last complete epoch
+        for job, _, _ in running.values():
+            job.cancel(check=False)
+        raise
     return outcome
+
+
+def job_outcome(job, started=None):
+    """("done", minutes) or ("FAILED", the log that says why) of a finished job."""
+    try:
+        job.result()
+    except UncompletedJobError:
+        return "FAILED", str(job.paths.stderr)
+    return "done", f"{(time.time() - started) / 60:.1f} min" if started else ""
 
 
 def submit_to_slurm(runs, folder, executor):
@@ -266,11 +274,7 @@ def submit_to_slurm(runs, folder, executor):
 def wait_for(jobs):
     outcome = {}
     for name, job in jobs.items():
-        try:
-            job.result()
-            outcome[name] = ("done", "")
-        except UncompletedJobError:
-            outcome[name] = ("FAILED", str(job.paths.stderr))
+        outcome[name] = job_outcome(job)
         print(f"{outcome[name][0]:>8}  {name}  {outcome[name][1]}", flush=True)
     return outcome
 
@@ -351,7 +355,11 @@ def main():
             return
         outcome = wait_for(jobs)
     else:
-        outcome = run_here(todo, str(folder), executor, visible_gpus())
+        try:
+            outcome = run_here(todo, str(folder), executor, visible_gpus())
+        except KeyboardInterrupt:  # the running jobs got the Ctrl-C too: they save and stop
+            sys.exit("\ninterrupted: every finished run and each stopped run's last complete "
+                     "epoch are on disk; run the sweep again to go on")
     print("\n" + summary(runs, folder))
     print(f"\ncheckpoints and records: {folder}/   job logs: {folder}/logs/")
     failed = {name: detail for name, (status, detail) in outcome.items() if status != "done"}

@@ -98,8 +98,9 @@ def add_kd_args(parser):
 
 
 def add_method_args(parser):
-    """The flags of the distillation methods beyond Hinton's (train_student.py). Defaults: the
-    papers' starting points, not yet chosen on this repo's validation split."""
+    """The flags of the distillation methods beyond Hinton's (train_student.py). Their
+    defaults were chosen on the validation split from the papers' settings and below them
+    (experiments/grids/methods-val.toml; docs/results.md has the figures)."""
     a = parser.add_argument
     a("--no-shared-logits", action="store_true", help="compute the teacher's logits in this "
       "run even if an earlier run of the same teacher, data and seed stored them (see "
@@ -109,14 +110,14 @@ def add_method_args(parser):
       "--loss kd+ce, kd or dkd")
     a("--dkd-alpha", type=float, default=1.0, help="dkd: weight of the target-class term "
       "TCKD (default: 1)")
-    a("--dkd-beta", type=float, default=8.0, help="dkd: weight of the non-target term NCKD "
-      "(default: 8)")
+    a("--dkd-beta", type=float, default=0.5, help="dkd: weight of the non-target term NCKD "
+      "(default: 0.5)")
     a("--dkd-warmup", type=float, default=1.0, help="dkd: epochs over which the DKD term's "
       "weight rises linearly from 0 to 1 (default: 1)")
-    a("--dist-beta", type=float, default=1.0, help="dist: weight of the inter-class "
-      "(per-image) relation (default: 1)")
-    a("--dist-gamma", type=float, default=1.0, help="dist: weight of the intra-class "
-      "(per-class) relation (default: 1)")
+    a("--dist-beta", type=float, default=0.5, help="dist: weight of the inter-class "
+      "(per-image) relation (default: 0.5)")
+    a("--dist-gamma", type=float, default=0.5, help="dist: weight of the intra-class "
+      "(per-class) relation (default: 0.5)")
 
 
 def check_args(args):

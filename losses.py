@@ -116,7 +116,7 @@ STANDARDIZABLE = ("kd+ce", "kd", "dkd")  # the losses --logit-standardize applie
 
 
 def student_loss(kind, teacher=None, temperature=4.0, alpha=0.5, standardize=False,
-                 dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=1.0, dist_beta=1.0, dist_gamma=1.0,
+                 dkd_alpha=1.0, dkd_beta=0.5, dkd_warmup=1.0, dist_beta=0.5, dist_gamma=0.5,
                  shared_logits=None):
     """The training loss of a student variant:
 

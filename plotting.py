@@ -49,13 +49,20 @@ def labelled_records(runs_dir, pattern):
 
 def plot_compare(runs_dir, path):
     """Validation loss and accuracy of every student variant with a run in `runs_dir`, and
-    of its EMA weights where the run kept them."""
+    of its EMA weights (dashed) where the run kept them."""
+    plot_mean_curves(student_curves(runs_dir), path, "students")
+
+
+def student_curves(runs_dir):
+    """label -> [(metrics, column prefix)]: one label per variant and recipe, e.g. `kd+ce`,
+    `kd+ce+ls` (never pooled with `kd+ce`), `kd+ce EMA`."""
     curves = {}
     for settings, config, df in labelled_records(runs_dir, "student_*"):
-        curves.setdefault(config["loss"] + settings, []).append((df, "val"))
+        variant = run_variant(config)
+        curves.setdefault(variant + settings, []).append((df, "val"))
         if "ema_val_acc" in df:
-            curves.setdefault(f"{config['loss']} EMA{settings}", []).append((df, "ema_val"))
-    plot_mean_curves(curves, path, "students")
+            curves.setdefault(f"{variant} EMA{settings}", []).append((df, "ema_val"))
+    return curves
 
 
 MEAN_TEACHER_LABELS = {"mean-teacher": "teacher = EMA of the student",
@@ -74,22 +81,29 @@ def plot_ema_compare(runs_dir, path):
 
 def plot_mean_curves(curves, path, title):
     """Validation loss and accuracy per epoch, one line per label: the mean over its runs
-    (seeds), with a band of +-1 std where there are several. curves: label -> [(df, prefix)]."""
+    (seeds), with a band of +-1 std where there are several; a label's EMA (`<label> EMA`)
+    is dashed in its colour. curves: label -> [(df, prefix)]."""
     if not curves:
         return
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4))
+    colours = {}
     for label, runs in sorted(curves.items()):
+        base = label.replace(" EMA", "")
+        colour = colours.setdefault(base, f"C{len(colours) % 10}")
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             frames = [df[["epoch", f"{prefix}_{metric}"]].set_axis(["epoch", metric], axis=1)
                       for df, prefix in runs]
             per_epoch = pd.concat(frames).groupby("epoch")[metric]
             mean, std = per_epoch.mean(), per_epoch.std().fillna(0)
-            line, = ax.plot(mean.index, mean, marker="o", ms=3,
-                            label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
-            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            ax.plot(mean.index, mean, marker="o", ms=3, color=colour,
+                    linestyle="--" if label != base else "-",
+                    label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
+            ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15, color=colour)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: validation loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: validation accuracy")
-    style_axes(ax_loss, ax_acc)
+    style_axes(ax_loss, ax_acc, legend=False)
+    # one legend, beside the axes: inside them it hides the curves it names
+    ax_acc.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     save(fig, path)
 
 
@@ -132,16 +146,17 @@ def plot_samples(images, labels, class_names, path):
     save(fig, path)
 
 
-def style_axes(*axes):
+def style_axes(*axes, legend=True):
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend()
+        if legend:
+            ax.legend()
 
 
 def save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends beside the axes included
     plt.close(fig)

@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 
+from plotting import plot_compare, student_curves
 from results import recipe_labels, run_table, seed_table
 
 
@@ -61,3 +62,13 @@ def test_recipe_labels_name_only_what_differs():
             ("teacher", {"model": {"name": "teacher", "arch_args": {"widths": [8]}}})]
     assert recipe_labels(runs) == ["kd+ce (teacher=aaaaaaaaaaaa)", "kd+ce (teacher=aaaaaaaaaaaa)",
                                    "kd+ce (teacher=bbbbbbbbbbbb)", "teacher"]
+
+
+def test_the_comparison_figure_never_pools_a_standardized_run_with_its_base_loss(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, f"student_kd+ce_seed{seed}", "kd+ce", seed, 70.0)
+    write_run(tmp_path, "student_kd+ce+ls_seed0", "kd+ce", 0, 60.0, logit_standardize=True)
+    curves = student_curves(tmp_path)
+    assert {label: len(runs) for label, runs in curves.items()} == {"kd+ce": 2, "kd+ce+ls": 1}
+    plot_compare(tmp_path, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 0

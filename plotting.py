@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed (CI, SSH sessions)
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -127,13 +128,20 @@ def plot_confusion(confusion, class_names, path, title):
 
 
 def plot_per_class(per_class, path, title):
-    """Grouped bars: accuracy (%) per class (columns of `per_class`) for each row (a model)."""
-    ax = per_class.T.plot.bar(figsize=(14, 4.2), width=0.85, rot=30)
-    low = max(0, per_class.to_numpy().min() - 10)
-    ax.set(ylabel="test accuracy (%)", ylim=(low, 100), title=title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside, not on, the bars
-    save(ax.figure, path)
+    """Accuracy (%) per class (columns of `per_class`) for each row (a variant), as a table of
+    coloured cells with their numbers: bars stop being readable past a handful of variants."""
+    values = per_class.to_numpy()
+    fig, ax = plt.subplots(figsize=(1.0 * values.shape[1] + 3, 0.32 * len(values) + 1.2))
+    image = ax.imshow(values, cmap="viridis", vmin=max(0, values.min()), vmax=100,
+                      aspect="auto")
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=7,
+                color="white" if value < (values.min() + 100) / 2 else "black")
+    ax.set_xticks(range(values.shape[1]), per_class.columns, rotation=30)
+    ax.set_yticks(range(len(values)), per_class.index, fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="test accuracy (%)")
+    save(fig, path)
 
 
 def plot_samples(images, labels, class_names, path):

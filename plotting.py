@@ -82,14 +82,15 @@ def plot_ema_compare(runs_dir, path):
 
 def plot_mean_curves(curves, path, title):
     """Validation loss and accuracy per epoch, one line per label: the mean over its runs
-    (seeds), with a band of +-1 std where there are several; a label's EMA (`<label> EMA`)
-    is dashed in its colour. curves: label -> [(df, prefix)]."""
+    (seeds), with a band of +-1 std where there are several; the EMA weights' curves (prefix
+    `ema_val`) are dashed in their variant's colour. curves: label -> [(df, prefix)]."""
     if not curves:
         return
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4))
     colours = {}
     for label, runs in sorted(curves.items()):
-        base = label.replace(" EMA", "")
+        ema = runs[0][1] == "ema_val"  # the EMA weights' columns, not a label that says EMA
+        base = label.replace(" EMA", "", 1) if ema else label
         colour = colours.setdefault(base, f"C{len(colours) % 10}")
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             frames = [df[["epoch", f"{prefix}_{metric}"]].set_axis(["epoch", metric], axis=1)
@@ -97,7 +98,7 @@ def plot_mean_curves(curves, path, title):
             per_epoch = pd.concat(frames).groupby("epoch")[metric]
             mean, std = per_epoch.mean(), per_epoch.std().fillna(0)
             ax.plot(mean.index, mean, marker="o", ms=3, color=colour,
-                    linestyle="--" if label != base else "-",
+                    linestyle="--" if ema else "-",
                     label=f"{label} ({len(runs)} run{'s' * (len(runs) > 1)})")
             ax.fill_between(mean.index, mean - std, mean + std, alpha=0.15, color=colour)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: validation loss")

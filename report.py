@@ -15,6 +15,7 @@ from scipy import stats
 
 import cli
 from records import write_text
+from results import seed_table
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",
@@ -49,16 +50,12 @@ def compare(a, b, paired=False):
 
 def per_variant(results):
     """Mean ± std of the test accuracy over seeds per variant, with its cost."""
-    rows = []
-    for variant, runs in results.groupby("variant", sort=False):
-        acc = runs["test_acc"]
-        rows.append({"variant": variant, "seeds": len(runs),
-                     "test accuracy (%)": f"{acc.mean():.2f} ± {acc.std():.2f}"
-                     if len(runs) > 1 else f"{acc.mean():.2f}",
-                     "MACs": f"{runs['macs'].iloc[0] / 1e6:.1f}M",
-                     "minutes per run": round(runs["train_minutes"].mean(), 1),
-                     "original report": ORIGINAL.get(variant, "")})
-    return pd.DataFrame(rows)
+    table = seed_table(results, ["variant"]).rename(columns={"test_acc": "test accuracy (%)"})
+    runs = results.groupby("variant", sort=False)
+    table["MACs"] = [f"{macs / 1e6:.1f}M" for macs in runs["macs"].first()]
+    table["minutes per run"] = runs["train_minutes"].mean().round(1).to_numpy()
+    table["original report"] = [ORIGINAL.get(variant, "") for variant in table["variant"]]
+    return table
 
 
 def comparison_table(results, pairs, paired=False):

@@ -105,14 +105,15 @@ def run_table(folders):
                     if test_record_matches(f"{stem}.test.json", config.get("run_id"),
                                            int(last["epoch"])) else {})
             variant = run_variant(config)
+            unused = UNUSED_BY.get(config.get("loss"), ())
             row = {
                 "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,
                 "widths": " ".join(map(str, config["model"]["arch_args"]["widths"])),
                 "images": config["train_subset"] or 45000, "epochs": int(last["epoch"]),
                 "batch": config["batch_size"], "lr": config["lr"], "wd": config["weight_decay"],
-                # T and alpha mean nothing to a run without a teacher
-                "T": config.get("temperature") if variant != "ce" else None,
-                "alpha": config.get("alpha") if variant not in ("ce", "kd") else None,
+                # T and alpha only where the run's loss uses them
+                "T": None if "temperature" in unused else config.get("temperature"),
+                "alpha": None if "alpha" in unused else config.get("alpha"),
                 "seed": config["seed"],
                 "val_acc": round(last["val_acc"], 2), "val_loss": round(last["val_loss"], 4),
                 "test_acc": test.get("test_acc"),

@@ -152,8 +152,10 @@ def expand(grid, folder, seeds, extra=None):
 
 
 def name_part(value):
-    return "-".join(map(str, value)) if isinstance(value, list) else str(value).lower() \
-        if isinstance(value, bool) else str(value)
+    """A grid value as it appears in a run's name: [32, 64] -> 32-64, True -> true."""
+    if isinstance(value, list):
+        return "-".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def finished(run):

@@ -32,7 +32,8 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed loops
 # A fresh compile cache, so "compile s" is what a first run pays, not a cache hit.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="kd-bench-inductor-"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
@@ -243,11 +244,18 @@ def measure(variants, rounds, device):
 def peak_memory_mib(kind, steps=3):
     """Peak memory (MiB) a fresh CPU process adds while it runs `steps` training steps of
     `kind` ("teacher", "student" or "kd"), over what its model and batch already hold."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-            f"from benchmarks.throughput import memory_probe; memory_probe({kind!r}, {steps})")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = in_fresh_process(f"from benchmarks.throughput import memory_probe; "
+                           f"memory_probe({kind!r}, {steps})")
     return float(out.split()[-1])
+
+
+def in_fresh_process(code, *argv, env=None):
+    """stdout of Python `code` run in a fresh process that starts as every script does
+    (allocator.keep_freed_memory, unless `env` sets its OFF_SWITCH to 0) and sees this repo."""
+    prelude = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+               "from allocator import keep_freed_memory; keep_freed_memory(); ")
+    return subprocess.run([sys.executable, "-c", prelude + code, *argv], capture_output=True,
+                          text=True, check=True, env=env).stdout
 
 
 def synthetic_step(kind, device="cpu", precision="fp32"):
@@ -290,17 +298,14 @@ def allocator_probe(kind, steps):
 def allocator_comparison(rounds, steps=10):
     """Per kind of step, malloc as glibc sets it against allocator.keep_freed_memory (what
     every script runs with): medians over `rounds` fresh processes each, interleaved."""
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r}); "
-            "from allocator import keep_freed_memory; keep_freed_memory(); "
-            "from benchmarks.throughput import allocator_probe; "
+    code = ("from benchmarks.throughput import allocator_probe; "
             "allocator_probe(sys.argv[1], int(sys.argv[2]))")
     samples = {}
     for _ in range(rounds):
         for kind in ("teacher", "student", "kd"):
             for keep in ("0", "1"):
-                out = subprocess.run([sys.executable, "-c", code, kind, str(steps)],
-                                     capture_output=True, text=True, check=True,
-                                     env={**os.environ, OFF_SWITCH: keep}).stdout
+                out = in_fresh_process(code, kind, str(steps),
+                                       env={**os.environ, OFF_SWITCH: keep})
                 samples.setdefault((kind, keep), []).append(list(map(float, out.split())))
     rows = []
     for kind in ("teacher", "student", "kd"):

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("scipy")
 
 from conftest import ROOT  # noqa: E402
-from report import compare  # noqa: E402
+from report import compare, raw_vs_ema_pairs  # noqa: E402
 
 
 def test_a_gap_far_beyond_the_spread_is_real():
@@ -58,3 +58,8 @@ def test_the_report_says_what_the_results_show(tmp_path):
     line = next(line for line in report.splitlines() if line.startswith("| ce EMA − ce"))
     assert "+0.10" in line and "0.05" in line  # paired: the spread of the gaps, not the seeds
     assert "Mean-teacher" not in report  # no such runs here: no empty section
+
+
+def test_raw_against_ema_leaves_out_mean_teacher_whose_ema_is_its_teacher():
+    results = pd.DataFrame({"variant": ["kd", "kd EMA", "mean-teacher", "mean-teacher EMA"]})
+    assert raw_vs_ema_pairs(results) == [("kd EMA", "kd")]

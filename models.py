@@ -84,36 +84,6 @@ def he_init(module):
                 nn.init.zeros_(m.bias)
 
 
-@torch.no_grad()
-def whiten_first_conv(model, images, eps=5e-4):
-    """Set the first conv's filters to whiten the input's patches, and freeze them.
-
-    The filters are the top eigenvectors of the covariance of the first conv's patches
-    (kernel-sized windows of the normalised `images`, uint8 NCHW), each scaled by 1/sqrt of
-    its eigenvalue and used twice, as +v and -v, so that the ReLU after them keeps the
-    component's sign (the "whitening" initialisation of fast CIFAR-10 trainers, Jordan 2024:
-    the network starts from decorrelated inputs instead of learning them). A conv with 2k
-    filters keeps the k strongest components.
-    """
-    conv = model.features[0][0]
-    pairs, kernel = conv.out_channels // 2, conv.kernel_size
-    if conv.out_channels % 2:
-        raise ValueError(f"whitening needs an even number of filters, got {conv.out_channels}")
-    x = (images.float().div(255) - model.mean.cpu()) / model.std.cpu()
-    patches = torch.nn.functional.unfold(x, kernel)  # (N, C*kh*kw, windows)
-    patches = patches.transpose(1, 2).reshape(-1, patches.shape[1]).double()
-    eigenvalues, eigenvectors = torch.linalg.eigh(torch.cov(patches.T))  # ascending
-    top = eigenvectors[:, -pairs:].flip(1).T / (eigenvalues[-pairs:].flip(0)[:, None] + eps).sqrt()
-    filters = torch.cat([top, -top]).view_as(conv.weight)
-    conv.weight.copy_(filters.to(conv.weight))
-    return freeze_first_conv(model)
-
-
-def freeze_first_conv(model):
-    model.features[0][0].weight.requires_grad_(False)
-    return model
-
-
 class TeacherNet(_Net):
     """7 convs (the first with 6 filters), one max-pool, strided convs for the rest of the
     downsampling (the rules allow no other pooling), then FC 256.

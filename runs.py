@@ -21,8 +21,7 @@ RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentu
 # Recipe keys added after runs were made, with the value those runs had (for the method
 # weights, which meant nothing to them: the default).
 ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "logit_standardize": False, "dkd_alpha": 1.0,
-                     "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0, "dist_gamma": 1.0,
-                     "first_conv": "he"}
+                     "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0, "dist_gamma": 1.0}
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 

@@ -10,14 +10,10 @@ from pathlib import Path
 import cli
 import engine
 import losses
-import models
 import plotting
 import runs
 from data import CLASSES
 from ema import EMA_DECAY
-
-# Patches of this many training images estimate the whitening (27 x 27 covariance).
-WHITENING_IMAGES = 10_000
 
 
 def main():
@@ -29,22 +25,12 @@ def main():
     # (experiments/grids/probe-long-teacher.toml), in 23 min here.
     cli.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
                         lr=0.1, optimizer="sgd", schedule="onecycle", ema_decay=EMA_DECAY)
-    parser.add_argument("--first-conv", choices=("he", "whitened"), default="he",
-                        help="the 6-filter first conv: He-initialised and trained like the "
-                        "rest, or whitened and frozen (models.whiten_first_conv) (default: he)")
-    args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher",
-                                                  recipe_keys=("first_conv",))
+    args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher")
     train_images, train_labels = splits["train"]
     first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]
     plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,
                           Path(args.plots_dir) / "samples.png")
-    model = runs.initial_model("teacher", args, ckpt)
-    if args.first_conv == "whitened":  # on --resume the checkpoint's filters, frozen again
-        if ckpt is None:
-            models.whiten_first_conv(model, train_images[:WHITENING_IMAGES])
-        models.freeze_first_conv(model)
-    engine.fit("teacher", losses.cross_entropy, args, device, splits, ckpt, title="teacher",
-               model=model)
+    engine.fit("teacher", losses.cross_entropy, args, device, splits, ckpt, title="teacher")
 
 
 if __name__ == "__main__":

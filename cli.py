@@ -78,9 +78,9 @@ def add_data_device_args(parser):
 def add_precision_arg(parser):
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto",
-        help="arithmetic of the training steps: bf16 autocast or fp32; auto: bf16 on a CUDA "
-             "device that supports it, else fp32. Evaluation always runs in fp32 "
-             "(default: auto)")
+        help="arithmetic of the training steps: bf16 autocast or fp32; auto: bf16 where the "
+             "hardware has it (a CUDA GPU from Ampere on, a CPU with AMX or AVX512_BF16), else "
+             "fp32. Evaluation always runs in fp32 (default: auto)")
 
 
 def add_kd_args(parser):

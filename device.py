@@ -26,15 +26,30 @@ def select_device(name):
     return device
 
 
+def cpu_bf16_units():
+    """The CPU's instructions for bf16 arithmetic, which oneDNN runs bf16 convolutions and
+    matmuls on: AMX tiles (Intel Sapphire Rapids and later) and AVX512_BF16 (also AMD Zen 4
+    and later); empty where bf16 would only be emulated."""
+    probes = {"AMX": "_is_amx_tile_supported", "AVX512_BF16": "_is_avx512_bf16_supported"}
+    # private probes of torch.cpu: a build without one counts as a CPU without the unit
+    return [unit for unit, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
+
+
+def bf16_is_native(device):
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(cpu_bf16_units())
+
+
 def resolve_precision(name, device):
     """"bf16" or "fp32": what --precision NAME (auto, fp32, bf16) means on `device`.
 
-    auto is bf16 on a CUDA device with native bf16 (compute capability 8.0, Ampere, and
-    later) and fp32 elsewhere: on CPUs without AMX, bf16 autocast is slower than fp32."""
-    bf16_native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    auto is bf16 where the hardware computes in it natively: a CUDA device of compute
+    capability 8.0 (Ampere) or later, or a CPU with AMX or AVX512_BF16. Elsewhere fp32:
+    emulated bf16 is slower than fp32 (docs/performance.md has the figures)."""
     if name == "auto":
-        return "bf16" if bf16_native else "fp32"
-    if name == "bf16" and device.type == "cuda" and not bf16_native:
+        return "bf16" if bf16_is_native(device) else "fp32"
+    if name == "bf16" and device.type == "cuda" and not bf16_is_native(device):
         raise UserError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no native "
                         f"bf16 (it needs compute capability 8.0 or later); use --precision fp32")
     return name

@@ -21,6 +21,7 @@ that runs a few training steps, less that of one that only builds the same model
 """
 import argparse
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -46,13 +47,14 @@ import engine  # noqa: E402
 import losses  # noqa: E402
 from allocator import OFF_SWITCH  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
-from device import autocast, resolve_precision, select_device  # noqa: E402
+from device import autocast, cpu_bf16_units, resolve_precision, select_device  # noqa: E402
 from ema import EMA_DECAY, ModelEMA  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 from teacher_logits import SharedTeacherLogits  # noqa: E402
 
 # train_teacher.py's and train_student.py's; "kd" is a student step distilling from a teacher
 BATCH_SIZE = {"teacher": 128, "student": 256, "kd": 256}
+OTHER_PRECISION = {"fp32": "bf16", "bf16": "fp32"}
 MATMUL_SIZE = 2048
 
 
@@ -170,7 +172,7 @@ def build_variants(args, device):
         ce = losses.cross_entropy
         tutorial = TutorialLoader(args.data_root, bs, args.batches, device)
 
-        def training_of(model, loader, loss_fn=ce, **kwargs):
+        def training_of(model, loader, loss_fn=ce, precision=precision, **kwargs):
             return training(model, loader, loss_fn, device, precision, **kwargs)
         variants += [
             Variant(f"{kind}: train", training_of(model(), loader()), n, flop, bs),
@@ -187,6 +189,9 @@ def build_variants(args, device):
             Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
                     forward_flop, bs),
         ]
+        other = OTHER_PRECISION[precision]
+        variants.append(Variant(f"{kind}: train, {other}", training_of(
+            model(), loader(), precision=other), n, flop, bs))
         if device.type == "cpu" and torch.get_num_threads() > 1:
             variants.append(Variant(f"{kind}: train, 1 thread",
                                     training_of(model(), loader(), threads=1), n, flop, bs))
@@ -207,11 +212,11 @@ def build_variants(args, device):
                                  training_of(model(), loader(), kd_loss), n, kd_flop, bs),
                          Variant("student: train, KD with shared teacher logits",
                                  training_of(model(), loader(), shared), n, flop, bs)]
-    return variants + peak_variants(device, precision)
+    return variants + peak_variants(device, precision) + peak_variants(device, other)
 
 
 def peak_variants(device, precision):
-    """The two references for this machine's peak in the training precision (fp32 or bf16).
+    """The two references for this machine's peak in `precision` (fp32 or bf16).
     On the CPU, torch.mm goes to MKL, whose sgemm takes its AVX2 path on AMD CPUs, and the
     models' convolutions go to oneDNN, which uses AVX-512 there, so a large 3x3 convolution
     can run twice as fast as a matmul. On a GPU they are cuBLAS and cuDNN, sized so that one
@@ -408,7 +413,9 @@ def rss_kib(field):
 def report(variants, device, precision):
     peaks = {v.name: v.flop / statistics.median(v.seconds) / 1e9
              for v in variants if v.name.startswith("peak:")}
-    peak_gflops = max(peaks.values())
+    peak_of = {p: max(g for name, g in peaks.items() if name.startswith(f"peak: {p} "))
+               for p in ("fp32", "bf16")}  # each row's share is of its own precision's peak
+    other = OTHER_PRECISION[precision]
     tutorial = {v.name.split(":")[0]: statistics.median(v.seconds) / v.images
                 for v in variants if "tutorial" in v.name}
     data_only = {v.name.split(":")[0]: statistics.median(v.seconds)
@@ -426,7 +433,8 @@ def report(variants, device, precision):
         if v.flop:
             gflops = v.flop * v.images / seconds / 1e9
             row.update({"GFLOP/image": round(v.flop / 1e9, 4), "GFLOP/s": round(gflops, 1),
-                        "% of peak": round(100 * gflops / peak_gflops, 1)})
+                        "% of peak": round(100 * gflops / peak_of[
+                            other if v.name.endswith(f", {other}") else precision], 1)})
         if v.name.endswith(": train"):
             row["speed vs tutorial"] = round(tutorial[kind] / per_image, 2)
             row["data share %"] = round(100 * data_only[kind] / seconds, 1)
@@ -437,12 +445,26 @@ def report(variants, device, precision):
         rows.append(row)
     table = pd.DataFrame(rows).astype(object).fillna("")
     rounds = len(variants[0].seconds)
-    print(f"\n{torch.get_num_threads()} threads on {device}, torch {torch.__version__}, "
-          f"{precision} training, median of {rounds} interleaved rounds; peak: " +
+    print(f"\n{machine(device)}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{precision} training ('{other}' rows: the same step in {other}), median of "
+          f"{rounds} interleaved rounds; peaks: " +
           ", ".join(f"{name[6:]} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) +
-          f"; '% of peak' refers to {peak_gflops:.0f} GFLOP/s")
+          f"; '% of peak' refers to the faster of each precision ({precision} "
+          f"{peak_of[precision]:.0f}, {other} {peak_of[other]:.0f} GFLOP/s)")
     print(table.to_markdown(index=False))
-    return peak_gflops
+    return peak_of[precision]
+
+
+def machine(device):
+    """What the figures were measured on: the GPU's name, or the CPU's model and AMX."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    units = cpu_bf16_units()
+    return f"{model} ({os.cpu_count()} CPUs, bf16 units: {', '.join(units) or 'none'})"
 
 
 def main():

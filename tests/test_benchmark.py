@@ -1,21 +1,28 @@
 """benchmarks/throughput.py runs end to end on a small set (its numbers are not checked:
 timing belongs to the benchmark, not to the tests)."""
+import torch
+
 from conftest import run_script
+from device import resolve_precision
 
 
 def test_benchmark_prints_every_row(image_folder):
     proc = run_script("benchmarks/throughput.py", "--data-root", image_folder, "--rounds", "1",
                       "--batches", "1", "--profile")
+    # the step in the other precision beside the default's
+    other = {"fp32": "bf16", "bf16": "fp32"}[resolve_precision("auto", torch.device("cpu"))]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     names = [row.split("|")[1].strip() for row in rows]
     for kind in ("teacher", "student"):
         for variant in ("train", "train, tutorial pipeline", "data + augmentation only",
-                        "inference"):
+                        "inference", f"train, {other}"):
             assert f"{kind}: {variant}" in names
     assert "student: KD train (teacher forward included)" in names
     assert "student: train, KD with shared teacher logits" in names
     assert "teacher: train, EMA of the weights" in names
     assert "peak memory of training steps" in proc.stdout
+    assert "bf16 units: " in proc.stdout and "peak: bf16 3x3 conv" not in names  # machine, peaks
+    assert "bf16 3x3 conv" in proc.stdout and "fp32 3x3 conv" in proc.stdout
 
     # --profile: per kind, groups of op self time that account for the whole step
     tables = proc.stdout.split("where a training step's time goes")[1:]

@@ -15,7 +15,7 @@ from checkpoints import load_checkpoint
 from cli import UserError
 from conftest import run_script, synthetic_images
 from data import BatchLoader
-from device import resolve_precision
+from device import cpu_bf16_units, resolve_precision
 from ema import ModelEMA
 from models import build_model, load_model
 from schedule import lr_factor
@@ -24,13 +24,31 @@ from schedule import lr_factor
 @pytest.mark.parametrize("device, bf16_native, asked, expected", [
     ("cpu", False, "auto", "fp32"),
     ("cpu", False, "bf16", "bf16"),
+    ("cpu", True, "auto", "bf16"),  # a CPU with AMX and AVX512_BF16
+    ("cpu", True, "fp32", "fp32"),
     ("cuda", True, "auto", "bf16"),
     ("cuda", False, "auto", "fp32"),
     ("cuda", True, "fp32", "fp32"),
 ])
 def test_what_precision_means_where(monkeypatch, device, bf16_native, asked, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: bf16_native)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: bf16_native)
     assert resolve_precision(asked, torch.device(device)) == expected
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, units", [
+    (True, True, ["AMX", "AVX512_BF16"]), (False, True, ["AVX512_BF16"]),
+    (True, None, ["AMX"]), (False, False, []), (None, None, [])])  # None: the probe is absent
+def test_cpu_bf16_units_and_auto(monkeypatch, amx, avx512_bf16, units):
+    for probe, present in (("_is_amx_tile_supported", amx),
+                           ("_is_avx512_bf16_supported", avx512_bf16)):
+        if present is None:
+            monkeypatch.delattr(torch.cpu, probe, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, probe, lambda present=present: present)
+    assert cpu_bf16_units() == units
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if units else "fp32")
 
 
 def test_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch):

@@ -1,6 +1,9 @@
 """Where a run computes and in what arithmetic, decided in one place: the device, the
 precision of the training steps, and the backend settings that go with them."""
 import contextlib
+import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -33,6 +36,19 @@ def cpu_bf16_units():
     probes = {"AMX": "_is_amx_tile_supported", "AVX512_BF16": "_is_avx512_bf16_supported"}
     # private probes of torch.cpu: a build without one counts as a CPU without the unit
     return [unit for unit, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
+
+
+def machine_name(device):
+    """What a run computes on, for its records and the benchmark: the GPU's name, or the
+    CPU's model with its core count and bf16 units."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    return (f"{model} ({os.cpu_count()} CPUs, bf16 units: "
+            f"{', '.join(cpu_bf16_units()) or 'none'})")
 
 
 def bf16_is_native(device):

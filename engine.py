@@ -16,7 +16,7 @@ import plotting
 from checkpoints import save_checkpoint
 from cli import DRY_RUN_BATCHES, UserError, note_checkpoint
 from data import BatchLoader
-from device import autocast
+from device import autocast, machine_name
 from ema import ModelEMA
 from interrupts import check_interrupt, interrupts_deferred
 from models import NUM_CLASSES, model_spec
@@ -156,6 +156,7 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     commit, dirty = git_commit()
     config.update(model=model_spec(model), torch_version=str(torch.__version__),
                   git_commit=commit, git_dirty=dirty, device=str(device),
+                  machine=machine_name(device),
                   schedule_start_epoch=schedule_start)
     print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")

@@ -107,6 +107,7 @@ def evaluate_all(models, loaders, device, batch_size):
             "test_acc": test["acc"], "params": sum(p.numel() for p in model.parameters()),
             "macs": macs, "latency_ms": latency_ms, "images_per_s": images_per_s,
             "train_minutes": sum(r.get("epoch_seconds", 0) for r in history) / 60,
+            **provenance(config),
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])
         if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
@@ -119,6 +120,15 @@ def evaluate_all(models, loaders, device, batch_size):
     order = sorted(results.index, key=lambda i: (variant_rank(results.at[i, "variant"]),
                                                  results.at[i, "checkpoint"]))
     return results.loc[order].reset_index(drop=True), [confusions[i] for i in order]
+
+
+def provenance(config):
+    """Where a run came from, as its config records it (empty for runs from before)."""
+    data = config.get("data_identity") or {}
+    commit = config.get("git_commit") or ""
+    return {"data_sha256": data.get("sha256", "")[:12], "precision": config.get("precision"),
+            "machine": config.get("machine"), "torch": config.get("torch_version"),
+            "commit": commit[:10] + ("+changes" if commit and config.get("git_dirty") else "")}
 
 
 def plot_results(results, confusions, plots_dir):

@@ -14,15 +14,27 @@ from results import recipe_labels, run_variant  # noqa: E402
 
 
 def plot_curves(history, path, title):
-    """Loss and accuracy per epoch, train and validation, side by side."""
+    """Loss and accuracy per epoch, train and validation, side by side. A distilling run's
+    training objective (KD term included) is not on the scale of a cross-entropy, so its
+    cross-entropy part is drawn beside it: that is the line to compare with validation."""
     df = pd.DataFrame(history)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    splits = [("train", "-"), ("val", "--")] + [("ema_val", ":")] * ("ema_val_acc" in df)
-    for split, style in splits:
+    distilling = "train_ce" in df
+    splits = [("train", "-", "C0"), ("val", "--", "C1")]
+    splits += [("ema_val", ":", "C2")] * ("ema_val_acc" in df)
+    for split, style, color in splits:
         label = split.replace("ema_val", "EMA val")
-        ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, marker="o", ms=3, label=label)
-        ax_acc.plot(df["epoch"], df[f"{split}_acc"], style, marker="o", ms=3, label=label)
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy" if "train_kd" not in df else "loss",
+        loss_label = "train objective (with its KD term)" if distilling and split == "train" \
+            else label
+        ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, color=color, marker="o", ms=3,
+                     label=loss_label)
+        ax_acc.plot(df["epoch"], df[f"{split}_acc"], style, color=color, marker="o", ms=3,
+                    label=label)
+    if distilling:
+        ax_loss.plot(df["epoch"], df["train_ce"], "-.", color="C0", marker="x", ms=3,
+                     label="train cross-entropy")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy" + (" (objective: its own scale)"
+                                                          if distilling else ""),
                 title=f"{title}: loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: accuracy")
     style_axes(ax_loss, ax_acc)

@@ -84,6 +84,22 @@ def raw_vs_ema_pairs(results):
             if f"{v} EMA" in variants and not v.startswith("mean-teacher")]
 
 
+def provenance(results):
+    """Where the runs came from, as their records say (evaluate.py): data, machine,
+    precision, torch and code; a field on which runs differ lists every value, so a report
+    over mixed runs says so."""
+    fields = {"data_sha256": "data (sha256)", "machine": "trained on", "precision":
+              "precision", "torch": "torch", "commit": "code (git commit)"}
+    lines = []
+    for column, label in fields.items():
+        values = (results[column].dropna().astype(str).unique() if column in results
+                  else [])
+        values = [f"`{v}`" for v in values if v] or ["not recorded"]
+        mixed = " (**the runs differ**)" if len(values) > 1 else ""
+        lines.append(f"- {label}: {', '.join(values)}{mixed}")
+    return "\n".join(lines) + "\n"
+
+
 def section(title, figure, plots_dir, tables):
     """A titled section with its figure and tables; empty when it has neither."""
     parts = []
@@ -107,6 +123,8 @@ def write_report(results, plots_dir):
         f"the seed spread (the larger std of the two) and Welch's t-test gives p < {LEVEL}; "
         "raw against EMA weights of the same runs use a paired t-test. With one seed no claim "
         "can be made. Written by report.py from results.csv (evaluate.py).\n",
+        f"{len(results)} models from {results['checkpoint'].nunique()} checkpoints:\n",
+        provenance(results),
         section("The data", "samples.png", plots_dir, []),
         section("The teacher", "teacher_curves.png", plots_dir,
                 [("Test accuracy:", per_variant(results[results["model"] == "teacher"]))]),

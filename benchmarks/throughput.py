@@ -21,7 +21,6 @@ that runs a few training steps, less that of one that only builds the same model
 """
 import argparse
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,7 +46,7 @@ import engine  # noqa: E402
 import losses  # noqa: E402
 from allocator import OFF_SWITCH  # noqa: E402
 from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
-from device import autocast, cpu_bf16_units, resolve_precision, select_device  # noqa: E402
+from device import autocast, machine_name, resolve_precision, select_device  # noqa: E402
 from ema import EMA_DECAY, ModelEMA  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
 from teacher_logits import SharedTeacherLogits  # noqa: E402
@@ -445,26 +444,15 @@ def report(variants, device, precision):
         rows.append(row)
     table = pd.DataFrame(rows).astype(object).fillna("")
     rounds = len(variants[0].seconds)
-    print(f"\n{machine(device)}; {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"{precision} training ('{other}' rows: the same step in {other}), median of "
-          f"{rounds} interleaved rounds; peaks: " +
+    print(f"\n{machine_name(device)}; {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, {precision} training ('{other}' rows: the same step in "
+          f"{other}), median of {rounds} interleaved rounds; peaks: " +
           ", ".join(f"{name[6:]} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) +
           f"; '% of peak' refers to the faster of each precision ({precision} "
           f"{peak_of[precision]:.0f}, {other} {peak_of[other]:.0f} GFLOP/s)")
     print(table.to_markdown(index=False))
     return peak_of[precision]
 
-
-def machine(device):
-    """What the figures were measured on: the GPU's name, or the CPU's model and AMX."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    units = cpu_bf16_units()
-    return f"{model} ({os.cpu_count()} CPUs, bf16 units: {', '.join(units) or 'none'})"
 
 
 def main():

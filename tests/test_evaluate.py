@@ -74,6 +74,18 @@ def test_tables_and_figures_are_written(pipeline):
     assert len([n for n in names if n.startswith("confusion_")]) == 2  # teacher + best student
 
 
+def test_every_row_says_where_its_run_came_from(pipeline):
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv", dtype=str).set_index("checkpoint")
+    for checkpoint, row in results.iterrows():
+        config = load_checkpoint(checkpoint)["config"]
+        assert row["data_sha256"] == config["data_identity"]["sha256"][:12]
+        assert row["precision"] == config["precision"] and row["torch"] == torch.__version__
+        assert row["machine"] == config["machine"] and "bf16 units: " in row["machine"]
+        if config["git_commit"]:  # a checkout: the commit, marked when files had changed
+            assert row["commit"].startswith(config["git_commit"][:10])
+
+
 def test_bad_input_is_one_line(image_folder, tmp_path):
     for flags, fragment in (([tmp_path / "missing.pt"], "not found"),
                             ([tmp_path / "missing.pt", "--batch-size", "0"], "--batch-size")):

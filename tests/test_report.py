@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("scipy")
 
 from conftest import ROOT  # noqa: E402
-from report import compare, raw_vs_ema_pairs  # noqa: E402
+from report import compare, provenance, raw_vs_ema_pairs  # noqa: E402
 
 
 def test_a_gap_far_beyond_the_spread_is_real():
@@ -63,3 +63,15 @@ def test_the_report_says_what_the_results_show(tmp_path):
 def test_raw_against_ema_leaves_out_mean_teacher_whose_ema_is_its_teacher():
     results = pd.DataFrame({"variant": ["kd", "kd EMA", "mean-teacher", "mean-teacher EMA"]})
     assert raw_vs_ema_pairs(results) == [("kd EMA", "kd")]
+
+
+def test_the_report_says_where_its_runs_came_from_and_when_they_differ():
+    results = pd.DataFrame({"data_sha256": ["0a1b2c3d4e5f"] * 3, "machine": ["AMD EPYC"] * 3,
+                            "precision": ["bf16", "bf16", "fp32"], "torch": ["2.14.1"] * 3,
+                            "commit": ["abc1234567"] * 3})
+    lines = provenance(results).splitlines()
+    assert "- data (sha256): `0a1b2c3d4e5f`" in lines and "- trained on: `AMD EPYC`" in lines
+    assert "- precision: `bf16`, `fp32` (**the runs differ**)" in lines
+    assert "- code (git commit): `abc1234567`" in lines
+    # results.csv from before runs recorded it
+    assert "- precision: not recorded" in provenance(results.drop(columns="precision"))

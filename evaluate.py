@@ -131,6 +131,13 @@ def provenance(config):
             "commit": commit[:10] + ("+changes" if commit and config.get("git_dirty") else "")}
 
 
+def teacher_of(variant):
+    """"mean-teacher…: its teacher" for a mean-teacher variant's EMA rows, else None."""
+    if variant.startswith("mean-teacher") and variant.endswith(" EMA"):
+        return f"{variant.removesuffix(' EMA')}: its teacher"
+    return None
+
+
 def plot_results(results, confusions, plots_dir):
     """Confusion matrices of the teacher and of the student with the best validation accuracy
     (never chosen by a test score), and per-class accuracy of every variant."""
@@ -148,7 +155,8 @@ def plot_results(results, confusions, plots_dir):
         written.append(path)
     per_class = results.groupby("variant", sort=False)[[f"acc_{c}" for c in CLASSES]].mean()
     seeds = results.groupby("variant", sort=False).size()
-    per_class.index = [f"{v} ({n} run{'s' * (n > 1)})" for v, n in seeds.items()]
+    # A mean-teacher run's EMA model is its teacher (for -no-ema, frozen at its random start).
+    per_class.index = [f"{teacher_of(v) or v} ({n} run{'s' * (n > 1)})" for v, n in seeds.items()]
     per_class.columns = list(CLASSES)
     path = Path(plots_dir) / "per_class_accuracy.png"
     plotting.plot_per_class(per_class, path, "per-class test accuracy (mean over runs)")

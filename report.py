@@ -92,9 +92,9 @@ def provenance(results):
               "precision", "torch": "torch", "commit": "code (git commit)"}
     lines = []
     for column, label in fields.items():
-        values = (results[column].dropna().astype(str).unique() if column in results
-                  else [])
-        values = [f"`{v}`" for v in values if v] or ["not recorded"]
+        values = results[column].fillna("").astype(str).unique() if column in results \
+            else [""]
+        values = [f"`{v}`" if v else "not recorded" for v in values]
         mixed = " (**the runs differ**)" if len(values) > 1 else ""
         lines.append(f"- {label}: {', '.join(values)}{mixed}")
     return "\n".join(lines) + "\n"

@@ -22,7 +22,7 @@ VARIANT_ORDER = ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd", "kd EMA",
 NOT_RECIPE = {"seed", "out", "plots_dir", "data_root", "device", "resume", "overwrite",
               "restart_if_changed", "skip_test", "compile", "git_commit", "git_dirty",
               "torch_version", "schedule_start_epoch", "run_id", "default_epochs", "model",
-              "teacher", "teacher_identity", "data_identity"}
+              "teacher", "teacher_identity", "data_identity", "machine"}
 
 
 # Per student loss, the flags that play no part in it (so runs differing in them are alike).

@@ -73,5 +73,28 @@ def test_the_report_says_where_its_runs_came_from_and_when_they_differ():
     assert "- data (sha256): `0a1b2c3d4e5f`" in lines and "- trained on: `AMD EPYC`" in lines
     assert "- precision: `bf16`, `fp32` (**the runs differ**)" in lines
     assert "- code (git commit): `abc1234567`" in lines
-    # results.csv from before runs recorded it
+    # results.csv from before runs recorded it, or runs of which some did not
     assert "- precision: not recorded" in provenance(results.drop(columns="precision"))
+    results.loc[0, "machine"] = None
+    assert "- trained on: not recorded, `AMD EPYC` (**the runs differ**)" in provenance(results)
+
+
+def test_two_sets_of_runs_compared_variant_by_variant(tmp_path):
+    def results(teacher, student, extra):
+        rows = [{"variant": "teacher", "test_acc": acc} for acc in teacher]
+        rows += [{"variant": "kd", "test_acc": acc} for acc in student]
+        rows += [{"variant": extra, "test_acc": 70.0}]
+        return pd.DataFrame(rows)
+    a = results([87.5, 87.8, 88.2], [79.1, 79.2, 79.0], "dkd")
+    b = results([87.9, 87.6, 88.0], [75.1, 75.0, 75.2], "dist")  # the students fell 4 points
+    for name, frame in (("a", a), ("b", b)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    proc = subprocess.run([sys.executable, "experiments/compare_results.py", tmp_path / "a.csv",
+                           tmp_path / "b.csv", "--names", "fp32", "bf16"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in proc.stdout.splitlines()[2:]}
+    assert list(rows) == ["teacher", "kd"]  # only the variants both hold
+    assert rows["teacher"][0] == "87.83 ± 0.35 (3)"
+    assert rows["teacher"][3].startswith("no difference")
+    assert rows["kd"][2] == "-4.00" and rows["kd"][3].startswith("real")

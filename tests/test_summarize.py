@@ -57,7 +57,8 @@ def test_recipe_labels_name_only_what_differs():
     base = {"model": {"name": "student", "arch_args": {"widths": [32, 64]}}, "loss": "kd+ce",
             "temperature": 4.0, "lr": 0.1, "seed": 0, "out": "a.pt", "git_commit": "x",
             "teacher_identity": {"sha256": "a" * 64}}
-    runs = [("kd+ce", base), ("kd+ce", {**base, "seed": 1, "out": "b.pt", "git_commit": "y"}),
+    runs = [("kd+ce", base), ("kd+ce", {**base, "seed": 1, "out": "b.pt", "git_commit": "y",
+                                        "machine": "AMD EPYC (2 CPUs, bf16 units: none)"}),
             ("kd+ce", {**base, "teacher_identity": {"sha256": "b" * 64}}),
             ("teacher", {"model": {"name": "teacher", "arch_args": {"widths": [8]}}})]
     assert recipe_labels(runs) == ["kd+ce (teacher=aaaaaaaaaaaa)", "kd+ce (teacher=aaaaaaaaaaaa)",

@@ -126,7 +126,10 @@ def provenance(config):
     """Where a run came from, as its config records it (empty for runs from before)."""
     data = config.get("data_identity") or {}
     commit = config.get("git_commit") or ""
-    return {"data_sha256": data.get("sha256", "")[:12], "precision": config.get("precision"),
+    subset = config.get("train_subset")
+    return {"data_sha256": data.get("sha256", "")[:12],
+            "train_images": f"first {subset:,} (--train-subset)" if subset else
+            ("all" if data else None), "precision": config.get("precision"),
             "machine": config.get("machine"), "torch": config.get("torch_version"),
             "commit": commit[:10] + ("+changes" if commit and config.get("git_dirty") else "")}
 

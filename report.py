@@ -85,11 +85,12 @@ def raw_vs_ema_pairs(results):
 
 
 def provenance(results):
-    """Where the runs came from, as their records say (evaluate.py): data, machine,
-    precision, torch and code; a field on which runs differ lists every value, so a report
-    over mixed runs says so."""
-    fields = {"data_sha256": "data (sha256)", "machine": "trained on", "precision":
-              "precision", "torch": "torch", "commit": "code (git commit)"}
+    """Where the runs came from, as their records say (evaluate.py): data, training
+    images, machine, precision, torch and code; a field on which runs differ lists every
+    value, so a report over mixed runs says so."""
+    fields = {"data_sha256": "data (sha256)", "train_images": "training images",
+              "machine": "trained on", "precision": "precision", "torch": "torch",
+              "commit": "code (git commit)"}
     lines = []
     for column, label in fields.items():
         values = results[column].fillna("").astype(str).unique() if column in results \

@@ -80,6 +80,7 @@ def test_every_row_says_where_its_run_came_from(pipeline):
     for checkpoint, row in results.iterrows():
         config = load_checkpoint(checkpoint)["config"]
         assert row["data_sha256"] == config["data_identity"]["sha256"][:12]
+        assert row["train_images"] == "all"  # the fixture's runs train on every image
         assert row["precision"] == config["precision"] and row["torch"] == torch.__version__
         assert row["machine"] == config["machine"] and "bf16 units: " in row["machine"]
         if config["git_commit"]:  # a checkout: the commit, marked when files had changed

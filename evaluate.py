@@ -31,7 +31,7 @@ from data import CLASSES, BatchLoader, load_cifar10, split_train_val
 from device import select_device
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 from records import write_text
-from results import recipe_labels, run_variant, seed_table, variant_rank
+from results import mean_teacher_teacher, recipe_labels, run_variant, seed_table, variant_rank
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
 TIMED_RUNS = 7
@@ -134,13 +134,6 @@ def provenance(config):
             "commit": commit[:10] + ("+changes" if commit and config.get("git_dirty") else "")}
 
 
-def teacher_of(variant):
-    """"mean-teacher…: its teacher" for a mean-teacher variant's EMA rows, else None."""
-    if variant.startswith("mean-teacher") and variant.endswith(" EMA"):
-        return f"{variant.removesuffix(' EMA')}: its teacher"
-    return None
-
-
 def plot_results(results, confusions, plots_dir):
     """Confusion matrices of the teacher and of the student with the best validation accuracy
     (never chosen by a test score), and per-class accuracy of every variant."""
@@ -158,8 +151,8 @@ def plot_results(results, confusions, plots_dir):
         written.append(path)
     per_class = results.groupby("variant", sort=False)[[f"acc_{c}" for c in CLASSES]].mean()
     seeds = results.groupby("variant", sort=False).size()
-    # A mean-teacher run's EMA model is its teacher (for -no-ema, frozen at its random start).
-    per_class.index = [f"{teacher_of(v) or v} ({n} run{'s' * (n > 1)})" for v, n in seeds.items()]
+    per_class.index = [f"{mean_teacher_teacher(v) or v} ({n} run{'s' * (n > 1)})"
+                       for v, n in seeds.items()]
     per_class.columns = list(CLASSES)
     path = Path(plots_dir) / "per_class_accuracy.png"
     plotting.plot_per_class(per_class, path, "per-class test accuracy (mean over runs)")

@@ -15,7 +15,7 @@ from scipy import stats
 
 import cli
 from records import write_text
-from results import seed_table
+from results import mean_teacher_teacher, seed_table
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",
@@ -81,7 +81,7 @@ def raw_vs_ema_pairs(results):
     `EMA` rows are its teacher (compared in their own section)."""
     variants = list(dict.fromkeys(results["variant"]))
     return [(f"{v} EMA", v) for v in variants
-            if f"{v} EMA" in variants and not v.startswith("mean-teacher")]
+            if f"{v} EMA" in variants and not mean_teacher_teacher(f"{v} EMA")]
 
 
 def provenance(results):

@@ -78,6 +78,14 @@ def run_variant(config, ema=False):
     return variant + " EMA" * ema
 
 
+def mean_teacher_teacher(variant):
+    """"<mean-teacher variant>: its teacher" for the `EMA` variant of a mean-teacher run,
+    whose EMA model is the teacher (frozen at its random start for -no-ema), else None."""
+    if variant.startswith("mean-teacher") and variant.endswith(" EMA"):
+        return f"{variant.removesuffix(' EMA')}: its teacher"
+    return None
+
+
 def seed_table(runs, keys, column="test_acc"):
     """Mean ± std (sample std, ddof=1) of `column` over the runs (seeds) sharing `keys`;
     runs without a value there are left out."""

@@ -454,7 +454,6 @@ def report(variants, device, precision):
     return peak_of[precision]
 
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_data_device_args(parser)

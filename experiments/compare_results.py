@@ -15,19 +15,20 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cli  # noqa: E402
 from report import compare  # noqa: E402
-from results import variant_rank  # noqa: E402
+from results import seed_table, variant_rank  # noqa: E402
 
 
 def compare_results(a, b, names):
     """One row per variant that both results (evaluate.py's results.csv) hold."""
     rows = []
     both = set(a["variant"]) & set(b["variant"])
+    tables = [seed_table(r, ["variant"]).set_index("variant") for r in (a, b)]
     for variant in sorted(both, key=lambda v: (variant_rank(v.removesuffix(" EMA")), v)):
         x, y = (r.loc[r["variant"] == variant, "test_acc"] for r in (a, b))
         result = compare(y, x)
         rows.append({"variant": variant,
-                     **{name: f"{r.mean():.2f} ± {r.std():.2f} ({len(r)})" if len(r) > 1 else
-                        f"{r.mean():.2f} (1)" for name, r in zip(names, (x, y))},
+                     **{name: f"{t.at[variant, 'test_acc']} ({t.at[variant, 'seeds']})"
+                        for name, t in zip(names, tables)},
                      f"{names[1]} − {names[0]} (points)": f"{result['diff']:+.2f}",
                      "verdict": result["verdict"]})
     return pd.DataFrame(rows)

@@ -107,6 +107,6 @@ def test_a_bare_checkpoint_is_evaluated_as_its_model(teacher_checkpoint, image_f
 
 
 def test_a_mean_teacher_runs_ema_is_labelled_as_its_teacher():
-    from evaluate import teacher_of
-    assert teacher_of("mean-teacher-no-ema EMA") == "mean-teacher-no-ema: its teacher"
-    assert teacher_of("kd EMA") is None and teacher_of("mean-teacher") is None
+    from results import mean_teacher_teacher
+    assert mean_teacher_teacher("mean-teacher-no-ema EMA") == "mean-teacher-no-ema: its teacher"
+    assert mean_teacher_teacher("kd EMA") is None and mean_teacher_teacher("mean-teacher") is None

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
 from tqdm import tqdm
 
@@ -80,10 +79,18 @@ def _detect_layout(root):
     return None
 
 
+def _torchvision():
+    """torchvision, imported on first use: importing it (it pulls in torch._dynamo) takes a
+    script longer than importing torch, and only decoding or downloading the images needs it,
+    not a run whose images come from the cache."""
+    import torchvision
+    return torchvision
+
+
 def _download_or_fail(root):
     existed = root.exists()
     try:
-        torchvision.datasets.CIFAR10(root, train=True, download=True)
+        _torchvision().datasets.CIFAR10(root, train=True, download=True)
     except Exception as e:  # no network, a proxy, a full disk: all end in the same advice
         if not existed and root.is_dir() and not any(root.iterdir()):
             root.rmdir()
@@ -108,7 +115,7 @@ def _decode_torchvision(root):
     data = {}
     for split, train in (("train", True), ("test", False)):
         try:
-            ds = torchvision.datasets.CIFAR10(root, train=train, download=False)
+            ds = _torchvision().datasets.CIFAR10(root, train=train, download=False)
         except RuntimeError as e:
             raise DataError(f"{root}/cifar-10-batches-py is incomplete or corrupted "
                             f"({e})") from None
@@ -126,7 +133,7 @@ def _decode_image_folder(root):
             raise DataError(f"{folder} must hold one folder per CIFAR-10 class {list(CLASSES)}; "
                             f"found {found}")
         try:
-            samples = torchvision.datasets.ImageFolder(folder).samples
+            samples = _torchvision().datasets.ImageFolder(folder).samples
         except FileNotFoundError as e:
             raise DataError(f"{folder}: {e}") from None
         images = np.empty((len(samples), 32, 32, 3), dtype=np.uint8)

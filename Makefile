@@ -4,7 +4,7 @@
 #              of its weights
 # make quick : the same sequence on 5,000 training images for 3 epochs (a few minutes on a
 #              CPU), in runs/quick/ (checkpoints/ and plots/ inside)
-# make test  : set up .venv, lint (ruff) and run the test suite
+# make test  : set up .venv, lint (ruff) and run the test suite, one worker per core
 # make bench : set up .venv and print benchmarks/throughput.py's table (idle machine!)
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
@@ -70,7 +70,7 @@ report: evaluate
 
 test: $(VENV)/installed
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto tests
 
 bench: $(VENV)/installed
 	$(PY) benchmarks/throughput.py --compile --profile

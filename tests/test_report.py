@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("scipy")
 
 from conftest import ROOT  # noqa: E402
-from report import compare, provenance, raw_vs_ema_pairs  # noqa: E402
+from report import compare, per_variant, provenance, raw_vs_ema_pairs  # noqa: E402
 
 
 def test_a_gap_far_beyond_the_spread_is_real():
@@ -98,3 +98,10 @@ def test_two_sets_of_runs_compared_variant_by_variant(tmp_path):
     assert rows["teacher"][0] == "87.83 ± 0.35 (3)"
     assert rows["teacher"][3].startswith("no difference")
     assert rows["kd"][2] == "-4.00" and rows["kd"][3].startswith("real")
+
+
+def test_minutes_per_run_are_the_median_so_one_run_on_busy_cores_does_not_move_them():
+    results = pd.DataFrame({"variant": ["teacher"] * 3, "seed": [0, 1, 2],
+                            "test_acc": [87.9, 87.8, 88.2], "macs": [36e6] * 3,
+                            "train_minutes": [16.1, 22.1, 15.4]})
+    assert per_variant(results)["minutes per run (median)"].tolist() == [16.1]

@@ -166,20 +166,19 @@ def split_train_val(data, train_subset=None):
     return pick(train_idx), pick(val_idx)
 
 
-def random_crop(images, padding, dy, dx):
-    """Per-image translation: zero-pad, then gather the 32x32 window at offsets (dy, dx)."""
+def random_crop_flip(images, padding, dy, dx, flip):
+    """Per-image translation and mirroring in one gather: zero-pad, then take the 32x32 window
+    at offsets (dy, dx), its columns reversed where the boolean `flip` is set. Gathered in
+    NHWC order, so the result is already channels_last (the layout the loader hands on): one
+    pass over the batch instead of a crop, a flip, a select and a layout copy."""
     b, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
     dev = images.device
-    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-    return padded[torch.arange(b, device=dev)[:, None, None, None],
-                  torch.arange(c, device=dev)[None, :, None, None], rows, cols]
-
-
-def random_flip(images, flip):
-    """Mirror left-right the images where the boolean `flip` is set."""
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    padded = F.pad(images, (padding,) * 4).permute(0, 2, 3, 1)  # a view: N, H, W, C
+    columns = torch.arange(w, device=dev)
+    columns = torch.where(flip[:, None], columns.flip(0), columns)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]
+    cols = (dx[:, None] + columns)[:, None, :]
+    return padded[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
 
 class BatchLoader:
@@ -222,7 +221,7 @@ class BatchLoader:
             images = self.images[idx]
             if self.augment:
                 dy, dx, flip = (d[batch] for d in draws)
-                images = random_flip(random_crop(images, CROP_PADDING, dy, dx), flip)
+                images = random_crop_flip(images, CROP_PADDING, dy, dx, flip)
             images = images.float().div_(255).contiguous(memory_format=self.memory_format)
             yield images, self.labels[idx]
 

@@ -4,7 +4,7 @@ import torchvision
 
 import data
 from conftest import write_image_folder, write_torchvision_layout
-from data import BatchLoader, DataError, load_cifar10, random_crop, random_flip, split_train_val
+from data import BatchLoader, DataError, load_cifar10, random_crop_flip, split_train_val
 
 
 def test_image_folder_layout_decodes_exactly(tmp_path):
@@ -96,14 +96,17 @@ def test_validation_split_is_fixed_and_disjoint():
     assert torch.equal(subset_x, train_x[:50])
 
 
-def test_random_crop_matches_per_image_slicing():
+def test_crop_and_flip_match_per_image_slicing_and_mirroring():
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
     dy, dx = torch.randint(0, 9, (16,), generator=g), torch.randint(0, 9, (16,), generator=g)
-    cropped = random_crop(images, 4, dy, dx)
+    flip = torch.tensor([True, False] * 8)
+    out = random_crop_flip(images, 4, dy, dx, flip)
     padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
-    for i in range(16):
-        assert torch.equal(cropped[i], padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32])
+    for i in range(16):  # the window at (dy, dx), mirrored left-right (last axis) where asked
+        window = padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32]
+        assert torch.equal(out[i], window.flip(-1) if flip[i] else window)
+    assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_loader_batches_shapes_dtypes_and_labels_follow_images():
@@ -156,12 +159,7 @@ def test_loader_max_batches_and_ragged_batches():
     assert len(list(BatchLoader(images, labels, 2, max_batches=2))) == 2
 
 
-def test_flips_mirror_the_width_axis_of_about_half_the_images():
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    flip = torch.tensor([True, False] * 4)
-    flipped = random_flip(images, flip)
-    for i in range(8):  # left-right (the last axis), only where asked
-        assert torch.equal(flipped[i], images[i].flip(-1) if flip[i] else images[i])
+def test_about_half_the_images_are_flipped_and_every_offset_drawn():
     n = 4000
     loader = BatchLoader(torch.zeros(n, 3, 32, 32, dtype=torch.uint8),
                          torch.zeros(n, dtype=torch.long), 500, shuffle=True, augment=True)

@@ -104,9 +104,3 @@ def test_a_bare_checkpoint_is_evaluated_as_its_model(teacher_checkpoint, image_f
     run_script("evaluate.py", bare, "--data-root", image_folder, "--plots-dir", tmp_path)
     results = pd.read_csv(tmp_path / "results.csv")
     assert list(results["variant"]) == ["teacher"] and results["seed"].isna().all()
-
-
-def test_a_mean_teacher_runs_ema_is_labelled_as_its_teacher():
-    from results import mean_teacher_teacher
-    assert mean_teacher_teacher("mean-teacher-no-ema EMA") == "mean-teacher-no-ema: its teacher"
-    assert mean_teacher_teacher("kd EMA") is None and mean_teacher_teacher("mean-teacher") is None

@@ -3,7 +3,7 @@ import json
 import pandas as pd
 
 from plotting import plot_compare, student_curves
-from results import recipe_labels, run_table, seed_table
+from results import mean_teacher_teacher, recipe_labels, run_table, seed_table
 
 
 def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):
@@ -73,3 +73,8 @@ def test_the_comparison_figure_never_pools_a_standardized_run_with_its_base_loss
     assert {label: len(runs) for label, runs in curves.items()} == {"kd+ce": 2, "kd+ce+ls": 1}
     plot_compare(tmp_path, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_a_mean_teacher_runs_ema_is_labelled_as_its_teacher():
+    assert mean_teacher_teacher("mean-teacher-no-ema EMA") == "mean-teacher-no-ema: its teacher"
+    assert mean_teacher_teacher("kd EMA") is None and mean_teacher_teacher("mean-teacher") is None

@@ -23,15 +23,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-import cli
-import engine
-import plotting
-from checkpoints import load_checkpoint
-from data import CLASSES, BatchLoader, load_cifar10, split_train_val
-from device import select_device
+from kd import cli, engine, plotting
+from kd.checkpoints import load_checkpoint
+from kd.data import CLASSES, BatchLoader, load_cifar10, split_train_val
+from kd.device import select_device
+from kd.records import write_text
+from kd.results import mean_teacher_teacher, recipe_labels, run_variant, seed_table, variant_rank
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
-from records import write_text
-from results import mean_teacher_teacher, recipe_labels, run_variant, seed_table, variant_rank
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
 TIMED_RUNS = 7

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
-import cli
-from records import write_text
-from results import mean_teacher_teacher, seed_table
+from kd import cli
+from kd.records import write_text
+from kd.results import mean_teacher_teacher, seed_table
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",

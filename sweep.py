@@ -40,8 +40,8 @@ import pandas as pd
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from records import git_commit, record_paths, test_record_matches
-from results import run_table, seed_table, variant_rank
+from kd.records import git_commit, record_paths, test_record_matches
+from kd.results import run_table, seed_table, variant_rank
 
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("train_teacher.py", "train_student.py", "train_ema.py")

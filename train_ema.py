@@ -16,13 +16,10 @@ For the EMA of a run's own weights, every training script has --ema-decay.
 import argparse
 from pathlib import Path
 
-import cli
-import engine
 import losses
-import plotting
-import runs
-from ema import EMA_DECAY, ModelEMA
-from results import run_variant
+from kd import cli, engine, plotting, runs
+from kd.ema import EMA_DECAY, ModelEMA
+from kd.results import run_variant
 
 
 def main():

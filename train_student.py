@@ -10,14 +10,11 @@ targets alone (kd), or alone on the labels (ce); or with decoupled KD (dkd) or D
 import argparse
 from pathlib import Path
 
-import cli
-import engine
 import losses
-import plotting
-import runs
-from ema import EMA_DECAY
-from results import run_variant
-from teacher_logits import SharedTeacherLogits, cache_path
+from kd import cli, engine, plotting, runs
+from kd.ema import EMA_DECAY
+from kd.results import run_variant
+from kd.teacher_logits import SharedTeacherLogits, cache_path
 
 # The method flags that define a run, restored from the checkpoint on --resume.
 METHOD_KEYS = ("logit_standardize", "dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta",

@@ -7,13 +7,10 @@
 import argparse
 from pathlib import Path
 
-import cli
-import engine
 import losses
-import plotting
-import runs
-from data import CLASSES
-from ema import EMA_DECAY
+from kd import cli, engine, plotting, runs
+from kd.data import CLASSES
+from kd.ema import EMA_DECAY
 
 
 def main():

@@ -41,15 +41,14 @@ import torchvision  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-import cli  # noqa: E402
-import engine  # noqa: E402
 import losses  # noqa: E402
-from allocator import OFF_SWITCH  # noqa: E402
-from data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
-from device import autocast, machine_name, resolve_precision, select_device  # noqa: E402
-from ema import EMA_DECAY, ModelEMA  # noqa: E402
+from kd import cli, engine  # noqa: E402
+from kd.allocator import OFF_SWITCH  # noqa: E402
+from kd.data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
+from kd.device import autocast, machine_name, resolve_precision, select_device  # noqa: E402
+from kd.ema import EMA_DECAY, ModelEMA  # noqa: E402
+from kd.teacher_logits import SharedTeacherLogits  # noqa: E402
 from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
-from teacher_logits import SharedTeacherLogits  # noqa: E402
 
 # train_teacher.py's and train_student.py's; "kd" is a student step distilling from a teacher
 BATCH_SIZE = {"teacher": 128, "student": 256, "kd": 256}
@@ -204,7 +203,7 @@ def build_variants(args, device):
         if kind == "student":
             kd_flop = flop + forward_flop_teacher
             # The warm-up round computes the teacher's logits, the timed rounds are served
-            # them, as a second KD run of a seed is (teacher_logits.py).
+            # them, as a second KD run of a seed is (kd/teacher_logits.py).
             shared = losses.student_loss("kd+ce", teacher, shared_logits=SharedTeacherLogits(
                 teacher, Path(tempfile.mkdtemp(prefix="kd-bench-logits-")) / "l.pt", 1))
             variants += [Variant("student: KD train (teacher forward included)",
@@ -257,7 +256,7 @@ def in_fresh_process(code, *argv, env=None):
     """stdout of Python `code` run in a fresh process that starts as every script does
     (allocator.keep_freed_memory, unless `env` sets its OFF_SWITCH to 0) and sees this repo."""
     prelude = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
-               "from allocator import keep_freed_memory; keep_freed_memory(); ")
+               "from kd.allocator import keep_freed_memory; keep_freed_memory(); ")
     return subprocess.run([sys.executable, "-c", prelude + code, *argv], capture_output=True,
                           text=True, check=True, env=env).stdout
 

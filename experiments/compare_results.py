@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import cli  # noqa: E402
+from kd import cli  # noqa: E402
+from kd.results import seed_table, variant_rank  # noqa: E402
 from report import compare  # noqa: E402
-from results import seed_table, variant_rank  # noqa: E402
 
 
 def compare_results(a, b, names):

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from results import run_table, seed_table  # noqa: E402
+from kd.results import run_table, seed_table  # noqa: E402
 
 if __name__ == "__main__":
     runs = run_table(sys.argv[1:] or ["checkpoints"])

@@ -16,8 +16,8 @@ sys.path.insert(0, str(ROOT))
 # Decoded-data caches of the synthetic sets go to a temporary folder, not the project's .cache.
 os.environ["KD_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd-test-cache-")
 
-from checkpoints import load_checkpoint  # noqa: E402
-from data import CLASSES  # noqa: E402
+from kd.checkpoints import load_checkpoint  # noqa: E402
+from kd.data import CLASSES  # noqa: E402
 
 
 def pytest_configure(config):
@@ -111,7 +111,7 @@ def on_cpu(flags):
     return flags if "--device" in flags else [*flags, "--device", "cpu"]
 
 
-def interrupted_run(script, flags, step, sig="SIGTERM", at="engine.check_interrupt"):
+def interrupted_run(script, flags, step, sig="SIGTERM", at="kd.engine.check_interrupt"):
     """Run `script` with `flags` and a real signal `sig` delivered just before the `step`-th
     call of `at` (by default: right after optimizer step `step`), via tests/interrupt_at.py;
     checks that it exited 130 and returns the CompletedProcess."""

@@ -3,7 +3,7 @@ call of a function: a deterministic Ctrl-C or SIGTERM at a chosen point (mid-epo
 decoding), where a signal timed from outside could land anywhere or after the run ended.
 
     python tests/interrupt_at.py SIGNAL MODULE.FUNCTION N SCRIPT [ARGS...]
-e.g. python tests/interrupt_at.py SIGTERM engine.check_interrupt 11 train_student.py ...
+e.g. python tests/interrupt_at.py SIGTERM kd.engine.check_interrupt 11 train_student.py ...
 (check_interrupt runs once after every optimizer step, so N = 11 is right after step 11).
 """
 import importlib

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-import allocator
 from conftest import ROOT
+from kd import allocator
 
 # A fresh process frees and reallocates a 40 MiB tensor, as a training step does with its
 # activations, and prints the minor page faults of each round. In the first rounds the heap
@@ -18,7 +18,7 @@ ROUNDS, WARM_UP = 50, 30
 CHURN = f"""
 import resource, sys, torch
 sys.path.insert(0, ".")
-from allocator import keep_freed_memory
+from kd.allocator import keep_freed_memory
 keep_freed_memory()
 for _ in range({ROUNDS}):
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -3,7 +3,7 @@ timing belongs to the benchmark, not to the tests)."""
 import torch
 
 from conftest import run_script
-from device import resolve_precision
+from kd.device import resolve_precision
 
 
 def test_benchmark_prints_every_row(image_folder):

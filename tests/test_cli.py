@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from checkpoints import load_checkpoint
 from conftest import run_script, write_image_folder
+from kd.checkpoints import load_checkpoint
 from models import TeacherNet, load_model
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-import engine
 import losses
-from checkpoints import load_checkpoint
 from conftest import run_script, synthetic_images
-from data import BatchLoader
-from device import select_device
-from ema import ModelEMA
+from kd import engine
+from kd.checkpoints import load_checkpoint
+from kd.data import BatchLoader
+from kd.device import select_device
+from kd.ema import ModelEMA
 from models import build_model
 
 pytestmark = pytest.mark.cuda

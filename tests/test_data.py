@@ -2,9 +2,9 @@ import pytest
 import torch
 import torchvision
 
-import data
 from conftest import write_image_folder, write_torchvision_layout
-from data import BatchLoader, DataError, load_cifar10, random_crop_flip, split_train_val
+from kd import data
+from kd.data import BatchLoader, DataError, load_cifar10, random_crop_flip, split_train_val
 
 
 def test_image_folder_layout_decodes_exactly(tmp_path):

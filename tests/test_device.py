@@ -9,16 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-import engine
 import losses
-from checkpoints import load_checkpoint
-from cli import UserError
 from conftest import run_script, synthetic_images
-from data import BatchLoader
-from device import cpu_bf16_units, resolve_precision
-from ema import ModelEMA
+from kd import engine
+from kd.checkpoints import load_checkpoint
+from kd.cli import UserError
+from kd.data import BatchLoader
+from kd.device import cpu_bf16_units, resolve_precision
+from kd.ema import ModelEMA
+from kd.schedule import lr_factor
 from models import build_model, load_model
-from schedule import lr_factor
 
 
 @pytest.mark.parametrize("device, bf16_native, asked, expected", [

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from checkpoints import CheckpointError, load_checkpoint
 from conftest import full_and_resumed_runs, run_script
-from ema import ModelEMA
+from kd.checkpoints import CheckpointError, load_checkpoint
+from kd.ema import ModelEMA
 from models import StudentNet, load_model
 
 

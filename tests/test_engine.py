@@ -4,13 +4,10 @@ import signal
 import pytest
 import torch
 
-import cli
-import engine
-import interrupts
 import losses
-import runs
-from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from schedule import lr_factor
+from kd import cli, engine, interrupts, runs
+from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from kd.schedule import lr_factor
 
 
 def parse(image_folder, tmp_path, *flags, name="student"):

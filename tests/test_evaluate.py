@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from checkpoints import load_checkpoint, save_checkpoint
 from conftest import run_script, synthetic_images
-from data import CLASSES
+from kd.checkpoints import load_checkpoint, save_checkpoint
+from kd.data import CLASSES
 from models import load_model
 
 N_TEST_PER_CLASS = 5  # the image_folder fixture's test split

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from checkpoints import load_checkpoint, weights_sha256
 from conftest import run_script, write_image_folder
+from kd.checkpoints import load_checkpoint, weights_sha256
 
 
 def last_line(proc):

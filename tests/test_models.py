@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from checkpoints import save_checkpoint
 from conftest import ROOT
+from kd.checkpoints import save_checkpoint
 from models import (
     StudentNet,
     TeacherNet,

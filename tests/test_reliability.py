@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from conftest import ROOT, full_and_resumed_runs, interrupted_run, run_script, write_image_folder
+from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from models import load_model
 
 
@@ -30,7 +30,7 @@ def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
     write_image_folder(tmp_path / "root", n_train=2, n_test=1)  # a new root: decoded afresh
     proc = interrupted_run("train_teacher.py", ["--data-root", tmp_path / "root", "--out",
                                                 tmp_path / "t.pt", "--plots-dir", tmp_path],
-                           step=1, sig="SIGINT", at="data._decode_image_folder")
+                           step=1, sig="SIGINT", at="kd.data._decode_image_folder")
     assert "no checkpoint was written" in proc.stderr.splitlines()[-1]
     assert not (tmp_path / "t.pt").exists()
 

@@ -4,12 +4,10 @@ import argparse
 import pytest
 import torch
 
-import cli
-import engine
 import losses
-import runs
-from checkpoints import load_checkpoint
 from conftest import run_script
+from kd import cli, engine, runs
+from kd.checkpoints import load_checkpoint
 from models import load_model
 
 

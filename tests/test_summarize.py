@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 
-from plotting import plot_compare, student_curves
-from results import mean_teacher_teacher, recipe_labels, run_table, seed_table
+from kd.plotting import plot_compare, student_curves
+from kd.results import mean_teacher_teacher, recipe_labels, run_table, seed_table
 
 
 def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):

@@ -11,8 +11,8 @@ import pytest
 # Skipped where submitit cannot be installed (the lent GPU machine, which runs the suite as is).
 pytest.importorskip("submitit")
 
-from checkpoints import load_checkpoint  # noqa: E402
 from conftest import ROOT, interrupted_run  # noqa: E402
+from kd.checkpoints import load_checkpoint  # noqa: E402
 from sweep import GridError, expand, parse_flags  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 # Decoded-tensor cache; KD_CACHE_DIR moves it (the tests point it at a temporary folder).
-CACHE_DIR = Path(os.environ.get("KD_CACHE_DIR", Path(__file__).resolve().parent / ".cache"))
+CACHE_DIR = Path(os.environ.get("KD_CACHE_DIR", Path(__file__).resolve().parents[1] / ".cache"))
 VAL_SIZE = 5000  # images held out of the 50k training set for every choice made in training
 VAL_SEED = 0  # fixed, independent of --seed: every run validates on the same images
 CROP_PADDING = 4  # pixels of zero padding before the random 32x32 crop

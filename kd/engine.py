@@ -12,17 +12,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import plotting
-from checkpoints import save_checkpoint
-from cli import DRY_RUN_BATCHES, UserError, note_checkpoint
-from data import BatchLoader
-from device import autocast, machine_name
-from ema import ModelEMA
-from interrupts import check_interrupt, interrupts_deferred
+from kd import plotting
+from kd.checkpoints import save_checkpoint
+from kd.cli import DRY_RUN_BATCHES, UserError, note_checkpoint
+from kd.data import BatchLoader
+from kd.device import autocast, machine_name
+from kd.ema import ModelEMA
+from kd.interrupts import check_interrupt, interrupts_deferred
+from kd.records import git_commit, record_paths, test_record_matches, write_json, write_records
+from kd.runs import initial_model, restore_training_state, training_state
+from kd.schedule import lr_factor, make_optimizer
 from models import NUM_CLASSES, model_spec
-from records import git_commit, record_paths, test_record_matches, write_json, write_records
-from runs import initial_model, restore_training_state, training_state
-from schedule import lr_factor, make_optimizer
 
 # How often, in steps, a CUDA run reads its loss on the host (the NaN check and the progress
 # bar): each read waits for every queued kernel, so reading every step would starve the GPU.

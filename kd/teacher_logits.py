@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import CheckpointError
+from kd.checkpoints import CheckpointError
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "epochs", "train_subset", "no_augment", "dry_run",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cli import UserError
+from kd.cli import UserError
 
 
 def select_device(name):

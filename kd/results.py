@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from records import test_record_matches
+from kd.records import test_record_matches
 
 # The order tables list variants in: the teacher, the students, then the mean-teacher runs
 # (model-ema: runs from before every script kept an EMA).

@@ -3,10 +3,10 @@
 import math
 import sys
 
-from allocator import keep_freed_memory
-from checkpoints import CheckpointError
-from data import DataError, default_data_root
-from interrupts import install_handlers
+from kd.allocator import keep_freed_memory
+from kd.checkpoints import CheckpointError
+from kd.data import DataError, default_data_root
+from kd.interrupts import install_handlers
 from losses import check_kd_args
 
 DRY_RUN_BATCHES = 2
@@ -104,7 +104,7 @@ def add_method_args(parser):
     a = parser.add_argument
     a("--no-shared-logits", action="store_true", help="compute the teacher's logits in this "
       "run even if an earlier run of the same teacher, data and seed stored them (see "
-      "teacher_logits.py)")
+      "kd/teacher_logits.py)")
     a("--logit-standardize", action="store_true", help="z-score each sample's logits, "
       "student's and teacher's, before the KD term's softmax (Sun et al., 2024); with "
       "--loss kd+ce, kd or dkd")

@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from results import recipe_labels, run_variant  # noqa: E402
+from kd.results import recipe_labels, run_variant  # noqa: E402
 
 
 def plot_curves(history, path, title):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from checkpoints import CheckpointError, load_checkpoint, weights_sha256
-from cli import UserError, check_args
-from data import VAL_SEED, load_cifar10, split_train_val
-from device import resolve_precision, select_device
+from kd.checkpoints import CheckpointError, load_checkpoint, weights_sha256
+from kd.cli import UserError, check_args
+from kd.data import VAL_SEED, load_cifar10, split_train_val
+from kd.device import resolve_precision, select_device
+from kd.results import UNUSED_BY
 from models import build_model, model_from_checkpoint
-from results import UNUSED_BY
 
 # Keys of the config that define the training run itself; --resume takes them from the
 # checkpoint, so a resumed run is exactly the run that was interrupted.

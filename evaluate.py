@@ -6,7 +6,7 @@ to deploy would: accuracy, parameters, MACs, CPU latency and throughput.
 
 Each model is rebuilt from its checkpoint alone and evaluated without augmentation. An EMA
 run (train_ema.py) gives two rows: its student (weights `raw`) and its EMA model (weights
-`ema`: for mean-teacher, the EMA teacher). Writes, in --plots-dir:
+`ema`: for mean-teacher, its teacher, named `<variant> teacher`). Writes, in --plots-dir:
   results.csv             one row per model, per-class test accuracies included
   results.md              mean ± std over seeds per variant, then every model
   confusion_<name>.png    the teacher and the student with the best validation accuracy
@@ -25,10 +25,10 @@ from tqdm import tqdm
 
 from kd import cli, engine, plotting
 from kd.checkpoints import load_checkpoint
-from kd.data import CLASSES, BatchLoader, load_cifar10, split_train_val
+from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
 from kd.device import select_device
 from kd.records import write_text
-from kd.results import mean_teacher_teacher, recipe_labels, run_variant, seed_table, variant_rank
+from kd.results import recipe_labels, run_variant, seed_table, variant_rank
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -121,7 +121,8 @@ def evaluate_all(models, loaders, device, batch_size):
 
 
 def provenance(config):
-    """Where a run came from, as its config records it (empty for runs from before)."""
+    """Where a run came from, as its config records it (empty for runs from before): the
+    columns results.PROVENANCE names."""
     data = config.get("data_identity") or {}
     commit = config.get("git_commit") or ""
     subset = config.get("train_subset")
@@ -149,7 +150,7 @@ def plot_results(results, confusions, plots_dir):
         written.append(path)
     per_class = results.groupby("variant", sort=False)[[f"acc_{c}" for c in CLASSES]].mean()
     seeds = results.groupby("variant", sort=False).size()
-    per_class.index = [f"{mean_teacher_teacher(v) or v} ({n} run{'s' * (n > 1)})"
+    per_class.index = [f"{v} ({n} run{'s' * (n > 1)})"
                        for v, n in seeds.items()]
     per_class.columns = list(CLASSES)
     path = Path(plots_dir) / "per_class_accuracy.png"
@@ -167,7 +168,7 @@ def markdown_tables(results, test_images, device, batch_size):
             f"Evaluated on {device}; latency (one image) and throughput (batch of "
             f"{batch_size}) are forward passes on the "
             f"CPU ({os.cpu_count()} cores, {threads} threads), median of {TIMED_RUNS} runs "
-            f"after warm-up. `val_acc` is on the 5,000 held-out training images.\n\n"
+            f"after warm-up. `val_acc` is on the {VAL_SIZE:,} held-out training images.\n\n"
             f"## Per variant: test accuracy, mean ± std over seeds\n\n"
             f"{deploy.to_markdown(index=False)}\n\n"
             f"## Every model\n\n{shown.to_markdown(index=False)}\n")

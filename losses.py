@@ -1,7 +1,6 @@
-"""Loss functions for the training loop.
-
-A training loss takes (logits, labels, images) and returns a dict: "loss" is what is
-minimised, any other entry (e.g. "ce", "kd") is a part logged in the run's metrics CSV.
+"""The distillation losses as functions of logits (and, for the feature methods, of
+features): each one term, its paper and its formula. The methods that combine them with
+the cross-entropy, their weights and warm-ups are classes in methods.py.
 """
 import math
 
@@ -104,89 +103,3 @@ def dist_loss(student_logits, teacher_logits, temperature, beta, gamma):
     inter = one_minus_pearson(y_s, y_t, dim=1).mean()
     intra = one_minus_pearson(y_s, y_t, dim=0).mean()
     return temperature ** 2 * (beta * inter + gamma * intra)
-
-
-def cross_entropy(logits, labels, images=None):
-    """Plain cross-entropy against the labels: the teacher's loss and the student-alone baseline."""
-    return {"loss": F.cross_entropy(logits.float(), labels)}
-
-
-STUDENT_LOSSES = ("kd+ce", "kd", "ce", "dkd", "dist")
-STANDARDIZABLE = ("kd+ce", "kd", "dkd")  # the losses --logit-standardize applies to
-
-
-def student_loss(kind, teacher=None, temperature=4.0, alpha=0.5, standardize=False,
-                 dkd_alpha=1.0, dkd_beta=0.5, dkd_warmup=1.0, dist_beta=0.5, dist_gamma=0.5,
-                 shared_logits=None):
-    """The training loss of a student variant:
-
-    - "kd+ce": distillation_loss (weight `alpha` on the KD term); "kd": kd_only_loss;
-    - "ce": cross-entropy alone, no teacher;
-    - "dkd": CE + w · dkd_loss(dkd_alpha, dkd_beta), w rising linearly from 0 to 1 over the
-      first `dkd_warmup` epochs (the paper's 20 of 240 epochs is 1 of this repo's 12);
-    - "dist": CE + dist_loss(dist_beta, dist_gamma).
-
-    With `standardize`, the distillation term sees z-scored logits (standardize_logits),
-    student and teacher alike; the CE term keeps the raw ones. The teacher sees exactly the
-    batch the student sees (the same augmented images), in eval mode and under no_grad; with
-    `shared_logits` (a teacher_logits.SharedTeacherLogits), its logits come from there. The
-    distillation term ("kd") and the CE term ("ce") are logged as parts.
-    """
-    check_kd_args(temperature, alpha)
-    if kind == "ce":
-        return cross_entropy
-    if kind not in STUDENT_LOSSES:
-        raise ValueError(f"unknown student loss {kind!r}; expected one of {STUDENT_LOSSES}")
-    if standardize and kind not in STANDARDIZABLE:
-        raise ValueError(f"logit standardization goes with {', '.join(STANDARDIZABLE)}, "
-                         f"not {kind}")
-    prepare = standardize_logits if standardize else (lambda logits: logits)
-    return StudentLoss(kind, teacher, temperature, alpha, prepare, dkd_alpha, dkd_beta,
-                       dkd_warmup, dist_beta, dist_gamma, shared_logits)
-
-
-class StudentLoss:
-    """A distillation loss (see student_loss). fit calls set_epoch(epoch, steps_per_epoch)
-    before each epoch, so that DKD's warm-up and the shared teacher logits follow the
-    optimizer step, resumed runs included, and end_epoch(epoch) after it, before the
-    checkpoint is written."""
-
-    def __init__(self, kind, teacher, temperature, alpha, prepare, dkd_alpha, dkd_beta,
-                 dkd_warmup, dist_beta, dist_gamma, shared_logits=None):
-        self.kind, self.teacher, self.temperature, self.alpha = kind, teacher, temperature, alpha
-        self.prepare = prepare
-        self.dkd, self.dkd_warmup = (dkd_alpha, dkd_beta), dkd_warmup
-        self.dist = (dist_beta, dist_gamma)
-        self.shared = shared_logits
-        self.step, self.steps_per_epoch = 0, 1
-
-    def set_epoch(self, epoch, steps_per_epoch):
-        self.step, self.steps_per_epoch = epoch * steps_per_epoch, steps_per_epoch
-        if self.shared is not None:
-            self.shared.set_epoch(epoch, steps_per_epoch)
-
-    def end_epoch(self, epoch):
-        if self.shared is not None:
-            self.shared.end_epoch(epoch)
-
-    def __call__(self, logits, labels, images):
-        with torch.no_grad():
-            if self.shared is None:
-                teacher_logits = self.teacher(images)
-            else:
-                teacher_logits = self.shared(*divmod(self.step, self.steps_per_epoch), images)
-        student, teacher, T = self.prepare(logits), self.prepare(teacher_logits), self.temperature
-        ce = F.cross_entropy(logits.float(), labels)
-        if self.kind == "dkd":
-            warm = min(1.0, (self.step + 1) / (self.dkd_warmup * self.steps_per_epoch)
-                       ) if self.dkd_warmup > 0 else 1.0
-            kd = dkd_loss(student, teacher, labels, T, *self.dkd)
-            loss = ce + warm * kd
-        elif self.kind == "dist":
-            kd = dist_loss(student, teacher, T, *self.dist)
-            loss = ce + kd
-        else:
-            kd = kd_only_loss(student, teacher, T)
-            loss = kd if self.kind == "kd" else self.alpha * kd + (1 - self.alpha) * ce
-        self.step += 1
-        return {"loss": loss, "kd": kd.detach(), "ce": ce.detach()}

@@ -66,8 +66,27 @@ class _Net(nn.Module):
         )
         he_init(self)
 
-    def forward(self, images):
-        return self.classifier(self.features((images - self.mean) / self.std))
+    def forward(self, images, features=False):
+        """The logits; with `features`, (logits, {"blocks": the output of every entry of
+        `features`, "preact": each entry's output before its ReLU (None where it has none),
+        "hidden": the 256-unit hidden layer after its ReLU}) from the same forward pass."""
+        x = (images - self.mean) / self.std
+        if not features:
+            return self.classifier(self.features(x))
+        blocks, preact = [], []
+        for block in self.features:
+            relu = block[-1] if isinstance(block[-1], nn.ReLU) else None
+            if relu is None:
+                x = block(x)
+                preact.append(None)
+            else:  # the ReLU out of place, so the tensor before it is kept as it was
+                pre = block[:-1](x)
+                x = torch.relu(pre)
+                preact.append(pre)
+            blocks.append(x)
+        flatten, fc, relu, out = self.classifier
+        hidden = relu(fc(flatten(x)))
+        return out(hidden), {"blocks": blocks, "preact": preact, "hidden": hidden}
 
 
 def check_widths(widths, count):

@@ -13,17 +13,18 @@ from pathlib import Path
 import pandas as pd
 from scipy import stats
 
+import methods
 from kd import cli
 from kd.records import write_text
-from kd.results import mean_teacher_teacher, seed_table
+from kd.results import MEAN_TEACHER_VARIANTS, PROVENANCE, seed_table
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",
             "mean-teacher": "47.24%", "mean-teacher-no-ema": "45.76%"}
-STUDENT_PAIRS = [("kd+ce", "ce"), ("kd", "ce"), ("kd+ce", "kd")] + [
-    (method, "kd+ce") for method in ("dkd", "dist", "kd+ce+ls", "kd+ls", "dkd+ls")]
-EMA_PAIRS = [("mean-teacher", "mean-teacher-no-averaging"),
-             ("mean-teacher", "mean-teacher-no-ema"), ("mean-teacher", "ce")]
+# The students' comparisons come from the registered methods (methods.comparisons); the
+# mean-teacher runs are compared with each other and with the student trained alone.
+EMA_PAIRS = [("mean-teacher", other) for other in MEAN_TEACHER_VARIANTS
+             if other != "mean-teacher"] + [("mean-teacher", "ce")]
 LEVEL = 0.05  # a difference is called real when larger than the spread and p < LEVEL
 
 
@@ -78,22 +79,18 @@ def comparison_table(results, pairs, paired=False):
 
 
 def raw_vs_ema_pairs(results):
-    """(v EMA, v) for every variant with an EMA of its weights; not mean-teacher, whose
-    `EMA` rows are its teacher (compared in their own section)."""
+    """(v EMA, v) for every variant with an EMA of its weights (a mean-teacher run's second
+    model is its teacher, `v teacher`, compared in its own section)."""
     variants = list(dict.fromkeys(results["variant"]))
-    return [(f"{v} EMA", v) for v in variants
-            if f"{v} EMA" in variants and not mean_teacher_teacher(f"{v} EMA")]
+    return [(f"{v} EMA", v) for v in variants if f"{v} EMA" in variants]
 
 
 def provenance(results):
     """Where the runs came from, as their records say (evaluate.py): data, training
     images, machine, precision, torch and code; a field on which runs differ lists every
     value, so a report over mixed runs says so."""
-    fields = {"data_sha256": "data (sha256)", "train_images": "training images",
-              "machine": "trained on", "precision": "precision", "torch": "torch",
-              "commit": "code (git commit)"}
     lines = []
-    for column, label in fields.items():
+    for column, label in PROVENANCE.items():
         values = results[column].fillna("").astype(str).unique() if column in results \
             else [""]
         values = [f"`{v}`" if v else "not recorded" for v in values]
@@ -117,7 +114,7 @@ def write_report(results, plots_dir):
     seeds = sorted(results["seed"].dropna().astype(int).unique())
     students = results[results["model"] == "student"]
     is_mean_teacher = students["variant"].str.startswith("mean-teacher")
-    raw = results[~results["variant"].str.endswith(" EMA")]
+    raw = results[results["weights"] == "raw"]
     text = [
         "# Knowledge distillation on CIFAR-10: the report of this run\n",
         f"Test accuracy on the CIFAR-10 test set, mean ± std over the seeds present "
@@ -132,9 +129,9 @@ def write_report(results, plots_dir):
                 [("Test accuracy:", per_variant(results[results["model"] == "teacher"]))]),
         section("The students", "students_compare.png", plots_dir,
                 [("Test accuracy:", per_variant(students[~is_mean_teacher])),
-                 ("Is each difference real?", comparison_table(raw, STUDENT_PAIRS))]),
+                 ("Is each difference real?", comparison_table(raw, methods.comparisons()))]),
         section("Mean-teacher: with and without EMA", "ema_compare.png", plots_dir,
-                [("Test accuracy (the student; `EMA` rows: its EMA teacher):",
+                [("Test accuracy (the student; `teacher` rows: its teacher):",
                   per_variant(students[is_mean_teacher])),
                  ("Is each difference real?", comparison_table(raw, EMA_PAIRS))]),
         section("Raw against EMA weights of the same runs", None, plots_dir,

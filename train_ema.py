@@ -16,7 +16,7 @@ For the EMA of a run's own weights, every training script has --ema-decay.
 import argparse
 from pathlib import Path
 
-import losses
+import methods
 from kd import cli, engine, plotting, runs
 from kd.ema import EMA_DECAY, ModelEMA
 from kd.results import run_variant
@@ -27,7 +27,8 @@ def main():
     parser.add_argument("--no-ema", action="store_true",
                         help="keep the teacher frozen at its random starting weights")
     parser.set_defaults(mode="mean-teacher")  # the one mode; named in configs and tables
-    cli.add_kd_args(parser)
+    for flag in (methods.TEMPERATURE, methods.ALPHA):  # of the KD + CE objective
+        flag.add_to(parser, ["mean-teacher"])
     cli.add_common_args(parser, out="checkpoints/ema_<variant>_seed<seed>.pt", epochs=12,
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
                         ema_decay=EMA_DECAY)
@@ -39,14 +40,12 @@ def main():
     args.out = args.out.replace("<variant>", variant).replace("<seed>", str(args.seed))
     args, device, splits, ckpt = runs.prepare_run(
         args, "student", recipe_keys=("mode", "no_ema", "temperature", "alpha"))
-    if args.mode != "mean-teacher":
-        raise cli.UserError(f"{args.out} is a {args.mode} run, from before every script kept an "
-                            f"EMA: train_student.py --loss kd+ce now keeps that EMA itself")
     student = runs.initial_model("student", args, ckpt)
     teacher = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
                        args.ema_decay)
-    loss_fn = losses.student_loss("kd+ce", teacher.module, args.temperature, args.alpha)
-    engine.fit("student", loss_fn, args, device, splits, ckpt, title=f"student ({variant})",
+    # The teacher changes every step: its logits are never stored and served.
+    method = methods.KDCE(vars(args), teacher=teacher.module)
+    engine.fit("student", method, args, device, splits, ckpt, title=f"student ({variant})",
                model=student, ema=teacher, update_ema=not args.no_ema)
     plotting.plot_ema_compare(Path(args.out).parent, Path(args.plots_dir) / "ema_compare.png")
 

@@ -7,7 +7,7 @@
 import argparse
 from pathlib import Path
 
-import losses
+import methods
 from kd import cli, engine, plotting, runs
 from kd.data import CLASSES
 from kd.ema import EMA_DECAY
@@ -19,7 +19,7 @@ def main():
     # LR 0.1 reached 67.0%, batch 256 at LR 0.2 65.5%, at 0.4 55.0%; weight decay 1e-4
     # 64.5% against 65.5% for 5e-4. No label smoothing: it makes teachers distil worse
     # (Muller et al., 2019). 40 epochs: 88.3% validation against 86.6% after 20
-    # (experiments/grids/probe-long-teacher.toml), in 23 min here.
+    # (experiments/grids/probe-long-teacher.toml; docs/results.md).
     cli.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
                         lr=0.1, optimizer="sgd", schedule="onecycle", ema_decay=EMA_DECAY)
     args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher")
@@ -27,7 +27,7 @@ def main():
     first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]
     plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,
                           Path(args.plots_dir) / "samples.png")
-    engine.fit("teacher", losses.cross_entropy, args, device, splits, ckpt, title="teacher")
+    engine.fit("teacher", methods.CE({}), args, device, splits, ckpt, title="teacher")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torchvision  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-import losses  # noqa: E402
+import methods  # noqa: E402
 from kd import cli, engine  # noqa: E402
 from kd.allocator import OFF_SWITCH  # noqa: E402
 from kd.data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
@@ -69,7 +69,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def training(model, loader, loss_fn, device, precision, compile_model=False, threads=None,
+def training(model, loader, method, device, precision, compile_model=False, threads=None,
              ema=False):
     """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
     model in the loader's memory format; with `ema`, an EMA of the weights updated after
@@ -84,14 +84,19 @@ def training(model, loader, loss_fn, device, precision, compile_model=False, thr
     def run():
         default_threads = torch.get_num_threads()
         torch.set_num_threads(threads or default_threads)
-        if hasattr(loss_fn, "set_epoch"):  # the same epoch each pass: the same batches
-            loss_fn.set_epoch(0, len(loader))
+        method.set_epoch(0, len(loader))  # the same epoch each pass: the same batches
         try:
-            engine.train_one_epoch(step_model, loader, loss_fn, optimizer, scheduler, device,
+            engine.train_one_epoch(step_model, loader, method, optimizer, scheduler, device,
                                    precision, after_step=after_step)
         finally:
             torch.set_num_threads(default_threads)
     return run
+
+
+class FeaturesCE(methods.CE):
+    """Cross-entropy through the forward that also returns every feature (what a feature
+    method's student step pays for them)."""
+    features = True
 
 
 def inference(model, loader, device, compile_model=False):
@@ -139,7 +144,7 @@ class TutorialLoader:
             for _ in range(self.batches):
                 images, labels = next(iterator)
                 yield (images.to(self.device, non_blocking=True),
-                       labels.to(self.device, non_blocking=True))
+                       labels.to(self.device, non_blocking=True), None)
         finally:
             del iterator  # shuts the workers down
 
@@ -149,7 +154,7 @@ def build_variants(args, device):
     train, _ = split_train_val(data)
     torch.manual_seed(0)
     teacher = build_model("teacher").to(device, memory_format=torch.channels_last).eval()
-    kd_loss = losses.student_loss("kd+ce", teacher.requires_grad_(False))
+    kd_loss = methods.build({"loss": "kd+ce"}, teacher.requires_grad_(False))
     precision = args.precision
     forward_flop_teacher = 2 * count_macs(teacher)
     variants = []
@@ -162,16 +167,16 @@ def build_variants(args, device):
         def loader(augment=True, memory_format=torch.channels_last, bs=bs):
             return BatchLoader(*train, bs, device, shuffle=True, augment=augment,
                                drop_last=True, max_batches=args.batches,
-                               memory_format=memory_format)
+                               memory_format=memory_format, positions=True)
 
         def model(kind=kind):
             torch.manual_seed(0)
             return build_model(kind)
-        ce = losses.cross_entropy
+        ce = methods.CE({})
         tutorial = TutorialLoader(args.data_root, bs, args.batches, device)
 
-        def training_of(model, loader, loss_fn=ce, precision=precision, **kwargs):
-            return training(model, loader, loss_fn, device, precision, **kwargs)
+        def training_of(model, loader, method=ce, precision=precision, **kwargs):
+            return training(model, loader, method, device, precision, **kwargs)
         variants += [
             Variant(f"{kind}: train", training_of(model(), loader()), n, flop, bs),
             Variant(f"{kind}: train, tutorial pipeline", training_of(model(), tutorial), n,
@@ -186,6 +191,8 @@ def build_variants(args, device):
                     training_of(relu_before_pool(model()), loader()), n, flop, bs),
             Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
                     forward_flop, bs),
+            Variant(f"{kind}: train, features returned (model(x, features=True))",
+                    training_of(model(), loader(), FeaturesCE({})), n, flop, bs),
         ]
         other = OTHER_PRECISION[precision]
         variants.append(Variant(f"{kind}: train, {other}", training_of(
@@ -204,7 +211,7 @@ def build_variants(args, device):
             kd_flop = flop + forward_flop_teacher
             # The warm-up round computes the teacher's logits, the timed rounds are served
             # them, as a second KD run of a seed is (kd/teacher_logits.py).
-            shared = losses.student_loss("kd+ce", teacher, shared_logits=SharedTeacherLogits(
+            shared = methods.build({"loss": "kd+ce"}, teacher, SharedTeacherLogits(
                 teacher, Path(tempfile.mkdtemp(prefix="kd-bench-logits-")) / "l.pt", 1))
             variants += [Variant("student: KD train (teacher forward included)",
                                  training_of(model(), loader(), kd_loss), n, kd_flop, bs),
@@ -269,7 +276,7 @@ def synthetic_step(kind, device="cpu", precision="fp32"):
         device, memory_format=torch.channels_last)
     teacher = (build_model("teacher").to(device, memory_format=torch.channels_last).eval()
                .requires_grad_(False) if kind == "kd" else None)
-    loss_fn = losses.student_loss("kd+ce", teacher) if teacher else losses.cross_entropy
+    method = methods.build({"loss": "kd+ce"}, teacher) if teacher else methods.CE({})
     images = torch.rand(BATCH_SIZE[kind], *IMAGE_SHAPE, device=device).contiguous(
         memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (BATCH_SIZE[kind],), device=device)
@@ -277,7 +284,7 @@ def synthetic_step(kind, device="cpu", precision="fp32"):
 
     def step():
         with autocast(torch.device(device), precision):
-            loss = loss_fn(model(images), labels, images)["loss"]
+            loss = method(model, images, labels, None)[1]["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

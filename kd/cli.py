@@ -3,11 +3,11 @@
 import math
 import sys
 
+import methods
 from kd.allocator import keep_freed_memory
 from kd.checkpoints import CheckpointError
-from kd.data import DataError, default_data_root
+from kd.data import TRAIN_SIZE, DataError, default_data_root
 from kd.interrupts import install_handlers
-from losses import check_kd_args
 
 DRY_RUN_BATCHES = 2
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -45,9 +45,9 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")
     a("--compile", action="store_true", help="torch.compile the model for its training "
-      "steps (off by default; README's Performance section says what it gains)")
+      "steps (off by default; docs/performance.md says what it gains)")
     a("--train-subset", type=int, default=None, metavar="N",
-      help="train on the first N training images only (default: all 45,000)")
+      help=f"train on the first N training images only (default: all {TRAIN_SIZE:,})")
     a("--out", default=out, help=f"checkpoint path; run records are written beside it "
       f"(default: {out})")
     a("--resume", action="store_true", help="continue the run in --out from its last epoch, "
@@ -83,41 +83,13 @@ def add_precision_arg(parser):
              "fp32. Evaluation always runs in fp32 (default: auto)")
 
 
-def add_kd_args(parser):
-    """The distillation flags train_student.py and train_ema.py share."""
-    # T and alpha chosen on the validation split (experiments/grids/probe-student.toml: kd+ce,
-    # 4 epochs on 20k images): T=4, alpha=0.5 reached 66.1%; T=2 65.3/65.7% and T=4, alpha=0.9
-    # 65.7% (alpha 0.5/0.9), T=8 64.6/63.9%. Against 60.9% trained alone, every setting helps;
-    # between T 2-4 the differences are within what one seed can tell apart.
-    parser.add_argument("--temperature", type=float, default=4.0,
-                        help="softmax temperature T of the KD term (default: 4)")
-    parser.add_argument("--alpha", type=float, default=0.5,
-                        help="weight of the KD term in kd+ce (default: 0.5)")
+def add_teacher_arg(parser):
     parser.add_argument("--teacher", default="checkpoints/teacher.pt",
                         help="the trained teacher's checkpoint (default: checkpoints/teacher.pt)")
-
-
-def add_method_args(parser):
-    """The flags of the distillation methods beyond Hinton's (train_student.py). Their
-    defaults were chosen on the validation split from the papers' settings and below them
-    (experiments/grids/methods-val.toml; docs/results.md has the figures)."""
-    a = parser.add_argument
-    a("--no-shared-logits", action="store_true", help="compute the teacher's logits in this "
-      "run even if an earlier run of the same teacher, data and seed stored them (see "
-      "kd/teacher_logits.py)")
-    a("--logit-standardize", action="store_true", help="z-score each sample's logits, "
-      "student's and teacher's, before the KD term's softmax (Sun et al., 2024); with "
-      "--loss kd+ce, kd or dkd")
-    a("--dkd-alpha", type=float, default=1.0, help="dkd: weight of the target-class term "
-      "TCKD (default: 1)")
-    a("--dkd-beta", type=float, default=0.5, help="dkd: weight of the non-target term NCKD "
-      "(default: 0.5)")
-    a("--dkd-warmup", type=float, default=1.0, help="dkd: epochs over which the DKD term's "
-      "weight rises linearly from 0 to 1 (default: 1)")
-    a("--dist-beta", type=float, default=0.5, help="dist: weight of the inter-class "
-      "(per-image) relation (default: 0.5)")
-    a("--dist-gamma", type=float, default=0.5, help="dist: weight of the intra-class "
-      "(per-class) relation (default: 0.5)")
+    parser.add_argument("--no-shared-logits", action="store_true",
+                        help="compute the teacher's logits in this run even if an earlier run "
+                             "of the same teacher, data and seed stored them (see "
+                             "kd/teacher_logits.py)")
 
 
 def check_args(args):
@@ -132,14 +104,9 @@ def check_args(args):
         raise UserError("need 0 <= --momentum < 1, --weight-decay >= 0 and 0 <= --warmup < 1")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-    if hasattr(args, "temperature"):
-        try:
-            check_kd_args(args.temperature, args.alpha)
-        except ValueError as e:
-            raise UserError(f"--{e}") from None
-    for flag in ("dkd_alpha", "dkd_beta", "dkd_warmup", "dist_beta", "dist_gamma"):
-        if getattr(args, flag, 0) < 0:
-            raise UserError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    problems = methods.check_flags(vars(args))
+    if problems:
+        raise UserError("; ".join(problems))
 
 
 # The checkpoint this process has written or is resuming, for the message after a Ctrl-C.

@@ -19,6 +19,7 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
 # Decoded-tensor cache; KD_CACHE_DIR moves it (the tests point it at a temporary folder).
 CACHE_DIR = Path(os.environ.get("KD_CACHE_DIR", Path(__file__).resolve().parents[1] / ".cache"))
 VAL_SIZE = 5000  # images held out of the 50k training set for every choice made in training
+TRAIN_SIZE = 50_000 - VAL_SIZE  # CIFAR-10's training images that train
 VAL_SEED = 0  # fixed, independent of --seed: every run validates on the same images
 CROP_PADDING = 4  # pixels of zero padding before the random 32x32 crop
 
@@ -182,7 +183,8 @@ def random_crop_flip(images, padding, dy, dx, flip):
 
 
 class BatchLoader:
-    """Batches of (float images in [0, 1], labels) from uint8 tensors held on `device`.
+    """Batches of (float images in [0, 1], labels) from uint8 tensors held on `device`; with
+    `positions`, (images, labels, each image's position in `images`).
 
     Shuffling and augmentation draw from a CPU generator seeded by (seed, epoch), so a given
     epoch yields the same batches whether or not the run was interrupted before it, and on
@@ -191,7 +193,7 @@ class BatchLoader:
 
     def __init__(self, images, labels, batch_size, device="cpu", shuffle=False, augment=False,
                  seed=0, drop_last=False, max_batches=None,
-                 memory_format=torch.channels_last):
+                 memory_format=torch.channels_last, positions=False):
         self.device = torch.device(device)
         # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (the
         # benchmark compares it with contiguous NCHW).
@@ -200,6 +202,7 @@ class BatchLoader:
         self.labels = labels.to(self.device)
         self.batch_size = batch_size
         self.shuffle, self.augment, self.seed = shuffle, augment, seed
+        self.positions = positions
         # drop_last keeps a ragged last batch (e.g. of 1 image) from upsetting BatchNorm.
         n = len(self.labels)
         self.num_batches = n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
@@ -223,7 +226,8 @@ class BatchLoader:
                 dy, dx, flip = (d[batch] for d in draws)
                 images = random_crop_flip(images, CROP_PADDING, dy, dx, flip)
             images = images.float().div_(255).contiguous(memory_format=self.memory_format)
-            yield images, self.labels[idx]
+            labels = self.labels[idx]
+            yield (images, labels, idx) if self.positions else (images, labels)
 
     def epoch_draws(self):
         """This epoch's image order and augmentation (crop offsets dy, dx and flips), on

@@ -1,7 +1,8 @@
 """The one training loop every script uses: train_one_epoch, evaluate, and fit, which
 checkpoints every epoch and writes the run records beside each checkpoint.
 
-A loss function is an argument: `loss_fn(logits, labels, images)` returns a dict whose
+The training objective is an argument: a methods.Method, called as
+`method(model, images, labels, positions)`, returns the model's logits and a dict whose
 "loss" entry is minimised; any other entries (e.g. "ce", "kd") are logged as parts.
 """
 import math
@@ -28,14 +29,33 @@ from models import NUM_CLASSES, model_spec
 # bar): each read waits for every queued kernel, so reading every step would starve the GPU.
 # On the CPU a read costs nothing and happens every step.
 CUDA_SYNC_EVERY = 50
+# Training curves are redrawn at most this often (seconds): a GPU epoch is over in about a
+# second, and a redraw that keeps it waiting on matplotlib costs a fifth to a third of that.
+PLOT_EVERY_SECONDS = 30
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, precision="fp32",
+class CurvesFigure:
+    """A run's training-curve figure, redrawn after an epoch when PLOT_EVERY_SECONDS have
+    passed since the last drawing, or when forced (the last epoch, an interrupt)."""
+
+    def __init__(self, path, title):
+        self.path, self.title = path, title
+        self.drawn_epochs, self.drawn_at = 0, -math.inf
+
+    def update(self, history, force=False):
+        due = force or time.monotonic() - self.drawn_at >= PLOT_EVERY_SECONDS
+        if due and len(history) > self.drawn_epochs:
+            plotting.plot_curves(history, self.path, title=self.title)
+            self.drawn_epochs, self.drawn_at = len(history), time.monotonic()
+
+
+def train_one_epoch(model, loader, method, optimizer, scheduler, device, precision="fp32",
                     desc="train", after_step=None, sync_every=None):
-    """One pass over `loader`; returns mean loss, accuracy (%), mean loss parts, and the LR
-    of the last step.
+    """One pass over `loader` (batches of images, labels and positions); returns mean loss,
+    accuracy (%), mean loss parts, and the LR of the last step.
 
-    The forward pass and loss run under `precision` ("fp32" or "bf16" autocast).
+    The forward passes and the loss (`method`) run under `precision` ("fp32" or "bf16"
+    autocast).
     `after_step()` runs after every optimizer step (e.g. an EMA update). The loss is read on
     the host every `sync_every` steps (default: every step on the CPU, CUDA_SYNC_EVERY on a
     GPU) and nowhere else, so a GPU is never kept waiting in between.
@@ -45,10 +65,9 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, precis
     model.train()
     sums, correct, seen, lr = {}, 0, 0, None
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0)
-    for step, (images, labels) in enumerate(bar):
+    for step, (images, labels, positions) in enumerate(bar):
         with autocast(device, precision):
-            logits = model(images)
-            losses = loss_fn(logits, labels, images)
+            logits, losses = method(model, images, labels, positions)
         loss = losses["loss"]
         if step % sync_every == 0:
             # Before the step, so on the CPU a NaN never reaches the weights. On a GPU it may
@@ -100,15 +119,18 @@ def evaluate(model, loader, device, num_classes=NUM_CLASSES):
             "images": seen, "confusion": confusion}
 
 
-def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=None,
+def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=None,
         ema=None, update_ema=True):
-    """Train `model_name` (or a given `model`) with `loss_fn`, checkpointing every epoch.
+    """Train `model_name` (or a given `model`) with `method` (a methods.Method, whose own
+    parameters train beside the model's and whose state is saved with the run),
+    checkpointing every epoch.
 
     An EMA of the model's weights (ema.ModelEMA with --ema-decay, unless that is 0, or the
     given `ema`) is updated after every step (unless `update_ema` is False: a frozen copy),
     evaluated every epoch, saved and resumed.
     Writes the checkpoint (--out), its config JSON and metrics CSV beside it, and
-    `<plots-dir>/<name>_curves.png`. Returns the trained model.
+    `<plots-dir>/<name>_curves.png` (redrawn at most every PLOT_EVERY_SECONDS, and after the
+    last epoch or an interrupt). Returns the trained model.
     """
     if model is None:
         model = initial_model(model_name, args, ckpt)
@@ -116,6 +138,7 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     # contiguous NCHW on the 2-core dev CPU (benchmarks/throughput.py, oneDNN); it is also
     # the layout cuDNN convolutions prefer.
     model = model.to(device, memory_format=torch.channels_last)
+    method = method.to(device)
     if ema is None and args.ema_decay > 0:
         ema = ModelEMA(model, args.ema_decay)
     if ema is not None:
@@ -123,7 +146,7 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     max_batches = DRY_RUN_BATCHES if args.dry_run else None
     train_loader = BatchLoader(*splits["train"], args.batch_size, device, shuffle=True,
                                augment=not args.no_augment, seed=args.seed, drop_last=True,
-                               max_batches=max_batches)
+                               max_batches=max_batches, positions=True)
     val_loader = BatchLoader(*splits["val"], 1000, device, max_batches=max_batches)
     start_epoch, schedule_start, history = 0, 0, []
     if ckpt is not None:
@@ -134,10 +157,11 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
     spe = len(train_loader)
     schedule = lambda step: lr_factor(  # noqa: E731
         step, spe, schedule_start, args.epochs, args.schedule, args.warmup)
-    optimizer = make_optimizer(model, args)
+    optimizer = make_optimizer([*model.parameters(), *method.parameters()], args, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     if ckpt is not None:
-        restore_training_state(ckpt, args.out, model, optimizer, scheduler, schedule, ema)
+        restore_training_state(ckpt, args.out, model, optimizer, scheduler, schedule, ema,
+                               method)
         note_checkpoint(args.out)
     # The compiled module shares its parameters with `model`, which is what gets saved and
     # evaluated (in eval mode a compiled module would compile a second graph).
@@ -160,50 +184,54 @@ def fit(model_name, loss_fn, args, device, splits, ckpt=None, title=None, model=
                   schedule_start_epoch=schedule_start)
     print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
-    for epoch in range(start_epoch, args.epochs):
-        train_loader.set_epoch(epoch)
-        if hasattr(loss_fn, "set_epoch"):  # a loss that follows the run (losses.StudentLoss)
-            loss_fn.set_epoch(epoch, len(train_loader))
-        start = time.perf_counter()
-        try:
-            train = train_one_epoch(
-                step_model, train_loader, loss_fn, optimizer, scheduler, device, args.precision,
-                desc=f"{name} {epoch + 1}/{args.epochs}",
-                after_step=(lambda: ema.update_parameters(model)) if ema and update_ema else None)
-        except FloatingPointError as e:
-            raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
-                            f"({args.out}, epoch {epoch}) is kept") from None
-        if hasattr(loss_fn, "end_epoch"):
-            loss_fn.end_epoch(epoch)
-        train_seconds = time.perf_counter() - start
-        val = evaluate(model, val_loader, device)
-        row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
-               "val_loss": val["loss"], "val_acc": val["acc"],
-               "lr": train["lr"],
-               "epoch_seconds": time.perf_counter() - start,
-               "images_per_second": train["images"] / train_seconds, "device": str(device)}
-        row.update({f"train_{k}": v for k, v in train.items()
-                    if k not in ("loss", "acc", "images", "lr")})
-        if ema is not None:
-            ema_val = evaluate(ema, val_loader, device)
-            row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
-        history.append(row)
-        with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
-            save_checkpoint({
-                "model": model_spec(model), "epoch": epoch + 1, "epochs": args.epochs,
-                "schedule_start_epoch": schedule_start, "history": history, "config": config,
-                **training_state(model, optimizer, scheduler, ema)}, args.out)
-            write_records(paths, config, history)
-            paths["test"].unlink(missing_ok=True)  # it measured an earlier epoch or run
-        note_checkpoint(args.out)
-        plotting.plot_curves(history, Path(args.plots_dir) / f"{name}_curves.png",
-                             title=title or name)
-        check_interrupt()
-        tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
-                   f"acc {train['acc']:.2f}%  val loss {val['loss']:.4f} acc {val['acc']:.2f}%  "
-                   + (f"EMA val acc {row['ema_val_acc']:.2f}%  " if ema is not None else "")
-                   + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
-                   f"{row['images_per_second']:.0f} img/s")
+    curves = CurvesFigure(Path(args.plots_dir) / f"{name}_curves.png", title or name)
+    after_step = (lambda: ema.update_parameters(model)) if ema and update_ema else None
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            train_loader.set_epoch(epoch)
+            method.set_epoch(epoch, len(train_loader))
+            start = time.perf_counter()
+            try:
+                train = train_one_epoch(
+                    step_model, train_loader, method, optimizer, scheduler, device, args.precision,
+                    desc=f"{name} {epoch + 1}/{args.epochs}",
+                    after_step=after_step)
+            except FloatingPointError as e:
+                raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
+                                f"({args.out}, epoch {epoch}) is kept") from None
+            method.end_epoch(epoch)
+            train_seconds = time.perf_counter() - start
+            val = evaluate(model, val_loader, device)
+            row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
+                   "val_loss": val["loss"], "val_acc": val["acc"],
+                   "lr": train["lr"],
+                   "epoch_seconds": time.perf_counter() - start,
+                   "images_per_second": train["images"] / train_seconds, "device": str(device)}
+            row.update({f"train_{k}": v for k, v in train.items()
+                        if k not in ("loss", "acc", "images", "lr")})
+            if ema is not None:
+                ema_val = evaluate(ema, val_loader, device)
+                row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
+            history.append(row)
+            with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
+                save_checkpoint({
+                    "model": model_spec(model), "epoch": epoch + 1, "epochs": args.epochs,
+                    "schedule_start_epoch": schedule_start, "history": history, "config": config,
+                    **training_state(model, optimizer, scheduler, ema, method)}, args.out)
+                write_records(paths, config, history)
+                paths["test"].unlink(missing_ok=True)  # it measured an earlier epoch or run
+            note_checkpoint(args.out)
+            curves.update(history, force=epoch + 1 == args.epochs)
+            check_interrupt()
+            tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
+                       f"acc {train['acc']:.2f}%  val loss {val['loss']:.4f} "
+                       f"acc {val['acc']:.2f}%  "
+                       + (f"EMA val acc {row['ema_val_acc']:.2f}%  " if ema is not None else "")
+                       + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
+                       f"{row['images_per_second']:.0f} img/s")
+    except KeyboardInterrupt:  # the figure shows every epoch the checkpoint holds
+        curves.update(history, force=True)
+        raise
     if not args.skip_test:
         test_and_record(model, ema, splits, device, args, paths["test"], name)
     return model.eval()

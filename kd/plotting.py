@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from kd.results import recipe_labels, run_variant  # noqa: E402
+from kd.results import MEAN_TEACHER_VARIANTS, recipe_labels, run_variant  # noqa: E402
 
 
 def plot_curves(history, path, title):
@@ -78,16 +78,11 @@ def student_curves(runs_dir):
     return curves
 
 
-MEAN_TEACHER_LABELS = {"mean-teacher": "teacher = EMA of the student",
-                       "mean-teacher-no-averaging": "teacher = the student (decay 0)",
-                       "mean-teacher-no-ema": "teacher frozen at its random start"}
-
-
 def plot_ema_compare(runs_dir, path):
     """The mean-teacher student's validation curves for each kind of teacher."""
     curves = {}
     for settings, config, df in labelled_records(runs_dir, "ema_*"):
-        label = MEAN_TEACHER_LABELS.get(run_variant(config), run_variant(config))
+        label = MEAN_TEACHER_VARIANTS.get(run_variant(config), run_variant(config))
         curves.setdefault(f"student, {label}{settings}", []).append((df, "val"))
     plot_mean_curves(curves, path, "mean-teacher")
 

@@ -6,42 +6,50 @@ from pathlib import Path
 
 import pandas as pd
 
+import methods
+from kd.data import TRAIN_SIZE
 from kd.records import test_record_matches
 
-# The order tables list variants in: the teacher, the students, then the mean-teacher runs
-# (model-ema: runs from before every script kept an EMA).
-VARIANT_ORDER = ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd", "kd EMA", "dkd", "dkd EMA",
-                 "dist", "dist EMA", "kd+ce+ls", "kd+ce+ls EMA", "kd+ls", "kd+ls EMA",
-                 "dkd+ls", "dkd+ls EMA", "ce", "ce EMA",
-                 "mean-teacher", "mean-teacher EMA", "mean-teacher-no-averaging",
-                 "mean-teacher-no-averaging EMA", "mean-teacher-no-ema",
-                 "mean-teacher-no-ema EMA", "model-ema", "model-ema EMA")
+# train_ema.py's variants, by the teacher the student learns from; the run's second model
+# is that teacher (its EMA model, or the frozen copy), named "<variant> teacher".
+MEAN_TEACHER_VARIANTS = {"mean-teacher": "teacher = EMA of the student",
+                         "mean-teacher-no-averaging": "teacher = the student (decay 0)",
+                         "mean-teacher-no-ema": "teacher frozen at its random start"}
+
+
+# The provenance columns of results.csv (evaluate.provenance) and how the report names them.
+PROVENANCE = {"data_sha256": "data (sha256)", "train_images": "training images",
+              "machine": "trained on", "precision": "precision", "torch": "torch",
+              "commit": "code (git commit)"}
 
 
 # Config entries that say where, how or as which repeat a run was made, not what it is.
 NOT_RECIPE = {"seed", "out", "plots_dir", "data_root", "device", "resume", "overwrite",
               "restart_if_changed", "skip_test", "compile", "git_commit", "git_dirty",
               "torch_version", "schedule_start_epoch", "run_id", "default_epochs", "model",
-              "teacher", "teacher_identity", "data_identity", "machine"}
+              "teacher", "teacher_identity", "data_identity", "machine", "no_shared_logits"}
 
 
-# Per student loss, the flags that play no part in it (so runs differing in them are alike).
-_DKD, _DIST = ("dkd_alpha", "dkd_beta", "dkd_warmup"), ("dist_beta", "dist_gamma")
-UNUSED_BY = {"ce": ("temperature", "alpha", "logit_standardize") + _DKD + _DIST,
-             "kd": ("alpha",) + _DKD + _DIST, "kd+ce": _DKD + _DIST,
-             "dkd": ("alpha",) + _DIST, "dist": ("alpha", "logit_standardize") + _DKD}
+def variant_order():
+    """The order tables list variants in: the teacher, the students (methods.py's order),
+    then the mean-teacher runs."""
+    return ["teacher", *methods.variant_order(), *MEAN_TEACHER_VARIANTS]
 
 
 def variant_rank(label):
-    variant = label.split(" (")[0]  # a label's variant, without the settings that tell apart
-    return VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER)
+    """A label's place in variant_order(), each variant's second model (EMA or teacher)
+    right after it; unknown variants last."""
+    variant = label.split(" (")[0]  # without the settings that tell recipes apart
+    base = variant.removesuffix(" EMA").removesuffix(" teacher")
+    order = variant_order()
+    return 2 * order.index(base) + (base != variant) if base in order else 2 * len(order)
 
 
 def recipe(config):
     """What defines a run besides its seed: every config entry but NOT_RECIPE, the widths,
     the teacher by its weights' hash and the data by theirs."""
     flat = {k: v for k, v in config.items()
-            if k not in NOT_RECIPE and k not in UNUSED_BY.get(config.get("loss"), ())}
+            if k not in NOT_RECIPE and k not in methods.unused_flags(config.get("loss"))}
     flat["widths"] = (config.get("model") or {}).get("arch_args", {}).get("widths")
     flat["teacher"] = (config.get("teacher_identity") or {}).get("sha256", "")[:12] or None
     flat["data"] = (config.get("data_identity") or {}).get("sha256", "")[:12] or None
@@ -64,26 +72,20 @@ def recipe_labels(runs):
 
 
 def run_variant(config, ema=False):
-    """The variant a run's config describes: `teacher`, the student loss (`kd+ce`, `kd`, `ce`),
-    or the mean-teacher setting (`mean-teacher`, `mean-teacher-no-ema`: the teacher frozen,
-    `mean-teacher-no-averaging`: decay 0); with `ema`, the EMA model of that run (`... EMA`;
-    for mean-teacher, its teacher)."""
-    if "mode" in config:  # a train_ema.py run (mode model-ema: from before every run had EMA)
+    """The variant a run's config describes: `teacher`, the student's method (`kd+ce`,
+    `kd+ce+ls`, `ce`, ...; methods.variant), or the mean-teacher setting (`mean-teacher`,
+    `mean-teacher-no-ema`: the teacher frozen, `mean-teacher-no-averaging`: decay 0). With
+    `ema`, the run's second model: `<variant> EMA`, the EMA of its weights, or for a
+    mean-teacher run `<variant> teacher`, its teacher."""
+    if "mode" in config:  # a train_ema.py run
         variant = config["mode"] + ("-no-ema" if config["no_ema"] else
                                     "-no-averaging" if config.get("ema_decay") == 0 else "")
-    elif "loss" in config:  # +ls: with logit standardization
-        variant = config["loss"] + ("+ls" if config.get("logit_standardize") else "")
+        return variant + " teacher" * ema
+    if "loss" in config:
+        variant = methods.variant(config)
     else:  # the teacher, or a bare checkpoint known by its model alone
         variant = config["model"]["name"]
     return variant + " EMA" * ema
-
-
-def mean_teacher_teacher(variant):
-    """"<mean-teacher variant>: its teacher" for the `EMA` variant of a mean-teacher run,
-    whose EMA model is the teacher (frozen at its random start for -no-ema), else None."""
-    if variant.startswith("mean-teacher") and variant.endswith(" EMA"):
-        return f"{variant.removesuffix(' EMA')}: its teacher"
-    return None
 
 
 def seed_table(runs, keys, column="test_acc"):
@@ -113,11 +115,11 @@ def run_table(folders):
                     if test_record_matches(f"{stem}.test.json", config.get("run_id"),
                                            int(last["epoch"])) else {})
             variant = run_variant(config)
-            unused = UNUSED_BY.get(config.get("loss"), ())
+            unused = methods.unused_flags(config.get("loss"))
             row = {
                 "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,
                 "widths": " ".join(map(str, config["model"]["arch_args"]["widths"])),
-                "images": config["train_subset"] or 45000, "epochs": int(last["epoch"]),
+                "images": config["train_subset"] or TRAIN_SIZE, "epochs": int(last["epoch"]),
                 "batch": config["batch_size"], "lr": config["lr"], "wd": config["weight_decay"],
                 # T and alpha only where the run's loss uses them
                 "T": None if "temperature" in unused else config.get("temperature"),

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
+import methods
 from kd.checkpoints import CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args
 from kd.data import VAL_SEED, load_cifar10, split_train_val
 from kd.device import resolve_precision, select_device
-from kd.results import UNUSED_BY
 from models import build_model, model_from_checkpoint
 
 # Keys of the config that define the training run itself; --resume takes them from the
@@ -18,10 +18,9 @@ from models import build_model, model_from_checkpoint
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
                "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision",
                "ema_decay")
-# Recipe keys added after runs were made, with the value those runs had (for the method
-# weights, which meant nothing to them: the default).
-ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "logit_standardize": False, "dkd_alpha": 1.0,
-                     "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0, "dist_gamma": 1.0}
+# Recipe keys added after runs were made, with the value those runs had; the methods'
+# flags declare theirs (methods.Flag.before).
+ADDED_RECIPE_KEYS = {"ema_decay": 0.0, **methods.flags_before()}
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
@@ -151,7 +150,7 @@ def changed_recipe(config, args, recipe_keys, device):
     """The recipe settings in which a checkpoint differs from what this command asks for,
     defaults included (what `make` reruns a stage for); flags the run's loss does not use
     (DKD's for a KD student) are no part of its recipe."""
-    unused = UNUSED_BY.get(getattr(args, "loss", None), ())
+    unused = methods.unused_flags(getattr(args, "loss", None))
     asked = {key: getattr(args, key) for key in RECIPE_KEYS + tuple(recipe_keys)
              if key not in unused}
     asked["precision"] = resolve_precision(args.precision, device)
@@ -232,19 +231,23 @@ def initial_model(model_name, args, ckpt=None, seed=None):
     return build_model(model_name, ckpt["model"]["arch_args"] if ckpt else arch_args(args))
 
 
-def training_state(model, optimizer, scheduler, ema=None):
+def training_state(model, optimizer, scheduler, ema=None, method=None):
     """Everything --resume needs besides the run's records: weights, optimizer, schedule, RNG
-    states, and the EMA model with its update count."""
+    states, the EMA model with its update count, and the method's own parameters and
+    buffers (a regressor, a memory bank; none for the logit methods)."""
     state = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
              "scheduler_state": scheduler.state_dict(),
              "rng": {"torch": torch.get_rng_state(),
                      "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None}}
     if ema is not None:
         state["ema"] = {"model_state": ema.module.state_dict(), "updates": ema.updates}
+    if method is not None and method.state_dict():
+        state["method_state"] = method.state_dict()
     return state
 
 
-def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, ema=None):
+def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, ema=None,
+                           method=None):
     """The inverse of training_state (`path` is for messages). The optimizer and scheduler
     must be built already: building a scheduler resets the optimizer's LR, so the LR is set
     again from `schedule`."""
@@ -255,6 +258,8 @@ def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, em
         if ema is not None:
             ema.module.load_state_dict(ckpt["ema"]["model_state"])
             ema.load_updates(ckpt["ema"]["updates"])
+        if method is not None:
+            method.load_state_dict(ckpt.get("method_state", {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # what load_state_dict raises
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(f"{path} cannot be resumed: its training state does not fit "

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-import losses
+import methods
 from conftest import run_script, synthetic_images
 from kd import engine
 from kd.checkpoints import load_checkpoint
@@ -38,7 +38,7 @@ def test_a_teacher_saved_on_cuda_loads_anywhere(cuda_teacher):
     assert all(t.device.type == "cpu" for t in ckpt["model_state"].values())
 
 
-@pytest.mark.parametrize("loss", losses.STUDENT_LOSSES)
+@pytest.mark.parametrize("loss", methods.METHODS)
 def test_students_train_on_cuda_from_the_cuda_teacher(cuda_teacher, image_folder, tmp_path, loss):
     out = tmp_path / f"student_{loss}_seed0.pt"
     proc = run_script("train_student.py", "--dry-run", *CUDA, "--loss", loss, "--teacher",
@@ -104,15 +104,15 @@ def test_kd_and_ema_steps_on_cuda_wait_for_the_device_only_at_loss_reads():
     teacher = build_model("teacher").to(device, memory_format=torch.channels_last).eval()
     student = build_model("student").to(device, memory_format=torch.channels_last)
     ema = ModelEMA(student, 0.99)
-    loss_fn = losses.student_loss("kd+ce", teacher.requires_grad_(False))
+    method = methods.build({"loss": "kd+ce"}, teacher.requires_grad_(False))
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     images, labels = synthetic_images(20, seed=0)
     batches = list(BatchLoader(images, labels, 10, device, shuffle=True, augment=True,
-                               drop_last=True))  # 20 batches, made before the check
+                               drop_last=True, positions=True))  # 20, made before the check
 
     def epoch():
-        return engine.train_one_epoch(student, batches, loss_fn, optimizer, scheduler, device,
+        return engine.train_one_epoch(student, batches, method, optimizer, scheduler, device,
                                       "bf16", after_step=lambda: ema.update_parameters(student),
                                       sync_every=1000)
     epoch()  # warm-up: cuDNN's algorithm search, lazy initialisation

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-import losses
+import methods
 from conftest import run_script, synthetic_images
 from kd import engine
 from kd.checkpoints import load_checkpoint
@@ -61,7 +61,7 @@ def test_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch):
 def tiny_loader(n=96, batch_size=16, seed=0):
     images, labels = synthetic_images(n // 10 + 1, seed)
     return BatchLoader(images[:n], labels[:n], batch_size, shuffle=True, augment=True,
-                       drop_last=True)
+                       drop_last=True, positions=True)
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
@@ -72,10 +72,13 @@ def test_training_steps_run_in_the_precision_asked_for(precision, dtype):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     seen = []
 
-    def loss_fn(logits, labels, images):
+    ce = methods.CE({})
+
+    def method(model, *batch):
+        logits, parts = ce(model, *batch)
         seen.append(logits.dtype)
-        return losses.cross_entropy(logits, labels)
-    metrics = engine.train_one_epoch(model, tiny_loader(), loss_fn, optimizer, scheduler,
+        return logits, parts
+    metrics = engine.train_one_epoch(model, tiny_loader(), method, optimizer, scheduler,
                                      torch.device("cpu"), precision)
     assert set(seen) == {dtype} and len(seen) == 6
     assert torch.isfinite(torch.tensor(metrics["loss"]))
@@ -105,13 +108,13 @@ def test_the_loop_reads_values_on_the_host_only_every_sync_every_steps():
     teacher = build_model("teacher").eval().requires_grad_(False)
     student = build_model("student")
     ema = ModelEMA(student, 0.9)
-    loss_fn = losses.student_loss("kd+ce", teacher)
+    method = methods.build({"loss": "kd+ce"}, teacher)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, 12, 0, 1, "onecycle", 0.2))
     loader = tiny_loader(n=12 * 8, batch_size=8)
     with HostReads() as mode:
-        engine.train_one_epoch(student, loader, loss_fn, optimizer, scheduler,
+        engine.train_one_epoch(student, loader, method, optimizer, scheduler,
                                torch.device("cpu"), after_step=lambda: ema.update_parameters(
                                    student), sync_every=5)
     # 3 loss reads, then the sums of loss, accuracy and the two logged parts (kd, ce)

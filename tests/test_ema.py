@@ -95,15 +95,3 @@ def test_bad_ema_flags(image_folder, tmp_path):
                "--data-root", image_folder, "--out", tmp_path / "s.pt", "--plots-dir", tmp_path)
     with pytest.raises(CheckpointError, match="no EMA model"):
         load_model(tmp_path / "s.pt", ema=True)
-
-
-def test_a_model_ema_run_from_before_is_not_resumed_as_mean_teacher(image_folder, tmp_path):
-    out = tmp_path / "ema.pt"
-    common = ["--batch-size", "64", "--data-root", image_folder, "--out", out, "--plots-dir",
-              tmp_path]
-    run_script("train_ema.py", *common, "--epochs", "1")
-    ckpt = load_checkpoint(out)
-    ckpt["config"]["mode"] = "model-ema"  # what the removed --mode model-ema wrote
-    torch.save(ckpt, out)
-    proc = run_script("train_ema.py", *common, "--resume", "--epochs", "2", check=False)
-    assert proc.returncode == 2 and "model-ema run" in proc.stderr.strip().splitlines()[-1]

@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-import losses
+import methods
 from kd import cli, engine, interrupts, runs
 from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from kd.schedule import lr_factor
@@ -18,9 +18,21 @@ def parse(image_folder, tmp_path, *flags, name="student"):
                               str(tmp_path / "plots"), *map(str, flags)])
 
 
-def train(args, loss_fn=losses.cross_entropy):
+class HookedCE(methods.CE):
+    """Cross-entropy that calls `hook(logits)` before each step's loss."""
+
+    def __init__(self, hook):
+        super().__init__({})
+        self.hook = hook
+
+    def loss(self, student, teacher, labels, positions):
+        self.hook(student.logits)
+        return super().loss(student, teacher, labels, positions)
+
+
+def train(args, method=None):
     args, device, splits, ckpt = runs.prepare_run(args, "student")
-    return engine.fit("student", loss_fn, args, device, splits, ckpt)
+    return engine.fit("student", method or methods.CE({}), args, device, splits, ckpt)
 
 
 def test_training_learns_a_learnable_set(image_folder, tmp_path):
@@ -33,12 +45,11 @@ def test_training_learns_a_learnable_set(image_folder, tmp_path):
 def interrupt_after(steps):
     calls = {"n": 0}
 
-    def loss_fn(logits, labels, images):
+    def count(logits):
         calls["n"] += 1
         if calls["n"] > steps:
             raise KeyboardInterrupt
-        return losses.cross_entropy(logits, labels, images)
-    return loss_fn
+    return HookedCE(count)
 
 
 def test_resume_equals_an_uninterrupted_run(image_folder, tmp_path):
@@ -69,13 +80,12 @@ def test_an_interrupt_swallowed_by_a_finalizer_still_stops_training(image_folder
         def __del__(self):
             interrupts._raise_interrupt(signal.SIGINT, None)  # as if the signal arrived here
 
-    def loss_fn(logits, labels, images):
+    def count(logits):
         calls["n"] += 1
         if calls["n"] == 3:
             InterruptedFinalizer()  # dropped at once: "Exception ignored in ... __del__"
-        return losses.cross_entropy(logits, labels, images)
     with pytest.raises(KeyboardInterrupt):
-        train(parse(image_folder, tmp_path, "--epochs", 3), loss_fn)
+        train(parse(image_folder, tmp_path, "--epochs", 3), HookedCE(count))
     assert calls["n"] == 3
 
 
@@ -147,10 +157,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, 
     train(parse(image_folder, tmp_path, "--epochs", 1, "--schedule", "constant"))
     before = load_checkpoint(tmp_path / "student.pt")
 
-    def explode(logits, labels, images):
-        return {"loss": losses.cross_entropy(logits, labels)["loss"] * float("nan")}
+    class Explode(methods.CE):
+        def loss(self, *outputs):
+            return {"loss": super().loss(*outputs)["loss"] * float("nan")}
     with pytest.raises(cli.UserError, match="non-finite loss .* step 1 of epoch 2"):
-        train(parse(image_folder, tmp_path, "--resume", "--epochs", 2), explode)
+        train(parse(image_folder, tmp_path, "--resume", "--epochs", 2), Explode({}))
     after = load_checkpoint(tmp_path / "student.pt")
     assert after["epoch"] == 1
     assert all(torch.equal(before["model_state"][k], v) for k, v in after["model_state"].items())

@@ -67,7 +67,8 @@ def test_tables_and_figures_are_written(pipeline):
     markdown = (plots / "results.md").read_text()
     # Two seeds of kd+ce: a mean ± std row.
     assert re.search(r"\| kd\+ce .*\|\s+2 \|\s+[\d.]+ ± [\d.]+ \|$", markdown, re.M)
-    assert "mean-teacher EMA" in markdown and "teacher EMA" in markdown
+    assert "mean-teacher teacher" in markdown and "teacher EMA" in markdown
+    assert "mean-teacher EMA" not in markdown  # its second model is its teacher
     assert "student_kd+ce_seed1" in proc.stdout
     names = {p.name for p in plots.glob("*.png")}
     assert "confusion_teacher.png" in names and "per_class_accuracy.png" in names

@@ -61,7 +61,8 @@ def test_the_report_says_what_the_results_show(tmp_path):
 
 
 def test_raw_against_ema_leaves_out_mean_teacher_whose_ema_is_its_teacher():
-    results = pd.DataFrame({"variant": ["kd", "kd EMA", "mean-teacher", "mean-teacher EMA"]})
+    results = pd.DataFrame({"variant": ["kd", "kd EMA", "mean-teacher",
+                                        "mean-teacher teacher"]})
     assert raw_vs_ema_pairs(results) == [("kd EMA", "kd")]
 
 

@@ -4,7 +4,7 @@ import argparse
 import pytest
 import torch
 
-import losses
+import methods
 from conftest import run_script
 from kd import cli, engine, runs
 from kd.checkpoints import load_checkpoint
@@ -18,12 +18,15 @@ def run_variant(kind, teacher, image_folder, out, record):
     args = parser.parse_args(["--device", "cpu", "--data-root", str(image_folder), "--plots-dir",
                               str(out.parent)])
     args, device, splits, ckpt = runs.prepare_run(args, "student")
-    inner = losses.student_loss(kind, teacher, 4.0, 0.9)
+    config = {"loss": kind, "temperature": 4.0, "alpha": 0.9}
 
-    def loss_fn(logits, labels, images):
-        record.append((images.clone(), labels.clone(), logits.detach().clone()))
-        return inner(logits, labels, images)
-    engine.fit("student", loss_fn, args, device, splits, ckpt)
+    class Recorded(methods.METHODS[kind]):
+        def forward(self, student, images, labels, positions):
+            logits, parts = super().forward(student, images, labels, positions)
+            record.append((images.clone(), labels.clone(), logits.detach().clone()))
+            return logits, parts
+    method = Recorded(config, teacher if Recorded.uses_teacher else None)
+    engine.fit("student", method, args, device, splits, ckpt)
 
 
 def test_variants_start_equal_see_the_same_batches_and_leave_the_teacher_alone(
@@ -31,7 +34,7 @@ def test_variants_start_equal_see_the_same_batches_and_leave_the_teacher_alone(
     teacher = load_model(teacher_checkpoint, kind="teacher").requires_grad_(False)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     records = {}
-    for kind in losses.STUDENT_LOSSES:
+    for kind in methods.METHODS:
         records[kind] = []
         run_variant(kind, teacher, image_folder, tmp_path / f"{kind}.pt", records[kind])
     # The teacher's weights and BatchNorm buffers (running stats, batch count) are untouched.
@@ -50,7 +53,7 @@ def test_variants_start_equal_see_the_same_batches_and_leave_the_teacher_alone(
     assert not torch.equal(base[1][2], records["ce"][1][2])
 
 
-@pytest.mark.parametrize("loss", losses.STUDENT_LOSSES)
+@pytest.mark.parametrize("loss", methods.METHODS)
 def test_dry_run_of_each_variant(teacher_checkpoint, image_folder, tmp_path, loss):
     proc = run_script("train_student.py", "--dry-run", "--loss", loss, "--teacher",
                       teacher_checkpoint, "--data-root", image_folder, "--out",
@@ -106,15 +109,15 @@ def test_dkd_weight_warms_up_with_the_optimizer_step():
     teacher = torch.nn.Linear(4, 10).requires_grad_(False)
     images, labels = torch.randn(8, 4), torch.randint(0, 10, (8,))
     logits = torch.randn(8, 10)
-    loss_fn = losses.student_loss("dkd", teacher, 4.0, dkd_warmup=1.0)
-    loss_fn.set_epoch(0, steps_per_epoch=4)
+    method = methods.build({"loss": "dkd", "dkd_warmup": 1.0}, teacher)
+    method.set_epoch(0, steps_per_epoch=4)
     weights = []
     for _ in range(5):
-        parts = loss_fn(logits, labels, images)
+        _, parts = method(lambda images: logits, images, labels, None)
         weights.append(((parts["loss"] - parts["ce"]) / parts["kd"]).item())
     assert weights == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
-    loss_fn.set_epoch(1, steps_per_epoch=4)  # a resumed run starts past the warm-up
-    parts = loss_fn(logits, labels, images)
+    method.set_epoch(1, steps_per_epoch=4)  # a resumed run starts past the warm-up
+    _, parts = method(lambda images: logits, images, labels, None)
     assert ((parts["loss"] - parts["ce"]) / parts["kd"]).item() == pytest.approx(1.0)
 
 

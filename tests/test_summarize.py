@@ -3,7 +3,7 @@ import json
 import pandas as pd
 
 from kd.plotting import plot_compare, student_curves
-from kd.results import mean_teacher_teacher, recipe_labels, run_table, seed_table
+from kd.results import recipe_labels, run_table, run_variant, seed_table, variant_rank
 
 
 def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):
@@ -75,6 +75,11 @@ def test_the_comparison_figure_never_pools_a_standardized_run_with_its_base_loss
     assert (tmp_path / "compare.png").stat().st_size > 0
 
 
-def test_a_mean_teacher_runs_ema_is_labelled_as_its_teacher():
-    assert mean_teacher_teacher("mean-teacher-no-ema EMA") == "mean-teacher-no-ema: its teacher"
-    assert mean_teacher_teacher("kd EMA") is None and mean_teacher_teacher("mean-teacher") is None
+def test_a_mean_teacher_runs_second_model_is_named_its_teacher():
+    mean_teacher = {"mode": "mean-teacher", "no_ema": True, "ema_decay": 0.995}
+    assert run_variant(mean_teacher, ema=True) == "mean-teacher-no-ema teacher"
+    assert run_variant({"loss": "kd", "logit_standardize": True}, ema=True) == "kd+ls EMA"
+    ranks = [variant_rank(v) for v in ("teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "ce",
+                                       "mean-teacher", "mean-teacher teacher",
+                                       "mean-teacher-no-ema (lr=0.2) teacher", "unknown")]
+    assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)

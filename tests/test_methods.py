@@ -1,0 +1,115 @@
+"""methods.py: what the registry derives (the command line, recipes, old checkpoints' values,
+table order, the report's comparisons), and a method registered from outside the repo taken
+through every script with no other edit."""
+import argparse
+
+import pandas as pd
+import pytest
+import torch
+
+import methods
+from conftest import ROOT, full_and_resumed_runs, run_script
+from kd.checkpoints import load_checkpoint
+from kd.results import recipe_labels
+from models import build_model
+
+
+def test_the_derived_facts_are_the_ones_once_written_by_hand():
+    """What results.UNUSED_BY, runs.ADDED_RECIPE_KEYS, results.VARIANT_ORDER and
+    report.STUDENT_PAIRS listed before methods were classes."""
+    dkd, dist = ("dkd_alpha", "dkd_beta", "dkd_warmup"), ("dist_beta", "dist_gamma")
+    unused_by = {"ce": ("temperature", "alpha", "logit_standardize") + dkd + dist,
+                 "kd": ("alpha",) + dkd + dist, "kd+ce": dkd + dist,
+                 "dkd": ("alpha",) + dist, "dist": ("alpha", "logit_standardize") + dkd}
+    for loss, unused in unused_by.items():
+        assert sorted(methods.unused_flags(loss)) == sorted(unused), loss
+    assert methods.flags_before() == {"logit_standardize": False, "dkd_alpha": 1.0,
+                                      "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0,
+                                      "dist_gamma": 1.0}
+    assert methods.variant_order() == ["kd+ce", "kd", "dkd", "dist", "kd+ce+ls", "kd+ls",
+                                       "dkd+ls", "ce"]
+    assert sorted(methods.comparisons()) == sorted([
+        ("kd+ce", "ce"), ("kd", "ce"), ("kd", "kd+ce"), ("dkd", "kd+ce"), ("dist", "kd+ce"),
+        ("kd+ce+ls", "kd+ce"), ("kd+ls", "kd"), ("dkd+ls", "dkd")])
+    assert methods.unused_flags("teacher") == ()  # not a method: nothing to ignore
+
+
+def test_flags_are_declared_once_and_checked():
+    parser = argparse.ArgumentParser()
+    methods.add_flags(parser)
+    args = parser.parse_args([])
+    assert (args.loss, args.temperature, args.alpha, args.dkd_beta) == ("kd+ce", 4.0, 0.5, 0.5)
+    assert methods.check_flags(vars(args)) == []
+    bad = {**vars(args), "loss": "dist", "temperature": 0.0, "dkd_beta": -1.0,
+           "logit_standardize": True}
+    assert methods.check_flags(bad) == ["--temperature must be > 0, got 0.0",
+                                        "--dkd-beta must be >= 0, got -1.0",
+                                        "--logit-standardize goes with --loss kd+ce, kd, dkd, "
+                                        "not dist"]
+    clash = type("Clash", (methods.Method,), {
+        "name": "clash", "flags": (methods.Flag("temperature", 2.0, "another T"),)})
+    with pytest.raises(ValueError, match="share its Flag object"):
+        methods.register(clash)
+    assert "clash" not in methods.METHODS
+
+
+def test_the_teacher_is_no_part_of_a_method():
+    teacher = build_model("teacher").eval().requires_grad_(False)
+    method = methods.build({"loss": "kd+ce"}, teacher)
+    assert list(method.parameters()) == [] and method.state_dict() == {}
+    assert method.teacher is teacher
+
+
+def test_a_method_sees_each_images_position_and_the_teachers_features():
+    seen = {}
+
+    class Probe(methods.Method):
+        name, features, shared_logits = "probe", True, False
+
+        def loss(self, student, teacher, labels, positions):
+            seen.update(student=student, teacher=teacher, positions=positions)
+            return {"loss": student.logits.float().sum()}
+    torch.manual_seed(0)
+    student, teacher = build_model("student"), build_model("teacher").eval()
+    images, positions = torch.rand(4, 3, 32, 32), torch.tensor([7, 3, 9, 0])
+    logits, _ = Probe({}, teacher)(student, images, torch.zeros(4, dtype=torch.long), positions)
+    assert seen["positions"] is positions
+    assert [f.shape[1:] for f in seen["student"].features["blocks"]] == [
+        (32, 32, 32), (32, 16, 16), (64, 8, 8)]
+    assert seen["teacher"].features["hidden"].shape == (4, 256)
+    assert not seen["teacher"].logits.requires_grad
+    assert torch.equal(logits, student(images))  # the default call: the same logits
+
+
+def test_a_method_from_outside_the_repo_goes_through_every_script(
+        teacher_checkpoint, image_folder, tmp_path, monkeypatch):
+    """tests/toy_method.py, named in $KD_METHODS: --help, a run resumed mid-epoch equal to an
+    uninterrupted one (its own parameters included), its recipe label, evaluate.py and
+    report.py, with no edit anywhere else."""
+    monkeypatch.setenv("KD_METHODS", "toy_method")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests"))
+    help_text = run_script("train_student.py", "--help").stdout
+    assert "--toy-weight" in help_text and "toy: CE + a projected" in help_text
+    common = ["--teacher", teacher_checkpoint, "--data-root", image_folder, "--plots-dir",
+              tmp_path, "--batch-size", "64", "--ema-decay", "0"]
+    full, cut = full_and_resumed_runs("train_student.py", ["--loss", "toy", "--epochs", "2",
+                                                           *common], tmp_path, 2, step=6)
+    a, b = load_checkpoint(full), load_checkpoint(cut)
+    assert set(a["method_state"]) == {"project.weight", "project.bias"}
+    for part in ("model_state", "method_state"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    start = build_model("student").state_dict()  # trained: the projection moved too
+    assert not torch.equal(a["model_state"]["classifier.1.weight"],
+                           start["classifier.1.weight"])
+    run_script("train_student.py", "--loss", "kd+ce", "--dry-run", *common,
+               "--out", tmp_path / "kd.pt")
+    config = load_checkpoint(full)["config"]
+    assert recipe_labels([("toy", config), ("toy", {**config, "toy_weight": 2.0})]) == [
+        "toy (toy_weight=0.5)", "toy (toy_weight=2.0)"]
+    plots = tmp_path / "plots"
+    run_script("evaluate.py", full, tmp_path / "kd.pt", "--data-root", image_folder,
+               "--plots-dir", plots)
+    assert set(pd.read_csv(plots / "results.csv")["variant"]) == {"toy", "kd+ce"}
+    run_script("report.py", "--plots-dir", plots)
+    assert "toy − kd+ce" in (plots / "report.md").read_text()

@@ -455,8 +455,12 @@ class ContrastMemory(torch.nn.Module):
             with torch.no_grad():
                 for z, scores in ((self.z_s, scores_s), (self.z_t, scores_t)):
                     z.copy_(torch.where(z < 0, scores.mean() * self.n_data, z))  # no sync
-                for bank, embed in ((self.memory_s, embed_s), (self.memory_t, embed_t)):
+                for name, embed in (("memory_s", embed_s), ("memory_t", embed_t)):
+                    # A new bank, not an in-place write: the backward pass of the scores
+                    # still needs the old one.
+                    bank = getattr(self, name).clone()
                     rows = bank[index] * self.momentum + embed * (1 - self.momentum)
                     bank[index] = F.normalize(rows, dim=1)
+                    setattr(self, name, bank)
             return (nce_loss(scores_s / self.z_s, self.n_data)
                     + nce_loss(scores_t / self.z_t, self.n_data))

@@ -148,7 +148,8 @@ def fixed_regressor(s_channels, t_channels, seed):
 
 def test_fitnet_hint_loss_matches_the_reference():
     """relu(BN(W x)) per position, then the MSE against the teacher. Seen failing with: the
-    ReLU removed; hint_loss summed over channels (mean over N, H, W only)."""
+    ReLU removed; the ReLU before the BN; the conv given a bias; hint_loss summed over
+    channels (mean over N, H, W only)."""
     f_s, f_t = maps(2, 3, 4, 4, seed=5), maps(2, 5, 4, 4, seed=6)
     reg = fixed_regressor(3, 5, seed=7)
     w = reg.conv.weight.double()[:, :, 0, 0].tolist()
@@ -177,7 +178,8 @@ def test_fitnet_regressor_refuses_unequal_spatial_sizes():
 def test_losses_are_zero_where_student_equals_teacher():
     """at_loss also with the teacher's channels doubled (the same channel mean); FitNet with
     an identity regressor: a 1x1 conv of weight I and a BatchNorm in eval with unit
-    statistics (eps 0) on a non-negative map. Seen failing with the BN before the conv."""
+    statistics (eps 0) on a non-negative map. Seen failing with the regressor's conv given a
+    bias, and with at_loss's channel mean taken over the batch axis (mean(0))."""
     f = maps(2, 4, 8, 8, seed=8)
     assert at_loss(f, f.clone()).item() == 0
     assert at_loss(f, torch.cat([f, f], dim=1)).item() == pytest.approx(0, abs=1e-12)
@@ -211,7 +213,7 @@ def test_review_fusion_shapes_and_stage_widths():
     teacher's widths; only the deepest stage fuses nothing. Seen failing with the outputs
     returned deep to shallow."""
     feats = [maps(2, 32, 32, 32, seed=1), maps(2, 32, 16, 16, seed=2), maps(2, 64, 8, 8, seed=3)]
-    fusion = ReviewFusion([32, 32, 64], [32, 64, 128], mid_channels=64)
+    fusion = ReviewFusion([32, 32, 64], [32, 64, 128], mid_channels=16)
     outputs = fusion(feats)
     assert [tuple(o.shape) for o in outputs] == [(2, 32, 32, 32), (2, 64, 16, 16), (2, 128, 8, 8)]
     assert [stage.attention is None for stage in fusion.stages] == [False, False, True]
@@ -300,8 +302,8 @@ def ref_crd(embed_s, embed_t, memory_s, memory_t, contrast, z_s, z_t, n_data, k,
 def test_contrast_memory_matches_the_reference_on_a_tiny_bank():
     """Six images of three classes, k = 2, hand-set contrast indices, two steps: the second
     uses the first batch's Z and the updated banks. Seen failing with: temperature 0.1
-    instead of 0.07; Z recomputed at every batch; each embedding scored against its own
-    network's bank; momentum 0.5 applied to the new embedding's side... (0.9 instead)."""
+    instead of 0.07; momentum 0.9 instead of 0.5; Z recomputed at every batch; the student's
+    embedding scored against its own bank; Pn = 1 instead of 1 / n_data."""
     crd = ContrastMemory([0, 0, 1, 1, 2, 2], k=2, dim=3, seed=0)
     z_s, z_t = -1.0, -1.0
     steps = [(torch.tensor([0, 2]), torch.tensor([[0, 2, 4], [2, 0, 5]])),
@@ -363,8 +365,9 @@ def test_contrast_memory_resumes_exactly_from_its_state_dict(tmp_path):
     """A module restored mid-run from another's saved state_dict (through torch.save and a
     weights_only load) then gives the same losses, banks, Z and negatives, bit for bit, as
     the uninterrupted one; the restored one was built with another seed, so all of it comes
-    from the file. Seen failing with, each in turn: rng_state not persistent, z_s not
-    persistent, the banks not persistent."""
+    from the file. Seen failing with, each in turn: rng_state, z_s or the banks not
+    persistent (the losses differ); the generator not set from rng_state before a draw; the
+    banks updated in place (the backward pass then fails)."""
     labels = torch.arange(50) % 5
     first = ContrastMemory(labels, k=8, dim=8, seed=1)
     crd_steps(first, 2, seed=0)

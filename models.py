@@ -32,9 +32,9 @@ def pool_relu():
     """The max-pool, with the ReLU of the conv before it (built with relu=False). ReLU is
     monotonic, so max-pool and ReLU commute exactly, in value and gradient (training is
     bit-identical; a test checks): after the pool, ReLU touches a quarter of the
-    activations, which makes student training steps about 1.15x faster here (ReLU and the
-    other memory-bound passes dominate its step; benchmarks/throughput.py times both
-    orders). The conv keeps its state-dict keys, so checkpoints from the conv-BN-ReLU-pool
+    activations, which makes student training steps faster (ReLU and the other memory-bound
+    passes dominate its step; benchmarks/throughput.py times both orders, docs/performance.md
+    has the figures). The conv keeps its state-dict keys, so checkpoints from the conv-BN-ReLU-pool
     order load unchanged."""
     return nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True))
 
@@ -110,12 +110,9 @@ class TeacherNet(_Net):
     32x32: conv 6, conv w0 -> maxpool -> 16x16: conv w1, conv w1 -> stride 2 -> 8x8: conv w2,
     conv w2 -> stride 2 -> 4x4: conv w3 -> flatten (w3*16) -> FC 256 -> 10.
 
-    Widths (32, 64, 128, 256), 36M MACs, chosen on the validation split: in a probe (4 epochs
-    on 20k images, same recipe, this 2-core CPU) (48, 96, 192, 256) reached 65.2% validation
-    accuracy against 65.5% for (32, 64, 128, 256) at 2.1x the MACs and half the images/s
-    (experiments/grids/probe-teacher.toml),
-    and (64, 128, 256, 256) costs 3.5x the MACs. The pool sits after the second conv, at
-    32x32 -> 16x16, where it saves the most compute of any single place.
+    Widths (32, 64, 128, 256), chosen on the validation split against wider ones for their
+    cost (docs/usage.md#models has the probe's figures). The pool sits after the second
+    conv, at 32x32 -> 16x16, where it saves the most compute of any single place.
     """
 
     def __init__(self, widths=(32, 64, 128, 256)):
@@ -140,12 +137,9 @@ class StudentNet(_Net):
 
     32x32: conv w0 -> maxpool -> 16x16: conv w1 (stride 2) -> 8x8 -> flatten -> FC 256 -> 10.
 
-    Widths (32, 64), 3.1M MACs (1/11.6 of the teacher's), chosen on the validation split:
-    trained alone (4 epochs on 20k images, experiments/grids/probe-student.toml) it reached
-    60.9% validation accuracy; (48, 96) 61.9% at 1.8x the MACs, (64, 128) 62.3% at 2.8x the MACs
-    and 2.3x the time per image. One point is not worth tripling the cost of a model whose
-    purpose is to be cheap. The second conv is strided so the flattened features (64x8x8)
-    keep the FC layer at 1M MACs.
+    Widths (32, 64), chosen on the validation split against wider ones for their cost
+    (docs/usage.md#models has the probe's figures): a model whose purpose is to be cheap.
+    The second conv is strided so the flattened features (64x8x8) keep the FC layer small.
     """
 
     def __init__(self, widths=(32, 64)):

@@ -15,11 +15,9 @@ from kd.ema import EMA_DECAY
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # Recipe chosen on the validation split (experiments/grids/probe-teacher.toml): batch 128 at
-    # LR 0.1 reached 67.0%, batch 256 at LR 0.2 65.5%, at 0.4 55.0%; weight decay 1e-4
-    # 64.5% against 65.5% for 5e-4. No label smoothing: it makes teachers distil worse
-    # (Muller et al., 2019). 40 epochs: 88.3% validation against 86.6% after 20
-    # (experiments/grids/probe-long-teacher.toml; docs/results.md).
+    # Recipe chosen on the validation split (experiments/grids/probe-teacher.toml and
+    # probe-long-teacher.toml; the figures: docs/usage.md#training-the-teacher). No label
+    # smoothing: it makes teachers distil worse (Muller et al., 2019).
     cli.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
                         lr=0.1, optimizer="sgd", schedule="onecycle", ema_decay=EMA_DECAY)
     args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher")

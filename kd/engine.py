@@ -134,8 +134,8 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     """
     if model is None:
         model = initial_model(model_name, args, ckpt)
-    # channels_last: 1.14x (teacher) and 1.12-1.33x (student) faster training steps than
-    # contiguous NCHW on the 2-core dev CPU (benchmarks/throughput.py, oneDNN); it is also
+    # channels_last: faster training steps than contiguous NCHW on the dev CPU (oneDNN;
+    # benchmarks/throughput.py times both, docs/performance.md has the figures); it is also
     # the layout cuDNN convolutions prefer.
     model = model.to(device, memory_format=torch.channels_last)
     method = method.to(device)

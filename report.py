@@ -16,7 +16,7 @@ from scipy import stats
 import methods
 from kd import cli
 from kd.records import write_text
-from kd.results import MEAN_TEACHER_VARIANTS, PROVENANCE, seed_table
+from kd.results import MEAN_TEACHER_VARIANTS, PROVENANCE, is_second_model, seed_table
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",
@@ -114,7 +114,7 @@ def write_report(results, plots_dir):
     seeds = sorted(results["seed"].dropna().astype(int).unique())
     students = results[results["model"] == "student"]
     is_mean_teacher = students["variant"].str.startswith("mean-teacher")
-    raw = results[results["weights"] == "raw"]
+    raw = results[~results["variant"].map(is_second_model)]
     text = [
         "# Knowledge distillation on CIFAR-10: the report of this run\n",
         f"Test accuracy on the CIFAR-10 test set, mean ± std over the seeds present "

@@ -164,10 +164,13 @@ def build_variants(args, device):
         forward_flop = 2 * count_macs(build_model(kind))
         flop = 3 * forward_flop
 
-        def loader(augment=True, memory_format=torch.channels_last, bs=bs):
+        def loader(augment=True, memory_format=torch.channels_last, bs=bs, positions=True):
             return BatchLoader(*train, bs, device, shuffle=True, augment=augment,
                                drop_last=True, max_batches=args.batches,
-                               memory_format=memory_format, positions=True)
+                               memory_format=memory_format, positions=positions)
+
+        def unaugmented():  # evaluation batches: images and labels only
+            return loader(False, positions=False)
 
         def model(kind=kind):
             torch.manual_seed(0)
@@ -189,7 +192,7 @@ def build_variants(args, device):
                     training_of(model(), loader(), ema=True), n, flop, bs),
             Variant(f"{kind}: train, ReLU before the pool",
                     training_of(relu_before_pool(model()), loader()), n, flop, bs),
-            Variant(f"{kind}: inference", inference(model(), loader(False), device), n,
+            Variant(f"{kind}: inference", inference(model(), unaugmented(), device), n,
                     forward_flop, bs),
             Variant(f"{kind}: train, features returned (model(x, features=True))",
                     training_of(model(), loader(), FeaturesCE({})), n, flop, bs),
@@ -205,7 +208,7 @@ def build_variants(args, device):
                 Variant(f"{kind}: train, torch.compile",
                         training_of(model(), loader(), compile_model=True), n, flop, bs),
                 Variant(f"{kind}: inference, torch.compile",
-                        inference(model(), loader(False), device, compile_model=True), n,
+                        inference(model(), unaugmented(), device, compile_model=True), n,
                         forward_flop, bs)]
         if kind == "student":
             kd_flop = flop + forward_flop_teacher

@@ -36,6 +36,11 @@ def variant_order():
     return ["teacher", *methods.variant_order(), *MEAN_TEACHER_VARIANTS]
 
 
+def is_second_model(label):
+    """Whether a label names a run's second model: its EMA, or a mean-teacher run's teacher."""
+    return label.split(" (")[0].endswith((" EMA", " teacher"))
+
+
 def variant_rank(label):
     """A label's place in variant_order(), each variant's second model (EMA or teacher)
     right after it; unknown variants last."""

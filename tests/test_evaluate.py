@@ -23,9 +23,9 @@ def pipeline(teacher_checkpoint, image_folder, tmp_path_factory):
     teacher = folder / "teacher.pt"
     shutil.copy(teacher_checkpoint, teacher)
     common = ["--dry-run", "--batch-size", "64", "--data-root", image_folder, "--plots-dir",
-              folder, "--teacher", teacher]
+              folder]
     for seed in (0, 1):
-        run_script("train_student.py", *common, "--seed", seed,
+        run_script("train_student.py", *common, "--teacher", teacher, "--seed", seed,
                    "--out", folder / f"student_kd+ce_seed{seed}.pt")
     run_script("train_ema.py", *common, "--out", folder / "ema_mean-teacher_seed0.pt")
     proc = run_script("evaluate.py", *sorted(folder.glob("*.pt")), "--data-root", image_folder,

@@ -74,4 +74,6 @@ def test_gpu_check_runs_on_after_a_failing_stage_and_says_which(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "failed: tests teacher student_kd+ce" in proc.stderr and "benchmark" in proc.stderr
+    assert "failed: tests startup teacher student_kd+ce" in proc.stderr
+    assert "benchmark summary" in proc.stderr  # the summary too, and the archive is still made
+    assert [p.suffixes for p in (tmp_path / "out").glob("gpu_check-*")] == [[".tar", ".gz"]]

@@ -365,6 +365,29 @@ def op_group(event):
                  if key in name), "other")
 
 
+def self_time_by_group(events, on_gpu):
+    """Self time (µs) of the profiled ops per OP_GROUPS group: on the CPU the ops' own time,
+    on a GPU their kernels'. There each op's self device time (its kernels', less its
+    children's) goes to its group, kernels launched outside any op to "other", and the
+    kernels' own events, which torch.profiler lists beside the ops, are not summed again:
+    counting both would count the GPU's time twice (torch's own table sums the kernels)."""
+    cpu = torch.autograd.DeviceType.CPU
+    us = {}
+    for event in events:
+        if event.device_type == cpu:
+            group = op_group(event)
+            us[group] = us.get(group, 0) + (event.self_device_time_total if on_gpu
+                                            else event.self_cpu_time_total)
+    if on_gpu:
+        # the GPU's busy time as torch's table sums it: kernels, not annotated ranges, and
+        # the CPU events that stand for their kernels where the profiler has no kernel events
+        kernels = sum(event.self_device_time_total for event in events
+                      if (event.is_legacy if event.device_type == cpu
+                          else not event.is_user_annotation))
+        us["other"] = us.get("other", 0) + kernels - sum(us.values())
+    return us
+
+
 def profile_breakdown(kind, device, precision, peak_gflops, steps=10):
     """Self time of a training step's aten ops (torch.profiler), summed per OP_GROUPS group,
     per step and as a share of the step; for conv and matmul also the GFLOP/s they reach,
@@ -390,12 +413,8 @@ def profile_breakdown(kind, device, precision, peak_gflops, steps=10):
             step()
         sync(device)
     step_ms = 1e3 * (time.perf_counter() - start) / steps
-    ms = {}
-    for event in prof.events():
-        group = op_group(event)
-        self_us = (event.self_device_time_total if device.type == "cuda"
-                   else event.self_cpu_time_total)
-        ms[group] = ms.get(group, 0) + self_us / 1e3 / steps
+    ms = {group: us / 1e3 / steps
+          for group, us in self_time_by_group(prof.events(), device.type == "cuda").items()}
     idle = ("GPU idle (waiting for the host to launch kernels)" if device.type == "cuda"
             else "outside aten ops (Python, autograd engine)")
     ms[idle] = step_ms - sum(ms.values())

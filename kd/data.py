@@ -4,6 +4,7 @@ batches with tensor ops on the training device.
 The images are decoded once and cached (in the project's ignored `.cache/`, never in the
 data root); after that a run starts in about a second and no PIL work happens in training.
 """
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -182,6 +183,19 @@ def random_crop_flip(images, padding, dy, dx, flip):
     return padded[torch.arange(b, device=dev)[:, None, None], rows, cols].permute(0, 3, 1, 2)
 
 
+def to_unit_float(images):
+    """uint8 pixels as float32 in [0, 1], with the same bits on every device: looked up in a
+    table of the 256 quotients p / 255, divided once on the CPU. CUDA divides a tensor by a
+    scalar as a product with the reciprocal, 1 bit off the CPU's true division for 126 of
+    the 256 values, so CPU and GPU batches would differ."""
+    return _unit_table(images.device)[images.int()]
+
+
+@functools.cache
+def _unit_table(device):
+    return (torch.arange(256, dtype=torch.uint8).float() / 255).to(device)
+
+
 class BatchLoader:
     """Batches of (float images in [0, 1], labels) from uint8 tensors held on `device`; with
     `positions`, (images, labels, each image's position in `images`).
@@ -225,7 +239,7 @@ class BatchLoader:
             if self.augment:
                 dy, dx, flip = (d[batch] for d in draws)
                 images = random_crop_flip(images, CROP_PADDING, dy, dx, flip)
-            images = images.float().div_(255).contiguous(memory_format=self.memory_format)
+            images = to_unit_float(images).contiguous(memory_format=self.memory_format)
             labels = self.labels[idx]
             yield (images, labels, idx) if self.positions else (images, labels)
 

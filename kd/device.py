@@ -21,12 +21,23 @@ def select_device(name):
     if device.type == "cuda":
         # fp32 means fp32: TF32 would round conv and matmul inputs to 10 mantissa bits, and
         # evaluation (always fp32) would no longer be comparable with the CPU's.
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        ieee_fp32()
         # Every training batch has the same shape, so cuDNN's search for the fastest
         # convolution algorithm is paid once and reused for the whole run.
         torch.backends.cudnn.benchmark = True
     return device
+
+
+def ieee_fp32():
+    """fp32 convolutions and matmuls in full fp32 on CUDA, no TF32. Through the
+    fp32_precision settings where torch has them (2.9 and later): there the allow_tf32
+    setters warn, once per CUDA process, that they are to be deprecated."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def cpu_bf16_units():

@@ -1,7 +1,10 @@
 """benchmarks/throughput.py runs end to end on a small set (its numbers are not checked:
 timing belongs to the benchmark, not to the tests)."""
+from types import SimpleNamespace
+
 import torch
 
+from benchmarks.throughput import self_time_by_group
 from conftest import run_script
 from kd.device import resolve_precision
 
@@ -41,3 +44,27 @@ def test_allocator_comparison_prints_a_row_per_step():
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ")][1:]
     assert rows == ["teacher", "student", "kd"]
+
+
+def test_gpu_time_per_op_group_counts_each_kernel_once():
+    """A fake profile of the shape torch.profiler gives on CUDA: ops (CPU events) with their
+    kernels' self device time, the kernels again as CUDA events, one kernel that no op
+    launched and an annotated range over the whole step, which are not kernels."""
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def event(name, device_type, device_us, cpu_us=0, parent=None, annotation=False):
+        return SimpleNamespace(name=name, device_type=device_type, cpu_parent=parent,
+                               self_device_time_total=device_us, self_cpu_time_total=cpu_us,
+                               is_user_annotation=annotation, is_legacy=False)
+    step = event("Optimizer.step#SGD.step", cpu, 0, cpu_us=5)
+    events = [event("aten::cudnn_convolution", cpu, 300, cpu_us=40), step,
+              event("aten::_foreach_add_", cpu, 50, cpu_us=10, parent=step),
+              event("cudaLaunchKernel", cpu, 0, cpu_us=8),
+              event("sm90_xmma_fprop_implicit_gemm", cuda, 300),
+              event("multi_tensor_apply_kernel", cuda, 50),
+              event("Memset (Device)", cuda, 20),
+              event("ProfilerStep#1", cuda, 1000, annotation=True)]
+    assert self_time_by_group(events, on_gpu=True) == {"conv": 300, "optimizer": 50,
+                                                       "other": 20}
+    assert self_time_by_group(events, on_gpu=False) == {"conv": 40, "optimizer": 15,
+                                                        "other": 8}

@@ -128,6 +128,21 @@ def test_loader_batches_shapes_dtypes_and_labels_follow_images():
     assert len(set(seen)) == 96  # a permutation: no image twice in an epoch
 
 
+def test_the_pixel_conversion_is_the_cpus_true_division_bit_for_bit():
+    """The lookup that gives CPU and GPU the same batches keeps the CPU's bits: all 256 values
+    (x * (1 / 255), CUDA's way, differs in 126) and a channels_last batch, its layout kept."""
+    def bits(x):
+        return x.view(torch.int32)
+    pixels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(bits(data.to_unit_float(pixels)), bits(pixels.float().div(255)))
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    converted = data.to_unit_float(batch)
+    assert torch.equal(bits(converted), bits(batch.float().div(255)))
+    assert converted.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_augmentation_changes_images_but_not_their_content():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     loader = BatchLoader(images, torch.zeros(64, dtype=torch.long), 64, augment=True)

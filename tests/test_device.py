@@ -15,7 +15,7 @@ from kd import engine
 from kd.checkpoints import load_checkpoint
 from kd.cli import UserError
 from kd.data import BatchLoader
-from kd.device import cpu_bf16_units, resolve_precision
+from kd.device import cpu_bf16_units, resolve_precision, select_device
 from kd.ema import ModelEMA
 from kd.schedule import lr_factor
 from models import build_model, load_model
@@ -166,3 +166,18 @@ def test_a_checkpoint_from_before_precision_resumes_in_fp32(image_folder, tmp_pa
     torch.save(ckpt, out)
     run_script("train_student.py", *common, "--resume", "--epochs", "2")
     assert load_checkpoint(out)["config"]["precision"] == "fp32"
+
+
+def test_cuda_fp32_is_ieee_through_the_fp32_precision_settings(monkeypatch):
+    """On torch 2.9 and later the fp32_precision settings, not the allow_tf32 setters (which
+    warn there on CUDA): checked on the CPU with CUDA pretended, the settings restored after."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        assert select_device("cuda").type == "cuda"
+        # (the allow_tf32 setters would leave conv's at "none", inherited from cudnn's)
+        assert (matmul.fp32_precision, cudnn.conv.fp32_precision) == ("ieee", "ieee")
+        assert cudnn.benchmark
+    finally:
+        matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark = before

@@ -1,6 +1,7 @@
 """EMA: the update rule, BatchNorm buffers, checkpoints and train_ema.py from the shell."""
 import pytest
 import torch
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from conftest import full_and_resumed_runs, run_script
 from kd.checkpoints import CheckpointError, load_checkpoint
@@ -94,3 +95,66 @@ def test_bad_ema_flags(image_folder, tmp_path):
                "--data-root", image_folder, "--out", tmp_path / "s.pt", "--plots-dir", tmp_path)
     with pytest.raises(CheckpointError, match="no EMA model"):
         load_model(tmp_path / "s.pt", ema=True)
+
+
+class ListEveryStepEMA(ModelEMA):
+    """The update as it was before the tensor lists were kept: listed and filtered every step,
+    the integer buffers averaged one by one (AveragedModel's get_ema_multi_avg_fn)."""
+
+    @torch.no_grad()
+    def update_parameters(self, model):
+        ema_tensors = [*self.module.parameters(), *self.module.buffers()]
+        model_tensors = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        if self.updates == 0:
+            for e, m in zip(ema_tensors, model_tensors):
+                e.copy_(m)
+        else:
+            average = get_ema_multi_avg_fn(self.decay_at(self.updates))
+            for floating in (True, False):
+                pairs = [(e, m) for e, m in zip(ema_tensors, model_tensors)
+                         if e.is_floating_point() == floating]
+                average(*map(list, zip(*pairs)), None)
+        self.updates += 1
+        self.n_averaged += 1
+
+
+def bits(module):
+    return {k: v.view(torch.int32) if v.is_floating_point() else v
+            for k, v in module.state_dict().items()}
+
+
+def test_the_kept_lists_update_the_ema_bit_for_bit_as_before():
+    """Weights, BatchNorm statistics and batch counts (the integer path), through the warm-up
+    and past it, with a batch count that makes e * d + m * (1 - d) round (it truncates)."""
+    torch.manual_seed(0)
+    model = StudentNet()
+    ours, before = ModelEMA(StudentNet(), 0.75), ListEveryStepEMA(StudentNet(), 0.75)
+    for i in range(7):
+        step(model, i)
+        if i == 4:
+            for module in model.modules():
+                if hasattr(module, "num_batches_tracked"):
+                    module.num_batches_tracked.add_(1001)
+        ours.update_parameters(model)
+        before.update_parameters(model)
+        a, b = bits(ours.module), bits(before.module)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b), i
+    assert int(ours.module.state_dict()["features.0.1.num_batches_tracked"]) > 7
+
+
+def test_the_kept_lists_follow_a_model_loaded_or_relaid_out_and_an_ema_moved():
+    """decay 0: after each update the EMA is the model, also when the model's weights were
+    loaded (load_state_dict copies into them), when .to() gave them another layout (it sets
+    their data) and when the EMA's own tensors were replaced (as .to() another device does)."""
+    torch.manual_seed(0)
+    model = StudentNet()
+    ema = ModelEMA(StudentNet(), decay=0.0)
+    changes = [lambda: None, lambda: model.load_state_dict(StudentNet().state_dict()),
+               lambda: model.to(memory_format=torch.channels_last),
+               lambda: ema._apply(torch.clone)]
+    for i, change in enumerate(changes):
+        change()
+        step(model, i)
+        ema.update_parameters(model)
+        for k, v in model.state_dict().items():
+            assert torch.equal(ema.module.state_dict()[k], v), (i, k)

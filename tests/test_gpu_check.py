@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh end to end as a CPU smoke run (DEVICE=cpu, FLAGS=--dry-run), from
-a .tar.gz of the data as it travels to a GPU machine: every stage runs and leaves its files."""
+a .tar.gz of the data as it travels to a GPU machine: every stage runs and leaves its files,
+in one archive of safe names, and the summary; and the summary's prediction interval."""
 import os
 import re
 import subprocess
@@ -7,8 +8,12 @@ import sys
 import tarfile
 
 import pandas as pd
+import pytest
 
+from benchmarks.gpu_summary import prediction_interval
 from conftest import ROOT
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def test_gpu_check_runs_every_stage(image_folder, tmp_path):
@@ -17,23 +22,51 @@ def test_gpu_check_runs_every_stage(image_folder, tmp_path):
         tar.add(image_folder, arcname="cifar")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "FLAGS": "--dry-run",
-           "BENCH_FLAGS": "--rounds 1 --batches 1"}
+           "BENCH_FLAGS": "--rounds 1 --batches 1", "STARTUP_FLAGS": "--steady-steps 1"}
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(archive), str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
-    timings = pd.read_csv(out / "timings.tsv", sep="\t")
+    # one archive and the summary, nothing else, of safe names (a '+' does not travel)
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 2 and names[1] == "summary.md", names
+    assert re.fullmatch(r"gpu_check-\d{8}-\d{6}-tests-pipeline-benchmark\.tar\.gz", names[0])
+    with tarfile.open(out / names[0]) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    check = tmp_path / "unpacked" / "check"
+    assert all(SAFE_NAME.fullmatch(p.name) for p in check.iterdir())
+    timings = pd.read_csv(check / "timings.tsv", sep="\t")
     assert list(timings["stage"]) == [
-        "tests", "teacher", "student_kd+ce", "student_kd", "student_ce", "ema_mean-teacher",
-        "ema_mean-teacher-no-ema", "ema_mean-teacher-no-averaging", "evaluate", "pipeline",
-        "benchmark"]
-    assert (timings["seconds"] > 0).all()
-    assert "skipped" in (out / "tests.log").read_text()  # the cuda tests, on this CPU
-    results = pd.read_csv(out / "results.csv")
+        "tests", "startup", "start-up: import torch", "start-up: import the project",
+        "start-up: cpu context", "start-up: teacher's first step beyond a steady one",
+        "start-up: student's first step beyond a steady one", "teacher", "student_kd+ce",
+        "student_kd", "student_ce", "ema_mean-teacher", "ema_mean-teacher-no-ema",
+        "ema_mean-teacher-no-averaging", "evaluate", "pipeline", "benchmark", "check"]
+    assert (timings[~timings["stage"].str.startswith("start-up")]["seconds"] > 0).all()
+    assert "skipped" in (check / "tests.log").read_text()  # the cuda tests, on this CPU
+    assert (check / "student_kdpce.log").is_file()
+    results = pd.read_csv(check / "results.csv")
     assert set(results["variant"]) >= {"teacher", "teacher EMA", "kd+ce", "kd+ce EMA", "kd",
                                        "ce", "mean-teacher", "mean-teacher-no-ema",
                                        "mean-teacher-no-averaging teacher"}
-    assert re.search(r"^\| student: train +\|", (out / "benchmark.md").read_text(), re.M)
-    assert (out / "runs" / "teacher.metrics.csv").is_file()
+    assert re.search(r"^\| student: train +\|", (check / "benchmark.md").read_text(), re.M)
+    assert (check / "runs" / "teacher.metrics.csv").is_file()
+    # the summary: printed, kept beside the archive and in it, every part there
+    summary = (out / "summary.md").read_text()
+    assert summary == (check / "summary.md").read_text() and summary in proc.stdout
+    assert "torch" in summary and "| pipeline |" in summary and "| check |" in summary
+    assert "cpu context" in summary and re.search(r"^\| teacher \| [\d,]+ \|$", summary, re.M)
+    teacher = r"^\| teacher \| [\d.]+ \| 87\.94 ± 0\.19 \(3\) \| 86\.98 - 88\.90 \| (yes|NO) \|$"
+    assert re.search(teacher, summary, re.M), summary
+    assert re.search(r"^\| kd\+ce EMA \| [\d.]+ \| \(no CPU reference\)", summary, re.M)
+
+
+def test_the_prediction_interval_is_t_based_and_widens_with_few_seeds():
+    """By hand: mean ± t(0.975, n - 1) * s * sqrt(1 + 1/n); the teacher's 3 bf16 seeds
+    (87.88, 87.79, 88.16: s = 0.193) give t = 4.303 and 87.94 ± 0.96."""
+    low, high = prediction_interval([87.88, 87.79, 88.16])
+    assert (low, high) == pytest.approx((86.985, 88.902), abs=1e-3)
+    assert prediction_interval([1.0, 3.0]) == pytest.approx((2 - 12.706 * 2 ** 0.5 * 1.5 ** 0.5,
+                                                             2 + 12.706 * 2 ** 0.5 * 1.5 ** 0.5))
 
 
 def test_gpu_check_runs_on_after_a_failing_stage_and_says_which(tmp_path):
@@ -41,4 +74,6 @@ def test_gpu_check_runs_on_after_a_failing_stage_and_says_which(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "failed: tests teacher student_kd+ce" in proc.stderr and "benchmark" in proc.stderr
+    assert "failed: tests startup teacher student_kd+ce" in proc.stderr
+    assert "benchmark summary" in proc.stderr  # the summary too, and the archive is still made
+    assert [p.suffixes for p in (tmp_path / "out").glob("gpu_check-*")] == [[".tar", ".gz"]]

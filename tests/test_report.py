@@ -80,13 +80,14 @@ def test_holm_agrees_with_statsmodels_and_leaves_missing_tests_out():
 
 
 def test_equivalence_is_the_paired_tost():
-    a, b = [79.0, 79.5, 78.6, 79.2], [79.1, 79.3, 78.7, 79.2]
-    differences = [x - y for x, y in zip(a, b)]
-    # TOST by hand: the larger p of the two one-sided t-tests against the margins
-    by_hand = max(stats.ttest_1samp(differences, -MARGIN, alternative="greater").pvalue,
-                  stats.ttest_1samp(differences, MARGIN, alternative="less").pvalue)
-    assert equivalence(a, b, MARGIN) == pytest.approx(by_hand)
-    assert equivalence(a, b, MARGIN) < 0.05 and equivalence(a, b, 0.05) > 0.05
+    a, b = [79.0, 79.5, 78.6, 79.2], [78.75, 79.4, 78.3, 79.05]  # a ahead by 0.1-0.3
+    for x, y in ((a, b), (b, a)):  # each margin binds in turn
+        differences = [i - j for i, j in zip(x, y)]
+        # TOST by hand: the larger p of the two one-sided t-tests against the margins
+        by_hand = max(stats.ttest_1samp(differences, -MARGIN, alternative="greater").pvalue,
+                      stats.ttest_1samp(differences, MARGIN, alternative="less").pvalue)
+        assert equivalence(x, y, MARGIN) == pytest.approx(by_hand)
+    assert equivalence(a, b, MARGIN) < 0.05 and equivalence(a, b, 0.2) > 0.05
 
 
 def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images():
@@ -163,11 +164,15 @@ def test_one_seed_is_compared_image_by_image_when_the_predictions_are_there(tmp_
     assert "kd+ce above ce" in line
 
 
+HEADER = ",".join(RESULTS_COLUMNS) + "\n"
+
+
 @pytest.mark.parametrize("content, says", [
     ("step,loss\n1,0.5\n", "no column checkpoint, model, variant, seed, test_acc"),  # not ours
     ("", "No columns to parse"),
-    (f"{','.join(RESULTS_COLUMNS)}\na.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,stu", "truncated"),
-    (f"{','.join(RESULTS_COLUMNS)}\na.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,stu\n", "line 3"),
+    (f"{HEADER}a.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,stu", "in the middle of a line"),
+    (f"{HEADER}a.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,student,kd,1,78.5\n", "line 3 is inc"),
+    (f"{HEADER}a.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,student,kd,1,78.x,3.1e6,1.1\n", "line 3"),
 ])
 def test_a_results_file_it_cannot_use_is_refused(tmp_path, content, says):
     (tmp_path / "results.csv").write_text(content)

@@ -8,6 +8,9 @@ Each model is rebuilt from its checkpoint alone and evaluated without augmentati
 run (train_ema.py) gives two rows: its student (weights `raw`) and its EMA model (weights
 `ema`: for mean-teacher, its teacher, named `<variant> teacher`). Writes, in --plots-dir:
   results.csv             one row per model, per-class test accuracies included
+  predictions.csv         per test image (rows, in the test set's order) and model (columns
+                          "<checkpoint> (<weights>)"): 1 if the model got it right, else 0;
+                          report.py compares two single runs with it (McNemar's test)
   results.md              mean ± std over seeds per variant, then every model
   confusion_<name>.png    the teacher and the student with the best validation accuracy
   per_class_accuracy.png  per-class test accuracy of every variant (mean over seeds)
@@ -27,7 +30,7 @@ from kd import cli, engine, plotting
 from kd.checkpoints import load_checkpoint
 from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
 from kd.device import select_device
-from kd.records import write_text
+from kd.records import prediction_column, write_text
 from kd.results import recipe_labels, run_variant, seed_table, variant_rank
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
@@ -84,12 +87,24 @@ def load_models(paths, device):
     return models
 
 
+def evaluate_test(model, loader, device):
+    """engine.evaluate on the test images, plus which of them (in order) the model got right:
+    a forward hook keeps each batch's predictions, so the images pass through once."""
+    predicted = []
+    hook = model.register_forward_hook(lambda _m, _i, logits: predicted.append(logits.argmax(1)))
+    try:
+        test = engine.evaluate(model, loader, device)
+    finally:
+        hook.remove()
+    return test, (torch.cat(predicted) == loader.labels).cpu()
+
+
 def evaluate_all(models, loaders, device, batch_size):
-    """One row per model, and its test confusion matrix."""
-    rows, confusions, costs = [], [], {}
+    """One row per model, its test confusion matrix and its per-image test correctness."""
+    rows, confusions, corrects, costs = [], [], [], {}
     for path, weights, model, info in tqdm(models, desc="evaluating", unit="model"):
         config = info["config"]
-        test = engine.evaluate(model, loaders["test"], device)
+        test, correct = evaluate_test(model, loaders["test"], device)
         val = engine.evaluate(model, loaders["val"], device)
         spec = model_spec(model)
         arch = (spec["name"], tuple(spec["arch_args"]["widths"]))
@@ -108,6 +123,7 @@ def evaluate_all(models, loaders, device, batch_size):
             **provenance(config),
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])
+        corrects.append(correct)
         if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
             tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
                        f"{info['epochs']})")
@@ -117,7 +133,14 @@ def evaluate_all(models, loaders, device, batch_size):
                                         in zip(results["variant"], models)])
     order = sorted(results.index, key=lambda i: (variant_rank(results.at[i, "variant"]),
                                                  results.at[i, "checkpoint"]))
-    return results.loc[order].reset_index(drop=True), [confusions[i] for i in order]
+    return (results.loc[order].reset_index(drop=True), [confusions[i] for i in order],
+            [corrects[i] for i in order])
+
+
+def predictions_table(results, corrects):
+    """predictions.csv's table: a 0/1 column per model, a row per test image."""
+    return pd.DataFrame({prediction_column(row.checkpoint, row.weights): correct.int().numpy()
+                         for row, correct in zip(results.itertuples(), corrects)})
 
 
 def provenance(config):
@@ -192,16 +215,18 @@ def main():
     loaders = {"test": BatchLoader(data["test_images"], data["test_labels"], args.batch_size,
                                    device),
                "val": BatchLoader(*val, args.batch_size, device)}
-    results, confusions = evaluate_all(models, loaders, device, args.batch_size)
+    results, confusions, corrects = evaluate_all(models, loaders, device, args.batch_size)
     plots_dir = Path(args.plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     write_text(plots_dir / "results.csv", results.to_csv(index=False))
+    write_text(plots_dir / "predictions.csv",
+               predictions_table(results, corrects).to_csv(index=False))
     markdown = markdown_tables(results, len(data["test_labels"]), device, args.batch_size)
     write_text(plots_dir / "results.md", markdown)
     figures = plot_results(results, confusions, plots_dir)
     print(markdown)
-    print("wrote " + ", ".join(map(str, [plots_dir / "results.csv", plots_dir / "results.md",
-                                         *figures])))
+    print("wrote " + ", ".join(map(str, [plots_dir / "results.csv", plots_dir / "predictions.csv",
+                                         plots_dir / "results.md", *figures])))
 
 
 if __name__ == "__main__":

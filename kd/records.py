@@ -29,6 +29,12 @@ def git_commit():
         return None, None
 
 
+def prediction_column(checkpoint, weights):
+    """The column of a model (checkpoint, raw or ema weights) in evaluate.py's
+    predictions.csv, which report.py reads back."""
+    return f"{checkpoint} ({weights})"
+
+
 def write_records(paths, config, history):
     """Config JSON and metrics CSV, rewritten whole from the checkpoint's history each epoch,
     so they always agree with the checkpoint beside them."""

@@ -9,7 +9,7 @@ import torch
 
 from conftest import run_script, synthetic_images
 from kd.checkpoints import load_checkpoint, save_checkpoint
-from kd.data import CLASSES
+from kd.data import CLASSES, load_cifar10
 from models import load_model
 
 N_TEST_PER_CLASS = 5  # the image_folder fixture's test split
@@ -105,3 +105,18 @@ def test_a_bare_checkpoint_is_evaluated_as_its_model(teacher_checkpoint, image_f
     run_script("evaluate.py", bare, "--data-root", image_folder, "--plots-dir", tmp_path)
     results = pd.read_csv(tmp_path / "results.csv")
     assert list(results["variant"]) == ["teacher"] and results["seed"].isna().all()
+
+
+def test_predictions_say_which_test_images_each_model_got_right(pipeline, image_folder):
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv")
+    predictions = pd.read_csv(folder / "plots" / "predictions.csv")
+    assert list(predictions) == [f"{row.checkpoint} ({row.weights})"
+                                 for row in results.itertuples()]
+    data = load_cifar10(image_folder)  # the test images in the order evaluate.py reads them
+    for row in results.itertuples():
+        model = load_model(row.checkpoint, ema=row.weights == "ema")
+        with torch.no_grad():
+            correct = model(data["test_images"].float() / 255).argmax(1) == data["test_labels"]
+        assert predictions[f"{row.checkpoint} ({row.weights})"].tolist() == correct.int().tolist()
+        assert 100 * correct.float().mean().item() == pytest.approx(row.test_acc)

@@ -6,58 +6,189 @@ import sys
 import pandas as pd
 import pytest
 
-# Skipped where scipy cannot be installed (the lent GPU machine, which runs the suite as is).
+# Skipped where scipy or statsmodels cannot be installed (the lent GPU machine, which runs
+# the suite as is).
 pytest.importorskip("scipy")
+pytest.importorskip("statsmodels")
+
+from scipy import stats  # noqa: E402
+from statsmodels.stats.multitest import multipletests  # noqa: E402
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
-from report import compare, per_variant, provenance, raw_vs_ema_pairs  # noqa: E402
+from kd.cli import UserError  # noqa: E402
+from report import (  # noqa: E402
+    MARGIN,
+    RESULTS_COLUMNS,
+    compare,
+    compare_runs,
+    equivalence,
+    family_table,
+    holm,
+    mcnemar,
+    per_variant,
+    provenance,
+    raw_vs_ema_pairs,
+    read_results,
+)
+
+# Raw and EMA-like runs: the seeds lie far apart, the second is always a little higher.
+LOW, HIGH = [70.0, 75.0, 80.0], [70.3, 75.2, 80.4]
 
 
-def test_a_gap_far_beyond_the_spread_is_real():
-    result = compare([80.0, 80.2, 79.8], [75.0, 75.3, 74.9])
-    assert result["diff"] == pytest.approx(80 - 225.2 / 3)
-    assert result["spread"] == pytest.approx(math.sqrt(0.08667 / 2), abs=1e-4)  # b's std
-    # Welch by hand: t = d / sqrt(sa²/n + sb²/n), with sa² = 0.04, sb² = 0.043333
-    assert result["t"] == pytest.approx(result["diff"] / math.sqrt((0.04 + 0.043333) / 3),
-                                        rel=1e-4)
-    assert result["p"] < 1e-4 and result["verdict"].startswith("real")
+def test_unpaired_runs_get_welchs_interval_and_p():
+    a, b = [80.0, 80.2, 79.8], [75.0, 75.3, 74.9, 75.6]
+    result = compare(a, b)
+    assert result["diff"] == pytest.approx(80 - 300.8 / 4)
+    welch = CompareMeans(DescrStatsW(a), DescrStatsW(b))
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(
+        welch.tconfint_diff(usevar="unequal"))
+    assert result["p"] == pytest.approx(welch.ttest_ind(usevar="unequal")[1])
+    assert math.isnan(compare([80], [70, 71])["p"])  # one run: no test
 
 
-def test_a_gap_within_the_spread_is_no_difference_and_one_seed_no_claim():
-    assert compare([80, 81, 79], [80.5, 79.5, 80])["verdict"].startswith("no difference")
-    assert compare([80], [70, 71])["verdict"] == "one seed: no claim can be made"
+def test_paired_runs_get_the_interval_of_their_differences():
+    result = compare(HIGH, LOW, paired=True)
+    differences = DescrStatsW([h - lo for h, lo in zip(HIGH, LOW)])
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx(differences.tconfint_mean())
+    assert result["p"] == pytest.approx(differences.ttest_mean()[1])
 
 
-def test_paired_runs_are_compared_by_their_differences():
-    raw, ema = [70.0, 75.0, 80.0], [70.3, 75.2, 80.4]  # seeds far apart, EMA always higher
-    paired = compare(ema, raw, paired=True)
-    assert paired["spread"] == pytest.approx(pd.Series([0.3, 0.2, 0.4]).std())
-    assert paired["verdict"].startswith("real")
-    assert not compare(ema, raw)["verdict"].startswith("real")  # unpaired: lost in the seeds
+def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict():
+    high = pd.DataFrame({"seed": [2, 0, 1], "test_acc": [HIGH[2], HIGH[0], HIGH[1]],
+                         "checkpoint": "h"})
+    low = pd.DataFrame({"seed": [0, 1, 2, 3], "test_acc": LOW + [90.0], "checkpoint": "l"})
+    paired = compare_runs(high, low, ["seed"])
+    assert paired["runs"] == "3 pairs by seed"  # seed 3 has no partner
+    assert paired["diff"] == pytest.approx(0.3)
+    table = family_table([("ema", "raw", paired)], ["comparison", "difference"])
+    assert table.at[0, "verdict"].startswith("ema above raw (adjusted p = ")
+    # Unpaired (no seeds in common), the same numbers are lost between the seeds.
+    welch = compare_runs(high.assign(seed=[5, 6, 7]), low.iloc[:3], ["seed"])
+    assert welch["runs"] == "3 and 3, unpaired (Welch)"
+    verdict = family_table([("ema", "raw", welch)], ["comparison", "difference"]).at[0, "verdict"]
+    assert verdict.startswith("unresolved: 95% CI [-")
 
 
-def test_the_report_says_what_the_results_show(tmp_path):
+def test_holm_agrees_with_statsmodels_and_leaves_missing_tests_out():
+    pvalues = [0.026, 0.01, 0.04, 0.3, 0.0001]
+    assert holm(pvalues) == pytest.approx(multipletests(pvalues, method="holm")[1].tolist())
+    # "KD alone beats KD + CE": p = 0.026 alone, about 0.05 in a family of eight of which it
+    # is the third smallest (by hand: 6 × 0.026 = 0.156; here two smaller p-values).
+    adjusted = holm([math.nan, *pvalues])
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx(holm(pvalues))
+
+
+def test_equivalence_is_the_paired_tost():
+    a, b = [79.0, 79.5, 78.6, 79.2], [78.75, 79.4, 78.3, 79.05]  # a ahead by 0.1-0.3
+    for x, y in ((a, b), (b, a)):  # each margin binds in turn
+        differences = [i - j for i, j in zip(x, y)]
+        # TOST by hand: the larger p of the two one-sided t-tests against the margins
+        by_hand = max(stats.ttest_1samp(differences, -MARGIN, alternative="greater").pvalue,
+                      stats.ttest_1samp(differences, MARGIN, alternative="less").pvalue)
+        assert equivalence(x, y, MARGIN) == pytest.approx(by_hand)
+    assert equivalence(a, b, MARGIN) < 0.05 and equivalence(a, b, 0.2) > 0.05
+
+
+def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images():
+    a = [True] * 60 + [False] * 10 + [True] * 25 + [False] * 5
+    b = [True] * 60 + [True] * 3 + [False] * 25 + [False] * 12  # 25 won by a, 3 by b
+    assert mcnemar(a, b) == pytest.approx(stats.binomtest(3, 28, 0.5).pvalue)
+    assert mcnemar(a, a) == 1.0
+
+
+def test_verdicts_need_adjusted_p_and_say_equivalence_only_from_tost():
+    def table(*results):
+        tests = [(f"a{i}", "b", {"diff": r[0], "ci_low": r[0] - 1, "ci_high": r[0] + 1,
+                                 "p": r[1], "tost": r[2], "runs": ""})
+                 for i, r in enumerate(results)]
+        return family_table(tests, ["comparison", "difference"])["verdict"].tolist()
+    verdicts = table((-0.8, 0.001, math.nan), (0.3, 0.03, 0.01), (0.1, 0.5, 0.2))
+    assert verdicts[0] == "a0 below b (adjusted p = 0.003)"
+    # p = 0.03 alone, 0.06 after Holm over three: not a difference; TOST 0.01 -> 0.02
+    assert verdicts[1] == "equivalent within ±0.5 points (TOST, adjusted p = 0.02)"
+    assert verdicts[2] == "unresolved: 95% CI [-0.90, +1.10]"
+
+
+def results_csv(folder, seeds):
     rows = []
-    for seed, (teacher, kdce, ce, gain) in enumerate([(88.1, 78.6, 75.9, 0.1),
-                                                      (87.9, 78.9, 75.6, 0.15),
-                                                      (88.3, 78.4, 76.1, 0.05)]):
+    accuracies = [(88.1, 78.6, 75.9, 0.1), (87.9, 78.9, 75.6, 0.15), (88.3, 78.4, 76.1, 0.05)]
+    for seed in seeds:
+        teacher, kdce, ce, gain = accuracies[seed]
         for variant, acc, model in (("teacher", teacher, "teacher"), ("kd+ce", kdce, "student"),
                                     ("ce", ce, "student"), ("ce EMA", ce + gain, "student")):
             checkpoint = f"{variant.split()[0]}_seed{seed}.pt"
-            rows.append({"checkpoint": checkpoint, "model": model, "variant": variant,
-                         "seed": seed, "test_acc": acc, "macs": 3.1e6, "train_minutes": 2.5})
-    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+            rows.append({"checkpoint": checkpoint, "weights": "ema" * variant.endswith("EMA")
+                         or "raw", "model": model, "variant": variant, "seed": seed,
+                         "test_acc": acc, "macs": 3.1e6, "train_minutes": 2.5})
+    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    return rows
+
+
+def report_line(report, start):
+    return next(line for line in report.splitlines() if line.startswith(start))
+
+
+def test_the_report_says_what_the_results_show(tmp_path):
+    results_csv(tmp_path, [0, 1, 2])
     (tmp_path / "samples.png").write_bytes(b"")
     subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
     report = (tmp_path / "report.md").read_text()
     assert "![The data](samples.png)" in report
-    teacher = next(line for line in report.splitlines() if line.startswith("| teacher "))
+    assert "binomial standard error of 0.32-0.43 points" in report  # 88.3% and 75.6%
+    teacher = report_line(report, "| teacher ")
     assert [cell.strip() for cell in teacher.split("|")[1:4]] == ["teacher", "3", "88.10 ± 0.20"]
-    line = next(line for line in report.splitlines() if line.startswith("| kd+ce − ce"))
-    assert "+2.77" in line and "real" in line
-    line = next(line for line in report.splitlines() if line.startswith("| ce EMA − ce"))
-    assert "+0.10" in line and "0.05" in line  # paired: the spread of the gaps, not the seeds
+    line = report_line(report, "| kd+ce − ce")
+    assert "+2.77" in line and "3 pairs by seed" in line and "kd+ce above ce" in line
+    line = report_line(report, "| ce EMA − ce")
+    assert "+0.10" in line and "3 pairs by checkpoint" in line
+    assert "equivalent within ±0.5 points" in line  # paired: the gaps agree to 0.05
     assert "Mean-teacher" not in report  # no such runs here: no empty section
+
+
+def test_one_seed_is_compared_image_by_image_when_the_predictions_are_there(tmp_path):
+    rows = results_csv(tmp_path, [0])
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    line = report_line((tmp_path / "report.md").read_text(), "| kd+ce − ce")
+    assert "no per-image predictions: no test" in line
+    # 10,000 images: kd+ce gets 300 right that ce misses, ce 30 that kd+ce misses
+    correct = {"kd+ce": [1] * 7500 + [1] * 300 + [0] * 30 + [0] * 2170,
+               "ce": [1] * 7500 + [0] * 300 + [1] * 30 + [0] * 2170}
+    columns = {f"{row['checkpoint']} ({row['weights']})": correct.get(row["variant"], [1] * 10_000)
+               for row in rows}
+    pd.DataFrame(columns).to_csv(tmp_path / "predictions.csv", index=False)
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    line = report_line((tmp_path / "report.md").read_text(), "| kd+ce − ce")
+    assert "1 and 1: McNemar on 10,000 images" in line
+    assert f"| {mcnemar(correct['kd+ce'], correct['ce']):.2g} |" in line
+    assert "kd+ce above ce" in line
+
+
+HEADER = ",".join(RESULTS_COLUMNS) + "\n"
+
+
+@pytest.mark.parametrize("content, says", [
+    ("step,loss\n1,0.5\n", "no column checkpoint, model, variant, seed, test_acc"),  # not ours
+    ("", "No columns to parse"),
+    (f"{HEADER}a.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,stu", "in the middle of a line"),
+    (f"{HEADER}a.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,student,kd,1,78.5\n", "line 3 is inc"),
+    (f"{HEADER}a.pt,student,kd,0,78.81,3.1e6,1.1\nb.pt,student,kd,1,78.x,3.1e6,1.1\n", "line 3"),
+])
+def test_a_results_file_it_cannot_use_is_refused(tmp_path, content, says):
+    (tmp_path / "results.csv").write_text(content)
+    with pytest.raises(UserError, match=says) as refused:
+        read_results(tmp_path / "results.csv")
+    assert str(tmp_path / "results.csv") in str(refused.value)
+
+
+@pytest.mark.parametrize("script", ["report.py", "experiments/compare_results.py"])
+def test_the_scripts_refuse_it_in_one_line(tmp_path, script):
+    (tmp_path / "results.csv").write_text("step,loss\n1,0.5\n")
+    args = [tmp_path / "results.csv"] * 2 if "compare" in script else ["--plots-dir", tmp_path]
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"error: {tmp_path / 'results.csv'} is not a results.csv")
 
 
 def test_raw_against_ema_leaves_out_mean_teacher_whose_ema_is_its_teacher():
@@ -80,14 +211,15 @@ def test_the_report_says_where_its_runs_came_from_and_when_they_differ():
     assert "- trained on: not recorded, `AMD EPYC` (**the runs differ**)" in provenance(results)
 
 
-def test_two_sets_of_runs_compared_variant_by_variant(tmp_path):
+def test_two_sets_of_runs_compared_variant_by_variant_and_seed_by_seed(tmp_path):
     def results(teacher, student, extra):
-        rows = [{"variant": "teacher", "test_acc": acc} for acc in teacher]
-        rows += [{"variant": "kd", "test_acc": acc} for acc in student]
-        rows += [{"variant": extra, "test_acc": 70.0}]
+        rows = [{"variant": "teacher", "seed": s, "test_acc": acc} for s, acc in enumerate(teacher)]
+        rows += [{"variant": "kd", "seed": s, "test_acc": acc} for s, acc in enumerate(student)]
+        rows += [{"variant": extra, "seed": 0, "test_acc": 70.0}]
         return pd.DataFrame(rows)
-    a = results([87.5, 87.8, 88.2], [79.1, 79.2, 79.0], "dkd")
-    b = results([87.9, 87.6, 88.0], [75.1, 75.0, 75.2], "dist")  # the students fell 4 points
+    # the frozen-teacher runs of docs/results.md: seeds far apart, fp32 and bf16 close per seed
+    a = results([67.45, 58.94, 57.13], [79.1, 79.2, 79.0], "dkd")
+    b = results([67.59, 58.80, 56.95], [75.1, 75.0, 75.2], "dist")  # the students fell 4 points
     for name, frame in (("a", a), ("b", b)):
         frame.to_csv(tmp_path / f"{name}.csv", index=False)
     proc = subprocess.run([sys.executable, "experiments/compare_results.py", tmp_path / "a.csv",
@@ -96,9 +228,10 @@ def test_two_sets_of_runs_compared_variant_by_variant(tmp_path):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in proc.stdout.splitlines()[2:]}
     assert list(rows) == ["teacher", "kd"]  # only the variants both hold
-    assert rows["teacher"][0] == "87.83 ± 0.35 (3)"
-    assert rows["teacher"][3].startswith("no difference")
-    assert rows["kd"][2] == "-4.00" and rows["kd"][3].startswith("real")
+    assert rows["teacher"][0] == "61.17 ± 5.51 (3)" and rows["teacher"][2] == "3 pairs by seed"
+    assert rows["teacher"][3] == "-0.06"
+    assert rows["teacher"][-1].startswith("equivalent within ±0.5 points")
+    assert rows["kd"][3] == "-4.00" and rows["kd"][-1].startswith("bf16 below fp32")
 
 
 def test_minutes_per_run_are_the_median_so_one_run_on_busy_cores_does_not_move_them():

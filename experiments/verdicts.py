@@ -1,0 +1,100 @@
+"""The verdicts README and docs/results.md state, recomputed with report.py's rules from the
+numbers docs/results.md records (the runs are not in the repository): the per-seed test
+accuracies of experiments/per_seed.csv, paired by seed; where only a summary was kept (the
+EMA weights' mean ± std, the raw-against-EMA differences' mean and std), tests from that
+summary, as each table says.
+
+    python experiments/verdicts.py
+
+Each table is one family (Holm), as in report.py.
+"""
+import math
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import methods  # noqa: E402
+from report import (  # noqa: E402
+    EMA_PAIRS,
+    LEVEL,
+    MARGIN,
+    compare_runs,
+    family_table,
+    read_results,
+)
+
+PER_SEED = Path(__file__).with_name("per_seed.csv")
+# docs/results.md, "bf16 against fp32": EMA weights, mean and std of 3 seeds (bf16, fp32).
+EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
+               "kd+ce EMA": ((78.96, 0.16), (78.58, 0.15)),
+               "kd EMA": ((78.97, 0.17), (78.99, 0.18)),
+               "ce EMA": ((75.82, 0.14), (75.86, 0.17)),
+               "mean-teacher teacher": ((73.03, 0.21), (73.06, 0.34)),
+               "mean-teacher-no-ema teacher": ((10.54, 0.39), (10.54, 0.39))}
+# docs/results.md, "Raw against EMA weights": fp32, EMA − raw per run, mean and std of 3.
+EMA_GAINS = {"teacher": (-0.01, 0.05), "kd+ce": (-0.10, 0.06), "kd": (-0.18, 0.08),
+             "dkd": (-0.05, 0.20), "dist": (-0.01, 0.23), "ce": (0.00, 0.10)}
+RUNS = 3
+
+
+def welch_from_summary(a, b, n=RUNS):
+    """Welch's test of a − b from (mean, std) of n runs each: scipy's p-value; its interval
+    by hand (scipy gives none from a summary), with Welch-Satterthwaite's degrees of freedom."""
+    (mean_a, std_a), (mean_b, std_b) = a, b
+    p = stats.ttest_ind_from_stats(mean_a, std_a, n, mean_b, std_b, n, equal_var=False).pvalue
+    va, vb = std_a ** 2 / n, std_b ** 2 / n
+    df = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (n - 1))
+    half = stats.t.ppf(1 - LEVEL / 2, df) * math.sqrt(va + vb)
+    diff = mean_a - mean_b
+    return {"diff": diff, "ci_low": diff - half, "ci_high": diff + half, "p": float(p),
+            "runs": f"{n} and {n}, unpaired (Welch, from mean ± std)"}
+
+
+def paired_from_summary(mean, std, n=RUNS):
+    """The paired t-test, its interval and the paired TOST (±MARGIN) from the mean and std of
+    n per-run differences: report.compare and report.equivalence on the differences
+    themselves, by hand because only their (rounded) summary was kept."""
+    se = std / math.sqrt(n)
+    t = stats.t(n - 1)
+    half = t.ppf(1 - LEVEL / 2) * se
+    tost = max(t.sf((mean + MARGIN) / se), t.cdf((mean - MARGIN) / se))
+    return {"diff": mean, "ci_low": mean - half, "ci_high": mean + half,
+            "p": float(2 * t.sf(abs(mean) / se)), "tost": float(tost),
+            "runs": f"{n} pairs by run (from the differences' mean and std)"}
+
+
+def by_variant(runs):
+    return {v: rows for v, rows in runs.groupby("variant", sort=False)}
+
+
+def tables(runs):
+    """(title, table) for every family docs/results.md states verdicts on."""
+    precisions = {p: by_variant(rows) for p, rows in runs.groupby("precision", sort=False)}
+    names = ["comparison", "difference (points)"]
+    out = []
+    for title, pairs in (("Students", methods.comparisons()), ("Mean-teacher", EMA_PAIRS)):
+        for precision, variants in precisions.items():
+            tests = [(a, b, compare_runs(variants[a], variants[b], ["seed"]))
+                     for a, b in pairs if a in variants and b in variants]
+            out.append((f"{title}, {precision}", family_table(tests, names)))
+    bf16, fp32 = precisions["bf16"], precisions["fp32"]
+    tests = [("bf16", "fp32", compare_runs(bf16[v], fp32[v], ["seed"])) for v in fp32]
+    tests += [("bf16", "fp32", welch_from_summary(*ab)) for ab in EMA_SUMMARY.values()]
+    table = family_table(tests, ["variant", "bf16 − fp32 (points)"])
+    table["variant"] = list(fp32) + list(EMA_SUMMARY)
+    out.append(("bf16 against fp32", table))
+    tests = [(f"{v} EMA", v, paired_from_summary(*gain)) for v, gain in EMA_GAINS.items()]
+    out.append(("EMA against raw weights, fp32", family_table(tests, names)))
+    return out
+
+
+def main():
+    runs = read_results(PER_SEED, ["precision", "variant", "seed", "test_acc"])
+    for title, table in tables(runs):
+        print(f"## {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,9 @@ arbitrary objects, so a checkpoint from someone else cannot run code on your mac
 
 Keys: format, model {name, arch_args}, model_state, optimizer_state, scheduler_state,
 epoch (completed), epochs (planned), schedule_start_epoch, history (one dict per epoch),
-rng (torch and CUDA generator states), config (the run's arguments).
+rng (torch and CUDA generator states), config (the run's arguments); where the run has
+them, ema {model_state, updates} (the EMA of its weights) and method_state (the parameters
+and buffers of its method: a regressor, an embedding, a memory bank).
 """
 import contextlib
 import hashlib

@@ -110,7 +110,8 @@ def dist_loss(student_logits, teacher_logits, temperature, beta, gamma):
 #
 # Each takes feature maps (N, C, H, W) and computes in float32. The teacher's tensors are
 # detached, so no gradient reaches the teacher (CRD's teacher embedding is the exception:
-# its head is trained, see ContrastMemory). No method in methods.py trains with them yet.
+# its head is trained, see ContrastMemory). methods.py's fitnet, at, reviewkd and crd
+# train with them.
 # --------------------------------------------------------------------------------------------
 
 

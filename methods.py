@@ -25,6 +25,7 @@ Modules named in $KD_METHODS (space-separated) are imported at the end of this f
 method kept outside the repo registers itself the same way.
 """
 import importlib
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -33,7 +34,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses import dist_loss, dkd_loss, kd_only_loss, standardize_logits
+from losses import (
+    ContrastMemory,
+    Embed,
+    HintRegressor,
+    ReviewFusion,
+    at_loss,
+    dist_loss,
+    dkd_loss,
+    hcl_loss,
+    hint_loss,
+    kd_only_loss,
+    standardize_logits,
+)
+from models import NUM_CLASSES, StudentNet
 
 
 def positive(value):
@@ -95,6 +109,55 @@ LOGIT_STANDARDIZE = Flag(
     "logit_standardize", False, "z-score each sample's logits, student's and teacher's, before "
     "the distillation term (Sun et al., 2024); the CE term keeps the raw ones", before=False,
     suffix="ls")
+# Function matching (Beyer et al., CVPR 2022, "Knowledge distillation: a good teacher is
+# patient and consistent"): the student matches the teacher on mixed images.
+MIXUP = Flag(
+    "mixup", False, "function matching (Beyer et al., 2022): each image mixed pixel by pixel "
+    "with another of its batch at a ratio drawn from Beta(1, 1); the teacher sees the mixed "
+    "images, a CE term the two labels weighted by the ratio", before=False, suffix="mixup")
+CUTMIX = Flag(
+    "cutmix", False, "function matching with CutMix: a box of another image of the batch "
+    "pasted in, its area drawn from Beta(1, 1); the teacher sees the mixed images, a CE term "
+    "the two labels weighted by the areas kept", before=False, suffix="cutmix")
+MIXING = (MIXUP, CUTMIX)
+
+
+def mixup_batch(images, targets, ratio, partner):
+    """Each image i as ratio[i] · itself + (1 - ratio[i]) · image partner[i], and its target
+    (one-hot or already mixed, (N, classes)) mixed alike."""
+    r = ratio.view(-1, 1, 1, 1)
+    return r * images + (1 - r) * images[partner], mix_targets(targets, ratio, partner)
+
+
+def cutmix_batch(images, targets, ratio, partner, centre):
+    """CutMix (Yun et al., ICCV 2019), per image: a box of area about 1 - ratio[i], centred at
+    centre[i] (fractions of the height and width) and cut at the image's edges, replaced by
+    the same box of image partner[i]; the target is weighted by the area actually kept."""
+    height, width = images.shape[-2:]
+    side = (1 - ratio).sqrt()
+
+    def span(centre, size):  # the box's [start, end) along one axis, per image
+        lo = (centre * size - side * size / 2).round().clamp(0, size)
+        hi = (centre * size + side * size / 2).round().clamp(0, size)
+        axis = torch.arange(size, device=images.device)
+        return (axis >= lo[:, None]) & (axis < hi[:, None])
+
+    box = span(centre[:, 0], height)[:, :, None] & span(centre[:, 1], width)[:, None, :]
+    kept = 1 - box.flatten(1).float().mean(1)
+    return (torch.where(box[:, None], images[partner], images),
+            mix_targets(targets, kept, partner))
+
+
+def mix_targets(targets, ratio, partner):
+    r = ratio.view(-1, 1)
+    return r * targets + (1 - r) * targets[partner]
+
+
+def stream_seed():
+    """A seed for a method's own generator, drawn from the RNG that build() seeds with the
+    run's seed: the run's seed alone decides it, yet its stream is not the loader's (whose
+    generator starts from the seed itself)."""
+    return int(torch.randint(2 ** 62, ()))
 
 
 class Outputs(NamedTuple):
@@ -136,7 +199,14 @@ class Method(nn.Module):
         # Kept out of nn.Module's bookkeeping: the teacher is no part of the method's
         # parameters (the optimizer would train it) or state (the checkpoint would store it).
         object.__setattr__(self, "teacher", teacher)
-        self.shared = shared_logits if self.shared_logits else None
+        self.mixing = next((f.name for f in MIXING if getattr(self, f.name, False)), None)
+        # The stored logits are the teacher's outputs on the loader's images; a mixed batch
+        # is new images, so with mixing the teacher runs on every batch.
+        self.shared = shared_logits if self.shared_logits and not self.mixing else None
+        if self.mixing:
+            # Its state is a buffer, so a resumed run draws what an uninterrupted one draws.
+            self.mix_generator = torch.Generator().manual_seed(stream_seed())
+            self.register_buffer("mix_rng", self.mix_generator.get_state())
         self.step, self.steps_per_epoch = 0, 1
 
     def set_epoch(self, epoch, steps_per_epoch):
@@ -152,9 +222,25 @@ class Method(nn.Module):
             self.shared.end_epoch(epoch)
 
     def mix(self, images, labels):
-        """The hook that may change a batch before the student's forward (mixing); the
-        teacher sees the images it returns. Identity by default."""
-        return images, labels
+        """The hook that may change a batch before the student's forward; the teacher sees
+        the images it returns. With --mixup or --cutmix: each image mixed with a partner
+        (a permutation of the batch) at a ratio from Beta(1, 1), and the labels returned as
+        the mixed targets (N, classes), which F.cross_entropy takes as class probabilities,
+        i.e. CE against both labels weighted by the ratio. Else the batch as it came."""
+        if not self.mixing:
+            return images, labels
+        generator, n = self.mix_generator, len(images)
+        generator.set_state(self.mix_rng.cpu())
+        ratio = torch.rand(n, generator=generator)  # Beta(1, 1) is the uniform on [0, 1]
+        partner = torch.randperm(n, generator=generator)
+        centre = torch.rand(n, 2, generator=generator) if self.mixing == "cutmix" else None
+        self.mix_rng.copy_(generator.get_state())
+        device = images.device
+        targets = F.one_hot(labels, NUM_CLASSES).float()
+        ratio, partner = ratio.to(device), partner.to(device)
+        if self.mixing == "mixup":
+            return mixup_batch(images, targets, ratio, partner)
+        return cutmix_batch(images, targets, ratio, partner, centre.to(device))
 
     def forward(self, student, images, labels, positions):
         images, labels = self.mix(images, labels)
@@ -279,6 +365,8 @@ def check_flags(config):
                 and flag not in METHODS[loss].flags:
             problems.append(f"{flag.option} goes with --loss {', '.join(flag_users(flag))}, "
                             f"not {loss}")
+    if all(config.get(flag.name) for flag in MIXING):
+        problems.append("--mixup and --cutmix exclude each other; choose one")
     return [p for p in problems if p]
 
 
@@ -299,7 +387,7 @@ class KDCE(Method):
     """Hinton et al. (2015): alpha · T² · KL(teacher_T ‖ student_T) + (1 - alpha) · CE."""
     name = "kd+ce"
     summary = "alpha * KD + (1 - alpha) * CE (Hinton et al., 2015)"
-    flags = (TEMPERATURE, ALPHA, LOGIT_STANDARDIZE)
+    flags = (TEMPERATURE, ALPHA, LOGIT_STANDARDIZE, *MIXING)
     compared_with = ("ce",)
 
     def loss(self, student, teacher, labels, positions):
@@ -316,7 +404,7 @@ class KD(Method):
     `distillation_loss_ex`); the CE is logged, not trained on."""
     name = "kd"
     summary = "the KD term alone, no labels"
-    flags = (TEMPERATURE, LOGIT_STANDARDIZE)
+    flags = (TEMPERATURE, LOGIT_STANDARDIZE, *MIXING)
     compared_with = ("ce", "kd+ce")
 
     def loss(self, student, teacher, labels, positions):
@@ -360,13 +448,151 @@ class DIST(Method):
              Flag("dist_beta", 0.5, "weight of the inter-class (per-image) relation",
                   nonnegative, before=1.0),
              Flag("dist_gamma", 0.5, "weight of the intra-class (per-class) relation",
-                  nonnegative, before=1.0))
+                  nonnegative, before=1.0), *MIXING)
 
     def loss(self, student, teacher, labels, positions):
         ce = F.cross_entropy(student.logits.float(), labels)
         kd = dist_loss(student.logits, teacher.logits, self.temperature, self.dist_beta,
                        self.dist_gamma)
         return {"loss": ce + kd, "kd": kd.detach(), "ce": ce.detach()}
+
+
+# The student's blocks (32x32, 16x16, 8x8) and the teacher's blocks at the same resolutions,
+# each the last map at its resolution: conv2 (before the pool), conv4 and conv6 (models.py).
+STUDENT_STAGES = (0, 1, 2)
+TEACHER_STAGES = (1, 4, 6)
+HIDDEN = 256  # models._Net's hidden layer, the same in both networks
+
+
+def stage_channels(config, teacher):
+    """The channel counts of STUDENT_STAGES and TEACHER_STAGES, from the student's --widths
+    (else StudentNet's default) and the teacher's own widths."""
+    w0, w1 = config.get("widths") or inspect.signature(StudentNet).parameters["widths"].default
+    t0, t1, t2, _ = teacher.arch_args["widths"]
+    return (w0, w0, w1), (t0, t1, t2)
+
+
+class FeatureMethod(Method):
+    """A method on both networks' features: the teacher runs on every batch (stored logits
+    hold no features)."""
+    shared_logits = False
+    features = True
+
+    def ce(self, student, labels):
+        return F.cross_entropy(student.logits.float(), labels)
+
+
+@register
+class FitNet(FeatureMethod):
+    """FitNets (Romero et al., ICLR 2015): CE + weight · MSE(HintRegressor(student's hint),
+    teacher's guided layer). FitNet guides a middle layer of a deeper, thinner student; this
+    student has two convs, so its hint is its deepest conv, conv2 (8x8x64 after its ReLU), and
+    the guided layer the teacher's deepest map at that resolution, conv6 (8x8x128 after its
+    ReLU). Trained in one stage with the CE (mdistiller's form), not FitNet's two stages."""
+    name = "fitnet"
+    summary = ("CE + FitNet's hint (Romero et al., 2015): the student's conv2 regressed onto "
+               "the teacher's conv6, both 8x8 after ReLU")
+    flags = (Flag("fitnet_weight", 100.0, "weight of the hint term", nonnegative), *MIXING)
+
+    def __init__(self, config, teacher=None, *args, **kwargs):
+        super().__init__(config, teacher, *args, **kwargs)
+        config = config if isinstance(config, dict) else vars(config)
+        s, t = stage_channels(config, teacher)
+        self.regressor = HintRegressor(s[-1], t[-1])
+
+    def loss(self, student, teacher, labels, positions):
+        ce = self.ce(student, labels)
+        f_t = teacher.features["blocks"][TEACHER_STAGES[-1]]
+        hint = hint_loss(self.regressor(student.features["blocks"][STUDENT_STAGES[-1]],
+                                        f_t.shape[-2:]), f_t)
+        return {"loss": ce + self.fitnet_weight * hint, "kd": hint.detach(), "ce": ce.detach()}
+
+
+@register
+class AT(FeatureMethod):
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): CE + weight · the sum of
+    at_loss over three pairs, the last map at each resolution: the student's conv1 (32x32,
+    before the ReLU that follows its pool), pool + ReLU (16x16) and conv2 (8x8, after ReLU)
+    against the teacher's conv2 (32x32, before the ReLU that follows its pool), conv4 and
+    conv6 (after ReLU): both networks' maps at 32x32 are taken before ReLU, the others after."""
+    name = "at"
+    summary = ("CE + attention transfer (Zagoruyko & Komodakis, 2017) at 32x32, 16x16 and "
+               "8x8, the last map of each resolution in both networks")
+    flags = (Flag("at_weight", 1000.0, "weight of the attention-transfer term", nonnegative),
+             *MIXING)
+
+    def loss(self, student, teacher, labels, positions):
+        ce = self.ce(student, labels)
+        s, t = student.features["blocks"], teacher.features["blocks"]
+        at = sum(at_loss(s[i], t[j]) for i, j in zip(STUDENT_STAGES, TEACHER_STAGES))
+        return {"loss": ce + self.at_weight * at, "kd": at.detach(), "ce": ce.detach()}
+
+
+@register
+class ReviewKD(FeatureMethod):
+    """ReviewKD (Chen et al., CVPR 2021): CE + w · weight · hcl_loss(ReviewFusion(student's
+    stages), teacher's stages before their ReLU), w rising linearly, per step, from 0 to 1
+    over the first `reviewkd_warmup` epochs (the paper warms up over 20 epochs of 240). The
+    student's three blocks (32x32, 16x16, 8x8, as they come out) pair with the teacher's
+    conv2 (32x32, which has no ReLU of its own), conv4 and conv6 (before ReLU), the last map at
+    each resolution. The fused maps are 64 channels wide, the student's widest stage; the
+    paper's extra 1x1 stage (the pooled features) is left out."""
+    name = "reviewkd"
+    summary = ("CE + ReviewKD (Chen et al., 2021): the student's 32x32, 16x16 and 8x8 blocks "
+               "fused and matched to the teacher's conv2, conv4 and conv6 before ReLU")
+    flags = (Flag("reviewkd_weight", 1.0, "weight of the hierarchical context loss",
+                  nonnegative),
+             Flag("reviewkd_warmup", 1.0, "epochs over which the ReviewKD term's weight rises "
+                  "linearly from 0 to 1", nonnegative), *MIXING)
+    mid_channels = 64
+
+    def __init__(self, config, teacher=None, *args, **kwargs):
+        super().__init__(config, teacher, *args, **kwargs)
+        config = config if isinstance(config, dict) else vars(config)
+        self.fusion = ReviewFusion(*stage_channels(config, teacher), self.mid_channels)
+
+    def loss(self, student, teacher, labels, positions):
+        ce = self.ce(student, labels)
+        blocks, preact = teacher.features["blocks"], teacher.features["preact"]
+        t = [blocks[j] if preact[j] is None else preact[j] for j in TEACHER_STAGES]
+        fused = self.fusion([student.features["blocks"][i] for i in STUDENT_STAGES])
+        warm = min(1.0, (self.step + 1) / (self.reviewkd_warmup * self.steps_per_epoch)
+                   ) if self.reviewkd_warmup > 0 else 1.0
+        hcl = hcl_loss(fused, t)
+        return {"loss": ce + warm * self.reviewkd_weight * hcl, "kd": hcl.detach(),
+                "ce": ce.detach()}
+
+
+@register
+class CRD(FeatureMethod):
+    """Contrastive representation distillation (Tian et al., ICLR 2020), as RepDistiller
+    runs it: CE + weight · the NCE loss of ContrastMemory on Embed heads of both networks'
+    256-unit hidden layer (the teacher's detached, both heads trained), the memory holding
+    one embedding per training image (indexed by `positions`), temperature 0.07, momentum
+    0.5, K negatives of other classes per image. It takes no mixing: a memory row and its
+    positive are one training image, and a mixed image is two."""
+    name = "crd"
+    summary = ("CE + CRD (Tian et al., 2020): the hidden layers' embeddings contrasted with "
+               "a memory of every training image's")
+    flags = (Flag("crd_weight", 0.8, "weight of the contrastive term", nonnegative),
+             Flag("crd_k", 4096, "negatives per image drawn from the memory", positive),
+             Flag("crd_temperature", 0.07, "temperature of the contrastive scores", positive))
+    momentum = 0.5  # of the memory's rows, the paper's
+
+    def __init__(self, config, teacher=None, shared_logits=None, train_labels=None):
+        super().__init__(config, teacher, shared_logits, train_labels)
+        if train_labels is None:
+            raise ValueError("crd keeps a memory of every training image; it needs "
+                             "train_labels")
+        self.embed_s, self.embed_t = Embed(HIDDEN), Embed(HIDDEN)
+        self.memory = ContrastMemory(train_labels, self.crd_k, temperature=self.crd_temperature,
+                                     momentum=self.momentum, seed=stream_seed())
+
+    def loss(self, student, teacher, labels, positions):
+        ce = self.ce(student, labels)
+        crd = self.memory(self.embed_s(student.features["hidden"]),
+                          self.embed_t(teacher.features["hidden"]), positions)
+        return {"loss": ce + self.crd_weight * crd, "kd": crd.detach(), "ce": ce.detach()}
 
 
 @register

@@ -20,19 +20,33 @@ def test_the_derived_facts_are_the_ones_once_written_by_hand():
     """What results.UNUSED_BY, runs.ADDED_RECIPE_KEYS, results.VARIANT_ORDER and
     report.STUDENT_PAIRS listed before methods were classes."""
     dkd, dist = ("dkd_alpha", "dkd_beta", "dkd_warmup"), ("dist_beta", "dist_gamma")
-    unused_by = {"ce": ("temperature", "alpha", "logit_standardize") + dkd + dist,
+    # the feature methods' flags and function matching's, added with issue 25
+    feature = ("fitnet_weight", "at_weight", "reviewkd_weight", "reviewkd_warmup",
+               "crd_weight", "crd_k", "crd_temperature")
+    mixing = ("mixup", "cutmix")
+    unused_by = {"ce": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing,
                  "kd": ("alpha",) + dkd + dist, "kd+ce": dkd + dist,
-                 "dkd": ("alpha",) + dist, "dist": ("alpha", "logit_standardize") + dkd}
+                 "dkd": ("alpha",) + dist + mixing, "dist": ("alpha", "logit_standardize") + dkd,
+                 "crd": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing
+                 + feature[:4]}
     for loss, unused in unused_by.items():
+        if loss != "crd":
+            unused += feature
         assert sorted(methods.unused_flags(loss)) == sorted(unused), loss
     assert methods.flags_before() == {"logit_standardize": False, "dkd_alpha": 1.0,
                                       "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0,
-                                      "dist_gamma": 1.0}
-    assert methods.variant_order() == ["kd+ce", "kd", "dkd", "dist", "kd+ce+ls", "kd+ls",
-                                       "dkd+ls", "ce"]
+                                      "dist_gamma": 1.0, "mixup": False, "cutmix": False}
+    assert methods.variant_order() == [
+        "kd+ce", "kd", "dkd", "dist", "fitnet", "at", "reviewkd", "crd", "kd+ce+ls",
+        "kd+ce+mixup", "kd+ce+cutmix", "kd+ls", "kd+mixup", "kd+cutmix", "dkd+ls", "dist+mixup",
+        "dist+cutmix", "fitnet+mixup", "fitnet+cutmix", "at+mixup", "at+cutmix",
+        "reviewkd+mixup", "reviewkd+cutmix", "ce"]
+    mixed = [(f"{m}+{s}", m) for m in ("kd+ce", "kd", "dist", "fitnet", "at", "reviewkd")
+             for s in mixing]
     assert sorted(methods.comparisons()) == sorted([
         ("kd+ce", "ce"), ("kd", "ce"), ("kd", "kd+ce"), ("dkd", "kd+ce"), ("dist", "kd+ce"),
-        ("kd+ce+ls", "kd+ce"), ("kd+ls", "kd"), ("dkd+ls", "dkd")])
+        ("fitnet", "kd+ce"), ("at", "kd+ce"), ("reviewkd", "kd+ce"), ("crd", "kd+ce"),
+        ("kd+ce+ls", "kd+ce"), ("kd+ls", "kd"), ("dkd+ls", "dkd"), *mixed])
     assert methods.unused_flags("teacher") == ()  # not a method: nothing to ignore
 
 

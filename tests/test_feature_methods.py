@@ -1,0 +1,133 @@
+"""The feature methods (fitnet, at, reviewkd, crd) and function matching (--mixup, --cutmix)
+in methods.py: resumed runs equal uninterrupted ones, the teacher gets no gradient, the
+methods' own parameters train, and the mixed batch is what both networks see."""
+import pytest
+import torch
+from torch import nn
+
+import methods
+from conftest import full_and_resumed_runs, run_script
+from kd.checkpoints import load_checkpoint
+from models import build_model, load_model
+
+FEATURE_METHODS = ("fitnet", "at", "reviewkd", "crd")
+
+
+def common(teacher_checkpoint, image_folder, folder):
+    # 2 optimizer steps an epoch and no test pass: these runs check state, not accuracy.
+    return ["--teacher", teacher_checkpoint, "--data-root", image_folder, "--plots-dir",
+            folder, "--batch-size", "64", "--train-subset", "128", "--ema-decay", "0",
+            "--skip-test"]
+
+
+@pytest.mark.parametrize("flags", [["--loss", "fitnet", "--mixup"], ["--loss", "crd"],
+                                   ["--loss", "reviewkd"]], ids=lambda f: "".join(f[1:]))
+def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, image_folder,
+                                                   tmp_path):
+    """Killed mid-epoch 2 and resumed: the student, the method's modules and buffers (the
+    mixing generator, CRD's memory, the warm-up's step) end as in an uninterrupted run; the
+    method's parameters moved from their start (the optimizer has them); the student's
+    checkpoint loads alone."""
+    full, cut = full_and_resumed_runs(
+        "train_student.py", [*flags, "--epochs", "2",
+                             *common(teacher_checkpoint, image_folder, tmp_path)],
+        tmp_path, 2, step=3)
+    a, b = load_checkpoint(full), load_checkpoint(cut)
+    for part in ("model_state", "method_state"):
+        assert a[part].keys() == b[part].keys()
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), (part, key)
+    start = methods.build(a["config"], load_model(teacher_checkpoint, kind="teacher"), None,
+                          torch.zeros(128, dtype=torch.long))
+    params = dict(start.named_parameters())
+    assert params and all(not torch.equal(a["method_state"][k], p) for k, p in params.items())
+    student = load_model(full, kind="student")
+    assert student.state_dict().keys() == a["model_state"].keys()
+
+
+def test_at_runs_with_cutmix(teacher_checkpoint, image_folder, tmp_path):
+    """AT has no parameters of its own: its only state with --cutmix is the mixing draws'."""
+    out = tmp_path / "at.pt"
+    run_script("train_student.py", "--loss", "at", "--cutmix", "--dry-run", "--out", out,
+               *common(teacher_checkpoint, image_folder, tmp_path))
+    ckpt = load_checkpoint(out)
+    assert list(ckpt["method_state"]) == ["mix_rng"]
+    assert ckpt["config"]["loss"] == "at" and (tmp_path / "at.metrics.csv").exists()
+
+
+@pytest.mark.parametrize("loss", FEATURE_METHODS)
+def test_no_gradient_reaches_the_teacher(loss):
+    """The teacher left trainable: after a backward pass it still has no gradient, while the
+    student and every parameter of the method have one."""
+    torch.manual_seed(0)
+    student, teacher = build_model("student"), build_model("teacher").eval()
+    method = methods.build({"loss": loss}, teacher, None, torch.arange(40) % 10)
+    images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
+    _, parts = method(student, images, labels, torch.arange(8))
+    parts["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in [*student.parameters(), *method.parameters()])
+
+
+class Recorder(nn.Module):
+    """A network that keeps the images it is given."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.seen, self.arch_args = net, [], net.arch_args
+
+    def forward(self, images, features=False):
+        self.seen.append(images.clone())
+        return self.net(images, features)
+
+
+@pytest.mark.parametrize("config", [{"loss": "kd", "mixup": True},
+                                    {"loss": "fitnet", "cutmix": True}], ids=str)
+def test_the_student_and_the_teacher_see_the_same_mixed_batch(config):
+    torch.manual_seed(0)
+    student, teacher = Recorder(build_model("student")), Recorder(build_model("teacher").eval())
+    method = methods.build(config, teacher, shared_logits=object())
+    assert method.shared is None  # stored logits are of unmixed images
+    images = torch.rand(8, 3, 32, 32)
+    method(student, images, torch.arange(8), torch.arange(8))
+    (s,), (t,) = student.seen, teacher.seen
+    assert torch.equal(s, t) and not torch.equal(s, images)
+
+
+def test_a_ratio_of_one_leaves_the_batch_unchanged():
+    images, targets = torch.rand(6, 3, 32, 32), torch.eye(10)[:6]
+    ones, partner = torch.ones(6), torch.arange(6).roll(1)
+    for mixed in (methods.mixup_batch(images, targets, ones, partner),
+                  methods.cutmix_batch(images, targets, ones, partner, torch.rand(6, 2))):
+        assert torch.equal(mixed[0], images) and torch.equal(mixed[1], targets)
+
+
+def test_cutmix_weighs_each_label_by_the_area_kept():
+    """Image i is filled with the value i, so each pixel tells which image it came from; the
+    boxes include ones cut at the edges (centres 0 and 1), where the kept area is not the
+    drawn ratio."""
+    n = 6
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 32, 32)
+    ratio = torch.tensor([0.9, 0.5, 0.2, 0.0, 0.37, 0.75])
+    centre = torch.tensor([[0.0, 0.0], [1.0, 0.5], [0.5, 0.5], [0.3, 0.9], [0.1, 1.0],
+                           [0.6, 0.2]])
+    partner = torch.arange(n).roll(1)
+    mixed, targets = methods.cutmix_batch(images, torch.eye(10)[:n], ratio, partner, centre)
+    kept = (mixed[:, 0] == images[:, 0]).flatten(1).float().mean(1)
+    assert not torch.allclose(kept, ratio)  # cut at the edges
+    assert torch.allclose(targets[torch.arange(n), torch.arange(n)], kept)
+    assert torch.allclose(targets[torch.arange(n), partner], 1 - kept)
+    assert torch.equal(mixed[:, 0] == images[:, 0], mixed[:, 1] == images[:, 1])
+
+
+def test_mixing_is_refused_where_it_does_not_fit(teacher_checkpoint, image_folder, tmp_path):
+    """DKD needs one target class: one line and exit 2. --mixup and --cutmix exclude each
+    other (the same check, in process)."""
+    proc = run_script("train_student.py", "--loss", "dkd", "--mixup", "--dry-run", "--out",
+                      tmp_path / "x.pt", *common(teacher_checkpoint, image_folder, tmp_path),
+                      check=False)
+    assert proc.returncode == 2 and "not dkd" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1
+    both = {"loss": "kd", "mixup": True, "cutmix": True}
+    assert methods.check_flags(both) == ["--mixup and --cutmix exclude each other; choose one"]
+    assert methods.check_flags({**both, "cutmix": False}) == []

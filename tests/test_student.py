@@ -10,7 +10,6 @@ from kd import cli, engine, runs
 from kd.checkpoints import load_checkpoint
 from models import load_model
 
-
 # The methods on logits; the feature methods' runs, teachers and resumes are checked in
 # tests/test_feature_methods.py.
 LOGIT_METHODS = [name for name, cls in methods.METHODS.items() if not cls.features]

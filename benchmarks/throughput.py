@@ -158,7 +158,7 @@ def build_variants(args, device):
     precision = args.precision
     forward_flop_teacher = 2 * count_macs(teacher)
     variants = []
-    for kind in ("teacher", "student"):
+    for kind in args.kinds:
         bs = BATCH_SIZE[kind]
         n = args.batches * bs
         forward_flop = 2 * count_macs(build_model(kind))
@@ -491,6 +491,10 @@ def main():
                         help="batches per variant per round (default: 8)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd training steps")
+    parser.add_argument("--kinds", nargs="+", choices=("teacher", "student"),
+                        default=["teacher", "student"],
+                        help="the networks whose rows are timed (default: both; the student's "
+                             "include its KD steps)")
     parser.add_argument("--profile", action="store_true",
                         help="also print where a training step's time goes, per kind of op")
     parser.add_argument("--allocator", action="store_true",

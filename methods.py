@@ -266,6 +266,13 @@ class Method(nn.Module):
         position in the training split."""
         raise NotImplementedError
 
+    def warmup_weight(self, epochs):
+        """A term's weight at this step: rising linearly, per optimizer step, from 0 to 1 over
+        the first `epochs` epochs (1 throughout for 0)."""
+        if epochs <= 0:
+            return 1.0
+        return min(1.0, (self.step + 1) / (epochs * self.steps_per_epoch))
+
     def standardized(self, student, teacher):
         """The logits the distillation term sees: z-scored with --logit-standardize."""
         if getattr(self, "logit_standardize", False):
@@ -432,8 +439,7 @@ class DKD(Method):
     def loss(self, student, teacher, labels, positions):
         s, t = self.standardized(student, teacher)
         ce = F.cross_entropy(student.logits.float(), labels)
-        warm = min(1.0, (self.step + 1) / (self.dkd_warmup * self.steps_per_epoch)
-                   ) if self.dkd_warmup > 0 else 1.0
+        warm = self.warmup_weight(self.dkd_warmup)
         kd = dkd_loss(s, t, labels, self.temperature, self.dkd_alpha, self.dkd_beta)
         return {"loss": ce + warm * kd, "kd": kd.detach(), "ce": ce.detach()}
 
@@ -556,8 +562,7 @@ class ReviewKD(FeatureMethod):
         blocks, preact = teacher.features["blocks"], teacher.features["preact"]
         t = [blocks[j] if preact[j] is None else preact[j] for j in TEACHER_STAGES]
         fused = self.fusion([student.features["blocks"][i] for i in STUDENT_STAGES])
-        warm = min(1.0, (self.step + 1) / (self.reviewkd_warmup * self.steps_per_epoch)
-                   ) if self.reviewkd_warmup > 0 else 1.0
+        warm = self.warmup_weight(self.reviewkd_warmup)
         hcl = hcl_loss(fused, t)
         return {"loss": ce + warm * self.reviewkd_weight * hcl, "kd": hcl.detach(),
                 "ce": ce.detach()}

@@ -75,13 +75,15 @@ class Flag:
     """A method's setting: `--name-with-dashes` on the command line, `name` in the run's
     config. `check(value)` returns what is wrong with a value, or None. `before`: the value
     runs made before the flag existed had (their checkpoints resume and compare as such).
-    `suffix`: a boolean flag that, when set, names a variant of its own (`kd+ce+ls`)."""
+    `suffix`: a boolean flag that, when set, names a variant of its own (`kd+ce+ls`).
+    `type`: the value's type where the default (None: "not given") does not tell it."""
     name: str
     default: Any
     help: str
     check: Any = None
     before: Any = NOT_ADDED_LATER
     suffix: str | None = None
+    type: Any = None
 
     @property
     def option(self):
@@ -93,18 +95,28 @@ class Flag:
         if isinstance(self.default, bool):
             parser.add_argument(self.option, action="store_true", help=used_by + self.help)
         else:
-            parser.add_argument(self.option, type=type(self.default), default=self.default,
-                                help=f"{used_by}{self.help} (default: {self.default:g})")
+            shown = "" if self.default is None else f" (default: {self.default:g})"
+            parser.add_argument(self.option, type=self.type or type(self.default),
+                                default=self.default, help=f"{used_by}{self.help}{shown}")
 
     def problem(self, value):
-        """'--flag must be ..., got value', or None."""
-        wrong = self.check(value) if self.check is not None else None
+        """'--flag must be ..., got value', or None (a flag not given is never wrong)."""
+        wrong = self.check(value) if self.check is not None and value is not None else None
         return f"{self.option} {wrong}, got {value}" if wrong else None
 
 
 TEMPERATURE = Flag("temperature", 4.0, "softmax temperature T of the distillation term",
                    check=positive)
 ALPHA = Flag("alpha", 0.5, "weight of the KD term; CE gets 1 - alpha", check=unit_interval)
+# Weights outside alpha's convex mix: logit standardization's authors train KD + CE with a KD
+# weight of 9 and a CE weight of 0.1 (mdistiller's default), which alpha <= 1 cannot express.
+KD_WEIGHT = Flag(
+    "kd_weight", None, "weight of the KD term, in place of --alpha's (kd+ce: with "
+    "--ce-weight; default: --alpha for kd+ce, 1 for kd)", check=nonnegative, before=None,
+    type=float)
+CE_WEIGHT = Flag(
+    "ce_weight", None, "weight of the CE term, in place of --alpha's 1 - alpha (with "
+    "--kd-weight; default: 1 - alpha)", check=nonnegative, before=None, type=float)
 LOGIT_STANDARDIZE = Flag(
     "logit_standardize", False, "z-score each sample's logits, student's and teacher's, before "
     "the distillation term (Sun et al., 2024); the CE term keeps the raw ones", before=False,
@@ -266,6 +278,12 @@ class Method(nn.Module):
         position in the training split."""
         raise NotImplementedError
 
+    @classmethod
+    def problems(cls, config):
+        """What is wrong with this method's flags taken together (each flag's own check is
+        Flag.check), as a list of lines."""
+        return []
+
     def warmup_weight(self, epochs):
         """A term's weight at this step: rising linearly, per optimizer step, from 0 to 1 over
         the first `epochs` epochs (1 throughout for 0)."""
@@ -374,6 +392,8 @@ def check_flags(config):
                             f"not {loss}")
     if all(config.get(flag.name) for flag in MIXING):
         problems.append("--mixup and --cutmix exclude each other; choose one")
+    if loss in METHODS:
+        problems += METHODS[loss].problems(config)
     return [p for p in problems if p]
 
 
@@ -391,34 +411,48 @@ def build(config, teacher=None, shared_logits=None, train_labels=None):
 
 @register
 class KDCE(Method):
-    """Hinton et al. (2015): alpha · T² · KL(teacher_T ‖ student_T) + (1 - alpha) · CE."""
+    """Hinton et al. (2015): alpha · T² · KL(teacher_T ‖ student_T) + (1 - alpha) · CE, or
+    with --kd-weight and --ce-weight, kd_weight · T² · KL + ce_weight · CE."""
     name = "kd+ce"
     summary = "alpha * KD + (1 - alpha) * CE (Hinton et al., 2015)"
-    flags = (TEMPERATURE, ALPHA, LOGIT_STANDARDIZE, *MIXING)
+    flags = (TEMPERATURE, ALPHA, KD_WEIGHT, CE_WEIGHT, LOGIT_STANDARDIZE, *MIXING)
     compared_with = ("ce",)
+
+    @classmethod
+    def problems(cls, config):
+        given = [config.get(f.name) is not None for f in (KD_WEIGHT, CE_WEIGHT)]
+        if any(given) and not all(given):
+            return ["--kd-weight and --ce-weight go together (they replace --alpha)"]
+        if all(given) and config.get(ALPHA.name, ALPHA.default) != ALPHA.default:
+            return ["--alpha or --kd-weight and --ce-weight, not both"]
+        return []
 
     def loss(self, student, teacher, labels, positions):
         s, t = self.standardized(student, teacher)
         ce = F.cross_entropy(student.logits.float(), labels)
         kd = kd_only_loss(s, t, self.temperature)
-        loss = self.alpha * kd + (1 - self.alpha) * ce
+        if self.kd_weight is None:
+            loss = self.alpha * kd + (1 - self.alpha) * ce
+        else:
+            loss = self.kd_weight * kd + self.ce_weight * ce
         return {"loss": loss, "kd": kd.detach(), "ce": ce.detach()}
 
 
 @register
 class KD(Method):
-    """The KD term alone, T² · KL(teacher_T ‖ student_T): no labels (the report's
-    `distillation_loss_ex`); the CE is logged, not trained on."""
+    """The KD term alone, T² · KL(teacher_T ‖ student_T) (times --kd-weight if given): no
+    labels (the report's `distillation_loss_ex`); the CE is logged, not trained on."""
     name = "kd"
     summary = "the KD term alone, no labels"
-    flags = (TEMPERATURE, LOGIT_STANDARDIZE, *MIXING)
+    flags = (TEMPERATURE, KD_WEIGHT, LOGIT_STANDARDIZE, *MIXING)
     compared_with = ("ce", "kd+ce")
 
     def loss(self, student, teacher, labels, positions):
         s, t = self.standardized(student, teacher)
         ce = F.cross_entropy(student.logits.float(), labels)
         kd = kd_only_loss(s, t, self.temperature)
-        return {"loss": kd, "kd": kd.detach(), "ce": ce.detach()}
+        loss = kd if self.kd_weight is None else self.kd_weight * kd
+        return {"loss": loss, "kd": kd.detach(), "ce": ce.detach()}
 
 
 @register

@@ -39,6 +39,9 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
       help="no random crop/flip (the original report's setting)")
     a("--widths", type=int, nargs="+", default=None, metavar="W",
       help="channel widths of the network (default: the model's own, see models.py)")
+    a("--clip-grad-norm", type=float, default=0.0, metavar="MAX",
+      help="rescale each step's gradient (model and method together) to an L2 norm of at "
+           "most MAX (torch.nn.utils.clip_grad_norm_); 0: no clipping (default: 0)")
     a("--ema-decay", type=float, default=ema_decay, help="decay per step of the EMA of the "
       "weights that is kept, evaluated and saved beside the model (see ema.ModelEMA); 0: "
       f"none (default: {ema_decay})")
@@ -102,6 +105,8 @@ def check_args(args):
         raise UserError(f"--lr must be finite, got {args.lr}")
     if not 0 <= args.momentum < 1 or args.weight_decay < 0 or not 0 <= args.warmup < 1:
         raise UserError("need 0 <= --momentum < 1, --weight-decay >= 0 and 0 <= --warmup < 1")
+    if not args.clip_grad_norm >= 0:
+        raise UserError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     problems = methods.check_flags(vars(args))

@@ -50,9 +50,10 @@ class CurvesFigure:
 
 
 def train_one_epoch(model, loader, method, optimizer, scheduler, device, precision="fp32",
-                    desc="train", after_step=None, sync_every=None):
+                    desc="train", after_step=None, sync_every=None, clip_grad_norm=0.0):
     """One pass over `loader` (batches of images, labels and positions); returns mean loss,
-    accuracy (%), mean loss parts, and the LR of the last step.
+    accuracy (%), mean loss parts, the LR of the last step and, with `clip_grad_norm` > 0
+    (each step's gradient rescaled to at most that L2 norm), the share of steps clipped.
 
     The forward passes and the loss (`method`) run under `precision` ("fp32" or "bf16"
     autocast).
@@ -63,7 +64,8 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
     if sync_every is None:
         sync_every = 1 if device.type == "cpu" else CUDA_SYNC_EVERY
     model.train()
-    sums, correct, seen, lr = {}, 0, 0, None
+    sums, correct, seen, lr, clipped = {}, 0, 0, None, 0
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0)
     for step, (images, labels, positions) in enumerate(bar):
         with autocast(device, precision):
@@ -79,6 +81,8 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm > 0:  # counted on the device: no host read per step
+            clipped += torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm) > clip_grad_norm
         optimizer.step()
         lr = optimizer.param_groups[0]["lr"]  # the LR this step used, before the schedule moves
         scheduler.step()
@@ -95,6 +99,8 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
         raise FloatingPointError(f"non-finite loss after step {last_read}")
     metrics = {"loss": total / seen, "acc": 100.0 * correct.item() / seen, "images": seen,
                "lr": lr}
+    if clip_grad_norm > 0:
+        metrics["clipped"] = float(clipped) / (step + 1)
     metrics.update({k: v.item() / seen for k, v in sums.items()})
     return metrics
 
@@ -195,7 +201,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                 train = train_one_epoch(
                     step_model, train_loader, method, optimizer, scheduler, device, args.precision,
                     desc=f"{name} {epoch + 1}/{args.epochs}",
-                    after_step=after_step)
+                    after_step=after_step, clip_grad_norm=args.clip_grad_norm)
             except FloatingPointError as e:
                 raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
                                 f"({args.out}, epoch {epoch}) is kept") from None

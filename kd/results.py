@@ -9,6 +9,7 @@ import pandas as pd
 import methods
 from kd.data import TRAIN_SIZE
 from kd.records import test_record_matches
+from kd.runs import ADDED_RECIPE_KEYS
 
 # train_ema.py's variants, by the teacher the student learns from; the run's second model
 # is that teacher (its EMA model, or the frozen copy), named "<variant> teacher".
@@ -52,7 +53,9 @@ def variant_rank(label):
 
 def recipe(config):
     """What defines a run besides its seed: every config entry but NOT_RECIPE, the widths,
-    the teacher by its weights' hash and the data by theirs."""
+    the teacher by its weights' hash and the data by theirs. A setting added after a run was
+    made counts at the value that run had (runs.ADDED_RECIPE_KEYS)."""
+    config = {**ADDED_RECIPE_KEYS, **config}
     flat = {k: v for k, v in config.items()
             if k not in NOT_RECIPE and k not in methods.unused_flags(config.get("loss"))}
     flat["widths"] = (config.get("model") or {}).get("arch_args", {}).get("widths")

@@ -17,10 +17,10 @@ from models import build_model, model_from_checkpoint
 # checkpoint, so a resumed run is exactly the run that was interrupted.
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
                "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision",
-               "ema_decay")
+               "ema_decay", "clip_grad_norm")
 # Recipe keys added after runs were made, with the value those runs had; the methods'
 # flags declare theirs (methods.Flag.before).
-ADDED_RECIPE_KEYS = {"ema_decay": 0.0, **methods.flags_before()}
+ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "clip_grad_norm": 0.0, **methods.flags_before()}
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 

@@ -8,6 +8,7 @@ import methods
 from kd import cli, engine, interrupts, runs
 from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from kd.schedule import lr_factor
+from models import build_model
 
 
 def parse(image_folder, tmp_path, *flags, name="student"):
@@ -198,3 +199,36 @@ def test_onecycle_schedule_shape():
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
     assert lr_factor(150, 10, 10, 20, "onecycle", 0.2) > 0.5  # extension: a second cycle
     assert lr_factor(7, 10, 0, 10, "constant", 0.2) == 1.0
+
+
+def test_clip_grad_norm_bounds_each_step_and_is_off_at_zero():
+    """Plain SGD at lr 1: a clipped step moves the weights by at most the clip norm."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), None) for _ in range(3)]
+
+    def one_epoch(clip):
+        torch.manual_seed(1)
+        model = build_model("student")
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        moved = []
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+
+        def after_step():
+            nonlocal before
+            now = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+            moved.append((now - before).norm().item())
+            before = now
+        metrics = engine.train_one_epoch(model, batches, methods.CE({}), optimizer, scheduler,
+                                         torch.device("cpu"), after_step=after_step,
+                                         clip_grad_norm=clip)
+        return model, metrics, moved
+
+    free, free_metrics, free_moved = one_epoch(0.0)
+    assert "clipped" not in free_metrics and min(free_moved) > 0.01
+    _, metrics, moved = one_epoch(0.01)
+    assert metrics["clipped"] == 1.0 and max(moved) <= 0.01 * (1 + 1e-4)
+    loose, metrics, _ = one_epoch(1e9)  # never reached: the same steps as no clipping
+    assert metrics["clipped"] == 0.0
+    for a, b in zip(free.state_dict().values(), loose.state_dict().values()):
+        assert torch.equal(a, b)

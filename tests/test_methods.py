@@ -24,18 +24,24 @@ def test_the_derived_facts_are_the_ones_once_written_by_hand():
     feature = ("fitnet_weight", "at_weight", "reviewkd_weight", "reviewkd_warmup",
                "crd_weight", "crd_k", "crd_temperature")
     mixing = ("mixup", "cutmix")
-    unused_by = {"ce": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing,
-                 "kd": ("alpha",) + dkd + dist, "kd+ce": dkd + dist,
-                 "dkd": ("alpha",) + dist + mixing, "dist": ("alpha", "logit_standardize") + dkd,
+    weights = ("kd_weight", "ce_weight")  # added with issue 26
+    unused_by = {"ce": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing
+                 + weights,
+                 "kd": ("alpha", "ce_weight") + dkd + dist, "kd+ce": dkd + dist,
+                 "dkd": ("alpha",) + dist + mixing + weights,
+                 "dist": ("alpha", "logit_standardize") + dkd + weights,
                  "crd": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing
-                 + feature[:4]}
+                 + feature[:4] + weights}
     for loss, unused in unused_by.items():
         if loss != "crd":
             unused += feature
+        if loss in ("fitnet", "at", "reviewkd"):
+            unused += weights
         assert sorted(methods.unused_flags(loss)) == sorted(unused), loss
     assert methods.flags_before() == {"logit_standardize": False, "dkd_alpha": 1.0,
                                       "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0,
-                                      "dist_gamma": 1.0, "mixup": False, "cutmix": False}
+                                      "dist_gamma": 1.0, "mixup": False, "cutmix": False,
+                                      "kd_weight": None, "ce_weight": None}
     assert methods.variant_order() == [
         "kd+ce", "kd", "dkd", "dist", "fitnet", "at", "reviewkd", "crd", "kd+ce+ls",
         "kd+ce+mixup", "kd+ce+cutmix", "kd+ls", "kd+mixup", "kd+cutmix", "dkd+ls", "dist+mixup",
@@ -67,6 +73,37 @@ def test_flags_are_declared_once_and_checked():
     with pytest.raises(ValueError, match="share its Flag object"):
         methods.register(clash)
     assert "clash" not in methods.METHODS
+
+
+def kd_parts(loss, **flags):
+    """(loss, its KD term, its CE) of method `loss` on fixed logits."""
+    g = torch.Generator().manual_seed(3)
+    s, t = 3 * torch.randn(16, 10, generator=g), 3 * torch.randn(16, 10, generator=g)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    method = methods.build({"loss": loss, **flags}, build_model("teacher"))
+    parts = method.loss(methods.Outputs(s), methods.Outputs(t), labels, None)
+    return parts["loss"], parts["kd"], parts["ce"]
+
+
+def test_kd_and_ce_weights_replace_alpha():
+    loss, kd, ce = kd_parts("kd+ce", kd_weight=9.0, ce_weight=0.1)
+    assert loss.item() == pytest.approx(9 * kd.item() + 0.1 * ce.item(), rel=1e-6)
+    loss, kd, ce = kd_parts("kd+ce", alpha=0.9)  # without them: alpha's mix, bit for bit
+    assert torch.equal(loss, 0.9 * kd + (1 - 0.9) * ce)
+    assert torch.equal(kd_parts("kd", kd_weight=2.5)[0], 2.5 * kd_parts("kd")[0])
+    assert torch.equal(kd_parts("kd")[0], kd_parts("kd")[1])
+    parser = argparse.ArgumentParser()
+    methods.add_flags(parser)
+    given = vars(parser.parse_args(["--kd-weight", "9", "--ce-weight", "0.1"]))
+    assert (given["kd_weight"], given["ce_weight"]) == (9.0, 0.1)
+    assert methods.check_flags(given) == []
+    assert methods.check_flags({**given, "ce_weight": None}) == [
+        "--kd-weight and --ce-weight go together (they replace --alpha)"]
+    assert methods.check_flags({**given, "alpha": 0.9}) == [
+        "--alpha or --kd-weight and --ce-weight, not both"]
+    assert methods.check_flags({**given, "kd_weight": -1.0}) == [
+        "--kd-weight must be >= 0, got -1.0"]
+    assert methods.check_flags({**given, "loss": "kd", "ce_weight": None}) == []
 
 
 def test_the_teacher_is_no_part_of_a_method():

@@ -65,6 +65,15 @@ def test_recipe_labels_name_only_what_differs():
                                    "kd+ce (teacher=bbbbbbbbbbbb)", "teacher"]
 
 
+def test_a_run_from_before_a_setting_existed_pools_with_runs_at_that_settings_old_value():
+    old = {"model": {"name": "student", "arch_args": {"widths": [32, 64]}}, "loss": "kd+ce",
+           "temperature": 4.0, "seed": 0}
+    new = {**old, "seed": 1, "clip_grad_norm": 0.0, "kd_weight": None, "ce_weight": None}
+    clipped = {**new, "clip_grad_norm": 5.0}
+    assert recipe_labels([("kd+ce", old), ("kd+ce", new), ("kd+ce", clipped)]) == [
+        "kd+ce (clip_grad_norm=0.0)", "kd+ce (clip_grad_norm=0.0)", "kd+ce (clip_grad_norm=5.0)"]
+
+
 def test_the_comparison_figure_never_pools_a_standardized_run_with_its_base_loss(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path, f"student_kd+ce_seed{seed}", "kd+ce", seed, 70.0)

@@ -17,7 +17,10 @@ and the peak and the profile are the GPU's.
 FLOP per training image = 3 x the forward pass (torch.utils.flop_counter), plus one teacher
 forward for a KD step; the peak is the faster of a large matmul and a large convolution,
 timed in the same rounds (see peak_variants). Peak memory: the peak RSS of a fresh process
-that runs a few training steps, less that of one that only builds the same model and batch.
+while it runs a few training steps, less what it held before them (model, method, batch).
+The feature methods' rows (`--kinds features`) train the student with each feature method
+of methods.py, built as train_student.py builds it, and give their time and peak memory as
+ratios of the KD step whose teacher runs on every batch.
 """
 import argparse
 import os
@@ -44,24 +47,49 @@ from torchvision import transforms  # noqa: E402
 import methods  # noqa: E402
 from kd import cli, engine  # noqa: E402
 from kd.allocator import OFF_SWITCH  # noqa: E402
-from kd.data import CROP_PADDING, BatchLoader, load_cifar10, split_train_val  # noqa: E402
+from kd.data import (  # noqa: E402
+    CROP_PADDING,
+    TRAIN_SIZE,
+    BatchLoader,
+    load_cifar10,
+    split_train_val,
+)
 from kd.device import autocast, machine_name, resolve_precision, select_device  # noqa: E402
 from kd.ema import EMA_DECAY, ModelEMA  # noqa: E402
 from kd.teacher_logits import SharedTeacherLogits  # noqa: E402
-from models import IMAGE_SHAPE, build_model, count_macs, relu_before_pool  # noqa: E402
+from models import (  # noqa: E402
+    IMAGE_SHAPE,
+    NUM_CLASSES,
+    build_model,
+    count_macs,
+    relu_before_pool,
+)
 
 # train_teacher.py's and train_student.py's; "kd" is a student step distilling from a teacher
 BATCH_SIZE = {"teacher": 128, "student": 256, "kd": 256}
 OTHER_PRECISION = {"fp32": "bf16", "bf16": "fp32"}
-MATMUL_SIZE = 2048
+# The peak references' sizes per device type, (matmul size, conv batch): one call takes far
+# longer than launching it.
+PEAK_SIZES = {"cuda": (8192, 1024), "cpu": (2048, 64)}
+
+
+# The row the feature methods' rows are measured against: a KD student step whose teacher runs
+# on every batch (train_student.py --no-shared-logits), as a feature method's teacher does.
+KD_STEP = "student: KD train (teacher forward included)"
+# Each feature method as train_student.py builds it by default, and CRD also at the paper's K.
+FEATURE_METHODS = ({"loss": "fitnet"}, {"loss": "at"}, {"loss": "reviewkd"}, {"loss": "crd"},
+                   {"loss": "crd", "crd_k": 16384})
 
 
 class Variant:
-    """A named workload: `run()` processes `images` images; `flop` per image (or None)."""
+    """A named workload: `run()` processes `images` images; `flop` per image (or None).
+    `memory`: the (kind, method config) of the synthetic_step whose peak memory the row
+    shows, or None; `vs_kd`: the row gives its time and peak memory as ratios of KD_STEP's."""
 
-    def __init__(self, name, run, images, flop=None, batch=None):
+    def __init__(self, name, run, images, flop=None, batch=None, memory=None, vs_kd=False):
         self.name, self.run, self.images, self.flop, self.batch = name, run, images, flop, batch
-        self.seconds, self.warmup = [], []
+        self.memory, self.vs_kd = memory, vs_kd
+        self.seconds, self.warmup, self.peak_mib = [], [], None
 
 
 def sync(device):
@@ -72,13 +100,16 @@ def sync(device):
 def training(model, loader, method, device, precision, compile_model=False, threads=None,
              ema=False):
     """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
-    model in the loader's memory format; with `ema`, an EMA of the weights updated after
-    every step, as the training scripts keep by default."""
+    model in the loader's memory format, the method's own modules trained with it as
+    engine.fit trains them; with `ema`, an EMA of the weights updated after every step, as
+    the training scripts keep by default."""
     model = model.to(device, memory_format=loader.memory_format)
+    method = method.to(device)
     average = ModelEMA(model, EMA_DECAY) if ema else None
     after_step = (lambda: average.update_parameters(model)) if ema else None
     step_model = torch.compile(model) if compile_model else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.01,
+                                momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
     def run():
@@ -154,72 +185,91 @@ def build_variants(args, device):
     train, _ = split_train_val(data)
     torch.manual_seed(0)
     teacher = build_model("teacher").to(device, memory_format=torch.channels_last).eval()
-    kd_loss = methods.build({"loss": "kd+ce"}, teacher.requires_grad_(False))
-    precision = args.precision
+    teacher.requires_grad_(False)
+    precision, other = args.precision, OTHER_PRECISION[args.precision]
     forward_flop_teacher = 2 * count_macs(teacher)
+
+    def loader(bs, augment=True, memory_format=torch.channels_last, positions=True):
+        return BatchLoader(*train, bs, device, shuffle=True, augment=augment, drop_last=True,
+                           max_batches=args.batches, memory_format=memory_format,
+                           positions=positions)
+
+    def model(kind):
+        torch.manual_seed(0)
+        return build_model(kind)
+
+    ce = methods.CE({})
+
+    def training_of(model, loader, method=ce, precision=precision, **kwargs):
+        return training(model, loader, method, device, precision, **kwargs)
+
+    def teacher_forward_step(config, name=None, flop=None):
+        """A student step distilling from `teacher`, which runs on every batch, with the
+        method `config` names, built as train_student.py builds it."""
+        method = methods.build(config, teacher, None, train[1])
+        k = f" (K = {method.crd_k})" if hasattr(method, "crd_k") else ""
+        bs = BATCH_SIZE["kd"]
+        return Variant(name or f"student: {config['loss']} train{k}",
+                       training_of(model("student"), loader(bs), method), args.batches * bs,
+                       flop, bs, memory=("kd", config), vs_kd="features" in args.kinds)
+
     variants = []
     for kind in args.kinds:
+        if kind == "features":
+            continue  # its rows follow the KD step's, below
         bs = BATCH_SIZE[kind]
         n = args.batches * bs
         forward_flop = 2 * count_macs(build_model(kind))
         flop = 3 * forward_flop
 
-        def loader(augment=True, memory_format=torch.channels_last, bs=bs, positions=True):
-            return BatchLoader(*train, bs, device, shuffle=True, augment=augment,
-                               drop_last=True, max_batches=args.batches,
-                               memory_format=memory_format, positions=positions)
-
-        def unaugmented():  # evaluation batches: images and labels only
-            return loader(False, positions=False)
-
-        def model(kind=kind):
-            torch.manual_seed(0)
-            return build_model(kind)
-        ce = methods.CE({})
+        def unaugmented(bs=bs):  # evaluation batches: images and labels only
+            return loader(bs, False, positions=False)
         tutorial = TutorialLoader(args.data_root, bs, args.batches, device)
-
-        def training_of(model, loader, method=ce, precision=precision, **kwargs):
-            return training(model, loader, method, device, precision, **kwargs)
         variants += [
-            Variant(f"{kind}: train", training_of(model(), loader()), n, flop, bs),
-            Variant(f"{kind}: train, tutorial pipeline", training_of(model(), tutorial), n,
+            Variant(f"{kind}: train", training_of(model(kind), loader(bs)), n, flop, bs,
+                    memory=(kind, None)),
+            Variant(f"{kind}: train, tutorial pipeline", training_of(model(kind), tutorial), n,
                     flop, bs),
-            Variant(f"{kind}: data + augmentation only", data_only(loader()), n, None, bs),
+            Variant(f"{kind}: data + augmentation only", data_only(loader(bs)), n, None, bs),
             Variant(f"{kind}: train, contiguous NCHW",
-                    training_of(model(), loader(memory_format=torch.contiguous_format)), n,
-                    flop, bs),
+                    training_of(model(kind), loader(bs, memory_format=torch.contiguous_format)),
+                    n, flop, bs),
             Variant(f"{kind}: train, EMA of the weights",
-                    training_of(model(), loader(), ema=True), n, flop, bs),
+                    training_of(model(kind), loader(bs), ema=True), n, flop, bs),
             Variant(f"{kind}: train, ReLU before the pool",
-                    training_of(relu_before_pool(model()), loader()), n, flop, bs),
-            Variant(f"{kind}: inference", inference(model(), unaugmented(), device), n,
+                    training_of(relu_before_pool(model(kind)), loader(bs)), n, flop, bs),
+            Variant(f"{kind}: inference", inference(model(kind), unaugmented(), device), n,
                     forward_flop, bs),
             Variant(f"{kind}: train, features returned (model(x, features=True))",
-                    training_of(model(), loader(), FeaturesCE({})), n, flop, bs),
-        ]
-        other = OTHER_PRECISION[precision]
-        variants.append(Variant(f"{kind}: train, {other}", training_of(
-            model(), loader(), precision=other), n, flop, bs))
+                    training_of(model(kind), loader(bs), FeaturesCE({})), n, flop, bs),
+            Variant(f"{kind}: train, {other}", training_of(model(kind), loader(bs),
+                                                          precision=other), n, flop, bs)]
         if device.type == "cpu" and torch.get_num_threads() > 1:
             variants.append(Variant(f"{kind}: train, 1 thread",
-                                    training_of(model(), loader(), threads=1), n, flop, bs))
+                                    training_of(model(kind), loader(bs), threads=1), n, flop,
+                                    bs))
         if args.compile:
             variants += [
                 Variant(f"{kind}: train, torch.compile",
-                        training_of(model(), loader(), compile_model=True), n, flop, bs),
+                        training_of(model(kind), loader(bs), compile_model=True), n, flop, bs),
                 Variant(f"{kind}: inference, torch.compile",
-                        inference(model(), unaugmented(), device, compile_model=True), n,
+                        inference(model(kind), unaugmented(), device, compile_model=True), n,
                         forward_flop, bs)]
-        if kind == "student":
-            kd_flop = flop + forward_flop_teacher
-            # The warm-up round computes the teacher's logits, the timed rounds are served
-            # them, as a second KD run of a seed is (kd/teacher_logits.py).
-            shared = methods.build({"loss": "kd+ce"}, teacher, SharedTeacherLogits(
-                teacher, Path(tempfile.mkdtemp(prefix="kd-bench-logits-")) / "l.pt", 1))
-            variants += [Variant("student: KD train (teacher forward included)",
-                                 training_of(model(), loader(), kd_loss), n, kd_flop, bs),
-                         Variant("student: train, KD with shared teacher logits",
-                                 training_of(model(), loader(), shared), n, flop, bs)]
+    student_flop = 3 * 2 * count_macs(build_model("student"))
+    if "student" in args.kinds:
+        # The warm-up round computes the teacher's logits, the timed rounds are served them,
+        # as a second KD run of a seed is (kd/teacher_logits.py).
+        shared = methods.build({"loss": "kd+ce"}, teacher, SharedTeacherLogits(
+            teacher, Path(tempfile.mkdtemp(prefix="kd-bench-logits-")) / "l.pt", 1))
+        bs = BATCH_SIZE["kd"]
+        variants.append(Variant("student: train, KD with shared teacher logits", training_of(
+            model("student"), loader(bs), shared), args.batches * bs, student_flop, bs))
+    if {"student", "features"} & set(args.kinds):
+        variants.append(teacher_forward_step({"loss": "kd+ce"}, KD_STEP,
+                                             student_flop + forward_flop_teacher))
+    if "features" in args.kinds:
+        # no FLOP counted: the methods' own modules and losses add theirs
+        variants += [teacher_forward_step(config) for config in FEATURE_METHODS]
     return variants + peak_variants(device, precision) + peak_variants(device, other)
 
 
@@ -228,10 +278,10 @@ def peak_variants(device, precision):
     On the CPU, torch.mm goes to MKL, whose sgemm takes its AVX2 path on AMD CPUs, and the
     models' convolutions go to oneDNN, which uses AVX-512 there, so a large 3x3 convolution
     can run twice as fast as a matmul. On a GPU they are cuBLAS and cuDNN, sized so that one
-    call takes far longer than launching it. The higher of the two is the peak the table's
-    percentages refer to."""
+    call takes far longer than launching it (PEAK_SIZES). The higher of the two is the peak
+    the table's percentages refer to."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    size, batch = (8192, 1024) if device.type == "cuda" else (2048, 64)
+    size, batch = PEAK_SIZES[device.type]
     a = torch.rand(size, size, device=device, dtype=dtype)
     conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).to(
         device, dtype, memory_format=torch.channels_last).requires_grad_(False)
@@ -254,11 +304,11 @@ def measure(variants, rounds, device):
         print(f"round {round_}/{rounds} done", file=sys.stderr)
 
 
-def peak_memory_mib(kind, steps=3):
+def peak_memory_mib(kind, config=None, steps=3):
     """Peak memory (MiB) a fresh CPU process adds while it runs `steps` training steps of
-    `kind` ("teacher", "student" or "kd"), over what its model and batch already hold."""
+    synthetic_step(kind, config=config), over what its model, method and batch already hold."""
     out = in_fresh_process(f"from benchmarks.throughput import memory_probe; "
-                           f"memory_probe({kind!r}, {steps})")
+                           f"memory_probe({kind!r}, {config!r}, {steps})")
     return float(out.split()[-1])
 
 
@@ -271,23 +321,30 @@ def in_fresh_process(code, *argv, env=None):
                           text=True, check=True, env=env).stdout
 
 
-def synthetic_step(kind, device="cpu", precision="fp32"):
+def synthetic_step(kind, device="cpu", precision="fp32", config=None):
     """A training step of `kind` ("teacher", "student" or "kd": a student distilling from a
-    teacher) on one fixed random batch, in `precision`, as a function; no data work."""
+    teacher, which runs on every batch, with the method `config` names, kd+ce by default) on
+    one fixed random batch, in `precision`, as a function; no data work. The method is built
+    as train_student.py builds it, on random labels for CIFAR-10's training split (a memory
+    bank gets its real size), and trains with the student."""
     torch.manual_seed(0)
     model = build_model("student" if kind == "kd" else kind).to(
         device, memory_format=torch.channels_last)
     teacher = (build_model("teacher").to(device, memory_format=torch.channels_last).eval()
                .requires_grad_(False) if kind == "kd" else None)
-    method = methods.build({"loss": "kd+ce"}, teacher) if teacher else methods.CE({})
+    train_labels = torch.randint(0, NUM_CLASSES, (TRAIN_SIZE,))
+    method = (methods.build(config or {"loss": "kd+ce"}, teacher, None, train_labels)
+              if teacher else methods.CE({})).to(device)
     images = torch.rand(BATCH_SIZE[kind], *IMAGE_SHAPE, device=device).contiguous(
         memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (BATCH_SIZE[kind],), device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    positions = torch.randperm(TRAIN_SIZE, device=device)[:BATCH_SIZE[kind]]
+    labels = train_labels.to(device)[positions]
+    optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.01,
+                                momentum=0.9)
 
     def step():
         with autocast(torch.device(device), precision):
-            loss = method(model, images, labels, None)[1]["loss"]
+            loss = method(model, images, labels, positions)[1]["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -335,8 +392,8 @@ def allocator_comparison(rounds, steps=10):
     return pd.DataFrame(rows)
 
 
-def memory_probe(kind, steps):
-    step = synthetic_step(kind)
+def memory_probe(kind, config, steps):
+    step = synthetic_step(kind, config=config)
     # Writing 5 to clear_refs resets the kernel's peak-RSS mark (VmHWM) to the current RSS,
     # so the peak read afterwards is that of the training steps alone.
     Path("/proc/self/clear_refs").write_text("5")
@@ -448,6 +505,7 @@ def report(variants, device, precision):
     data_only = {v.name.split(":")[0]: statistics.median(v.seconds)
                  for v in variants if "data + augmentation" in v.name}
     default = {v.name: statistics.median(v.seconds) / v.images for v in variants}
+    kd_peak_mib = next((v.peak_mib for v in variants if v.name == KD_STEP), None)
     rows = []
     for v in variants:
         if v.name in peaks:
@@ -469,6 +527,12 @@ def report(variants, device, precision):
             row["speed vs default"] = round(default[v.name.split(", ")[0]] / per_image, 2)
         if "compile" in v.name:  # compilation happens in the warm-up round
             row["compile s"] = round(v.warmup[0] - seconds, 1)
+        if v.peak_mib is not None:
+            row["peak MiB"] = round(v.peak_mib)
+        if v.vs_kd:  # cost ratios (a target is "at most 1.3x"), not speed ratios
+            row["time vs KD step"] = round(per_image / default[KD_STEP], 2)
+            if v.peak_mib is not None:
+                row["memory vs KD step"] = round(v.peak_mib / kd_peak_mib, 2)
         rows.append(row)
     table = pd.DataFrame(rows).astype(object).fillna("")
     rounds = len(variants[0].seconds)
@@ -477,7 +541,11 @@ def report(variants, device, precision):
           f"{other}), median of {rounds} interleaved rounds; peaks: " +
           ", ".join(f"{name[6:]} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) +
           f"; '% of peak' refers to the faster of each precision ({precision} "
-          f"{peak_of[precision]:.0f}, {other} {peak_of[other]:.0f} GFLOP/s)")
+          f"{peak_of[precision]:.0f}, {other} {peak_of[other]:.0f} GFLOP/s)" +
+          ("; 'peak MiB': what a few training steps add to a fresh process's RSS over its "
+           "model, method and batch (CPU)" if "peak MiB" in table else "") +
+          (f"; 'time vs KD step' (per image) and 'memory vs KD step' (peak MiB): cost ratios "
+           f"to '{KD_STEP}'" if "time vs KD step" in table else ""))
     print(table.to_markdown(index=False))
     return peak_of[precision]
 
@@ -491,10 +559,11 @@ def main():
                         help="batches per variant per round (default: 8)")
     parser.add_argument("--compile", action="store_true",
                         help="also time torch.compile'd training steps")
-    parser.add_argument("--kinds", nargs="+", choices=("teacher", "student"),
-                        default=["teacher", "student"],
-                        help="the networks whose rows are timed (default: both; the student's "
-                             "include its KD steps)")
+    parser.add_argument("--kinds", nargs="+", choices=("teacher", "student", "features"),
+                        default=["teacher", "student", "features"],
+                        help="the rows to time: the teacher's, the student's (its KD steps "
+                             "included) and the feature methods' steps against the KD step "
+                             "with the teacher's forward (default: all)")
     parser.add_argument("--profile", action="store_true",
                         help="also print where a training step's time goes, per kind of op")
     parser.add_argument("--allocator", action="store_true",
@@ -519,11 +588,11 @@ def main():
         return
     variants = build_variants(args, device)
     measure(variants, args.rounds, device)
-    peak_gflops = report(variants, device, args.precision)
     if device.type == "cpu" and Path("/proc/self/clear_refs").exists():
-        print("\npeak memory of training steps, over the model and batch (CPU, RSS): " +
-              ", ".join(f"{kind} {peak_memory_mib(kind):.0f} MiB"
-                        for kind in ("teacher", "student", "kd")))
+        for v in variants:
+            if v.memory:
+                v.peak_mib = peak_memory_mib(*v.memory)
+    peak_gflops = report(variants, device, args.precision)
     if args.profile:
         for kind in ("teacher", "student", "kd"):
             profile_breakdown(kind, device, args.precision, peak_gflops)

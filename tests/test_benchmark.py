@@ -1,34 +1,83 @@
 """benchmarks/throughput.py runs end to end on a small set (its numbers are not checked:
 timing belongs to the benchmark, not to the tests)."""
+import functools
+import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from benchmarks.throughput import self_time_by_group
+import methods
+from benchmarks import throughput
 from conftest import run_script
 from kd.device import resolve_precision
 
 
-def test_benchmark_prints_every_row(image_folder):
-    proc = run_script("benchmarks/throughput.py", "--data-root", image_folder, "--rounds", "1",
-                      "--batches", "1", "--profile")
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Torch on one thread, here and in the processes started: the suite's other workers keep
+    the cores busy, and two threads waiting for each other on busy cores make every op
+    several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmark_prints_every_row(image_folder, monkeypatch, capsys, one_thread):
+    """Every kind's rows from one run in this process (one data load, one set of peak
+    references) at the least work: one round of one batch of 8 images, peak references of
+    one small call, a profile of one step; the peak-memory probes, fresh processes, are
+    stubbed (the next test runs one). On one thread, the "1 thread" rows are not made."""
+    for kind in throughput.BATCH_SIZE:
+        monkeypatch.setitem(throughput.BATCH_SIZE, kind, 8)
+    monkeypatch.setitem(throughput.PEAK_SIZES, "cpu", (64, 1))
+    monkeypatch.setattr(throughput, "profile_breakdown",
+                        functools.partial(throughput.profile_breakdown, steps=1))
+    probes = []
+    monkeypatch.setattr(throughput, "peak_memory_mib",
+                        lambda *probe: probes.append(probe) or 100.0 * len(probes))
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--data-root", str(image_folder),
+                                      "--device", "cpu", "--rounds", "1", "--batches", "1",
+                                      "--profile"])
+    throughput.main()
+    out = capsys.readouterr().out
+    _, columns, _, *lines = out.split("\n\n")[0].strip().splitlines()  # header, the table
+
+    def split_row(line):
+        return [cell.strip() for cell in line.split("|")[1:-1]]
+    rows = {row[0]: dict(zip(split_row(columns), row)) for row in map(split_row, lines)}
     # the step in the other precision beside the default's
     other = {"fp32": "bf16", "bf16": "fp32"}[resolve_precision("auto", torch.device("cpu"))]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
-    names = [row.split("|")[1].strip() for row in rows]
     for kind in ("teacher", "student"):
         for variant in ("train", "train, tutorial pipeline", "data + augmentation only",
                         "inference", f"train, {other}"):
-            assert f"{kind}: {variant}" in names
-    assert "student: KD train (teacher forward included)" in names
-    assert "student: train, KD with shared teacher logits" in names
-    assert "teacher: train, EMA of the weights" in names
-    assert "peak memory of training steps" in proc.stdout
-    assert "bf16 units: " in proc.stdout and "peak: bf16 3x3 conv" not in names  # machine, peaks
-    assert "bf16 3x3 conv" in proc.stdout and "fp32 3x3 conv" in proc.stdout
+            assert f"{kind}: {variant}" in rows
+    assert "student: train, KD with shared teacher logits" in rows
+    assert "teacher: train, EMA of the weights" in rows
+    assert "bf16 units: " in out and "peak: bf16 3x3 conv" not in rows  # machine, peaks
+    assert "bf16 3x3 conv" in out and "fp32 3x3 conv" in out
+
+    # the feature methods against the KD step whose teacher runs on every batch, CRD at its
+    # default K and the paper's: time and peak memory as ratios of the KD step's
+    crd_k = next(flag.default for flag in methods.CRD.flags if flag.name == "crd_k")
+    kd = throughput.KD_STEP
+    feature_rows = [kd, "student: fitnet train", "student: at train", "student: reviewkd train",
+                    f"student: crd train (K = {crd_k})", "student: crd train (K = 16384)"]
+    for name in feature_rows:
+        assert float(rows[name]["images/s"]) > 0
+        assert float(rows[name]["time vs KD step"]) > 0
+        assert float(rows[name]["memory vs KD step"]) == round(
+            float(rows[name]["peak MiB"]) / float(rows[kd]["peak MiB"]), 2)
+    assert float(rows[kd]["time vs KD step"]) == 1
+    assert [name for name in rows if rows[name]["peak MiB"]] == [
+        "teacher: train", "student: train", *feature_rows]
+    assert [config for _, config in probes] == [
+        None, None, {"loss": "kd+ce"}, *throughput.FEATURE_METHODS]
 
     # --profile: per kind, groups of op self time that account for the whole step
-    tables = proc.stdout.split("where a training step's time goes")[1:]
+    tables = out.split("where a training step's time goes")[1:]
     assert len(tables) == 3
     for table in tables:
         rows = {line.split("|")[1].strip(): line.split("|")[2:-1]
@@ -39,7 +88,13 @@ def test_benchmark_prints_every_row(image_folder):
         assert "this step would reach at most" in table
 
 
-def test_allocator_comparison_prints_a_row_per_step():
+def test_peak_memory_probe_runs_a_feature_step(one_thread):
+    """The probe the table's peak memory comes from, in its fresh process, on the feature
+    step with the most state of its own: CRD, its memory bank at CIFAR-10's size."""
+    assert throughput.peak_memory_mib("kd", {"loss": "crd"}, steps=1) > 0
+
+
+def test_allocator_comparison_prints_a_row_per_step(one_thread):
     proc = run_script("benchmarks/throughput.py", "--allocator", "--rounds", "1", "--batches", "1")
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ")][1:]
@@ -64,7 +119,7 @@ def test_gpu_time_per_op_group_counts_each_kernel_once():
               event("multi_tensor_apply_kernel", cuda, 50),
               event("Memset (Device)", cuda, 20),
               event("ProfilerStep#1", cuda, 1000, annotation=True)]
-    assert self_time_by_group(events, on_gpu=True) == {"conv": 300, "optimizer": 50,
+    assert throughput.self_time_by_group(events, on_gpu=True) == {"conv": 300, "optimizer": 50,
                                                        "other": 20}
-    assert self_time_by_group(events, on_gpu=False) == {"conv": 40, "optimizer": 15,
+    assert throughput.self_time_by_group(events, on_gpu=False) == {"conv": 40, "optimizer": 15,
                                                         "other": 8}

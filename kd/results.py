@@ -1,6 +1,7 @@
 """Tables of results shared by evaluate.py, experiments/summarize.py, sweep.py and the comparison
 figures: which variant a run is, which runs share a recipe (and so may be pooled over seeds),
 and the mean ± std of their test accuracy."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -52,13 +53,22 @@ def variant_rank(label):
 
 def recipe(config):
     """What defines a run besides its seed: every config entry but NOT_RECIPE, the widths,
-    the teacher by its weights' hash and the data by theirs."""
+    the teacher by its recipe and the data by their hash. Students of teachers that differ
+    only in their seed pool (each seed distilling from its own seed's teacher); a student
+    recorded before teachers' recipes were (issue 26) knows its teacher by its weights."""
     flat = {k: v for k, v in config.items()
             if k not in NOT_RECIPE and k not in methods.unused_flags(config.get("loss"))}
     flat["widths"] = (config.get("model") or {}).get("arch_args", {}).get("widths")
-    flat["teacher"] = (config.get("teacher_identity") or {}).get("sha256", "")[:12] or None
+    teacher = config.get("teacher_identity") or {}
+    flat["teacher"] = (teacher.get("recipe_sha256") or teacher.get("sha256", ""))[:12] or None
     flat["data"] = (config.get("data_identity") or {}).get("sha256", "")[:12] or None
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat.items()}
+
+
+def recipe_sha256(config):
+    """A fingerprint of the recipe a run's config describes: what a student records of its
+    teacher's recipe (kd/runs.teacher_identity), alike for every seed of that recipe."""
+    return hashlib.sha256(json.dumps(recipe(config), sort_keys=True).encode()).hexdigest()
 
 
 def recipe_labels(runs):

@@ -9,7 +9,9 @@
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
 #                    torchvision downloads CIFAR-10 if the network allows)
-# SEEDS="0 1 2"      seeds to run (default 0); students always distil from the seed-0 teacher
+# SEEDS="0 1 2"      seeds to run (default 0): a teacher per seed, and each seed's students
+#                    distil from their own seed's teacher (teacher.pt for seed 0,
+#                    teacher_seed<s>.pt else), so the spread over seeds covers both
 # Safe to rerun: a finished stage is skipped, an interrupted one resumes, and one whose
 # recipe (a changed default), data or teacher changed is trained again from the start.
 PYTHON ?= python3
@@ -20,7 +22,8 @@ LOSSES := kd+ce kd ce
 CKPT ?= checkpoints
 PLOTS ?= plots
 FLAGS ?=
-TEACHER := $(CKPT)/teacher.pt
+# The teacher of seed $$s in a stage's loop; sweep.py's {teacher} names it the same way.
+TEACHER = $(CKPT)/teacher$$([ $$s = 0 ] || echo _seed$$s).pt
 
 # $(call stage,script,checkpoint,flags): resume the run if its checkpoint exists (or train it
 # again if its recipe, data or teacher differ from this command's), else start it
@@ -44,9 +47,8 @@ $(VENV)/installed: requirements.txt
 	touch $@
 
 teacher: $(VENV)/installed
-	@set -e; for s in 0 $(filter-out 0,$(SEEDS)); do \
-	  out=$(CKPT)/teacher$$([ $$s = 0 ] || echo _seed$$s).pt; \
-	  $(call stage,train_teacher.py,$$out,--seed $$s); done
+	@set -e; for s in $(SEEDS); do \
+	  $(call stage,train_teacher.py,$(TEACHER),--seed $$s); done
 
 students: teacher
 	@set -e; for s in $(SEEDS); do for loss in $(LOSSES); do \

@@ -4,10 +4,13 @@ to deploy would: accuracy, parameters, MACs, CPU latency and throughput.
     python evaluate.py                        # every checkpoints/*.pt
     python evaluate.py checkpoints/teacher.pt checkpoints/student_kd+ce_seed0.pt
 
-Each model is rebuilt from its checkpoint alone and evaluated without augmentation. An EMA
-run (train_ema.py) gives two rows: its student (weights `raw`) and its EMA model (weights
-`ema`: for mean-teacher, its teacher, named `<variant> teacher`). Writes, in --plots-dir:
-  results.csv             one row per model, per-class test accuracies included
+Each model is rebuilt from its checkpoint alone and evaluated without augmentation, in eval
+mode, on the test set, the validation split and the training images its run trained on
+(`train_acc`: does it underfit?). An EMA run (train_ema.py) gives two rows: its student
+(weights `raw`) and its EMA model (weights `ema`: for mean-teacher, its teacher, named
+`<variant> teacher`). Writes, in --plots-dir:
+  results.csv             one row per model, per-class test accuracies and the teacher a
+                          student learned from included
   predictions.csv         per test image (rows, in the test set's order) and model (columns
                           "<checkpoint> (<weights>)"): 1 if the model got it right, else 0;
                           report.py compares two single runs with it (McNemar's test)
@@ -36,9 +39,9 @@ from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
 TIMED_RUNS = 7
-SUMMARY_COLUMNS = ["checkpoint", "weights", "model", "variant", "seed", "epochs", "val_acc",
-                   "test_loss", "test_acc", "params", "macs", "latency_ms", "images_per_s",
-                   "train_minutes"]
+SUMMARY_COLUMNS = ["checkpoint", "weights", "model", "variant", "seed", "epochs", "train_acc",
+                   "val_acc", "test_loss", "test_acc", "params", "macs", "latency_ms",
+                   "images_per_s", "train_minutes"]
 DEPLOY_KEYS = ["model", "variant", "epochs", "params", "macs", "latency_ms", "images_per_s"]
 
 
@@ -100,12 +103,15 @@ def evaluate_test(model, loader, device):
 
 
 def evaluate_all(models, loaders, device, batch_size):
-    """One row per model, its test confusion matrix and its per-image test correctness."""
+    """One row per model, its test confusion matrix and its per-image test correctness.
+    `loaders`: "test", "val", and "train": {--train-subset of a run (None: all): a loader of
+    the training images that run trained on}."""
     rows, confusions, corrects, costs = [], [], [], {}
     for path, weights, model, info in tqdm(models, desc="evaluating", unit="model"):
         config = info["config"]
         test, correct = evaluate_test(model, loaders["test"], device)
         val = engine.evaluate(model, loaders["val"], device)
+        train = engine.evaluate(model, loaders["train"][config.get("train_subset")], device)
         spec = model_spec(model)
         arch = (spec["name"], tuple(spec["arch_args"]["widths"]))
         if arch not in costs:  # MACs and speed depend on the architecture, not the weights
@@ -116,7 +122,9 @@ def evaluate_all(models, loaders, device, batch_size):
         rows.append({
             "checkpoint": path, "weights": weights, "model": arch[0],
             "variant": run_variant(config, ema=weights == "ema"), "seed": config.get("seed"),
-            "epochs": info["epoch"], "val_acc": val["acc"], "test_loss": test["loss"],
+            **teacher_columns(config),
+            "epochs": info["epoch"], "train_acc": train["acc"], "val_acc": val["acc"],
+            "test_loss": test["loss"],
             "test_acc": test["acc"], "params": sum(p.numel() for p in model.parameters()),
             "macs": macs, "latency_ms": latency_ms, "images_per_s": images_per_s,
             "train_minutes": sum(r.get("epoch_seconds", 0) for r in history) / 60,
@@ -128,6 +136,7 @@ def evaluate_all(models, loaders, device, batch_size):
             tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
                        f"{info['epochs']})")
     results = pd.DataFrame(rows)
+    results["teacher_seed"] = results["teacher_seed"].astype("Int64")  # 1, not 1.0, beside blanks
     # Runs that differ in anything but the seed are separate variants, named by what differs.
     results["variant"] = recipe_labels([(variant, info["config"]) for variant, (*_, info)
                                         in zip(results["variant"], models)])
@@ -141,6 +150,14 @@ def predictions_table(results, corrects):
     """predictions.csv's table: a 0/1 column per model, a row per test image."""
     return pd.DataFrame({prediction_column(row.checkpoint, row.weights): correct.int().numpy()
                          for row, correct in zip(results.itertuples(), corrects)})
+
+
+def teacher_columns(config):
+    """Which teacher a student learned from (blank for a run without one): its seed, where
+    the student recorded it (since issue 26), and the hash of its weights."""
+    teacher = config.get("teacher_identity") or {}
+    return {"teacher_seed": teacher.get("seed"),
+            "teacher_sha256": teacher.get("sha256", "")[:12] or None}
 
 
 def provenance(config):
@@ -182,17 +199,22 @@ def plot_results(results, confusions, plots_dir):
 
 
 def markdown_tables(results, test_images, device, batch_size):
-    shown = results[SUMMARY_COLUMNS].round({"val_acc": 2, "test_loss": 4, "test_acc": 2,
-                                            "latency_ms": 3, "images_per_s": 0,
-                                            "train_minutes": 1})
-    deploy = seed_table(shown, DEPLOY_KEYS)
+    shown = results[SUMMARY_COLUMNS].round({"train_acc": 2, "val_acc": 2, "test_loss": 4,
+                                            "test_acc": 2, "latency_ms": 3,
+                                            "images_per_s": 0, "train_minutes": 1})
+    deploy = seed_table(shown, DEPLOY_KEYS, "train_acc").merge(
+        seed_table(shown, DEPLOY_KEYS).drop(columns="seeds"), how="left", on=DEPLOY_KEYS)
     threads = torch.get_num_threads()
     return (f"# Results on the CIFAR-10 test set ({test_images:,} images)\n\n"
             f"Evaluated on {device}; latency (one image) and throughput (batch of "
             f"{batch_size}) are forward passes on the "
             f"CPU ({os.cpu_count()} cores, {threads} threads), median of {TIMED_RUNS} runs "
-            f"after warm-up. `val_acc` is on the {VAL_SIZE:,} held-out training images.\n\n"
-            f"## Per variant: test accuracy, mean ± std over seeds\n\n"
+            f"after warm-up. `val_acc` is on the {VAL_SIZE:,} held-out training images, "
+            f"`train_acc` on the training images each run trained on (the training split, or "
+            f"its first N with --train-subset), in eval mode without augmentation: close to "
+            f"`val_acc` and far below 100%, a model underfits (it cannot fit even what it "
+            f"trained on).\n\n"
+            f"## Per variant: training and test accuracy, mean ± std over seeds\n\n"
             f"{deploy.to_markdown(index=False)}\n\n"
             f"## Every model\n\n{shown.to_markdown(index=False)}\n")
 
@@ -212,9 +234,13 @@ def main():
     models = load_models(checkpoint_paths(args.checkpoints), device)
     data = load_cifar10(args.data_root)
     _, val = split_train_val(data)
+    # A run trained with --train-subset N is measured on the N images it trained on.
+    subsets = {info["config"].get("train_subset") for *_, info in models}
     loaders = {"test": BatchLoader(data["test_images"], data["test_labels"], args.batch_size,
                                    device),
-               "val": BatchLoader(*val, args.batch_size, device)}
+               "val": BatchLoader(*val, args.batch_size, device),
+               "train": {n: BatchLoader(*split_train_val(data, n)[0], args.batch_size, device)
+                         for n in subsets}}
     results, confusions, corrects = evaluate_all(models, loaders, device, args.batch_size)
     plots_dir = Path(args.plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)

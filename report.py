@@ -212,21 +212,37 @@ def section(title, figure, plots_dir, tables):
     return "\n".join([f"## {title}\n", *parts]) if parts else ""
 
 
-def seed_key(results):
-    """The columns on which two runs share initialisation and batch order: the seed, and the
-    teacher where results.csv records one."""
-    return ["seed", "teacher"] if "teacher" in results else ["seed"]
+def teachers(students):
+    """One line: whether each distilling variant's runs learn from one teacher (its ± is over
+    student seeds only) or each from its own seed's teacher (over teacher and student seeds),
+    from results.csv's teacher columns."""
+    if "teacher_sha256" not in students:
+        return ("Teachers: not recorded in this results.csv (evaluate.py before issue 26), so "
+                "not known.")
+    kinds = {}
+    distilled = students[students["teacher_sha256"].notna()
+                         & ~students["variant"].map(is_second_model)]
+    for variant, runs in distilled.groupby("variant", sort=False):
+        seeds = runs["teacher_seed"]
+        if runs["teacher_sha256"].nunique() == 1:
+            kind = "one teacher" + (f" (seed {int(seeds.iloc[0])})" if seeds.notna().all()
+                                    else "") + ", ± over student seeds only"
+        elif (seeds == runs["seed"]).all():
+            kind = "each run its own seed's teacher, ± over teacher and student seeds"
+        else:
+            kind = (f"{runs['teacher_sha256'].nunique()} teachers, not paired by seed, ± over "
+                    "both")
+        kinds.setdefault(kind, []).append(variant)
+    if not kinds:  # no distilled students
+        return ""
+    return "Teachers: " + "; ".join(f"{', '.join(variants)}: {kind}"
+                                    for kind, variants in kinds.items()) + "."
 
 
 def rules(results, predictions):
     """What the report's intervals and verdicts mean, with the numbers they rest on."""
     images = len(predictions) if predictions is not None else TEST_IMAGES
     errors = [binomial_se(acc, images) for acc in results["test_acc"].dropna()]
-    teacher = "" if "teacher" in results else (
-        " results.csv does not record a student's teacher, so students pair by seed alone; "
-        "`make all` distils every student from the seed-0 teacher, so the students' ± and "
-        "intervals are over student seeds only, while the teacher's are over teacher seeds "
-        "(a mean-teacher run's teacher is its own EMA: one seed covers both).")
     one_run = ("With one run a side a comparison uses McNemar's exact test on the per-image "
                "predictions (predictions.csv): it says whether the two models differ on "
                "these test images, not whether their recipes differ over seeds."
@@ -241,7 +257,11 @@ def rules(results, predictions):
         "Each comparison gives the difference in points with its 95% t-interval "
         "(unadjusted), paired on the per-seed differences where both variants have runs of "
         "the same seed (those share initialisation and batch order; the `runs` column says "
-        "how many pairs), Welch's otherwise." + teacher + " " + one_run + " Each table of "
+        "how many pairs), Welch's otherwise. Students pair by seed whatever teacher they "
+        "distil from; the students' `Teachers:` line says whether a variant's ± is over "
+        "student seeds only (one teacher) or over teacher and student seeds (each its own "
+        "seed's teacher); a mean-teacher run's teacher is its own EMA: one seed covers both. "
+        + one_run + " Each table of "
         f"comparisons is one family: its p-values are Holm-adjusted, and a verdict says "
         f"\"A above B\" only at adjusted p < {LEVEL}; \"equivalent within ±{MARGIN:g} "
         f"points\" only from a paired two one-sided test (TOST, margin fixed in report.py, "
@@ -254,7 +274,7 @@ def write_report(results, plots_dir, predictions=None):
     students = results[results["model"] == "student"]
     is_mean_teacher = students["variant"].str.startswith("mean-teacher")
     raw = results[~results["variant"].map(is_second_model)]
-    key = seed_key(results)
+    key = ["seed"]
     text = [
         "# Knowledge distillation on CIFAR-10: the report of this run\n",
         f"Seeds present: {', '.join(map(str, seeds))}. Written by report.py from results.csv "
@@ -267,7 +287,7 @@ def write_report(results, plots_dir, predictions=None):
                 [("Test accuracy (± over teacher seeds):",
                   per_variant(results[results["model"] == "teacher"]))]),
         section("The students", "students_compare.png", plots_dir,
-                [("Test accuracy (± over student seeds):",
+                [(f"Test accuracy (± over seeds). {teachers(students[~is_mean_teacher])}".strip(),
                   per_variant(students[~is_mean_teacher])),
                  ("Differences (one family, Holm):",
                   comparison_table(raw, methods.comparisons(), key, predictions))]),

@@ -18,8 +18,9 @@ A grid file (TOML) names a folder, the seeds and one or more stages:
 
 Each dict of `grid` is expanded to the product of its lists, like scikit-learn's
 ParameterGrid; a flag set to true is passed bare (`--logit-standardize`), false omits it.
-`{folder}` and `{seed}` may appear in flag values: a run whose flag names another run's
-checkpoint (a student's `teacher`) starts after that run has finished.
+`{folder}`, `{seed}` and `{teacher}` (the seed's teacher run: `teacher` for seed 0,
+`teacher_seed<s>` else, as make names them) may appear in names and flag values: a run whose
+flag names another run's checkpoint (a student's `teacher`) starts after that run has finished.
 A finished run (its records say so, with the same flags) is skipped; one with a checkpoint is
 resumed with `--resume --restart-if-changed`, as `make` does; a failed run is reported with
 its log and the others go on. The grid is copied into <folder>/sweeps/ with the code's
@@ -127,14 +128,14 @@ def expand(grid, folder, seeds, extra=None):
             for values in itertools.product(*subgrid.values()):
                 for seed in stage.get("seeds", seeds):
                     combo = dict(zip(axes, values))
-                    fill = {"folder": folder, "seed": seed}
+                    fill = {"folder": folder, "seed": seed, "teacher": teacher_name(seed)}
                     settings = {**grid.get("flags", {}), **stage.get("flags", {}), **combo,
                                 **(extra or {}), "seed": seed}
                     settings = {key: value.format(**fill) if isinstance(value, str) else value
                                 for key, value in settings.items()}
                     try:
-                        name = template.format(**{k: name_part(v) for k, v in combo.items()},
-                                               **fill)
+                        name = template.format(**{**fill, **{k: name_part(v)
+                                                             for k, v in combo.items()}})
                     except (KeyError, IndexError, ValueError) as e:
                         raise GridError(f"stage {number}: name {template!r} cannot be "
                                         f"filled: {e}") from None
@@ -149,6 +150,12 @@ def expand(grid, folder, seeds, extra=None):
         run.needs = [by_out[str(Path(v))] for v in run.settings.values()
                      if isinstance(v, str) and str(Path(v)) in by_out]
     return runs
+
+
+def teacher_name(seed):
+    """`{teacher}` in a grid: the name of the seed's teacher run as make names it, so a
+    student can distil from its own seed's teacher (`teacher = "{folder}/{teacher}.pt"`)."""
+    return "teacher" if seed == 0 else f"teacher_seed{seed}"
 
 
 def name_part(value):

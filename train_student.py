@@ -30,8 +30,11 @@ def main():
     args.out = args.out.replace("<loss>", run_variant(vars(args))).replace("<seed>",
                                                                            str(args.seed))
     flag_names = tuple(flag.name for flag in methods.all_flags())
+    # The teacher's path is part of a distilling run's recipe only: make gives the student
+    # trained alone its seed's --teacher too, and a new path must not make it stale.
+    teacher_key = ("teacher",) if method.uses_teacher else ()
     args, device, splits, ckpt = runs.prepare_run(
-        args, "student", recipe_keys=("loss", "teacher") + flag_names,
+        args, "student", recipe_keys=("loss", *teacher_key, *flag_names),
         teacher_of=lambda args: args.teacher if method.uses_teacher else None)
     teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
     shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)

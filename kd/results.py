@@ -1,6 +1,7 @@
 """Tables of results shared by evaluate.py, experiments/summarize.py, sweep.py and the comparison
 figures: which variant a run is, which runs share a recipe (and so may be pooled over seeds),
 and the mean ± std of their test accuracy."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,7 +10,6 @@ import pandas as pd
 import methods
 from kd.data import TRAIN_SIZE
 from kd.records import test_record_matches
-from kd.runs import ADDED_RECIPE_KEYS
 
 # train_ema.py's variants, by the teacher the student learns from; the run's second model
 # is that teacher (its EMA model, or the frozen copy), named "<variant> teacher".
@@ -22,6 +22,12 @@ MEAN_TEACHER_VARIANTS = {"mean-teacher": "teacher = EMA of the student",
 PROVENANCE = {"data_sha256": "data (sha256)", "train_images": "training images",
               "machine": "trained on", "precision": "precision", "torch": "torch",
               "commit": "code (git commit)"}
+
+
+# Recipe keys added after runs were made, with the value those runs had (a resumed
+# checkpoint and a results table read them so); the methods' flags declare theirs
+# (methods.Flag.before).
+ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "clip_grad_norm": 0.0, **methods.flags_before()}
 
 
 # Config entries that say where, how or as which repeat a run was made, not what it is.
@@ -53,15 +59,29 @@ def variant_rank(label):
 
 def recipe(config):
     """What defines a run besides its seed: every config entry but NOT_RECIPE, the widths,
-    the teacher by its weights' hash and the data by theirs. A setting added after a run was
-    made counts at the value that run had (runs.ADDED_RECIPE_KEYS)."""
+    the teacher by its recipe and the data by their hash. Students of teachers that differ
+    only in their seed pool (each seed distilling from its own seed's teacher); a student
+    recorded before teachers' recipes were (issue 26) knows its teacher by its weights. A
+    setting added after a run was made counts at the value that run had
+    (ADDED_RECIPE_KEYS)."""
     config = {**ADDED_RECIPE_KEYS, **config}
     flat = {k: v for k, v in config.items()
             if k not in NOT_RECIPE and k not in methods.unused_flags(config.get("loss"))}
     flat["widths"] = (config.get("model") or {}).get("arch_args", {}).get("widths")
-    flat["teacher"] = (config.get("teacher_identity") or {}).get("sha256", "")[:12] or None
+    teacher = config.get("teacher_identity") or {}
+    flat["teacher"] = (teacher.get("recipe_sha256") or teacher.get("sha256", ""))[:12] or None
     flat["data"] = (config.get("data_identity") or {}).get("sha256", "")[:12] or None
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat.items()}
+
+
+def recipe_sha256(config):
+    """A fingerprint of the recipe a run's config describes: what a student records of its
+    teacher's recipe (kd/runs.teacher_identity), alike for every seed of that recipe. The
+    settings added later count only away from the value runs had before them, so a setting
+    added tomorrow leaves today's fingerprints as they are."""
+    flat = {k: v for k, v in recipe(config).items()
+            if k not in ADDED_RECIPE_KEYS or v != ADDED_RECIPE_KEYS[k]}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
 def recipe_labels(runs):

@@ -11,6 +11,7 @@ from kd.checkpoints import CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args
 from kd.data import VAL_SEED, load_cifar10, split_train_val
 from kd.device import resolve_precision, select_device
+from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
 from models import build_model, model_from_checkpoint
 
 # Keys of the config that define the training run itself; --resume takes them from the
@@ -18,9 +19,6 @@ from models import build_model, model_from_checkpoint
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
                "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision",
                "ema_decay", "clip_grad_norm")
-# Recipe keys added after runs were made, with the value those runs had; the methods'
-# flags declare theirs (methods.Flag.before).
-ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "clip_grad_norm": 0.0, **methods.flags_before()}
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
@@ -169,20 +167,25 @@ def describe_data(identity):
 def describe_teacher(identity):
     if identity is None:
         return "none recorded"
-    return (f"weights sha256 {identity['sha256'][:12]}, {identity['epochs']} epochs, "
-            f"{identity['val_acc']:.2f}% validation")
+    seed = identity.get("seed")  # recorded since issue 26
+    return (f"weights sha256 {identity['sha256'][:12]}"
+            + (f", seed {seed}" if seed is not None else "")
+            + f", {identity['epochs']} epochs, {identity['val_acc']:.2f}% validation")
 
 
 def teacher_identity(path, data_identity):
-    """What a student records of its teacher (None for no teacher): a hash of its weights,
-    its epochs, its last validation accuracy, and its data; a teacher trained on other data
-    is refused."""
+    """What a student records of its teacher (None for no teacher): a hash of its weights
+    (which tells teachers apart: changed_identity compares it alone), its epochs, its last
+    validation accuracy, its data, and since issue 26 its seed and a fingerprint of its
+    recipe (results.recipe_sha256: students of teachers of one recipe, each seed its own
+    teacher, pool over seeds); a teacher trained on other data is refused."""
     if path is None:
         return None
     ckpt = load_checkpoint(path)
     model_from_checkpoint(ckpt, path, kind="teacher")  # a teacher whose weights fit, or one line
     history = ckpt.get("history") or [{}]
-    teacher_data = (ckpt.get("config") or {}).get("data_identity")
+    config = ckpt.get("config")  # None in a bare checkpoint: seed and recipe unknown
+    teacher_data = (config or {}).get("data_identity")
     if teacher_data is not None and teacher_data["sha256"] != data_identity["sha256"]:
         raise UserError(f"the teacher {path} was trained on other data "
                         f"({describe_data(teacher_data)}) than --data-root gives "
@@ -190,7 +193,9 @@ def teacher_identity(path, data_identity):
                         f"this run's validation split")
     return {"sha256": weights_sha256(ckpt["model_state"]), "epochs": ckpt.get("epoch"),
             "val_acc": history[-1].get("val_acc", float("nan")), "data_sha256":
-            teacher_data["sha256"] if teacher_data else None}
+            teacher_data["sha256"] if teacher_data else None,
+            "seed": config.get("seed") if config else None,
+            "recipe_sha256": recipe_sha256(config) if config else None}
 
 
 def check_overwrite(out, model_name, args):

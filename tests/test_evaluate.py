@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import run_script, synthetic_images
-from kd.checkpoints import load_checkpoint, save_checkpoint
-from kd.data import CLASSES, load_cifar10
+from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
+from kd.data import CLASSES, load_cifar10, split_train_val
 from models import load_model
 
 N_TEST_PER_CLASS = 5  # the image_folder fixture's test split
@@ -42,11 +42,18 @@ def correct_per_class(model):
     return torch.bincount(labels[predictions == labels], minlength=len(CLASSES))
 
 
-def test_results_agree_with_an_independent_count(pipeline):
+def accuracy(model, images, labels):
+    """% of `images` that `model` classifies right, in one forward pass (no batching)."""
+    with torch.no_grad():
+        return 100 * (model(images.float() / 255).argmax(1) == labels).float().mean().item()
+
+
+def test_results_agree_with_an_independent_count(pipeline, image_folder):
     folder, _ = pipeline
     results = pd.read_csv(folder / "plots" / "results.csv")
-    assert {"checkpoint", "weights", "model", "test_loss", "test_acc", "params",
+    assert {"checkpoint", "weights", "model", "train_acc", "test_loss", "test_acc", "params",
             "macs"} <= set(results.columns)
+    train = split_train_val(load_cifar10(image_folder))[0]  # the images the runs trained on
     # Every run gives two rows: its model and its EMA.
     assert len(results) == 8 and sorted(results["weights"]) == ["ema"] * 4 + ["raw"] * 4
     for row in results.itertuples():
@@ -56,6 +63,7 @@ def test_results_agree_with_an_independent_count(pipeline):
         per_class = [getattr(row, f"acc_{name}") for name in CLASSES]
         assert per_class == pytest.approx((100 * correct / N_TEST_PER_CLASS).tolist())
         assert row.params == sum(p.numel() for p in model.parameters())
+        assert row.train_acc == pytest.approx(accuracy(model, *train))
     macs = results.groupby("model")["macs"].first()
     assert macs["teacher"] > 10 * macs["student"]
     assert (results["latency_ms"] > 0).all() and (results["images_per_s"] > 0).all()
@@ -65,8 +73,9 @@ def test_tables_and_figures_are_written(pipeline):
     folder, proc = pipeline
     plots = folder / "plots"
     markdown = (plots / "results.md").read_text()
-    # Two seeds of kd+ce: a mean ± std row.
-    assert re.search(r"\| kd\+ce .*\|\s+2 \|\s+[\d.]+ ± [\d.]+ \|$", markdown, re.M)
+    # Two seeds of kd+ce: a mean ± std row, of the training and the test accuracy.
+    assert re.search(r"\| kd\+ce .*\|\s+2 \|\s+[\d.]+ ± [\d.]+ \|\s+[\d.]+ ± [\d.]+ \|$",
+                     markdown, re.M)
     assert "mean-teacher teacher" in markdown and "teacher EMA" in markdown
     assert "mean-teacher EMA" not in markdown  # its second model is its teacher
     assert "student_kd+ce_seed1" in proc.stdout
@@ -86,6 +95,45 @@ def test_every_row_says_where_its_run_came_from(pipeline):
         assert row["machine"] == config["machine"] and "bf16 units: " in row["machine"]
         if config["git_commit"]:  # a checkout: the commit, marked when files had changed
             assert row["commit"].startswith(config["git_commit"][:10])
+
+
+def test_every_student_row_names_its_teacher_and_the_tables_show_train_acc(
+        pipeline, teacher_checkpoint):
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv")
+    students = results["checkpoint"].str.contains("student_")
+    sha = weights_sha256(load_checkpoint(teacher_checkpoint)["model_state"])[:12]
+    assert (results.loc[students, "teacher_sha256"] == sha).all()
+    assert (results.loc[students, "teacher_seed"] == 0).all()  # both seeds: the seed-0 teacher
+    assert results.loc[~students, ["teacher_seed", "teacher_sha256"]].isna().all().all()
+    per_variant, every_model = (folder / "plots" / "results.md").read_text().split("## Every")
+    for table in (per_variant, every_model):  # beside the test accuracy in both tables
+        assert re.search(r"\|\s+train_acc\s+\|(.*\|)?\s+test_acc\s+\|", table)
+
+
+def test_a_subset_run_is_measured_on_its_images_and_an_old_record_still_evaluates(
+        pipeline, teacher_checkpoint, image_folder, tmp_path):
+    """--train-subset N: train_acc over the first N training images, the ones it trained on;
+    a student recorded before teachers' seeds were: its teacher by its weights alone."""
+    folder, _ = pipeline
+    ckpt = load_checkpoint(teacher_checkpoint)
+    ckpt["config"]["train_subset"] = 50
+    save_checkpoint(ckpt, tmp_path / "subset.pt")
+    old = load_checkpoint(folder / "student_kd+ce_seed0.pt")
+    for field in ("seed", "recipe_sha256"):
+        del old["config"]["teacher_identity"][field]
+    save_checkpoint(old, tmp_path / "old.pt")
+    run_script("evaluate.py", tmp_path / "subset.pt", tmp_path / "old.pt", "--data-root",
+               image_folder, "--plots-dir", tmp_path)
+    results = pd.read_csv(tmp_path / "results.csv").set_index(["checkpoint", "weights"])
+    images, labels = split_train_val(load_cifar10(image_folder), 50)[0]
+    assert len(labels) == 50
+    model = load_model(tmp_path / "subset.pt")
+    assert results.at[(str(tmp_path / "subset.pt"), "raw"), "train_acc"] == pytest.approx(
+        accuracy(model, images, labels))
+    row = results.loc[(str(tmp_path / "old.pt"), "raw")]
+    assert pd.isna(row["teacher_seed"])
+    assert row["teacher_sha256"] == old["config"]["teacher_identity"]["sha256"][:12]
 
 
 def test_bad_input_is_one_line(image_folder, tmp_path):

@@ -6,7 +6,9 @@ import json
 import pytest
 
 from conftest import run_script, write_image_folder
-from kd.checkpoints import load_checkpoint, weights_sha256
+from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
+from kd.records import record_paths
+from kd.results import recipe, recipe_sha256
 
 
 def last_line(proc):
@@ -37,6 +39,8 @@ def test_a_student_records_its_teacher_and_data(two_teachers, image_folder, tmp_
     assert config["teacher_identity"]["sha256"] == weights_sha256(ckpt["model_state"])
     assert config["teacher_identity"]["epochs"] == 1
     assert config["teacher_identity"]["val_acc"] == ckpt["history"][-1]["val_acc"]
+    assert config["teacher_identity"]["seed"] == 0
+    assert config["teacher_identity"]["recipe_sha256"] == recipe_sha256(ckpt["config"])
     assert config["data_identity"] == {**ckpt["config"]["data_identity"]}
     assert config["data_identity"]["layout"] == "imagefolder"
     assert {"git_commit", "git_dirty", "run_id"} <= set(config)
@@ -71,6 +75,55 @@ def test_make_restarts_a_stage_whose_teacher_or_recipe_changed(two_teachers, ima
     assert config["lr"] == 0.1 and config["run_id"] != first_id
     assert config["teacher_identity"]["sha256"] == weights_sha256(
         load_checkpoint(other)["model_state"])
+
+
+def test_a_student_given_its_own_seeds_teacher_is_trained_again_and_pools(
+        two_teachers, image_folder, tmp_path):
+    """Issue 26: a seed-1 student that learned from the seed-0 teacher and is now given the
+    seed-1 teacher (as make and the seed grids pair them) starts over and says why; then it
+    pools with the seed-0 student of the seed-0 teacher, whose teachers share a recipe."""
+    teacher, seed1_teacher = two_teachers
+    student(image_folder, tmp_path, "--out", tmp_path / "seed0.pt")
+    student(image_folder, tmp_path, "--seed", "1")
+    shas = [weights_sha256(load_checkpoint(t)["model_state"])[:12] for t in two_teachers]
+    proc = student(image_folder, tmp_path, "--seed", "1", "--teacher", seed1_teacher,
+                   "--resume", "--restart-if-changed")
+    assert (f"is stale (its teacher (weights sha256 {shas[0]}, seed 0, 1 epochs" in proc.stdout
+            and f"is not {seed1_teacher} (weights sha256 {shas[1]}, seed 1, " in proc.stdout)
+    configs = [load_checkpoint(tmp_path / name)["config"] for name in ("seed0.pt", "student.pt")]
+    assert configs[1]["teacher_identity"]["seed"] == 1
+    assert recipe(configs[0]) == recipe(configs[1])  # one variant, two seeds
+
+
+def test_a_student_recorded_before_teacher_seeds_and_recipes_still_resumes(
+        two_teachers, image_folder, tmp_path):
+    """What a student records of its teacher grew (seed, recipe): an older record, without
+    them, is neither stale nor refused while its teacher's weights are the same."""
+    _, other = two_teachers
+    student(image_folder, tmp_path)
+    out = tmp_path / "student.pt"
+    ckpt = load_checkpoint(out)
+    for field in ("seed", "recipe_sha256"):
+        del ckpt["config"]["teacher_identity"][field]
+    save_checkpoint(ckpt, out)
+    record_paths(out)["config"].write_text(json.dumps(ckpt["config"]))
+    for again in (["--restart-if-changed"], ["--epochs", "2"]):  # as make does, then extended
+        proc = student(image_folder, tmp_path, "--resume", *again)
+        assert "stale" not in proc.stdout
+    assert load_checkpoint(out)["epoch"] == 2
+    proc = student(image_folder, tmp_path, "--teacher", other, "--resume", "--restart-if-changed")
+    assert "is stale (its teacher (weights sha256 " in proc.stdout
+
+
+def test_a_student_without_a_teacher_is_not_stale_for_another_teacher_path(
+        two_teachers, image_folder, tmp_path):
+    """make gives every student its seed's --teacher, the student trained alone (ce) too,
+    which ignores it: a new path is no change of its recipe."""
+    _, other = two_teachers
+    student(image_folder, tmp_path, "--loss", "ce")
+    proc = student(image_folder, tmp_path, "--loss", "ce", "--teacher", other, "--resume",
+                   "--restart-if-changed")
+    assert "already complete" in proc.stdout and "stale" not in proc.stdout
 
 
 def test_a_teacher_trained_on_other_data_is_refused(teacher_checkpoint, tmp_path):

@@ -17,7 +17,7 @@ from models import build_model
 
 
 def test_the_derived_facts_are_the_ones_once_written_by_hand():
-    """What results.UNUSED_BY, runs.ADDED_RECIPE_KEYS, results.VARIANT_ORDER and
+    """What results.UNUSED_BY, results.ADDED_RECIPE_KEYS, results.VARIANT_ORDER and
     report.STUDENT_PAIRS listed before methods were classes."""
     dkd, dist = ("dkd_alpha", "dkd_beta", "dkd_warmup"), ("dist_beta", "dist_gamma")
     # the feature methods' flags and function matching's, added with issue 25

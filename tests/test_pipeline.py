@@ -17,11 +17,25 @@ def test_all_runs_teacher_students_ema_then_evaluate_and_report():
     firsts = [plan.index(s) for s in stages]
     lasts = [plan.rindex(s) for s in stages]
     assert all(lasts[i] < firsts[i + 1] for i in range(len(stages) - 1))
-    assert "for s in 0 1" in plan and "--teacher checkpoints/teacher.pt" in plan
+    assert "for s in 0 1" in plan
     # an existing stage is resumed, or trained again if its recipe, data or teacher changed
     assert plan.count("--resume --restart-if-changed") == 1 + 1 + 3  # teacher, students, EMA
     assert "evaluate.py checkpoints/*.pt --plots-dir plots" in plan
     assert "report.py --plots-dir plots" in plan
+
+
+def test_each_seeds_students_distil_from_that_seeds_teacher(tmp_path):
+    """The stages' commands as the loops make them (PY=echo: printed, not run)."""
+    commands = subprocess.run(["make", "-s", "students", "SEEDS=0 2", "PY=echo",
+                               f"CKPT={tmp_path}", "-o", ".venv/installed"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+    teachers = [line.split()[2] for line in commands if line.startswith("train_teacher.py")]
+    assert teachers == [f"{tmp_path}/teacher.pt", f"{tmp_path}/teacher_seed2.pt"]
+    students = [line.split() for line in commands if line.startswith("train_student.py")]
+    assert len(students) == 2 * 3
+    for flags in students:
+        seed = flags[flags.index("--seed") + 1]
+        assert flags[flags.index("--teacher") + 1] == teachers[seed != "0"], flags
 
 
 def test_quick_uses_its_own_folders_and_a_subset():

@@ -144,6 +144,23 @@ def test_the_report_says_what_the_results_show(tmp_path):
     assert "+0.10" in line and "3 pairs by checkpoint" in line
     assert "equivalent within ±0.5 points" in line  # paired: the gaps agree to 0.05
     assert "Mean-teacher" not in report  # no such runs here: no empty section
+    assert "Teachers: not recorded in this results.csv" in report  # from an older evaluate.py
+
+
+def test_the_report_says_whose_teacher_each_variants_students_learned_from(tmp_path):
+    rows = pd.DataFrame(results_csv(tmp_path, [0, 1, 2]))
+    kdce = rows["variant"] == "kd+ce"  # each seed its own seed's teacher
+    rows.loc[kdce, "teacher_seed"] = rows.loc[kdce, "seed"]
+    rows.loc[kdce, "teacher_sha256"] = [f"{seed}" * 12 for seed in rows.loc[kdce, "seed"]]
+    kd = rows[kdce].assign(variant="kd", teacher_seed=0, teacher_sha256="0" * 12,
+                           checkpoint=rows[kdce]["checkpoint"].str.replace("kd+ce", "kd"))
+    pd.concat([rows, kd]).to_csv(tmp_path / "results.csv", index=False)
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    report = (tmp_path / "report.md").read_text()
+    assert ("Teachers: kd+ce: each run its own seed's teacher, ± over teacher and student "
+            "seeds; kd: one teacher (seed 0), ± over student seeds only.") in report
+    # ce has no teacher: it still pairs with kd+ce by seed
+    assert "3 pairs by seed" in report_line(report, "| kd+ce − ce")
 
 
 def test_one_seed_is_compared_image_by_image_when_the_predictions_are_there(tmp_path):

@@ -3,7 +3,15 @@ import json
 import pandas as pd
 
 from kd.plotting import plot_compare, student_curves
-from kd.results import recipe_labels, run_table, run_variant, seed_table, variant_rank
+from kd.results import (
+    ADDED_RECIPE_KEYS,
+    recipe_labels,
+    recipe_sha256,
+    run_table,
+    run_variant,
+    seed_table,
+    variant_rank,
+)
 
 
 def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):
@@ -74,6 +82,28 @@ def test_a_run_from_before_a_setting_existed_pools_with_runs_at_that_settings_ol
         "kd+ce (clip_grad_norm=0.0)", "kd+ce (clip_grad_norm=0.0)", "kd+ce (clip_grad_norm=5.0)"]
 
 
+def test_students_pool_over_their_teachers_seeds_never_over_their_recipes():
+    """Issue 26: each seed's students distil from that seed's teacher. Teachers of one recipe
+    (other seeds, other files) pool their students; a teacher of another recipe (20 epochs
+    against 40) keeps its students apart; a student recorded before teachers' recipes were
+    knows its teacher by its weights."""
+    def teacher(seed, epochs=40):
+        config = {"model": {"name": "teacher", "arch_args": {"widths": [8]}}, "seed": seed,
+                  "epochs": epochs, "lr": 0.1, "out": f"teacher_seed{seed}.pt",
+                  "run_id": f"r{seed}", "data_identity": {"sha256": "d" * 64}}
+        return {"sha256": f"{seed}{epochs}" * 16, "seed": seed,
+                "recipe_sha256": recipe_sha256(config)}
+    base = {"model": {"name": "student", "arch_args": {"widths": [32, 64]}}, "loss": "kd",
+            "temperature": 4.0, "lr": 0.1}
+    runs = [("kd", {**base, "seed": seed, "teacher_identity": identity}) for seed, identity in
+            ((0, teacher(0)), (1, teacher(1)), (2, teacher(2)), (0, teacher(0, epochs=20)),
+             (1, {"sha256": "a" * 64}))]
+    forty, twenty = teacher(0)["recipe_sha256"][:12], teacher(0, 20)["recipe_sha256"][:12]
+    assert forty != twenty
+    assert recipe_labels(runs) == [f"kd (teacher={forty})"] * 3 + [
+        f"kd (teacher={twenty})", "kd (teacher=aaaaaaaaaaaa)"]
+
+
 def test_the_comparison_figure_never_pools_a_standardized_run_with_its_base_loss(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path, f"student_kd+ce_seed{seed}", "kd+ce", seed, 70.0)
@@ -92,3 +122,12 @@ def test_a_mean_teacher_runs_second_model_is_named_its_teacher():
                                        "mean-teacher", "mean-teacher teacher",
                                        "mean-teacher-no-ema (lr=0.2) teacher", "unknown")]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
+
+
+def test_a_teachers_fingerprint_outlives_settings_added_later(monkeypatch):
+    teacher = {"model": {"name": "teacher", "arch_args": {"widths": [8]}}, "seed": 0,
+               "epochs": 40, "lr": 0.1}
+    before = recipe_sha256(teacher)
+    monkeypatch.setitem(ADDED_RECIPE_KEYS, "new_setting", 1.0)
+    assert recipe_sha256(teacher) == recipe_sha256({**teacher, "new_setting": 1.0}) == before
+    assert recipe_sha256({**teacher, "new_setting": 2.0}) != before

@@ -67,6 +67,36 @@ def test_expand_products_names_flags_and_needs():
     assert plots.count("--plots-dir") == 1 and plots[plots.index("--plots-dir") + 1] == "p"
 
 
+def test_each_seeds_students_can_name_that_seeds_teacher():
+    """`{teacher}`: the seed's teacher run as make names it (teacher.pt for seed 0,
+    teacher_seed<s>.pt else), so a grid pairs teacher and student seeds and each student
+    waits for its own teacher."""
+    grid = {"stage": [
+        {"script": "train_teacher.py", "name": "{teacher}"},
+        {"script": "train_student.py", "name": "student_{loss}_seed{seed}",
+         "flags": {"teacher": "{folder}/{teacher}.pt"}, "grid": {"loss": ["kd"]}},
+        {"script": "train_student.py", "grid": {"teacher": ["x.pt"]}}]}  # an axis of that name
+    runs = {run.name: run for run in expand(grid, "out", seeds=[0, 2])}
+    assert list(runs)[:2] == ["teacher", "teacher_seed2"]
+    for seed, teacher in ((0, "teacher"), (2, "teacher_seed2")):
+        student = runs[f"student_kd_seed{seed}"]
+        assert student.settings["teacher"] == f"out/{teacher}.pt"
+        assert student.needs == [teacher]
+    assert runs["student_teacher=x.pt_seed2"].settings["teacher"] == "x.pt"
+
+
+@pytest.mark.parametrize("grid", ["methods.toml", "kd-seeds.toml"])
+def test_the_seed_studies_pair_every_student_with_its_seeds_teacher(grid):
+    runs = expand(tomllib.loads((ROOT / "experiments" / "grids" / grid).read_text()),
+                  "checkpoints", seeds=[0, 1, 2])
+    teachers = {run.settings["seed"]: run.name for run in runs
+                if run.script == "train_teacher.py"}
+    assert teachers == {0: "teacher", 1: "teacher_seed1", 2: "teacher_seed2"}
+    for run in runs:
+        if run.script == "train_student.py" and "teacher" in run.settings:
+            assert run.needs == [teachers[run.settings["seed"]]], run.name
+
+
 def test_expand_refuses_runs_that_would_share_a_checkpoint_and_unknown_scripts():
     stage = {"script": "train_student.py", "name": "student_seed{seed}",
              "grid": {"loss": ["kd", "ce"]}}

@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # Decoded-data caches of the synthetic sets go to a temporary folder, not the project's .cache.
 os.environ["KD_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd-test-cache-")
+# `pytest -n auto` runs one worker per core. Left alone, each worker's torch, and each script
+# a test starts, would use every core as well, and OpenMP threads that outnumber the cores
+# spin against each other; so each worker gets its share of the cores, and so do the
+# processes it starts (they inherit OMP_NUM_THREADS).
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
 
 from kd.checkpoints import load_checkpoint  # noqa: E402
 from kd.data import CLASSES  # noqa: E402

@@ -1,16 +1,12 @@
 """The feature methods (fitnet, at, reviewkd, crd) and function matching (--mixup, --cutmix)
 in methods.py: resumed runs equal uninterrupted ones, the teacher gets no gradient, the
 methods' own parameters train, and the mixed batch is what both networks see."""
-import sys
-
 import pytest
 import torch
 from torch import nn
 
 import methods
-import train_student
-from conftest import on_cpu, run_script
-from kd import engine
+from conftest import run_in_process, run_script
 from kd.checkpoints import load_checkpoint
 from models import build_model, load_model
 
@@ -24,29 +20,11 @@ def common(teacher_checkpoint, image_folder, folder):
             "--skip-test"]
 
 
-def train_in_process(monkeypatch, flags, interrupt_at=None):
-    """train_student.py's main() with `flags`, in this process (no interpreter start and
-    imports to pay for); with `interrupt_at`, a Ctrl-C (the KeyboardInterrupt the scripts'
-    signal handlers raise) at that call of the loop's interrupt check, which comes after
-    every optimizer step and after every epoch's checkpoint."""
-    with monkeypatch.context() as patch:
-        patch.setattr(sys, "argv", ["train_student.py", *on_cpu(flags)])
-        if interrupt_at is not None:
-            calls = [0]
-
-            def check_interrupt():
-                calls[0] += 1
-                if calls[0] == interrupt_at:
-                    raise KeyboardInterrupt
-            patch.setattr(engine, "check_interrupt", check_interrupt)
-        train_student.main()
-
-
 @pytest.mark.parametrize("flags", [["--loss", "fitnet", "--mixup"], ["--loss", "crd"],
                                    ["--loss", "reviewkd"], ["--loss", "at", "--cutmix"]],
                          ids=lambda f: "".join(f[1:]))
 def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, image_folder,
-                                                   tmp_path, monkeypatch):
+                                                   tmp_path):
     """Interrupted mid-epoch 2 and resumed: the student, the method's modules and buffers
     (the mixing generator, CRD's memory, the warm-up's step) end as in an uninterrupted run;
     the method's parameters moved from their start (the optimizer has them; AT has none:
@@ -55,11 +33,11 @@ def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, im
     (test_reliability.py, test_ema.py)."""
     flags = [*flags, "--epochs", "2", *common(teacher_checkpoint, image_folder, tmp_path)]
     full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
-    train_in_process(monkeypatch, [*flags, "--out", full])
+    run_in_process("train_student.py", *flags, "--out", full)
     with pytest.raises(KeyboardInterrupt):  # checks: steps 1 and 2, epoch 1's end, step 3
-        train_in_process(monkeypatch, [*flags, "--out", cut], interrupt_at=4)
+        run_in_process("train_student.py", *flags, "--out", cut, interrupt_at=4)
     assert load_checkpoint(cut)["epoch"] == 1
-    train_in_process(monkeypatch, [*flags, "--out", cut, "--resume"])
+    run_in_process("train_student.py", *flags, "--out", cut, "--resume")
     a, b = load_checkpoint(full), load_checkpoint(cut)
     assert a["epoch"] == b["epoch"] == 2
     for part in ("model_state", "method_state"):

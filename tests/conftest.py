@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic CIFAR-10 look-alikes made on the spot, in both layouts."""
+import importlib
 import os
 import pickle
 import subprocess
@@ -23,6 +24,7 @@ THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKE
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 torch.set_num_threads(THREADS)
 
+from kd import engine  # noqa: E402
 from kd.checkpoints import load_checkpoint  # noqa: E402
 from kd.data import CLASSES  # noqa: E402
 
@@ -148,3 +150,23 @@ def run_script(script, *flags, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_in_process(script, *flags, interrupt_at=None):
+    """`script`'s main() with `flags`, in this process: no interpreter start and imports to
+    pay for, and no run_cli around it (a bad flag or a Ctrl-C comes out as its exception).
+    With `interrupt_at`, a Ctrl-C (the KeyboardInterrupt the scripts' signal handlers
+    raise) at that call of the loop's interrupt check, which comes after every optimizer
+    step and after every epoch's checkpoint."""
+    module = importlib.import_module(Path(script).stem)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [script, *on_cpu(flags)])
+        if interrupt_at is not None:
+            calls = [0]
+
+            def check_interrupt():
+                calls[0] += 1
+                if calls[0] == interrupt_at:
+                    raise KeyboardInterrupt
+            patch.setattr(engine, "check_interrupt", check_interrupt)
+        module.main()

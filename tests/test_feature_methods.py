@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import methods
-from conftest import full_and_resumed_runs, run_script
+from conftest import run_in_process, run_script
 from kd.checkpoints import load_checkpoint
 from models import build_model, load_model
 
@@ -16,43 +16,44 @@ FEATURE_METHODS = ("fitnet", "at", "reviewkd", "crd")
 def common(teacher_checkpoint, image_folder, folder):
     # 2 optimizer steps an epoch and no test pass: these runs check state, not accuracy.
     return ["--teacher", teacher_checkpoint, "--data-root", image_folder, "--plots-dir",
-            folder, "--batch-size", "64", "--train-subset", "128", "--ema-decay", "0",
+            folder, "--batch-size", "16", "--train-subset", "32", "--ema-decay", "0",
             "--skip-test"]
 
 
 @pytest.mark.parametrize("flags", [["--loss", "fitnet", "--mixup"], ["--loss", "crd"],
-                                   ["--loss", "reviewkd"]], ids=lambda f: "".join(f[1:]))
+                                   ["--loss", "reviewkd"], ["--loss", "at", "--cutmix"]],
+                         ids=lambda f: "".join(f[1:]))
 def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, image_folder,
                                                    tmp_path):
-    """Killed mid-epoch 2 and resumed: the student, the method's modules and buffers (the
-    mixing generator, CRD's memory, the warm-up's step) end as in an uninterrupted run; the
-    method's parameters moved from their start (the optimizer has them); the student's
-    checkpoint loads alone."""
-    full, cut = full_and_resumed_runs(
-        "train_student.py", [*flags, "--epochs", "2",
-                             *common(teacher_checkpoint, image_folder, tmp_path)],
-        tmp_path, 2, step=3)
+    """Interrupted mid-epoch 2 and resumed: the student, the method's modules and buffers
+    (the mixing generator, CRD's memory, the warm-up's step) end as in an uninterrupted run;
+    the method's parameters moved from their start (the optimizer has them; AT has none:
+    its only state with --cutmix is the mixing draws'); the student's checkpoint loads
+    alone. In process: a real signal's interruption and resume have their own tests
+    (test_reliability.py, test_ema.py)."""
+    flags = [*flags, "--epochs", "2", *common(teacher_checkpoint, image_folder, tmp_path)]
+    full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
+    run_in_process("train_student.py", *flags, "--out", full)
+    with pytest.raises(KeyboardInterrupt):  # checks: steps 1 and 2, epoch 1's end, step 3
+        run_in_process("train_student.py", *flags, "--out", cut, interrupt_at=4)
+    assert load_checkpoint(cut)["epoch"] == 1
+    run_in_process("train_student.py", *flags, "--out", cut, "--resume")
     a, b = load_checkpoint(full), load_checkpoint(cut)
+    assert a["epoch"] == b["epoch"] == 2
     for part in ("model_state", "method_state"):
         assert a[part].keys() == b[part].keys()
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)
     start = methods.build(a["config"], load_model(teacher_checkpoint, kind="teacher"), None,
-                          torch.zeros(128, dtype=torch.long))
+                          torch.zeros(32, dtype=torch.long))
     params = dict(start.named_parameters())
-    assert params and all(not torch.equal(a["method_state"][k], p) for k, p in params.items())
+    assert all(not torch.equal(a["method_state"][k], p) for k, p in params.items())
+    if a["config"]["loss"] == "at":
+        assert not params and list(a["method_state"]) == ["mix_rng"]
+    else:
+        assert params
     student = load_model(full, kind="student")
     assert student.state_dict().keys() == a["model_state"].keys()
-
-
-def test_at_runs_with_cutmix(teacher_checkpoint, image_folder, tmp_path):
-    """AT has no parameters of its own: its only state with --cutmix is the mixing draws'."""
-    out = tmp_path / "at.pt"
-    run_script("train_student.py", "--loss", "at", "--cutmix", "--dry-run", "--out", out,
-               *common(teacher_checkpoint, image_folder, tmp_path))
-    ckpt = load_checkpoint(out)
-    assert list(ckpt["method_state"]) == ["mix_rng"]
-    assert ckpt["config"]["loss"] == "at" and (tmp_path / "at.metrics.csv").exists()
 
 
 @pytest.mark.parametrize("loss", FEATURE_METHODS)

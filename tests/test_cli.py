@@ -31,11 +31,8 @@ def test_train_teacher_dry_run_writes_everything(image_folder, tmp_path):
     assert (plots / "samples.png").stat().st_size > 0
 
 
-def test_checkpoint_loads_with_weights_only_on_cpu(image_folder, tmp_path):
-    out = tmp_path / "teacher.pt"
-    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
-               "--plots-dir", tmp_path)
-    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+def test_checkpoint_loads_with_weights_only_on_cpu(teacher_checkpoint):
+    ckpt = torch.load(teacher_checkpoint, map_location="cpu", weights_only=True)
     assert {"model", "model_state", "optimizer_state", "scheduler_state", "epoch", "rng",
             "config", "history"} <= set(ckpt)
 
@@ -50,10 +47,10 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[-1]
 
 
-def test_existing_checkpoint_is_never_overwritten_by_accident(image_folder, tmp_path):
+def test_existing_checkpoint_is_never_overwritten_by_accident(teacher_checkpoint, image_folder,
+                                                             tmp_path):
     out = tmp_path / "teacher.pt"
-    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
-               "--plots-dir", tmp_path)
+    shutil.copy(teacher_checkpoint, out)  # what the same command wrote before
     before = out.read_bytes()
     proc = run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out",
                       out, "--plots-dir", tmp_path, check=False)
@@ -92,11 +89,10 @@ def test_wrong_class_folders_from_the_shell(tmp_path):
     assert_one_line_error(proc, "ship")
 
 
-def test_resume_rejects_a_checkpoint_of_another_model(image_folder, tmp_path):
+def test_resume_rejects_a_checkpoint_of_another_model(teacher_checkpoint, image_folder,
+                                                     tmp_path):
     out = tmp_path / "teacher.pt"
-    run_script("train_teacher.py", "--dry-run", "--data-root", image_folder, "--out", out,
-               "--plots-dir", tmp_path)
-    ckpt = load_checkpoint(out)
+    ckpt = load_checkpoint(teacher_checkpoint)
     ckpt["model"]["name"] = "student"
     torch.save(ckpt, out)
     proc = run_script("train_teacher.py", "--resume", "--data-root", image_folder, "--out",

@@ -2,6 +2,7 @@
 teacher or data stops a resume (or, as make does, restarts the run), and test records
 always describe the checkpoint beside them."""
 import json
+import shutil
 
 import pytest
 
@@ -16,12 +17,22 @@ def last_line(proc):
     return proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.fixture(scope="module")
+def teacher_b(image_folder, tmp_path_factory):
+    """A dry-run teacher of seed 1: other weights than the teacher_checkpoint fixture's (seed
+    0), on the same data; trained once for the module, read-only."""
+    out = tmp_path_factory.mktemp("teacher_b") / "teacher_b.pt"
+    run_script("train_teacher.py", "--dry-run", "--seed", 1, "--data-root", image_folder,
+               "--out", out, "--plots-dir", out.parent)
+    return out
+
+
 @pytest.fixture
-def two_teachers(image_folder, tmp_path):
-    """Teacher A at teacher.pt, and a different teacher B (another seed) beside it."""
-    for name, seed in (("teacher.pt", 0), ("teacher_b.pt", 1)):
-        run_script("train_teacher.py", "--dry-run", "--seed", seed, "--data-root", image_folder,
-                   "--out", tmp_path / name, "--plots-dir", tmp_path)
+def two_teachers(teacher_checkpoint, teacher_b, tmp_path):
+    """Teacher A at teacher.pt, and a different teacher B (another seed) beside it: copies of
+    the dry-run teachers of seeds 0 and 1, which a test may overwrite."""
+    for source, name in ((teacher_checkpoint, "teacher.pt"), (teacher_b, "teacher_b.pt")):
+        shutil.copy(source, tmp_path / name)
     return tmp_path / "teacher.pt", tmp_path / "teacher_b.pt"
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from conftest import full_and_resumed_runs, run_script
+from conftest import run_in_process, run_script
 from kd.checkpoints import CheckpointError, load_checkpoint
 from kd.ema import ModelEMA
 from models import StudentNet, load_model
@@ -74,12 +74,18 @@ def test_dry_run_of_each_mean_teacher_setting(image_folder, tmp_path, flags):
 
 
 def test_ema_state_survives_an_interrupt_and_resume(image_folder, tmp_path):
-    flags = ["--epochs", "3", "--batch-size", "16", "--data-root",
+    """In this process (a real signal's interruption has its tests in test_reliability.py):
+    4 steps an epoch, interrupted after step 6 (checks: 4 steps, epoch 1's end, 2 steps)."""
+    flags = ["--epochs", "3", "--batch-size", "16", "--train-subset", "64", "--data-root",
              image_folder, "--plots-dir", tmp_path]
-    full, cut = full_and_resumed_runs("train_ema.py", flags, tmp_path, epochs=3,
-                                      step=16 + 8)  # mid-epoch 2
+    full, cut = tmp_path / "full.pt", tmp_path / "cut.pt"
+    run_in_process("train_ema.py", *flags, "--out", full)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process("train_ema.py", *flags, "--out", cut, interrupt_at=4 + 1 + 2)
+    assert load_checkpoint(cut)["epoch"] == 1
+    run_in_process("train_ema.py", *flags, "--out", cut, "--resume")
     full, again = load_checkpoint(full), load_checkpoint(cut)
-    assert full["ema"]["updates"] == again["ema"]["updates"] == 3 * (270 // 16)
+    assert full["ema"]["updates"] == again["ema"]["updates"] == 3 * (64 // 16)
     assert all(torch.equal(v, again["model_state"][k]) for k, v in full["model_state"].items())
     assert all(torch.equal(v, again["ema"]["model_state"][k])
                for k, v in full["ema"]["model_state"].items())
@@ -91,8 +97,9 @@ def test_bad_ema_flags(image_folder, tmp_path):
         proc = run_script("train_ema.py", "--dry-run", "--data-root", image_folder, "--out",
                           tmp_path / "e.pt", *flags, check=False)
         assert proc.returncode == 2 and fragment in proc.stderr.strip().splitlines()[-1]
-    run_script("train_student.py", "--dry-run", "--loss", "ce", "--ema-decay", "0",
-               "--data-root", image_folder, "--out", tmp_path / "s.pt", "--plots-dir", tmp_path)
+    run_in_process("train_student.py", "--dry-run", "--loss", "ce", "--ema-decay", "0",
+                   "--data-root", image_folder, "--out", tmp_path / "s.pt", "--plots-dir",
+                   tmp_path)
     with pytest.raises(CheckpointError, match="no EMA model"):
         load_model(tmp_path / "s.pt", ema=True)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script, synthetic_images
+from conftest import run_in_process, run_script, synthetic_images
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
 from kd.data import CLASSES, load_cifar10, split_train_val
 from models import load_model
@@ -18,16 +18,17 @@ N_TEST_PER_CLASS = 5  # the image_folder fixture's test split
 @pytest.fixture(scope="module")
 def pipeline(teacher_checkpoint, image_folder, tmp_path_factory):
     """teacher -> two seeds of a KD student -> a mean-teacher run, all --dry-run, in one
-    folder; every run keeps an EMA (the default)."""
+    folder; every run keeps an EMA (the default). The runs train in this process; evaluate.py
+    runs from the shell."""
     folder = tmp_path_factory.mktemp("pipeline")
     teacher = folder / "teacher.pt"
     shutil.copy(teacher_checkpoint, teacher)
     common = ["--dry-run", "--batch-size", "64", "--data-root", image_folder, "--plots-dir",
               folder]
     for seed in (0, 1):
-        run_script("train_student.py", *common, "--teacher", teacher, "--seed", seed,
-                   "--out", folder / f"student_kd+ce_seed{seed}.pt")
-    run_script("train_ema.py", *common, "--out", folder / "ema_mean-teacher_seed0.pt")
+        run_in_process("train_student.py", *common, "--teacher", teacher, "--seed", seed,
+                       "--out", folder / f"student_kd+ce_seed{seed}.pt")
+    run_in_process("train_ema.py", *common, "--out", folder / "ema_mean-teacher_seed0.pt")
     proc = run_script("evaluate.py", *sorted(folder.glob("*.pt")), "--data-root", image_folder,
                       "--plots-dir", folder / "plots", "--batch-size", "16")
     return folder, proc

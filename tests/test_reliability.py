@@ -13,10 +13,12 @@ from models import load_model
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, sig):
     out = tmp_path / "teacher.pt"
-    # 270 images in batches of 8: 33 steps an epoch; the signal comes mid-epoch 2.
+    # 16 images in batches of 8: 2 steps an epoch; the signal comes mid-epoch 2, after step 3
+    # (the loop's checks: 2 steps, epoch 1's end, step 3).
     proc = interrupted_run("train_teacher.py", ["--data-root", image_folder, "--out", out,
                                                 "--plots-dir", tmp_path, "--epochs", "200",
-                                                "--batch-size", "8"], step=33 + 5, sig=sig)
+                                                "--batch-size", "8", "--train-subset", "16"],
+                           step=2 + 1 + 1, sig=sig)
     assert "Traceback" not in proc.stderr
     assert f"{out} holds the last complete epoch" in proc.stderr.splitlines()[-1]
     ckpt = load_checkpoint(out)
@@ -36,10 +38,10 @@ def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
 
 
 def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder, tmp_path):
-    flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--data-root", image_folder,
-             "--plots-dir", tmp_path]
+    flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--train-subset", "32",
+             "--data-root", image_folder, "--plots-dir", tmp_path]
     full, cut = full_and_resumed_runs("train_student.py", flags, tmp_path, epochs=4,
-                                      step=33 + 10)  # mid-epoch 2
+                                      step=4 + 1 + 2)  # mid-epoch 2: after its 2nd step
     full, cut = load_model(full).state_dict(), load_model(cut).state_dict()
     assert all(torch.equal(full[k], cut[k]) for k in full)
 

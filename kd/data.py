@@ -207,8 +207,13 @@ class BatchLoader:
 
     def __init__(self, images, labels, batch_size, device="cpu", shuffle=False, augment=False,
                  seed=0, drop_last=False, max_batches=None,
-                 memory_format=torch.channels_last, positions=False):
+                 memory_format=torch.channels_last, positions=False, gather_per_epoch=None):
         self.device = torch.device(device)
+        # On a GPU one gather of the whole epoch's augmented images (uint8, ~140 MB at 45,000)
+        # replaces a pad, an index and a copy per batch; on a CPU the per-batch gather stays in
+        # cache and allocates 140 MB less. Either way the batches are the same bits.
+        self.gather_per_epoch = (self.device.type == "cuda" if gather_per_epoch is None
+                                 else gather_per_epoch)
         # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (the
         # benchmark compares it with contiguous NCHW).
         self.memory_format = memory_format
@@ -232,13 +237,20 @@ class BatchLoader:
 
     def __iter__(self):
         order, draws = self.epoch_draws()
+        used = slice(0, self.num_batches * self.batch_size)
+        if self.gather_per_epoch:
+            epoch_images = self.images[order[used]]
+            if self.augment:
+                epoch_images = random_crop_flip(epoch_images, CROP_PADDING, *draws)
         for i in range(self.num_batches):
             batch = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[batch]
-            images = self.images[idx]
-            if self.augment:
-                dy, dx, flip = (d[batch] for d in draws)
-                images = random_crop_flip(images, CROP_PADDING, dy, dx, flip)
+            if self.gather_per_epoch:
+                images = epoch_images[batch]
+            else:
+                images = self.images[idx]
+                if self.augment:
+                    images = random_crop_flip(images, CROP_PADDING, *(d[batch] for d in draws))
             images = to_unit_float(images).contiguous(memory_format=self.memory_format)
             labels = self.labels[idx]
             yield (images, labels, idx) if self.positions else (images, labels)

@@ -165,6 +165,32 @@ def test_same_seed_same_batches_other_epoch_other_order():
     assert not torch.equal(first, next(iter(a))[1])
 
 
+@pytest.mark.parametrize("augment,drop_last,max_batches", [(True, False, None),
+                                                          (True, True, None),
+                                                          (False, False, 2)])
+def test_gathering_a_whole_epoch_gives_the_per_batch_bits(augment, drop_last, max_batches):
+    """A GPU gathers the epoch's augmented images at once, a CPU batch by batch: the same
+    batches either way (checked on the CPU, the per-epoch path forced), ragged or dropped
+    last batch and max_batches included."""
+    images = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(70)
+    def make(gather_per_epoch):
+        return BatchLoader(images, labels, 16, shuffle=True, augment=augment, seed=5,
+                           drop_last=drop_last, max_batches=max_batches, positions=True,
+                           gather_per_epoch=gather_per_epoch)
+    per_batch, per_epoch = make(False), make(True)
+    assert not per_batch.gather_per_epoch and per_epoch.gather_per_epoch
+    for loader in (per_batch, per_epoch):
+        loader.set_epoch(2)
+    batches = list(zip(per_batch, per_epoch, strict=True))
+    assert len(batches) == len(per_batch)
+    for a, b in batches:
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+        assert b[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_loader_max_batches_and_ragged_batches():
     images = torch.zeros(10, 3, 32, 32, dtype=torch.uint8)
     labels = torch.zeros(10, dtype=torch.long)

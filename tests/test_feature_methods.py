@@ -57,17 +57,22 @@ def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, im
 
 
 @pytest.mark.parametrize("loss", FEATURE_METHODS)
-def test_no_gradient_reaches_the_teacher(loss):
+def test_no_gradient_reaches_the_teacher_and_its_batchnorm_stays_put(loss):
     """The teacher left trainable: after a backward pass it still has no gradient, while the
-    student and every parameter of the method have one."""
+    student and every parameter of the method have one; the teacher's weights and BatchNorm
+    buffers (running statistics, batch count) are untouched and it stays in eval mode, the
+    method in train mode or not (test_student.py checks the same for the logit methods)."""
     torch.manual_seed(0)
     student, teacher = build_model("student"), build_model("teacher").eval()
-    method = methods.build({"loss": loss}, teacher, None, torch.arange(40) % 10)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    method = methods.build({"loss": loss}, teacher, None, torch.arange(40) % 10).train()
     images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
     _, parts = method(student, images, labels, torch.arange(8))
     parts["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in [*student.parameters(), *method.parameters()])
+    assert not teacher.training
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
 
 
 class Recorder(nn.Module):

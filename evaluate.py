@@ -211,9 +211,9 @@ def markdown_tables(results, test_images, device, batch_size):
             f"CPU ({os.cpu_count()} cores, {threads} threads), median of {TIMED_RUNS} runs "
             f"after warm-up. `val_acc` is on the {VAL_SIZE:,} held-out training images, "
             f"`train_acc` on the training images each run trained on (the training split, or "
-            f"its first N with --train-subset), in eval mode without augmentation: close to "
-            f"`val_acc` and far below 100%, a model underfits (it cannot fit even what it "
-            f"trained on).\n\n"
+            f"its first N with --train-subset), in eval mode without augmentation: well above "
+            f"`val_acc`, a model fits what it trained on better than new images; close to it "
+            f"and far below 100%, it cannot fit even what it trained on.\n\n"
             f"## Per variant: training and test accuracy, mean ± std over seeds\n\n"
             f"{deploy.to_markdown(index=False)}\n\n"
             f"## Every model\n\n{shown.to_markdown(index=False)}\n")

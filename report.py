@@ -22,7 +22,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
 import methods
-from kd import cli
+from kd import cli, plotting
 from kd.records import prediction_column, write_text
 from kd.results import MEAN_TEACHER_VARIANTS, PROVENANCE, is_second_model, seed_table
 
@@ -171,6 +171,45 @@ def per_variant(results):
     return table
 
 
+def without_epochs(label):
+    """A variant label with its `epochs=N` setting left out: the method whose training
+    length varies ("kd (epochs=36, seed_x=1)" -> "kd (seed_x=1)")."""
+    name, _, settings = label.partition(" (")
+    kept = [s for s in settings.removesuffix(")").split(", ") if s and not s.startswith("epochs=")]
+    return f"{name} ({', '.join(kept)})" if kept else name
+
+
+def length_runs(students):
+    """The students' raw runs (an EMA is its run's second model) of every method trained at
+    two lengths or more, its other settings alike, with that method in a `method` column."""
+    raw = students[~students["variant"].map(is_second_model)]
+    raw = raw.assign(method=raw["variant"].map(without_epochs))
+    return raw[raw.groupby("method")["epochs"].transform("nunique") > 1]
+
+
+def length_table(runs):
+    """Training length as a factor: per method and length (`runs` from length_runs), the
+    clean training accuracy (eval mode, no augmentation, the images the run trained on),
+    validation and test accuracy, mean ± std over seeds, and the median minutes per run.
+    The gap between training and validation accuracy says whether a model fits what it
+    trained on: the question a longer schedule or more capacity answers."""
+    keys = ["method", "epochs"]
+    table = seed_table(runs, keys)
+    for column in ("val_acc", "train_acc"):
+        if column in runs and runs[column].notna().any():
+            table = table.merge(seed_table(runs, keys, column).drop(columns="seeds"),
+                                how="left", on=keys)
+    minutes = runs.groupby(keys)["train_minutes"].median().round(1).rename("minutes per run")
+    table = table.merge(minutes.reset_index(), on=keys)
+    order = {m: i for i, m in enumerate(dict.fromkeys(runs["method"]))}
+    table = table.sort_values(keys, key=lambda c: c.map(order) if c.name == "method" else c)
+    table = table.rename(columns={"train_acc": "training accuracy, clean (%)",
+                                  "val_acc": "validation (%)", "test_acc": "test (%)"})
+    shown = ["training accuracy, clean (%)", "validation (%)", "test (%)"]
+    return table[[*keys, "seeds", *[c for c in shown if c in table], "minutes per run"]
+                 ].reset_index(drop=True)
+
+
 def comparison_table(results, pairs, key, predictions=None):
     """The comparisons `pairs` of variants in `results`, one family (see family_table); runs
     pair on the columns `key`."""
@@ -269,6 +308,18 @@ def rules(results, predictions):
         "with its interval: not a finding of no difference.\n")
 
 
+def length_section(students, plots_dir):
+    """The training-length table and its figure (plots_dir/length.png), where some method
+    was trained at several lengths."""
+    runs = length_runs(students)
+    if runs.empty:
+        return ""
+    plotting.plot_length(runs, Path(plots_dir) / "length.png")
+    return section("Training length", "length.png", plots_dir,
+                   [("Per method and length (± over seeds; minutes: median per run, on the "
+                     "machines the provenance lists):", length_table(runs))])
+
+
 def write_report(results, plots_dir, predictions=None):
     seeds = sorted(results["seed"].dropna().astype(int).unique())
     students = results[results["model"] == "student"]
@@ -291,6 +342,7 @@ def write_report(results, plots_dir, predictions=None):
                   per_variant(students[~is_mean_teacher])),
                  ("Differences (one family, Holm):",
                   comparison_table(raw, methods.comparisons(), key, predictions))]),
+        length_section(students[~is_mean_teacher], plots_dir),
         section("Mean-teacher: with and without EMA", "ema_compare.png", plots_dir,
                 [("Test accuracy (the student; `teacher` rows: its teacher; ± over seeds, "
                   "each run's teacher its own):", per_variant(students[is_mean_teacher])),

@@ -116,6 +116,33 @@ def plot_mean_curves(curves, path, title):
     save(fig, path)
 
 
+def plot_length(runs, path):
+    """Test accuracy against training length, one line per method (mean over seeds, bars of
+    ± 1 std), and the median minutes per run on a second axis (dotted, the same colour):
+    what a longer schedule buys and what it costs. `runs`: report.length_runs's rows."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    minutes_ax = ax.twinx()
+    for i, (method, rows) in enumerate(runs.groupby("method", sort=False)):
+        colour = f"C{i % 10}"
+        per_length = rows.groupby("epochs")
+        accuracy = per_length["test_acc"]
+        ax.errorbar(accuracy.mean().index, accuracy.mean(), yerr=accuracy.std().fillna(0),
+                    marker="o", capsize=3, color=colour, label=method)
+        minutes = per_length["train_minutes"].median()
+        minutes_ax.plot(minutes.index, minutes, linestyle=":", marker="x", color=colour)
+    ax.set_xscale("log")  # 12, 36, 96 epochs: each a few times the last
+    epochs = sorted(runs["epochs"].unique())
+    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ax.minorticks_off()
+    ax.set(xlabel="training epochs (the one-cycle schedule stretched)",
+           ylabel="test accuracy (%)",
+           title="test accuracy (solid) and minutes per run (dotted) against length")
+    minutes_ax.set_ylabel("minutes per run (median)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.12, 0.5), fontsize=8)
+    save(fig, path)
+
+
 def plot_confusion(confusion, class_names, path, title):
     """A confusion matrix (rows: true class, columns: predicted) as percentages of each true
     class, with the percentages written in the cells."""

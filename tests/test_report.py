@@ -147,6 +147,42 @@ def test_the_report_says_what_the_results_show(tmp_path):
     assert "Teachers: not recorded in this results.csv" in report  # from an older evaluate.py
 
 
+def test_training_length_gets_a_table_and_a_figure_per_method_trained_at_several_lengths(
+        tmp_path):
+    """ce and kd at 12 and 36 epochs (seeds 0 and 1), kd+ce at 12 only: the section lists ce
+    and kd by length with clean training, validation and test accuracy over seeds and the
+    median minutes; kd+ce (one length) and the EMA's rows stay out of it."""
+    test_acc = {("ce", 12): (75.9, 75.6), ("ce", 36): (80.0, 79.6),
+                ("kd", 12): (78.7, 79.7), ("kd", 36): (82.2, 82.6), ("kd+ce", 12): (78.9, 79.1)}
+    rows = []
+    for (method, epochs), accuracies in test_acc.items():
+        for seed, acc in enumerate(accuracies):
+            label = method if method == "kd+ce" else f"{method} (epochs={epochs})"
+            row = {"checkpoint": f"{method}_e{epochs}_seed{seed}.pt", "weights": "raw",
+                   "model": "student", "variant": label, "seed": seed, "epochs": epochs,
+                   "train_acc": acc + (5 if epochs == 36 else 1), "val_acc": acc + 1,
+                   "test_acc": acc, "macs": 3.1e6,
+                   "train_minutes": 7.0 + seed if epochs == 36 else 2.5}
+            rows.append(row)
+            if method == "ce":  # its EMA: the run's second model, no length of its own
+                rows.append({**row, "weights": "ema", "test_acc": 90.0,
+                             "variant": f"ce EMA (epochs={epochs})"})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    report = (tmp_path / "report.md").read_text()
+    section = report.split("## Training length")[1].split("\n## ")[0]
+    assert "![Training length](length.png)" in section
+    assert (tmp_path / "length.png").stat().st_size > 0
+    table = [[cell.strip() for cell in line.split("|")[1:-1]]
+             for line in section.splitlines() if line.startswith("| ")][1:]
+    # method, epochs, seeds, clean training, validation, test (mean ± sample std), minutes
+    assert table == [
+        ["ce", "12", "2", "76.75 ± 0.21", "76.75 ± 0.21", "75.75 ± 0.21", "2.5"],
+        ["ce", "36", "2", "84.80 ± 0.28", "80.80 ± 0.28", "79.80 ± 0.28", "7.5"],
+        ["kd", "12", "2", "80.20 ± 0.71", "80.20 ± 0.71", "79.20 ± 0.71", "2.5"],
+        ["kd", "36", "2", "87.40 ± 0.28", "83.40 ± 0.28", "82.40 ± 0.28", "7.5"]]
+
+
 def test_the_report_says_whose_teacher_each_variants_students_learned_from(tmp_path):
     rows = pd.DataFrame(results_csv(tmp_path, [0, 1, 2]))
     kdce = rows["variant"] == "kd+ce"  # each seed its own seed's teacher

@@ -97,7 +97,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def training(model, loader, method, device, precision, compile_model=False, threads=None,
+def training(model, loader, method, device, precision, compile_mode=None, threads=None,
              ema=False):
     """A run() doing one pass of engine.train_one_epoch over `loader` (SGD, constant LR), the
     model in the loader's memory format, the method's own modules trained with it as
@@ -107,7 +107,7 @@ def training(model, loader, method, device, precision, compile_model=False, thre
     method = method.to(device)
     average = ModelEMA(model, EMA_DECAY) if ema else None
     after_step = (lambda: average.update_parameters(model)) if ema else None
-    step_model = torch.compile(model) if compile_model else model
+    step_model = torch.compile(model, mode=compile_mode) if compile_mode else model
     optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.01,
                                 momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -130,9 +130,9 @@ class FeaturesCE(methods.CE):
     features = True
 
 
-def inference(model, loader, device, compile_model=False):
+def inference(model, loader, device, compile_mode=None):
     model = model.to(device, memory_format=torch.channels_last).eval()
-    model = torch.compile(model) if compile_model else model
+    model = torch.compile(model, mode=compile_mode) if compile_mode else model
     return lambda: engine.evaluate(model, loader, device)
 
 
@@ -250,10 +250,11 @@ def build_variants(args, device):
                                     bs))
         if args.compile:
             variants += [
-                Variant(f"{kind}: train, torch.compile",
-                        training_of(model(kind), loader(bs), compile_model=True), n, flop, bs),
-                Variant(f"{kind}: inference, torch.compile",
-                        inference(model(kind), unaugmented(), device, compile_model=True), n,
+                Variant(f"{kind}: train, torch.compile {args.compile}",
+                        training_of(model(kind), loader(bs), compile_mode=args.compile), n,
+                        flop, bs),
+                Variant(f"{kind}: inference, torch.compile {args.compile}",
+                        inference(model(kind), unaugmented(), device, compile_mode=args.compile), n,
                         forward_flop, bs)]
     student_flop = 3 * 2 * count_macs(build_model("student"))
     if "student" in args.kinds:
@@ -557,8 +558,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")
     parser.add_argument("--batches", type=int, default=8,
                         help="batches per variant per round (default: 8)")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time torch.compile'd training steps")
+    parser.add_argument("--compile", nargs="?", const="default", choices=cli.COMPILE_MODES,
+                        metavar="MODE", help="also time torch.compile'd training steps and "
+                        "inference, in torch.compile's MODE: default (bare --compile) or "
+                        "reduce-overhead (CUDA graphs on a GPU) or max-autotune")
     parser.add_argument("--kinds", nargs="+", choices=("teacher", "student", "features"),
                         default=["teacher", "student", "features"],
                         help="the rows to time: the teacher's, the student's (its KD steps "

@@ -11,6 +11,8 @@ from kd.interrupts import install_handlers
 
 DRY_RUN_BATCHES = 2
 PRECISIONS = ("auto", "fp32", "bf16")
+# torch.compile's modes: reduce-overhead is the CUDA-graph path (a CPU compiles it as default).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class UserError(ValueError):
@@ -47,8 +49,11 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
       f"none (default: {ema_decay})")
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")
-    a("--compile", action="store_true", help="torch.compile the model for its training "
-      "steps (off by default; docs/performance.md says what it gains)")
+    a("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+      help="torch.compile the model for its training steps, in torch.compile's MODE: "
+      "default (bare --compile), reduce-overhead (its forward and backward replayed as CUDA "
+      "graphs on a GPU) or max-autotune (off by default; docs/performance.md and docs/gpu.md "
+      "say what each gains)")
     a("--train-subset", type=int, default=None, metavar="N",
       help=f"train on the first N training images only (default: all {TRAIN_SIZE:,})")
     a("--out", default=out, help=f"checkpoint path; run records are written beside it "

@@ -170,8 +170,13 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                                method)
         note_checkpoint(args.out)
     # The compiled module shares its parameters with `model`, which is what gets saved and
-    # evaluated (in eval mode a compiled module would compile a second graph).
-    step_model = torch.compile(model) if args.compile else model
+    # evaluated (in eval mode a compiled module would compile a second graph). With
+    # reduce-overhead a GPU replays the forward and backward as CUDA graphs; the optimizer
+    # step (fused: a kernel per parameter group) and the EMA update (one lerp over its kept
+    # lists) stay outside them, so the LR and EMA decay stay host numbers that no graph
+    # captures. A new graph iteration starts at each forward (no backward pending), and each
+    # step's outputs are used before the next forward, as replays require.
+    step_model = torch.compile(model, mode=args.compile) if args.compile else model
     paths = record_paths(args.out)
     name = Path(args.out).stem
     if start_epoch >= args.epochs:

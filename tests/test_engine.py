@@ -102,10 +102,13 @@ def test_a_caught_interrupt_does_not_stop_a_later_run(image_folder, tmp_path, mo
 
 
 def test_compile_flag_compiles_the_training_steps_only(image_folder, tmp_path, monkeypatch):
-    compiled, stepped = [], []
+    """Bare --compile is torch.compile's default mode, --compile reduce-overhead its CUDA
+    graphs; either way only the training steps run compiled."""
+    compiled, stepped, modes = [], [], []
 
-    def fake_compile(model):  # the wiring, without paying for a real compilation
+    def fake_compile(model, mode=None):  # the wiring, without paying for a real compilation
         compiled.append(model)
+        modes.append(mode)
 
         def step_model(images):
             stepped.append(len(images))
@@ -117,6 +120,9 @@ def test_compile_flag_compiles_the_training_steps_only(image_folder, tmp_path, m
     assert compiled == [model] and len(stepped) == 270 // 32  # every training step
     plain = train(parse(image_folder, tmp_path / "plain", "--epochs", 1))
     assert len(compiled) == 1 and plain is not model
+    graphs = train(parse(image_folder, tmp_path / "graphs", "--epochs", 1, "--compile",
+                         "reduce-overhead"))
+    assert compiled[1:] == [graphs] and modes == ["default", "reduce-overhead"]
 
 
 def test_resume_takes_the_recipe_from_the_checkpoint(image_folder, tmp_path):

@@ -142,7 +142,7 @@ def test_evaluation_is_fp32_after_bf16_training(teacher_checkpoint, image_folder
 def test_resume_keeps_the_precision_and_records_a_change_of_device(image_folder, tmp_path):
     out = tmp_path / "student.pt"
     common = ["--loss", "ce", "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path,
-              "--batch-size", "64"]
+              "--batch-size", "32", "--train-subset", "64"]
     run_script("train_student.py", *common, "--epochs", "1", "--precision", "bf16")
     # As if the first epoch had run on a GPU: resuming on the CPU says so and records it.
     ckpt = load_checkpoint(out)
@@ -159,7 +159,7 @@ def test_resume_keeps_the_precision_and_records_a_change_of_device(image_folder,
 def test_a_checkpoint_from_before_precision_resumes_in_fp32(image_folder, tmp_path):
     out = tmp_path / "student.pt"
     common = ["--loss", "ce", "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path,
-              "--batch-size", "64"]
+              "--batch-size", "32", "--train-subset", "64"]
     run_script("train_student.py", *common, "--epochs", "1")
     ckpt = load_checkpoint(out)
     del ckpt["config"]["precision"]

@@ -37,9 +37,10 @@ def two_teachers(teacher_checkpoint, teacher_b, tmp_path):
 
 
 def student(image_folder, folder, *flags, check=True):
-    return run_script("train_student.py", "--loss", "kd", "--epochs", "1", "--batch-size", "64",
-                      "--teacher", folder / "teacher.pt", "--data-root", image_folder, "--out",
-                      folder / "student.pt", "--plots-dir", folder, *flags, check=check)
+    return run_script("train_student.py", "--loss", "kd", "--epochs", "1", "--batch-size", "32",
+                      "--train-subset", "64", "--teacher", folder / "teacher.pt", "--data-root",
+                      image_folder, "--out", folder / "student.pt", "--plots-dir", folder, *flags,
+                      check=check)
 
 
 def test_a_student_records_its_teacher_and_data(two_teachers, image_folder, tmp_path):
@@ -146,8 +147,8 @@ def test_a_teacher_trained_on_other_data_is_refused(teacher_checkpoint, tmp_path
 
 def test_test_records_always_describe_the_checkpoint_beside_them(image_folder, tmp_path):
     out, test = tmp_path / "student.pt", tmp_path / "student.test.json"
-    common = ["--loss", "ce", "--batch-size", "64", "--data-root", image_folder, "--out", out,
-              "--plots-dir", tmp_path]
+    common = ["--loss", "ce", "--batch-size", "32", "--train-subset", "64", "--data-root",
+              image_folder, "--out", out, "--plots-dir", tmp_path]
     run_script("train_student.py", *common, "--epochs", "1")
     record = json.loads(test.read_text())
     assert record["epoch"] == 1 and record["run_id"] == load_checkpoint(out)["config"]["run_id"]

@@ -25,7 +25,7 @@ def sweep(*flags, env=None):
 def write_grid(path, text, image_folder):
     path.write_text(f'folder = "{path.parent / "sweep"}"\n'
                     f'flags = {{data-root = "{image_folder}", device = "cpu", epochs = 2, '
-                    f'batch-size = 32}}\n' + text)
+                    f'batch-size = 32, train-subset = 64}}\n' + text)
     return path
 
 
@@ -121,7 +121,7 @@ def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_fold
     # The ce student was interrupted mid-epoch 2 by an earlier sweep: it must resume.
     ce = next(run for run in expand(tomllib.loads(grid.read_text()), str(folder), seeds=[0])
               if run.name == "student_loss=ce_seed0")
-    interrupted_run("train_student.py", ce.command(str(folder))[2:], step=9 + 3)
+    interrupted_run("train_student.py", ce.command(str(folder))[2:], step=2 + 1 + 1)
     assert load_checkpoint(ce.out)["epoch"] == 1
 
     proc = sweep(grid)

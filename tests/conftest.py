@@ -1,5 +1,6 @@
 """Shared fixtures: small synthetic CIFAR-10 look-alikes made on the spot, in both layouts."""
 import importlib
+import json
 import os
 import pickle
 import subprocess
@@ -8,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -170,3 +172,20 @@ def run_in_process(script, *flags, interrupt_at=None):
                     raise KeyboardInterrupt
             patch.setattr(engine, "check_interrupt", check_interrupt)
         module.main()
+
+
+def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):
+    """A student run's records as a 2-epoch run leaves them (config, metrics, and a test
+    record of `tested_epoch` unless test_acc is None), with no checkpoint: for the tables."""
+    config = {"run_id": name, "model": {"name": "student", "arch_args": {"widths": [32, 64]}},
+              "loss": loss, "temperature": 4.0, "alpha": 0.9, "seed": seed,
+              "train_subset": None, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
+              **recipe}
+    (folder / f"{name}.config.json").write_text(json.dumps(config))
+    pd.DataFrame([{"epoch": 1, "val_acc": val_acc - 5, "val_loss": 1.0, "epoch_seconds": 30,
+                   "images_per_second": 100},
+                  {"epoch": 2, "val_acc": val_acc, "val_loss": 0.9, "epoch_seconds": 30,
+                   "images_per_second": 300}]).to_csv(folder / f"{name}.metrics.csv", index=False)
+    if test_acc is not None:
+        (folder / f"{name}.test.json").write_text(json.dumps(
+            {"run_id": name, "epoch": tested_epoch, "test_acc": test_acc}))

@@ -1,7 +1,4 @@
-import json
-
-import pandas as pd
-
+from conftest import write_run
 from kd.plotting import plot_compare, student_curves
 from kd.results import (
     ADDED_RECIPE_KEYS,
@@ -12,21 +9,6 @@ from kd.results import (
     seed_table,
     variant_rank,
 )
-
-
-def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, **recipe):
-    config = {"run_id": name, "model": {"name": "student", "arch_args": {"widths": [32, 64]}},
-              "loss": loss, "temperature": 4.0, "alpha": 0.9, "seed": seed,
-              "train_subset": None, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
-              **recipe}
-    (folder / f"{name}.config.json").write_text(json.dumps(config))
-    pd.DataFrame([{"epoch": 1, "val_acc": val_acc - 5, "val_loss": 1.0, "epoch_seconds": 30,
-                   "images_per_second": 100},
-                  {"epoch": 2, "val_acc": val_acc, "val_loss": 0.9, "epoch_seconds": 30,
-                   "images_per_second": 300}]).to_csv(folder / f"{name}.metrics.csv", index=False)
-    if test_acc is not None:
-        (folder / f"{name}.test.json").write_text(json.dumps(
-            {"run_id": name, "epoch": tested_epoch, "test_acc": test_acc}))
 
 
 def test_mean_and_std_over_seeds(tmp_path):

@@ -1,0 +1,59 @@
+"""experiments/select_settings.py: each method's setting chosen on validation from a sweep's
+records, settings within the margin left to a second seed, runs that stopped short never
+chosen."""
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ROOT, write_run
+from kd.results import run_table
+
+sys.path.insert(0, str(ROOT / "experiments"))
+from select_settings import decisions  # noqa: E402
+
+
+def rows_by_setting(table, method):
+    rows = table[table["method"] == method]
+    return dict(zip(rows["setting"], rows["decision"]))
+
+
+def test_the_best_setting_is_chosen_and_a_close_one_left_to_a_second_seed(tmp_path):
+    # write_run's runs are 2 epochs long; val_acc is the last epoch's
+    write_run(tmp_path, "fitnet_w10", "fitnet", 0, None, val_acc=70.0, fitnet_weight=10.0)
+    write_run(tmp_path, "fitnet_w100", "fitnet", 0, None, val_acc=72.0, fitnet_weight=100.0)
+    write_run(tmp_path, "fitnet_w1000", "fitnet", 0, None, val_acc=71.5, fitnet_weight=1000.0)
+    write_run(tmp_path, "at_w100", "at", 0, None, val_acc=69.0, at_weight=100.0)
+    write_run(tmp_path, "at_w1000", "at", 0, None, val_acc=67.0, at_weight=1000.0)
+    write_run(tmp_path, "kd", "kd", 0, None, val_acc=73.0)
+    # DKD at beta 8 stopped after epoch 1 (diverged): its records end there
+    write_run(tmp_path, "dkd_b8", "dkd", 0, None, val_acc=75.0, dkd_beta=8.0)
+    metrics = pd.read_csv(tmp_path / "dkd_b8.metrics.csv")
+    metrics.iloc[:1].to_csv(tmp_path / "dkd_b8.metrics.csv", index=False)
+    write_run(tmp_path, "dkd_b8_clip", "dkd", 0, None, val_acc=71.0, dkd_beta=8.0,
+              clip_grad_norm=5.0)
+    proc = subprocess.run([sys.executable, "experiments/select_settings.py", tmp_path],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    table = pd.read_csv(tmp_path / "selection.csv")
+    assert rows_by_setting(table, "fitnet") == {
+        "fitnet_weight=100.0": "best so far: decide on a second seed",
+        "fitnet_weight=1000.0": "within 0.50 of the best: decide on a second seed",
+        "fitnet_weight=10.0": "below"}
+    assert rows_by_setting(table, "at") == {"at_weight=100.0": "chosen",
+                                            "at_weight=1000.0": "below"}
+    assert rows_by_setting(table, "kd") == {"default": "only setting"}
+    assert rows_by_setting(table, "dkd") == {
+        "clip_grad_norm=5.0": "chosen", "clip_grad_norm=0.0": "incomplete (epoch 1 of 2)"}
+    assert "| fitnet" in proc.stdout and "test" not in pd.read_csv(
+        tmp_path / "selection.csv").columns
+
+
+def test_a_second_seed_decides_between_close_settings(tmp_path):
+    for seed, (a, b) in enumerate([(72.0, 71.5), (71.0, 72.9)]):
+        write_run(tmp_path, f"at_w100_seed{seed}", "at", seed, None, val_acc=a, at_weight=100.0)
+        write_run(tmp_path, f"at_w1000_seed{seed}", "at", seed, None, val_acc=b,
+                  at_weight=1000.0)
+    table = decisions(run_table([tmp_path]))
+    assert rows_by_setting(table, "at") == {"at_weight=1000.0": "chosen",
+                                            "at_weight=100.0": "below"}
+    assert table.set_index("setting").at["at_weight=1000.0", "val_acc"] == 72.2

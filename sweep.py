@@ -27,6 +27,7 @@ its log and the others go on. The grid is copied into <folder>/sweeps/ with the 
 commit, and a table of the runs (mean ± std over seeds) ends the sweep.
 """
 import argparse
+import fnmatch
 import itertools
 import json
 import os
@@ -150,6 +151,16 @@ def expand(grid, folder, seeds, extra=None):
         run.needs = [by_out[str(Path(v))] for v in run.settings.values()
                      if isinstance(v, str) and str(Path(v)) in by_out]
     return runs
+
+
+def select(runs, patterns):
+    """The runs whose names match one of the shell patterns (all of them without any)."""
+    if not patterns:
+        return runs
+    chosen = [run for run in runs if any(fnmatch.fnmatchcase(run.name, p) for p in patterns)]
+    if not chosen:
+        raise GridError(f"no run's name matches {' '.join(patterns)} (--list names them all)")
+    return chosen
 
 
 def teacher_name(seed):
@@ -319,6 +330,8 @@ def main():
     a("--seeds", type=int, nargs="+", help="seeds of every stage (default: the grid's, else 0)")
     a("--flags", default="", help="extra flags for every run, e.g. '--train-subset 5000 "
       "--epochs 3' (they take part in the finished-run check)")
+    a("--only", nargs="+", metavar="PATTERN", help="only the runs whose names match one of "
+      "these shell patterns, e.g. 'fitnet_w100_*' (a second seed of close settings)")
     a("--list", action="store_true", help="print the runs and their commands, run nothing")
     a("--executor", choices=("local", "slurm"), default="local",
       help="local: on this machine, one run per visible GPU or one at a time on a CPU; "
@@ -343,6 +356,7 @@ def main():
         folder = Path(args.folder or grid.get("folder") or f"runs/sweeps/{Path(args.grid).stem}")
         runs = expand(grid, str(folder), args.seeds or grid.get("seeds", [0]),
                       parse_flags(args.flags))
+        runs = select(runs, args.only)
     except GridError as e:
         sys.exit(f"error: {e}")
     if args.list:

@@ -13,7 +13,7 @@ pytest.importorskip("submitit")
 
 from conftest import ROOT, interrupted_run  # noqa: E402
 from kd.checkpoints import load_checkpoint  # noqa: E402
-from sweep import GridError, expand, parse_flags  # noqa: E402
+from sweep import GridError, expand, parse_flags, select  # noqa: E402
 
 
 def sweep(*flags, env=None):
@@ -106,6 +106,22 @@ def test_expand_refuses_runs_that_would_share_a_checkpoint_and_unknown_scripts()
         expand({"stage": [{"script": "rm.py"}]}, "out", seeds=[0])
     with pytest.raises(GridError, match="cannot be filled"):
         expand({"stage": [{**stage, "name": "{temperature}"}]}, "out", seeds=[0])
+
+
+def test_only_keeps_the_runs_a_pattern_names():
+    """--only: a second seed of the close settings alone, e.g.; a pattern naming no run is
+    refused in one line."""
+    grid = tomllib.loads((ROOT / "experiments" / "grids" / "select.toml").read_text())
+    runs = expand(grid, "runs/select", seeds=[1])
+    chosen = select(runs, ["fitnet_w100_*", "at_w1000_seed1"])
+    assert [run.name for run in chosen] == ["fitnet_w100_seed1", "at_w1000_seed1"]
+    assert select(runs, None) == runs
+    with pytest.raises(GridError, match="no run's name matches fitnet_w7"):
+        select(runs, ["fitnet_w7*"])
+    proc = sweep(ROOT / "experiments" / "grids" / "select.toml", "--seeds", "1", "--list",
+                 "--only", "crd_*")
+    assert [line.split()[0] for line in proc.stdout.splitlines()] == [
+        "crd_w0.8_seed1", "crd_w0.2_seed1", "crd_w2_seed1"]
 
 
 def test_extra_flags_parse_like_the_scripts_take_them():

@@ -1,15 +1,17 @@
 """The teacher's logits for every training batch of a seed, computed by the first KD run and
-reused by the others.
+reused by the others, of any length.
 
 For one seed every distillation variant sees exactly the same batches in the same order
 (tests/test_student.py checks it), so each KD run would compute the same teacher forward
 passes, about half of its time on a CPU. The first complete run of a seed stores them, as
 computed (dtype included), in <checkpoint folder>/teacher_logits/<key>.pt; a later run with
 the same key serves them instead, so it ends with bit-identical weights. The key covers what
-the logits depend on: the teacher's weights, the data, the seed, batch size, epochs, subset,
-augmentation, precision and device type. Each stored batch carries a fingerprint of its
-images, checked against the batch being trained: a mismatch is an error, never a silent
-fallback.
+the logits depend on: the teacher's weights, the data, the seed, batch size, subset,
+augmentation, precision and device type. Not the run's length: epoch e's batches are the
+same in a run of any length (the loader draws them from the seed and e), so a longer run is
+served the epochs stored and computes the rest, and then stores them all. Each stored
+batch carries a fingerprint of its images, checked against the batch being trained: a
+mismatch is an error, never a silent fallback.
 """
 import hashlib
 import json
@@ -21,8 +23,7 @@ import torch
 from kd.checkpoints import CheckpointError
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
-KEY_SETTINGS = ("seed", "batch_size", "epochs", "train_subset", "no_augment", "dry_run",
-                "precision")
+KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
 
 
 def cache_path(args, device):
@@ -48,7 +49,7 @@ class SharedTeacherLogits:
     def __init__(self, teacher, path, epochs):
         self.teacher, self.path, self.epochs = teacher, Path(path), epochs
         self.steps_per_epoch, self.batches, self.mismatch = None, {}, None
-        self.loaded, self.served, self.device = False, 0, torch.device("cpu")
+        self.stored_epochs, self.served, self.device = 0, 0, torch.device("cpu")
 
     def set_epoch(self, epoch, steps_per_epoch):
         """On the first call, load the stored logits, if any."""
@@ -57,19 +58,19 @@ class SharedTeacherLogits:
             self.load()
 
     def load(self):
-        epochs, steps_per_epoch = self.epochs, self.steps_per_epoch
-        if self.path.is_file():
-            try:
-                stored = torch.load(self.path, weights_only=True)
-                shape = tuple(stored["fingerprints"].shape[:2])
-            except Exception:  # an unreadable store is never trusted: this run rewrites it
-                stored, shape = None, None
-            if stored is not None and shape == (epochs, steps_per_epoch):
-                for e in range(epochs):
-                    for s in range(steps_per_epoch):
-                        self.batches[e, s] = (stored["fingerprints"][e, s],
-                                              stored["logits"][e, s])
-        self.loaded = bool(self.batches)
+        if not self.path.is_file():
+            return
+        try:
+            stored = torch.load(self.path, weights_only=True)
+            epochs, steps_per_epoch = stored["fingerprints"].shape[:2]
+        except Exception:  # an unreadable store is never trusted: this run rewrites it
+            return
+        if steps_per_epoch != self.steps_per_epoch:
+            return
+        self.stored_epochs = epochs
+        for e in range(min(epochs, self.epochs)):
+            for s in range(steps_per_epoch):
+                self.batches[e, s] = (stored["fingerprints"][e, s], stored["logits"][e, s])
 
     def __call__(self, epoch, step, images):
         found = self.batches.get((epoch, step))
@@ -93,7 +94,7 @@ class SharedTeacherLogits:
     def end_epoch(self, epoch):
         """Raise if a batch served this epoch was not the batch its logits were computed
         for; after the last epoch, store the logits if every batch of the run is known and
-        none were stored yet."""
+        the store holds fewer epochs."""
         if self.mismatch is not None and bool(self.mismatch):
             raise CheckpointError(
                 f"{self.path}: the stored teacher logits belong to other batches than this "
@@ -101,7 +102,7 @@ class SharedTeacherLogits:
                 f"--no-shared-logits")
         self.mismatch = None
         complete = len(self.batches) == self.epochs * self.steps_per_epoch
-        if epoch < self.epochs - 1 or self.loaded or not complete:
+        if epoch < self.epochs - 1 or self.stored_epochs >= self.epochs or not complete:
             return
         keys = [(e, s) for e in range(self.epochs) for s in range(self.steps_per_epoch)]
         fingerprints = torch.stack([self.batches[k][0].cpu() for k in keys])

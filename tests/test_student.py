@@ -128,26 +128,39 @@ def test_dkd_weight_warms_up_with_the_optimizer_step():
 
 def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
         teacher_checkpoint, image_folder, tmp_path):
-    """In this process but the last run, whose error must be one line from the shell."""
-    common = ["--loss", "kd", "--epochs", "2", "--batch-size", "32", "--train-subset", "64",
-              "--teacher", teacher_checkpoint, "--data-root", image_folder, "--plots-dir",
-              tmp_path]
-    run_in_process("train_student.py", *common, "--out", tmp_path / "first.pt")  # stores them
+    """A seed's logits stored by its first KD run, served to the next, of the same length or
+    longer (the stored epochs, then its own, and the longer store kept); the same weights as
+    a run computing its own. In this process but the run whose error must be one line from
+    the shell."""
+    common = ["--loss", "kd", "--batch-size", "32", "--train-subset", "64", "--teacher",
+              teacher_checkpoint, "--data-root", image_folder, "--plots-dir", tmp_path]
+    two, three = [*common, "--epochs", "2"], [*common, "--epochs", "3"]
+    run_in_process("train_student.py", *two, "--out", tmp_path / "first.pt")  # stores them
     stored = list((tmp_path / "teacher_logits").glob("*.pt"))
     assert len(stored) == 1
-    run_in_process("train_student.py", *common, "--out", tmp_path / "shared.pt")  # serves them
-    run_in_process("train_student.py", *common, "--out", tmp_path / "own.pt",
-                   "--no-shared-logits")
-    weights = {name: load_model(tmp_path / f"{name}.pt").state_dict()
-               for name in ("first", "shared", "own")}
-    for key, value in weights["own"].items():
-        assert torch.equal(weights["shared"][key], value) and torch.equal(
-            weights["first"][key], value), key
-    # a store whose batches are not this run's: one error line, not a silent fallback
+    run_in_process("train_student.py", *two, "--out", tmp_path / "shared.pt")  # serves them
+    run_in_process("train_student.py", *two, "--out", tmp_path / "own.pt", "--no-shared-logits")
+    # a store whose batches are not this run's: one error line, not a silent fallback; the
+    # longer run is served the 2 stored epochs (epoch 2's batch is caught)
     store = torch.load(stored[0], weights_only=True)
-    store["fingerprints"][1, 0, 0] += 1
-    torch.save(store, stored[0])
-    proc = run_script("train_student.py", *common, "--out", tmp_path / "bad.pt", check=False)
+    bad = {**store, "fingerprints": store["fingerprints"].clone()}
+    bad["fingerprints"][1, 0, 0] += 1
+    torch.save(bad, stored[0])
+    proc = run_script("train_student.py", *three, "--out", tmp_path / "bad.pt", check=False)
     assert proc.returncode == 2
     assert "belong to other batches" in proc.stderr.strip().splitlines()[-1]
     assert load_checkpoint(tmp_path / "bad.pt")["epoch"] == 1  # stopped before saving epoch 2
+    torch.save(store, stored[0])
+    run_in_process("train_student.py", *three, "--out", tmp_path / "longer.pt")
+    run_in_process("train_student.py", *three, "--out", tmp_path / "longer_own.pt",
+                   "--no-shared-logits")
+    weights = {name: load_model(tmp_path / f"{name}.pt").state_dict()
+               for name in ("first", "shared", "own", "longer", "longer_own")}
+    for key, value in weights["own"].items():
+        assert torch.equal(weights["shared"][key], value) and torch.equal(
+            weights["first"][key], value), key
+    for key, value in weights["longer_own"].items():
+        assert torch.equal(weights["longer"][key], value), key
+    longer = torch.load(stored[0], weights_only=True)  # the longer run's store replaced it
+    assert longer["fingerprints"].shape[:2] == (3, 2)
+    assert torch.equal(longer["logits"][:2], store["logits"])

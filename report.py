@@ -181,7 +181,10 @@ def without_epochs(label):
 
 def length_runs(students):
     """The students' raw runs (an EMA is its run's second model) of every method trained at
-    two lengths or more, its other settings alike, with that method in a `method` column."""
+    two lengths or more, its other settings alike, with that method in a `method` column;
+    none from a results.csv without an `epochs` column."""
+    if "epochs" not in students:
+        return students.iloc[:0]
     raw = students[~students["variant"].map(is_second_model)]
     raw = raw.assign(method=raw["variant"].map(without_epochs))
     return raw[raw.groupby("method")["epochs"].transform("nunique") > 1]

@@ -24,7 +24,13 @@ from statsmodels.stats.weightstats import ttost_paired
 import methods
 from kd import cli, plotting
 from kd.records import prediction_column, write_text
-from kd.results import MEAN_TEACHER_VARIANTS, PROVENANCE, is_second_model, seed_table
+from kd.results import (
+    MEAN_TEACHER_VARIANTS,
+    PROVENANCE,
+    is_second_model,
+    label_settings,
+    seed_table,
+)
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",
@@ -174,8 +180,8 @@ def per_variant(results):
 def without_epochs(label):
     """A variant label with its `epochs=N` setting left out: the method whose training
     length varies ("kd (epochs=36, seed_x=1)" -> "kd (seed_x=1)")."""
-    name, _, settings = label.partition(" (")
-    kept = [s for s in settings.removesuffix(")").split(", ") if s and not s.startswith("epochs=")]
+    name, settings = label_settings(label)
+    kept = [s for s in settings if not s.startswith("epochs=")]
     return f"{name} ({', '.join(kept)})" if kept else name
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd import cli  # noqa: E402
 from kd.records import write_text  # noqa: E402
-from kd.results import is_second_model, run_table, variant_rank  # noqa: E402
+from kd.results import is_second_model, label_settings, run_table, variant_rank  # noqa: E402
 
 MARGIN = 1.0  # points of validation accuracy within which one seed does not decide (issue 26)
 
@@ -27,8 +27,9 @@ def decisions(runs, margin=MARGIN):
     `only setting`, or `incomplete (epoch k of n)`."""
     runs = runs[~runs["variant"].map(is_second_model)]
     budget = runs["epochs"].max()
-    runs = runs.assign(method=runs["variant"].str.split(" (", regex=False).str[0],
-                       setting=runs["variant"].str.extract(r"\((.*)\)$")[0].fillna("default"))
+    parts = runs["variant"].map(label_settings)
+    runs = runs.assign(method=parts.str[0],
+                       setting=parts.map(lambda p: ", ".join(p[1]) or "default"))
     table = runs.groupby(["method", "setting", "variant"], sort=False).agg(
         seeds=("seed", "nunique"), val_acc=("val_acc", "mean"), epochs=("epochs", "min"),
         minutes=("minutes", "median")).reset_index()

@@ -84,6 +84,13 @@ def recipe_sha256(config):
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
+def label_settings(label):
+    """A recipe_labels label split into its variant and its settings:
+    "kd (epochs=36, temperature=2.0)" -> ("kd", ["epochs=36", "temperature=2.0"])."""
+    variant, _, settings = label.partition(" (")
+    return variant, [s for s in settings.removesuffix(")").split(", ") if s]
+
+
 def recipe_labels(runs):
     """One label per (variant, config) in `runs`: the variant, followed by the settings in
     which its recipe differs from other runs of that variant, e.g. "kd+ce (temperature=2.0)".

@@ -575,21 +575,25 @@ class ReviewKD(FeatureMethod):
     over the first `reviewkd_warmup` epochs (the paper warms up over 20 epochs of 240). The
     student's three blocks (32x32, 16x16, 8x8, as they come out) pair with the teacher's
     conv2 (32x32, which has no ReLU of its own), conv4 and conv6 (before ReLU), the last map at
-    each resolution. The fused maps are 64 channels wide, the student's widest stage; the
-    paper's extra 1x1 stage (the pooled features) is left out."""
+    each resolution. The fused maps are `reviewkd_mid_channels` wide: by default 64, the
+    authors' rule (their CIFAR code's min(512, the student's deepest stage width)); the review
+    path's multiply-adds grow linearly with it (docs/performance.md). The paper's extra 1x1
+    stage (the pooled features) is left out."""
     name = "reviewkd"
     summary = ("CE + ReviewKD (Chen et al., 2021): the student's 32x32, 16x16 and 8x8 blocks "
                "fused and matched to the teacher's conv2, conv4 and conv6 before ReLU")
     flags = (Flag("reviewkd_weight", 1.0, "weight of the hierarchical context loss",
                   nonnegative),
              Flag("reviewkd_warmup", 1.0, "epochs over which the ReviewKD term's weight rises "
-                  "linearly from 0 to 1", nonnegative), *MIXING)
-    mid_channels = 64
+                  "linearly from 0 to 1", nonnegative),
+             Flag("reviewkd_mid_channels", 64, "width of the review path's fused maps",
+                  positive, before=64), *MIXING)
 
     def __init__(self, config, teacher=None, *args, **kwargs):
         super().__init__(config, teacher, *args, **kwargs)
         config = config if isinstance(config, dict) else vars(config)
-        self.fusion = ReviewFusion(*stage_channels(config, teacher), self.mid_channels)
+        self.fusion = ReviewFusion(*stage_channels(config, teacher),
+                                   self.reviewkd_mid_channels)
 
     def loss(self, student, teacher, labels, positions):
         ce = self.ce(student, labels)

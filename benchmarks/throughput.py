@@ -77,7 +77,8 @@ PEAK_SIZES = {"cuda": (8192, 1024), "cpu": (2048, 64)}
 # on every batch (train_student.py --no-shared-logits), as a feature method's teacher does.
 KD_STEP = "student: KD train (teacher forward included)"
 # Each feature method as train_student.py builds it by default, and CRD also at the paper's K.
-FEATURE_METHODS = ({"loss": "fitnet"}, {"loss": "at"}, {"loss": "reviewkd"}, {"loss": "crd"},
+FEATURE_METHODS = ({"loss": "fitnet"}, {"loss": "at"}, {"loss": "reviewkd"},
+                   {"loss": "reviewkd", "reviewkd_mid_channels": 16}, {"loss": "crd"},
                    {"loss": "crd", "crd_k": 16384})
 
 
@@ -207,7 +208,9 @@ def build_variants(args, device):
         """A student step distilling from `teacher`, which runs on every batch, with the
         method `config` names, built as train_student.py builds it."""
         method = methods.build(config, teacher, None, train[1])
-        k = f" (K = {method.crd_k})" if hasattr(method, "crd_k") else ""
+        k = (f" (K = {method.crd_k})" if hasattr(method, "crd_k") else
+             f" (mid {method.reviewkd_mid_channels})" if hasattr(method, "reviewkd_mid_channels")
+             else "")
         bs = BATCH_SIZE["kd"]
         return Variant(name or f"student: {config['loss']} train{k}",
                        training_of(model("student"), loader(bs), method), args.batches * bs,

@@ -63,7 +63,10 @@ def test_benchmark_prints_every_row(image_folder, monkeypatch, capsys, one_threa
     # default K and the paper's: time and peak memory as ratios of the KD step's
     crd_k = next(flag.default for flag in methods.CRD.flags if flag.name == "crd_k")
     kd = throughput.KD_STEP
-    feature_rows = [kd, "student: fitnet train", "student: at train", "student: reviewkd train",
+    mid = next(flag.default for flag in methods.ReviewKD.flags
+               if flag.name == "reviewkd_mid_channels")
+    feature_rows = [kd, "student: fitnet train", "student: at train",
+                    f"student: reviewkd train (mid {mid})", "student: reviewkd train (mid 16)",
                     f"student: crd train (K = {crd_k})", "student: crd train (K = 16384)"]
     for name in feature_rows:
         assert float(rows[name]["images/s"]) > 0

@@ -21,7 +21,8 @@ def common(teacher_checkpoint, image_folder, folder):
 
 
 @pytest.mark.parametrize("flags", [["--loss", "fitnet", "--mixup"], ["--loss", "crd"],
-                                   ["--loss", "reviewkd"], ["--loss", "at", "--cutmix"]],
+                                   ["--loss", "reviewkd", "--reviewkd-mid-channels", "8"],
+                                   ["--loss", "at", "--cutmix"]],
                          ids=lambda f: "".join(f[1:]))
 def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, image_folder,
                                                    tmp_path):
@@ -50,6 +51,8 @@ def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, im
     assert all(not torch.equal(a["method_state"][k], p) for k, p in params.items())
     if a["config"]["loss"] == "at":
         assert not params and list(a["method_state"]) == ["mix_rng"]
+    elif a["config"]["loss"] == "reviewkd":  # the flag sets the fused maps' width
+        assert [p.shape[0] for k, p in params.items() if k.endswith("reduce.0.weight")] == [8] * 3
     else:
         assert params
     student = load_model(full, kind="student")

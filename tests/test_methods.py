@@ -22,7 +22,7 @@ def test_the_derived_facts_are_the_ones_once_written_by_hand():
     dkd, dist = ("dkd_alpha", "dkd_beta", "dkd_warmup"), ("dist_beta", "dist_gamma")
     # the feature methods' flags and function matching's, added with issue 25
     feature = ("fitnet_weight", "at_weight", "reviewkd_weight", "reviewkd_warmup",
-               "crd_weight", "crd_k", "crd_temperature")
+               "reviewkd_mid_channels", "crd_weight", "crd_k", "crd_temperature")
     mixing = ("mixup", "cutmix")
     weights = ("kd_weight", "ce_weight")  # added with issue 26
     unused_by = {"ce": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing
@@ -31,7 +31,7 @@ def test_the_derived_facts_are_the_ones_once_written_by_hand():
                  "dkd": ("alpha",) + dist + mixing + weights,
                  "dist": ("alpha", "logit_standardize") + dkd + weights,
                  "crd": ("temperature", "alpha", "logit_standardize") + dkd + dist + mixing
-                 + feature[:4] + weights}
+                 + feature[:5] + weights}
     for loss, unused in unused_by.items():
         if loss != "crd":
             unused += feature
@@ -41,7 +41,8 @@ def test_the_derived_facts_are_the_ones_once_written_by_hand():
     assert methods.flags_before() == {"logit_standardize": False, "dkd_alpha": 1.0,
                                       "dkd_beta": 8.0, "dkd_warmup": 1.0, "dist_beta": 1.0,
                                       "dist_gamma": 1.0, "mixup": False, "cutmix": False,
-                                      "kd_weight": None, "ce_weight": None}
+                                      "kd_weight": None, "ce_weight": None,
+                                      "reviewkd_mid_channels": 64}
     assert methods.variant_order() == [
         "kd+ce", "kd", "dkd", "dist", "fitnet", "at", "reviewkd", "crd", "kd+ce+ls",
         "kd+ce+mixup", "kd+ce+cutmix", "kd+ls", "kd+mixup", "kd+cutmix", "dkd+ls", "dist+mixup",

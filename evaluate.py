@@ -34,7 +34,7 @@ from kd.checkpoints import load_checkpoint
 from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
 from kd.device import select_device
 from kd.records import prediction_column, write_text
-from kd.results import recipe_labels, run_variant, seed_table, variant_rank
+from kd.results import recipe_labels, run_variant, seed_table, training_minutes, variant_rank
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -127,7 +127,8 @@ def evaluate_all(models, loaders, device, batch_size):
             "test_loss": test["loss"],
             "test_acc": test["acc"], "params": sum(p.numel() for p in model.parameters()),
             "macs": macs, "latency_ms": latency_ms, "images_per_s": images_per_s,
-            "train_minutes": sum(r.get("epoch_seconds", 0) for r in history) / 60,
+            "train_minutes": training_minutes(r["epoch_seconds"] for r in history
+                                              if "epoch_seconds" in r),
             **provenance(config),
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])

@@ -3,6 +3,7 @@ figures: which variant a run is, which runs share a recipe (and so may be pooled
 and the mean ± std of their test accuracy."""
 import hashlib
 import json
+import statistics
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +85,13 @@ def recipe_sha256(config):
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
+def training_minutes(epoch_seconds):
+    """A run's training time: each epoch at the run's median epoch time, so that a pause (a
+    suspended laptop, a process stopped while the cores were needed) is not counted."""
+    epoch_seconds = list(epoch_seconds)
+    return statistics.median(epoch_seconds) * len(epoch_seconds) / 60 if epoch_seconds else 0.0
+
+
 def label_settings(label):
     """A recipe_labels label split into its variant and its settings:
     "kd (epochs=36, temperature=2.0)" -> ("kd", ["epochs=36", "temperature=2.0"])."""
@@ -162,7 +170,7 @@ def run_table(folders):
                 "seed": config["seed"],
                 "val_acc": round(last["val_acc"], 2), "val_loss": round(last["val_loss"], 4),
                 "test_acc": test.get("test_acc"),
-                "minutes": round(history["epoch_seconds"].sum() / 60, 1),
+                "minutes": round(training_minutes(history["epoch_seconds"]), 1),
                 "img/s": round(history["images_per_second"].median())}
             rows.append(row)
             configs.append(config)

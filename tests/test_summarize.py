@@ -1,3 +1,5 @@
+import pandas as pd
+
 from conftest import write_run
 from kd.plotting import plot_compare, student_curves
 from kd.results import (
@@ -25,6 +27,18 @@ def test_mean_and_std_over_seeds(tmp_path):
     table = seed_table(runs, ["model", "variant", "epochs"]).set_index("variant")
     assert table.loc["kd", "test_acc"] == "72.00 ± 2.00" and table.loc["kd", "seeds"] == 3
     assert table.loc["ce", "test_acc"] == "65.00" and table.loc["ce", "seeds"] == 1
+
+
+def test_a_paused_epoch_does_not_count_in_a_runs_minutes(tmp_path):
+    """A run stopped for 14 minutes in its third epoch (a suspended laptop, a SIGSTOP while
+    the cores are needed) reads as its 3 epochs at its median epoch time."""
+    write_run(tmp_path, "student_kd_seed0", "kd", 0, 70.0)
+    metrics = tmp_path / "student_kd_seed0.metrics.csv"
+    history = pd.read_csv(metrics)
+    paused = {"epoch": 3, "val_acc": 51.0, "val_loss": 0.8, "epoch_seconds": 870,
+              "images_per_second": 10}
+    pd.concat([history, pd.DataFrame([paused])]).to_csv(metrics, index=False)
+    assert run_table([tmp_path])["minutes"].item() == 1.5
 
 
 def test_runs_of_different_recipes_are_never_pooled(tmp_path):

@@ -115,9 +115,39 @@ def dist_loss(student_logits, teacher_logits, temperature, beta, gamma):
 # --------------------------------------------------------------------------------------------
 
 
+def is_channels_last(f):
+    return f.dim() == 4 and f.is_contiguous(memory_format=torch.channels_last) \
+        and not f.is_contiguous()
+
+
+class _GradientInLayout(torch.autograd.Function):
+    """Identity forward; backward returns the gradient in the input's memory layout. The
+    backward of mse_loss, of an elementwise MSE, of pooling to 1x1 and of slicing channels
+    returns NCHW even for a channels_last input, and an NCHW gradient into the channels_last
+    models sends every op behind it (BatchNorm's backward most) down a slow path."""
+
+    @staticmethod
+    def forward(ctx, f):
+        ctx.layout = torch.channels_last if is_channels_last(f) else torch.contiguous_format
+        return f.view_as(f)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=ctx.layout)
+
+
+def gradient_in_layout(f):
+    """f itself, whose gradient comes back in f's memory layout (_GradientInLayout)."""
+    return _GradientInLayout.apply(f)
+
+
 def attention_map(f, p=2):
     """AT's spatial attention of a feature map: the mean over channels of f^p, flattened to
     (N, H*W) and L2-normalized per image (Zagoruyko & Komodakis, ICLR 2017)."""
+    if is_channels_last(f):
+        # The channel mean over the innermost dim: faster, the same values, and its gradient
+        # comes back channels_last (a mean over dim 1 returns it NCHW: _GradientInLayout).
+        return F.normalize(f.permute(0, 2, 3, 1).pow(p).mean(3).flatten(1), dim=1)
     return F.normalize(f.pow(p).mean(1).flatten(1), dim=1)
 
 
@@ -158,7 +188,7 @@ def hcl_loss(student_feats, teacher_feats):
         if f_s.shape != f_t.shape:
             raise ValueError(f"hcl_loss pairs maps of equal shape, got {tuple(f_s.shape)} "
                              f"and {tuple(f_t.shape)}")
-        f_s, f_t = f_s.float(), f_t.detach().float()
+        f_s, f_t = gradient_in_layout(f_s.float()), f_t.detach().float()
         loss, weight, weights = F.mse_loss(f_s, f_t), 1.0, 1.0
         for level in HCL_LEVELS:
             if level >= f_s.shape[2]:  # pooling to the map's own size would repeat full size
@@ -231,7 +261,8 @@ class AttentionFusion(torch.nn.Module):
             if deeper is None:
                 raise ValueError("this stage fuses a deeper map; none was given")
             deeper = F.interpolate(deeper, size=x.shape[-2:], mode="nearest")
-            att = self.attention(torch.cat([x, deeper], dim=1))
+            # the slices' backward would return the attention's gradient NCHW
+            att = gradient_in_layout(self.attention(torch.cat([x, deeper], dim=1)))
             x = x * att[:, 0:1] + deeper * att[:, 1:2]
         return self.out(x), x
 

@@ -449,14 +449,16 @@ def self_time_by_group(events, on_gpu):
     return us
 
 
-def profile_breakdown(kind, device, precision, peak_gflops, steps=10):
+def profile_breakdown(kind, device, precision, peak_gflops, steps=10, config=None):
     """Self time of a training step's aten ops (torch.profiler), summed per OP_GROUPS group,
     per step and as a share of the step; for conv and matmul also the GFLOP/s they reach,
     from the FLOP that torch.utils.flop_counter counts for them (forward and backward).
     Last, the ceiling the other groups put on the step: its % of peak if conv and matmul
     ran at the peak. On a GPU the times are the kernels' (device time per op), and what the
-    ops leave of the step is time the GPU sat idle, waiting for the host to launch work."""
-    step = synthetic_step(kind, device, precision)
+    ops leave of the step is time the GPU sat idle, waiting for the host to launch work.
+    config: for kind "kd", the method (synthetic_step's), named in the title with its
+    settings ("kd (loss crd, crd_k 16384)")."""
+    step = synthetic_step(kind, device, precision, config)
     for _ in range(3):
         step()
     with FlopCounterMode(display=False) as counter:
@@ -482,7 +484,8 @@ def profile_breakdown(kind, device, precision, peak_gflops, steps=10):
     rows = [{"what": group, "ms / step": round(t, 2), "share %": round(100 * t / step_ms, 1),
              "GFLOP/s": round(flop[group] / t / 1e6) if group in flop else ""}
             for group, t in sorted(ms.items(), key=lambda item: -item[1])]
-    print(f"\n{kind}: where a training step's time goes (batch {BATCH_SIZE[kind]}, {precision}, "
+    name = f"{kind} ({', '.join(f'{k} {v}' for k, v in config.items())})" if config else kind
+    print(f"\n{name}: where a training step's time goes (batch {BATCH_SIZE[kind]}, {precision}, "
           f"profiled, {step_ms:.1f} ms per step)")
     print(pd.DataFrame(rows).to_markdown(index=False))
     other_ms = step_ms - sum(ms[group] for group in flop)
@@ -602,6 +605,9 @@ def main():
     if args.profile:
         for kind in ("teacher", "student", "kd"):
             profile_breakdown(kind, device, args.precision, peak_gflops)
+        if "features" in args.kinds:
+            for config in FEATURE_METHODS:
+                profile_breakdown("kd", device, args.precision, peak_gflops, config=config)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,9 @@ def test_benchmark_prints_every_row(image_folder, monkeypatch, capsys, one_threa
 
     # --profile: per kind, groups of op self time that account for the whole step
     tables = out.split("where a training step's time goes")[1:]
-    assert len(tables) == 3
+    assert len(tables) == 3 + len(throughput.FEATURE_METHODS)  # teacher, student, kd; methods
+    assert "kd (loss crd, crd_k 16384): where" in out
+    assert all(f"kd (loss {config['loss']}" in out for config in throughput.FEATURE_METHODS)
     for table in tables:
         rows = {line.split("|")[1].strip(): line.split("|")[2:-1]
                 for line in table.splitlines()[3:] if line.startswith("| ")}

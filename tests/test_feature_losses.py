@@ -208,6 +208,22 @@ def test_no_gradient_reaches_the_teacher():
         assert f_s.grad is not None and f_s.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_gradient_comes_back_in_the_student_maps_layout(layout):
+    """The models train channels_last; a gradient in the other layout sends every op behind
+    it down a slow path (AT's step once cost 2x a KD step: docs/performance.md). Seen failing
+    with attention_map's channel mean over dim 1 for a channels_last map."""
+    reg = HintRegressor(4, 6).to(memory_format=layout)
+    cases = [(lambda f_s: at_loss(f_s, maps(2, 6, 8, 8, seed=10)), (2, 4, 8, 8)),
+             (lambda f_s: at_loss(f_s, maps(2, 6, 4, 4, seed=10)), (2, 4, 8, 8)),
+             (lambda f_s: hcl_loss([f_s], [maps(2, 4, 8, 8, seed=10)]), (2, 4, 8, 8)),
+             (lambda f_s: hint_loss(reg(f_s), maps(2, 6, 8, 8, seed=10)), (2, 4, 8, 8))]
+    for loss_of, shape in cases:
+        f_s = maps(*shape, seed=9).to(memory_format=layout).requires_grad_()
+        (grad,) = torch.autograd.grad(loss_of(f_s), f_s)
+        assert grad.is_contiguous(memory_format=layout)
+
+
 def test_review_fusion_shapes_and_stage_widths():
     """The student's stages (shallow to deep) come out at their own spatial sizes with the
     teacher's widths; only the deepest stage fuses nothing. Seen failing with the outputs

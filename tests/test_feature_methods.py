@@ -78,6 +78,30 @@ def test_no_gradient_reaches_the_teacher_and_its_batchnorm_stays_put(loss):
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
 
 
+@pytest.mark.parametrize("loss", FEATURE_METHODS)
+def test_every_gradient_in_the_student_stays_channels_last(loss):
+    """The student and the teacher train channels_last; a loss that hands back an NCHW
+    gradient sends the backward of the student and of the method's own modules (ReviewKD's
+    fusion) down oneDNN's slow path (AT's step once cost 2x a KD step). Seen failing for at
+    and reviewkd before attention_map's and hcl_loss's layout fixes."""
+    torch.manual_seed(0)
+    student = build_model("student").to(memory_format=torch.channels_last)
+    teacher = build_model("teacher").to(memory_format=torch.channels_last).eval()
+    method = methods.build({"loss": loss}, teacher, None, torch.arange(40) % 10)
+    layouts = []
+
+    def check_gradient(module, inputs, output):
+        output.register_hook(lambda grad: layouts.append(
+            (type(module).__name__, grad.is_contiguous(memory_format=torch.channels_last))))
+    for module in [*student.modules(), *method.modules()]:
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) and module not in teacher.modules():
+            module.register_forward_hook(check_gradient)
+    images = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    _, parts = method(student, images, torch.arange(8), torch.arange(8))
+    parts["loss"].backward()
+    assert layouts and all(channels_last for _, channels_last in layouts), layouts
+
+
 class Recorder(nn.Module):
     """A network that keeps the images it is given."""
 

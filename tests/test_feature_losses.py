@@ -214,12 +214,12 @@ def test_the_gradient_comes_back_in_the_student_maps_layout(layout):
     it down a slow path (AT's step once cost 2x a KD step: docs/performance.md). Seen failing
     with attention_map's channel mean over dim 1 for a channels_last map."""
     reg = HintRegressor(4, 6).to(memory_format=layout)
-    cases = [(lambda f_s: at_loss(f_s, maps(2, 6, 8, 8, seed=10)), (2, 4, 8, 8)),
-             (lambda f_s: at_loss(f_s, maps(2, 6, 4, 4, seed=10)), (2, 4, 8, 8)),
-             (lambda f_s: hcl_loss([f_s], [maps(2, 4, 8, 8, seed=10)]), (2, 4, 8, 8)),
-             (lambda f_s: hint_loss(reg(f_s), maps(2, 6, 8, 8, seed=10)), (2, 4, 8, 8))]
-    for loss_of, shape in cases:
-        f_s = maps(*shape, seed=9).to(memory_format=layout).requires_grad_()
+    cases = [lambda f_s: at_loss(f_s, maps(2, 6, 8, 8, seed=10)),
+             lambda f_s: at_loss(f_s, maps(2, 6, 4, 4, seed=10)),
+             lambda f_s: hcl_loss([f_s], [maps(2, 4, 8, 8, seed=10)]),
+             lambda f_s: hint_loss(reg(f_s), maps(2, 6, 8, 8, seed=10))]
+    for loss_of in cases:
+        f_s = maps(2, 4, 8, 8, seed=9).to(memory_format=layout).requires_grad_()
         (grad,) = torch.autograd.grad(loss_of(f_s), f_s)
         assert grad.is_contiguous(memory_format=layout)
 

@@ -15,7 +15,9 @@
 # torch, minutes per stage, images/s per run, test accuracies beside the CPU's seeds from
 # benchmarks/cpu_reference.csv). Only letters, digits, '.', '_' and '-' in those names.
 # Until the end the files are in OUT_DIR/check/, so a check cut short leaves what it made.
-# Checkpoints stay in a temporary folder. Every stage runs even if one before it failed;
+# Checkpoints stay in a temporary folder, removed at the end, unless CHECKPOINTS names a
+# folder to keep them in (later runs on the same machine distil from its teacher). Every
+# stage runs even if one before it failed;
 # the exit status says whether all passed.
 #
 # Environment: PYTHON (default python3), DEVICE (default cuda), FLAGS added to every
@@ -81,7 +83,7 @@ if part pipeline; then
   # the CUDA context, cuDNN's algorithm search), measured once in a process of its own.
   stage startup $PYTHON benchmarks/startup.py --device "$DEVICE" $STARTUP_FLAGS
   grep '^start-up: ' "$check/startup.log" >> "$check/timings.tsv"
-  ck=$work/checkpoints
+  ck=${CHECKPOINTS:-$work/checkpoints}
   common=(--device "$DEVICE" --data-root "$data" --plots-dir "$check/plots" $FLAGS)
   pipeline_start=$EPOCHREALTIME
   stage teacher $PYTHON train_teacher.py "${common[@]}" --out "$ck/teacher.pt"

@@ -1,0 +1,113 @@
+"""Training length as a factor (issue 26): from evaluate.py's results.csv (or a trimmed copy
+such as experiments/h200_runs.csv), each student method's clean training, validation and
+test accuracy at every length (mean ± std over the seeds run), and a figure of test
+accuracy (solid) and clean training accuracy (dashed) against epochs, one colour per method.
+
+    python experiments/length_study.py                                   # the H200 runs
+    python experiments/length_study.py plots/results.csv --figure plots/length.png
+
+The top axis converts epochs into minutes of a 2-core CPU at --cpu-minutes-per-epoch (a KD
+student served stored teacher logits; other methods cost a multiple of it, docs/results.md).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from kd import cli  # noqa: E402
+
+STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
+COLUMNS = ["train_acc", "val_acc", "test_acc"]
+
+
+def method_of(variant):
+    """'kd+ce (epochs=36)' -> 'kd+ce': evaluate.py adds the differing settings in brackets."""
+    return variant.split(" (")[0]
+
+
+def length_table(results):
+    """One row per method and length: seeds, then mean and std of each accuracy (raw weights)."""
+    runs = results[(results["weights"] == "raw") & results["run"].str.startswith(STUDENT_RUN)]
+    if runs.empty:
+        raise cli.UserError("no student runs (rows named student_*) with raw weights found")
+    runs = runs.assign(method=runs["variant"].map(method_of))
+    grouped = runs.groupby(["method", "epochs"])
+    table = grouped[COLUMNS].agg(["mean", "std"])
+    table.columns = [f"{column}_{stat}" for column, stat in table.columns]
+    table.insert(0, "seeds", grouped.size())
+    return table.reset_index()
+
+
+def markdown(table):
+    def cell(row, column):
+        mean, std = row[f"{column}_mean"], row[f"{column}_std"]
+        return f"{mean:.2f}" if row["seeds"] == 1 else f"{mean:.2f} ± {std:.2f}"
+    rows = [{"method": row["method"], "epochs": row["epochs"], "seeds": row["seeds"],
+             **{column: cell(row, column) for column in COLUMNS}}
+            for _, row in table.iterrows()]
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def plot(table, path, cpu_minutes_per_epoch, title):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, rows in table.groupby("method", sort=False):
+        line, = ax.plot(rows["epochs"], rows["test_acc_mean"], "o-", label=f"{method}: test")
+        ax.errorbar(rows["epochs"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
+                    fmt="none", ecolor=line.get_color(), capsize=3)
+        ax.plot(rows["epochs"], rows["train_acc_mean"], "--", color=line.get_color(), alpha=0.6)
+    ax.set_xscale("log", base=2)
+    epochs = sorted(table["epochs"].unique())
+    ax.set_xticks(epochs, [str(e) for e in epochs])
+    ax.minorticks_off()
+    ax.set_xlabel("epochs (one-cycle schedule stretched)")
+    ax.set_ylabel("accuracy % (solid: test; dashed: clean training images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    top = ax.secondary_xaxis("top", functions=(lambda e: e * cpu_minutes_per_epoch,
+                                               lambda m: m / cpu_minutes_per_epoch))
+    top.set_xticks([e * cpu_minutes_per_epoch for e in epochs],
+                   [f"{e * cpu_minutes_per_epoch:.0f}" for e in epochs])
+    top.minorticks_off()
+    top.set_xlabel("minutes of KD on a 2-core CPU")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="?", default=str(ROOT / "experiments/h200_runs.csv"),
+                        help="evaluate.py's results.csv or a copy with its columns "
+                             "(default: experiments/h200_runs.csv)")
+    parser.add_argument("--figure", default=str(ROOT / "docs/figures/length.png"),
+                        help="where the figure goes (default: docs/figures/length.png)")
+    parser.add_argument("--cpu-minutes-per-epoch", type=float, default=0.3,
+                        help="a KD student's minutes per epoch on a 2-core CPU, for the top "
+                             "axis (default: 0.3, KD + CE served stored logits, fp32, Zen 3)")
+    args = parser.parse_args()
+    try:
+        results = pd.read_csv(args.results)
+    except (OSError, pd.errors.ParserError) as e:
+        raise cli.UserError(f"{args.results}: cannot read it as a results table ({e})") from e
+    missing = {"run", "weights", "variant", "epochs", *COLUMNS} - set(results.columns)
+    if missing:
+        raise cli.UserError(f"{args.results}: no column(s) {', '.join(sorted(missing))}")
+    table = length_table(results)
+    machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna().unique())
+    plot(table, Path(args.figure), args.cpu_minutes_per_epoch,
+         f"student (3.1 M MACs) by training length; {machines}; error bars: std over seeds")
+    print(markdown(table))
+    print(f"wrote {args.figure}")
+
+
+if __name__ == "__main__":
+    cli.run_cli(main)

@@ -1,0 +1,52 @@
+"""experiments/length_study.py: the length table (mean ± std over seeds per method and
+length, raw weights of student runs only) and its figure, from evaluate.py's columns."""
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "experiments"))
+from length_study import length_table  # noqa: E402
+
+
+def results():
+    rows = []
+    for seed, test in enumerate((79.0, 80.0, 81.0)):
+        rows.append(("student_kd_seed%d" % seed, "raw", "kd (epochs=12)", seed, 12, 82.0, 79.5, test))
+        rows.append(("student_kd_seed%d" % seed, "ema", "kd EMA (epochs=12)", seed, 12, 0, 0, 0))
+    rows.append(("student_kd_e36_seed0", "raw", "kd (epochs=36)", 0, 36, 87.0, 82.0, 83.0))
+    rows.append(("student_ce_e36_seed0", "raw", "ce (epochs=36)", 0, 36, 88.0, 80.0, 80.5))
+    rows.append(("teacher", "raw", "teacher", 0, 40, 97.0, 88.0, 88.0))
+    return pd.DataFrame(rows, columns=["run", "weights", "variant", "seed", "epochs",
+                                       "train_acc", "val_acc", "test_acc"])
+
+
+def test_each_method_and_length_is_one_row_over_its_seeds():
+    table = length_table(results()).set_index(["method", "epochs"])
+    assert list(table.index) == [("ce", 36), ("kd", 12), ("kd", 36)]  # no teacher, no EMA
+    assert table.loc[("kd", 12), "seeds"] == 3
+    assert table.loc[("kd", 12), "test_acc_mean"] == 80.0
+    assert table.loc[("kd", 12), "test_acc_std"] == 1.0
+    assert table.loc[("kd", 36), "train_acc_mean"] == 87.0
+
+
+def test_the_script_prints_the_table_and_draws_the_figure(tmp_path):
+    results().to_csv(tmp_path / "results.csv", index=False)
+    figure = tmp_path / "length.png"
+    proc = subprocess.run([sys.executable, "experiments/length_study.py",
+                           tmp_path / "results.csv", "--figure", figure],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "| kd       |       12 |       3 | 82.00 ± 0.00 | 79.50 ± 0.00 | 80.00 ± 1.00 |" \
+        in proc.stdout
+    assert figure.stat().st_size > 10_000
+
+
+def test_a_table_without_its_columns_is_refused_in_one_line(tmp_path):
+    results().drop(columns=["train_acc"]).to_csv(tmp_path / "results.csv", index=False)
+    proc = subprocess.run([sys.executable, "experiments/length_study.py",
+                           tmp_path / "results.csv", "--figure", tmp_path / "x.png"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().count("\n") == 0 and "train_acc" in proc.stderr

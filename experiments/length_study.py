@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kd import cli  # noqa: E402
+from report import compare_runs, family_table  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
@@ -43,6 +44,25 @@ def length_table(results):
     table.columns = [f"{column}_{stat}" for column, stat in table.columns]
     table.insert(0, "seeds", grouped.size())
     return table.reset_index()
+
+
+# At a length with several seeds: each method against the student alone, and against KD
+# alone, paired by seed (one Holm family, report.py's rules).
+BASELINES = ("ce", "kd")
+
+
+def comparisons(results, epochs):
+    runs = results[(results["weights"] == "raw") & results["run"].str.startswith(STUDENT_RUN)
+                   & (results["epochs"] == epochs)]
+    runs = runs.assign(method=runs["variant"].map(method_of))
+    by_method = {method: rows for method, rows in runs.groupby("method") if len(rows) >= 2}
+    tests = [(method, baseline, compare_runs(rows, by_method[baseline], ["seed"]))
+             for baseline in BASELINES if baseline in by_method
+             for method, rows in by_method.items()
+             if method != baseline and not (baseline == "kd" and method == "ce")]
+    if not tests:
+        return None
+    return family_table(tests, ("comparison", "difference (points)"))
 
 
 def markdown(table):
@@ -106,6 +126,10 @@ def main():
     plot(table, Path(args.figure), args.cpu_minutes_per_epoch,
          f"student (3.1 M MACs) by training length; {machines}; error bars: std over seeds")
     print(markdown(table))
+    for epochs in sorted(table.loc[table["seeds"] >= 2, "epochs"].unique()):
+        family = comparisons(results, epochs)
+        if family is not None:
+            print(f"\nAt {epochs} epochs, paired by seed:\n\n{family.to_markdown(index=False)}")
     print(f"wrote {args.figure}")
 
 

@@ -8,14 +8,15 @@ import pandas as pd
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from length_study import length_table  # noqa: E402
+from length_study import comparisons, length_table  # noqa: E402
 
 
 def results():
     rows = []
     for seed, test in enumerate((79.0, 80.0, 81.0)):
-        rows.append(("student_kd_seed%d" % seed, "raw", "kd (epochs=12)", seed, 12, 82.0, 79.5, test))
-        rows.append(("student_kd_seed%d" % seed, "ema", "kd EMA (epochs=12)", seed, 12, 0, 0, 0))
+        run = f"student_kd_seed{seed}"
+        rows.append((run, "raw", "kd (epochs=12)", seed, 12, 82.0, 79.5, test))
+        rows.append((run, "ema", "kd EMA (epochs=12)", seed, 12, 0, 0, 0))
     rows.append(("student_kd_e36_seed0", "raw", "kd (epochs=36)", 0, 36, 87.0, 82.0, 83.0))
     rows.append(("student_ce_e36_seed0", "raw", "ce (epochs=36)", 0, 36, 88.0, 80.0, 80.5))
     rows.append(("teacher", "raw", "teacher", 0, 40, 97.0, 88.0, 88.0))
@@ -50,3 +51,14 @@ def test_a_table_without_its_columns_is_refused_in_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0
     assert proc.stderr.strip().count("\n") == 0 and "train_acc" in proc.stderr
+
+
+def test_methods_are_compared_with_the_student_alone_paired_by_seed():
+    frame = results()
+    ce = [(f"student_ce_seed{s}", "raw", "ce (epochs=12)", s, 12, 80.0, 76.0, 76.0 + s * 0.9)
+          for s in range(3)]
+    frame = pd.concat([frame, pd.DataFrame(ce, columns=frame.columns)], ignore_index=True)
+    family = comparisons(frame, 12)
+    assert list(family["comparison"]) == ["kd − ce"]
+    assert family["runs"][0] == "3 pairs by seed"
+    assert family["difference (points)"][0] == "+3.10"  # (3 + 3.1 + 3.2) / 3

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import pickle
+import tempfile
 import zipfile
 
 import torch
@@ -25,19 +26,34 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, unreadable or not one of ours."""
 
 
+def save_atomically(obj, path):
+    """torch.save `obj` to `path` through a temporary file of this call's own beside it, then
+    one rename: a crash mid-write leaves the previous file intact, and processes storing the
+    same file at once (parallel runs sharing a teacher's stored logits or the decoded-image
+    cache) each replace it whole, where one shared temporary name let one rename the
+    other's half-written file. A failed write leaves no temporary file behind."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                   suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def save_checkpoint(ckpt, path):
     """Write atomically: a crash mid-write leaves the previous file intact. A failed write (a
     full disk: torch.save raises RuntimeError) is an OSError naming the file, and leaves no
     temporary file behind."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
     try:
-        torch.save({"format": FORMAT, **ckpt}, tmp)
-        os.replace(tmp, path)
+        save_atomically({"format": FORMAT, **ckpt}, path)
     except (RuntimeError, OSError) as e:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
         reason = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0])[:160]
         raise OSError(f"cannot write checkpoint {path} ({reason}); the previous one, if "
                       f"any, is intact") from None

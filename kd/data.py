@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from kd.checkpoints import save_atomically
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 # Decoded-tensor cache; KD_CACHE_DIR moves it (the tests point it at a temporary folder).
@@ -58,10 +60,7 @@ def load_cifar10(root, cache_dir=CACHE_DIR):
             pass
     data = _decode_torchvision(root) if layout == "torchvision" else _decode_image_folder(root)
     data["identity"] = data_identity(data, layout)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"fingerprint": fingerprint, "data": data}, tmp)
-    os.replace(tmp, cache)
+    save_atomically({"fingerprint": fingerprint, "data": data}, cache)
     return data
 
 

@@ -15,12 +15,11 @@ mismatch is an error, never a silent fallback.
 """
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from kd.checkpoints import CheckpointError
+from kd.checkpoints import CheckpointError, save_atomically
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
@@ -107,9 +106,6 @@ class SharedTeacherLogits:
         keys = [(e, s) for e in range(self.epochs) for s in range(self.steps_per_epoch)]
         fingerprints = torch.stack([self.batches[k][0].cpu() for k in keys])
         logits = torch.stack([self.batches[k][1].cpu() for k in keys])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, 2),
-                    "logits": logits.view(self.epochs, self.steps_per_epoch,
-                                          *logits.shape[1:])}, tmp)
-        os.replace(tmp, self.path)
+        save_atomically({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, 2),
+                         "logits": logits.view(self.epochs, self.steps_per_epoch,
+                                               *logits.shape[1:])}, self.path)

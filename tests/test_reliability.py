@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import ROOT, full_and_resumed_runs, interrupted_run, run_script, write_image_folder
-from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from kd.checkpoints import CheckpointError, load_checkpoint, save_atomically, save_checkpoint
 from models import load_model
 
 
@@ -168,3 +168,20 @@ def test_overwrite_replaces_only_a_run_of_the_same_model(teacher_checkpoint, ima
     notes.write_text("my notes")
     line = last_line(run_script("train_teacher.py", *common, "--out", notes, check=False))
     assert "not a checkpoint of this project" in line and notes.read_text() == "my notes"
+
+
+def test_two_processes_storing_one_file_at_once_each_replace_it_whole(tmp_path, monkeypatch):
+    # Parallel runs of one teacher (sweep.py on a cluster, several runs on one GPU) store the
+    # same teacher-logit file and decoded-image cache: here writer B stores the file whole
+    # while writer A is between its write and its rename.
+    target, real_save, interleaved = tmp_path / "store.pt", torch.save, []
+
+    def save_then_let_b_in(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        if not interleaved:
+            interleaved.append(path)
+            save_atomically({"writer": torch.tensor(2)}, target)
+    monkeypatch.setattr(torch, "save", save_then_let_b_in)
+    save_atomically({"writer": torch.tensor(1)}, target)
+    assert torch.load(target, weights_only=True)["writer"] == 1  # A's, whole, renamed last
+    assert list(tmp_path.iterdir()) == [target]

@@ -23,8 +23,10 @@ ParameterGrid; a flag set to true is passed bare (`--logit-standardize`), false 
 flag names another run's checkpoint (a student's `teacher`) starts after that run has finished.
 A finished run (its records say so, with the same flags) is skipped; one with a checkpoint is
 resumed with `--resume --restart-if-changed`, as `make` does; a failed run is reported with
-its log and the others go on. The grid is copied into <folder>/sweeps/ with the code's
-commit, and a table of the runs (mean ± std over seeds) ends the sweep.
+its log and the others go on. Locally, `--runs-per-device N` runs N at a time on each GPU,
+and `--stop-after MINUTES` stops them cleanly when a lent machine's time is up. The grid is
+copied into <folder>/sweeps/ with the code's commit, and a table of the runs (mean ± std
+over seeds) ends the sweep.
 """
 import argparse
 import fnmatch
@@ -225,15 +227,29 @@ def job_function(run, folder):
     return submitit.helpers.CommandFunction(run.command(folder), cwd=str(ROOT), verbose=True)
 
 
-def run_here(runs, folder, executor, gpus):
-    """Local jobs, one per GPU (one in all on a CPU), each started once the runs it needs
-    have finished; returns {name: (status, detail)}. submitit's local executor starts every
-    job at once, so when to start them is decided here."""
-    slots = list(gpus) or [None]
+def run_here(runs, folder, executor, gpus, per_device=1, stop_at=None):
+    """Local jobs, `per_device` at a time on each GPU (in all on a CPU), each started once the
+    runs it needs have finished; at `stop_at` (a time.time()) the running jobs are stopped,
+    each keeping its last complete epoch, and no more are started. Returns {name: (status,
+    detail)}. submitit's local executor starts every job at once, so when to start them is
+    decided here."""
+    slots = [gpu for gpu in gpus for _ in range(per_device)] or [None] * per_device
     waiting, running, outcome = list(runs), {}, {}
     todo = {run.name for run in runs}  # the runs needed but not here have finished already
     try:
         while waiting or running:
+            if stop_at is not None and time.time() >= stop_at:
+                for name, (job, _, _) in running.items():
+                    job.cancel(check=False)  # SIGINT: the run saves its last complete epoch
+                    outcome[name] = ("stopped", "at --stop-after; run the sweep again to "
+                                     "resume it")
+                for job, _, _ in running.values():
+                    job.wait()
+                for run in waiting:
+                    outcome[run.name] = ("not run", "--stop-after came first")
+                print(f" stopped  at --stop-after: {len(running)} running, {len(waiting)} "
+                      f"waiting", flush=True)
+                return outcome
             for name in [name for name, (job, *_) in running.items() if job.done()]:
                 job, slot, started = running.pop(name)
                 slots.append(slot)
@@ -336,6 +352,13 @@ def main():
     a("--executor", choices=("local", "slurm"), default="local",
       help="local: on this machine, one run per visible GPU or one at a time on a CPU; "
            "slurm: job arrays through sbatch (default: local)")
+    a("--runs-per-device", type=int, default=1, metavar="N",
+      help="local: runs at a time on each GPU, or in all on a CPU (default: 1); small models "
+           "leave a GPU idle between kernel launches, so several runs share it well")
+    a("--stop-after", type=float, metavar="MINUTES",
+      help="local: stop the running jobs after this many minutes (each keeps its last "
+           "complete epoch) and start no more; run the sweep again to go on (a GPU lent for "
+           "a fixed time)")
     a("--time-min", type=int, default=24 * 60, help="a job's time limit in minutes "
       "(default: 1440)")
     a("--job-name", default="kd-sweep", help="the jobs' name (default: kd-sweep)")
@@ -351,6 +374,10 @@ def main():
     s.add_argument("--no-wait", action="store_true", help="exit once the jobs are submitted "
                    "(rerun the sweep later: finished runs are skipped)")
     args = parser.parse_args()
+    if args.runs_per_device < 1:
+        sys.exit(f"error: --runs-per-device must be at least 1, got {args.runs_per_device}")
+    if args.stop_after is not None and args.stop_after <= 0:
+        sys.exit(f"error: --stop-after must be positive, got {args.stop_after}")
     try:
         grid = load_grid(args.grid)
         folder = Path(args.folder or grid.get("folder") or f"runs/sweeps/{Path(args.grid).stem}")
@@ -379,15 +406,19 @@ def main():
         outcome = wait_for(jobs)
     else:
         try:
-            outcome = run_here(todo, str(folder), executor, visible_gpus())
+            stop_at = time.time() + 60 * args.stop_after if args.stop_after else None
+            outcome = run_here(todo, str(folder), executor, visible_gpus(),
+                               args.runs_per_device, stop_at)
         except KeyboardInterrupt:  # the running jobs got the Ctrl-C too: they save and stop
             sys.exit("\ninterrupted: every finished run and each stopped run's last complete "
                      "epoch are on disk; run the sweep again to go on")
     print("\n" + summary(runs, folder))
     print(f"\ncheckpoints and records: {folder}/   job logs: {folder}/logs/")
     failed = {name: detail for name, (status, detail) in outcome.items() if status != "done"}
+    stopped = any(status == "stopped" for status, _ in outcome.values())
     if failed:
-        sys.exit("failed or not run:\n" + "\n".join(f"  {name}: {detail}"
+        sys.exit(("not finished (stopped at --stop-after: run the sweep again to go on):\n"
+                  if stopped else "failed or not run:\n") + "\n".join(f"  {name}: {detail}"
                                                     for name, detail in failed.items()))
 
 

@@ -181,6 +181,8 @@ def run_table(folders):
                              "val_loss": round(last["ema_val_loss"], 4),
                              "test_acc": test.get("ema_test_acc")})
                 configs.append(config)
+    if not rows:  # no run has finished an epoch yet
+        return pd.DataFrame()
     runs = pd.DataFrame(rows)
     # Runs that differ in anything but the seed are separate variants, named by what differs.
     runs["variant"] = recipe_labels(list(zip(runs["variant"], configs)))

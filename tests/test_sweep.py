@@ -209,3 +209,31 @@ def test_slurm_gets_job_arrays_with_the_teacher_as_a_dependency(image_folder, tm
     assert "#SBATCH --array=0-3%3" in students  # 2 losses x 2 seeds, 3 at a time
     assert "#SBATCH --dependency=afterok:700" in students
     assert "submitted  student_loss=ce_seed1  (job 701_3" in proc.stdout
+
+
+def test_runs_share_a_device_and_stop_cleanly_at_the_deadline(image_folder, tmp_path):
+    # Two runs that need nothing, each far longer than the deadline.
+    stages = ('[[stage]]\nscript = "train_student.py"\nname = "alone_seed{seed}"\n'
+              'seeds = [0, 1]\nflags = {loss = "ce", epochs = 400}\n')
+    grid = write_grid(tmp_path / "grid.toml", stages, image_folder)
+    proc = sweep(grid, "--runs-per-device", 2, "--stop-after", 0.3)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    started = [i for i, line in enumerate(lines) if line.startswith(" started  ")]
+    assert len(started) == 2 and started[1] < min(
+        i for i, line in enumerate(lines) if line.startswith(" stopped  "))  # side by side
+    assert " stopped  at --stop-after: 2 running, 0 waiting" in lines
+    # (submitit's job controllers print their own KeyboardInterrupt before it)
+    assert proc.stderr.splitlines()[-3:] == [
+        "not finished (stopped at --stop-after: run the sweep again to go on):",
+        "  alone_seed0: at --stop-after; run the sweep again to resume it",
+        "  alone_seed1: at --stop-after; run the sweep again to resume it"]
+    for seed in (0, 1):  # interrupted, not finished: a later sweep resumes them
+        metrics = tmp_path / "sweep" / f"alone_seed{seed}.metrics.csv"
+        assert not metrics.exists() or len(metrics.read_text().splitlines()) < 401
+
+
+def test_a_sweep_refuses_no_runs_at_a_time_in_one_line(tmp_path):
+    proc = sweep(tmp_path / "grid.toml", "--runs-per-device", 0)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "error: --runs-per-device must be at least 1, got 0"

@@ -341,9 +341,13 @@ class ContrastMemory(torch.nn.Module):
     exp(v·m / T) times n_data. The loss is nce_loss of both directions, summed. Then each
     bank's rows at `index` move to momentum · old + (1 - momentum) · new, re-normalized.
 
-    The banks, the two Z and the negatives' generator state are buffers, so a run resumed
-    from the state_dict continues exactly as an uninterrupted one. Gradients flow into both
-    embeddings: the teacher's Embed head is trained too (the teacher itself is not).
+    The banks and the two Z are buffers, and the seed and the number of draws so far are the
+    module's extra state, so a run resumed from the state_dict continues exactly as an
+    uninterrupted one. Each batch's negatives come from a generator on the banks' device,
+    seeded from (seed, draws so far): no host work or copy per step on a GPU, and the same
+    draws on every run of one device (the CPU's and CUDA's generators differ, so a GPU
+    draws other negatives than a CPU). Gradients flow into both embeddings: the teacher's
+    Embed head is trained too (the teacher itself is not).
     """
 
     def __init__(self, labels, k=16384, dim=128, temperature=0.07, momentum=0.5, seed=0):
@@ -351,35 +355,45 @@ class ContrastMemory(torch.nn.Module):
         labels = torch.as_tensor(labels).long().cpu()
         self.n_data, self.k = len(labels), k
         self.temperature, self.momentum = temperature, momentum
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.draws, self.generators = seed, 0, {}
+        generator = torch.Generator().manual_seed(seed)
         bound = 1 / math.sqrt(dim / 3)
         for name in ("memory_s", "memory_t"):
-            bank = torch.rand(self.n_data, dim, generator=self.generator) * 2 * bound - bound
+            bank = torch.rand(self.n_data, dim, generator=generator) * 2 * bound - bound
             self.register_buffer(name, bank)
         self.register_buffer("z_s", torch.tensor(-1.0))  # < 0: not set yet
         self.register_buffer("z_t", torch.tensor(-1.0))
-        self.register_buffer("rng_state", self.generator.get_state())
         # The negatives are drawn from the class-sorted images with the positive's class cut
-        # out: derived from the labels, so not saved.
-        self.labels = labels
-        self.order = torch.argsort(labels, stable=True)
-        self.count = torch.bincount(labels)
-        self.start = self.count.cumsum(0) - self.count
+        # out: derived from the labels, so not saved, but moved with the banks.
+        count = torch.bincount(labels)
+        for name, value in (("labels", labels), ("order", torch.argsort(labels, stable=True)),
+                            ("count", count), ("start", count.cumsum(0) - count)):
+            self.register_buffer(name, value, persistent=False)
+
+    def get_extra_state(self):
+        return {"seed": self.seed, "draws": self.draws}
+
+    def set_extra_state(self, state):
+        self.seed, self.draws = state["seed"], state["draws"]
 
     def draw_contrast_index(self, index):
         """(N, 1 + k): each row the positive's index, then k indices of images of other
-        classes, uniform with replacement, from the generator whose state is a buffer."""
-        index = index.cpu()
+        classes, uniform with replacement: for a positive of class c, j uniform in
+        [0, n_data - count[c]) over the class-sorted images with c's block skipped."""
+        device = self.memory_s.device
+        generator = self.generators.get(device)
+        if generator is None:
+            generator = self.generators[device] = torch.Generator(device=device)
+        # one seed per (seed, draw), below 2^63 as manual_seed needs, whatever the run's seed
+        generator.manual_seed((self.seed * 0x9E3779B97F4A7C15 + self.draws) % 2**63)
+        self.draws += 1
+        index = index.to(device)
         labels = self.labels[index]
-        self.generator.set_state(self.rng_state.cpu())
-        negatives = torch.empty(len(index), self.k, dtype=torch.long)
-        for c in labels.unique().tolist():  # ascending, so the draws come in a fixed order
-            rows = labels == c
-            count, start = self.count[c], self.start[c]
-            j = torch.randint(self.n_data - count, (int(rows.sum()), self.k),
-                              generator=self.generator)
-            negatives[rows] = self.order[j + count * (j >= start)]  # skip class c's block
-        self.rng_state.copy_(self.generator.get_state())
+        count, start = self.count[labels][:, None], self.start[labels][:, None]
+        uniform = torch.rand(len(index), self.k, generator=generator, device=device,
+                             dtype=torch.float64)
+        j = (uniform * (self.n_data - count)).long()
+        negatives = self.order[j + count * (j >= start)]
         return torch.cat([index[:, None], negatives], dim=1)
 
     def forward(self, embed_s, embed_t, index, contrast_index=None):

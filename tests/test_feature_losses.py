@@ -381,8 +381,8 @@ def test_contrast_memory_resumes_exactly_from_its_state_dict(tmp_path):
     """A module restored mid-run from another's saved state_dict (through torch.save and a
     weights_only load) then gives the same losses, banks, Z and negatives, bit for bit, as
     the uninterrupted one; the restored one was built with another seed, so all of it comes
-    from the file. Seen failing with, each in turn: rng_state, z_s or the banks not
-    persistent (the losses differ); the generator not set from rng_state before a draw; the
+    from the file. Seen failing with, each in turn: the draws' count, z_s or the banks not
+    persistent (the losses differ); the generator not seeded from the count before a draw; the
     banks updated in place (the backward pass then fails)."""
     labels = torch.arange(50) % 5
     first = ContrastMemory(labels, k=8, dim=8, seed=1)
@@ -391,9 +391,11 @@ def test_contrast_memory_resumes_exactly_from_its_state_dict(tmp_path):
     resumed = ContrastMemory(labels, k=8, dim=8, seed=2)
     resumed.load_state_dict(torch.load(tmp_path / "crd.pt", weights_only=True))
     assert crd_steps(first, 3, seed=1) == crd_steps(resumed, 3, seed=1)
-    for name, value in first.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[name]), name
-    assert set(first.state_dict()) == {"memory_s", "memory_t", "z_s", "z_t", "rng_state"}
+    state, restored = first.state_dict(), resumed.state_dict()
+    assert set(state) == {"memory_s", "memory_t", "z_s", "z_t", "_extra_state"}
+    assert state.pop("_extra_state") == restored.pop("_extra_state") == {"seed": 1, "draws": 5}
+    for name, value in state.items():
+        assert torch.equal(value, restored[name]), name
     assert first.z_s > 0 and first.z_t > 0
 
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The research runs on a machine lent for a fixed time, in one call: the grids given, one
+# after another, each through sweep.py with N runs at a time on the GPU
+# (--runs-per-device), all stopped cleanly at one deadline (--stop-after: each run keeps its
+# last complete epoch), then evaluate.py on every finished run that reports a test
+# accuracy, and one archive of the records and results (no checkpoints: what comes back
+# from a lent machine is small) in OUT_DIR.
+#
+#   bash benchmarks/gpu_runs.sh DATA OUT_DIR MINUTES GRID...
+#
+# DATA: a CIFAR-10 root or a .tar.gz of one. MINUTES (whole): when to stop the sweeps (evaluate.py
+# and the archive come after). OUT_DIR receives gpu_runs-<date>.tar.gz (each grid's folder
+# with its run records, sweep logs and copied grid, and evaluate.py's results.* of its
+# finished runs) and sweeps.log, the sweeps' output, also printed. Runs that did not finish
+# are resumed by the same command on a machine that still has their checkpoints, and started
+# again elsewhere.
+#
+# Environment: PYTHON (default python3), RUNS (runs at a time, default 8), DEVICE (default
+# auto), FLAGS (added to every run, e.g. --dry-run for a smoke run), WHEELS (a folder of wheels installed first with pip
+# --no-index into a temporary folder: sweep.py needs submitit, which the lent GPU machine
+# lacks; docs/gpu.md says how to fetch it).
+set -uo pipefail
+export LC_ALL=C
+if [ $# -lt 4 ]; then
+  echo "usage: bash benchmarks/gpu_runs.sh DATA OUT_DIR MINUTES GRID..." >&2
+  exit 2
+fi
+cd "$(dirname "$0")/.."
+data=$1 minutes=$3
+out=$(mkdir -p "$2" && cd "$2" && pwd)
+shift 3
+PYTHON=${PYTHON:-python3}
+RUNS=${RUNS:-8}
+FLAGS=${FLAGS:-}
+DEVICE=${DEVICE:-auto}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if [ -n "${WHEELS:-}" ]; then
+  $PYTHON -m pip install -q --no-index --no-deps --no-compile --target "$work/site" \
+    "$WHEELS"/*.whl || exit 2
+  export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [[ $data == *.tar.gz ]]; then
+  mkdir "$work/data" && tar xzf "$data" -C "$work/data" || exit 2
+  data=$(find "$work/data" -mindepth 1 -maxdepth 1 -type d | head -1)
+fi
+export CIFAR10_ROOT=$data TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+deadline=$(( $(date +%s) + ${minutes%.*} * 60 ))
+folders=()
+status=0
+for grid in "$@"; do
+  left=$(( deadline - $(date +%s) ))
+  if [ $left -le 30 ]; then
+    echo "== $grid: not started, the deadline has passed" | tee -a "$out/sweeps.log"
+    status=1
+    continue
+  fi
+  folder=$($PYTHON -c "import sys, tomllib; print(tomllib.load(open(sys.argv[1], 'rb'))
+.get('folder', ''))" "$grid")
+  folders+=("${folder:-runs/sweeps/$(basename "$grid" .toml)}")
+  echo "== $grid ($((left / 60)) minutes left)" | tee -a "$out/sweeps.log"
+  $PYTHON sweep.py "$grid" --runs-per-device "$RUNS" --stop-after "$(awk -v s="$left" \
+    'BEGIN { printf "%.2f", s / 60 }')" --flags "--device $DEVICE $FLAGS" 2>&1 \
+    | tee -a "$out/sweeps.log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
+sleep 5  # a stopped run's last records land a few seconds after its sweep
+# evaluate.py on the finished runs that report a test accuracy (selection runs skip it)
+finished=$($PYTHON - "${folders[@]}" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+for folder in dict.fromkeys(sys.argv[1:]):
+    for config in sorted(Path(folder).glob("*.config.json")):
+        stem = str(config)[:-len(".config.json")]
+        try:
+            settings = json.loads(config.read_text())
+            last = pd.read_csv(f"{stem}.metrics.csv")["epoch"].iloc[-1]
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+        if last == settings["epochs"] and not settings.get("skip_test") \
+                and Path(f"{stem}.pt").is_file():
+            print(f"{stem}.pt")
+EOF
+)
+mkdir -p "$work/results"
+if [ -n "$finished" ]; then
+  # shellcheck disable=SC2086  # one checkpoint path per word
+  $PYTHON evaluate.py $finished --device "$DEVICE" --plots-dir "$work/results" \
+    > "$work/results/evaluate.log" 2>&1 || status=1
+fi
+# The records, logs and copied grids of every folder, evaluate.py's tables: no checkpoints.
+archive=gpu_runs-$(date -u +%Y%m%d-%H%M%S).tar.gz
+tar czf "$out/$archive" --exclude='*.pt' --exclude='*.png' --exclude='teacher_logits' \
+  "${folders[@]}" -C "$work" results 2>/dev/null
+echo "records and results of $(echo "$finished" | grep -c . ) finished runs with a test: $out/$archive"
+exit $status

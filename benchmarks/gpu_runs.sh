@@ -65,7 +65,8 @@ for grid in "$@"; do
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
 sleep 5  # a stopped run's last records land a few seconds after its sweep
-# evaluate.py on the finished runs that report a test accuracy (selection runs skip it)
+# evaluate.py on the finished runs that report a test accuracy (selection runs skip it: a
+# run's test record is written once, after its last epoch)
 finished=$($PYTHON - "${folders[@]}" <<'EOF'
 import json
 import sys
@@ -73,17 +74,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from kd.records import record_paths, test_record_matches
+
 for folder in dict.fromkeys(sys.argv[1:]):
-    for config in sorted(Path(folder).glob("*.config.json")):
-        stem = str(config)[:-len(".config.json")]
+    for checkpoint in sorted(Path(folder).glob("*.pt")):
+        paths = record_paths(checkpoint)
         try:
-            settings = json.loads(config.read_text())
-            last = pd.read_csv(f"{stem}.metrics.csv")["epoch"].iloc[-1]
+            run_id = json.loads(paths["config"].read_text()).get("run_id")
+            last = int(pd.read_csv(paths["metrics"])["epoch"].iloc[-1])
         except (OSError, ValueError, KeyError, IndexError):
             continue
-        if last == settings["epochs"] and not settings.get("skip_test") \
-                and Path(f"{stem}.pt").is_file():
-            print(f"{stem}.pt")
+        if test_record_matches(paths["test"], run_id, last):  # finished, and tested
+            print(checkpoint)
 EOF
 )
 mkdir -p "$work/results"

@@ -22,23 +22,24 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kd import cli  # noqa: E402
-from report import compare_runs, family_table  # noqa: E402
+from report import compare_runs, family_table, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
 
 
-def method_of(variant):
-    """'kd+ce (epochs=36)' -> 'kd+ce': evaluate.py adds the differing settings in brackets."""
-    return variant.split(" (")[0]
+def student_runs(results):
+    """The student runs' raw-weight rows, each with its method: its variant without the
+    training length ("kd+ce (epochs=36)" -> "kd+ce")."""
+    runs = results[(results["weights"] == "raw") & results["run"].str.startswith(STUDENT_RUN)]
+    return runs.assign(method=runs["variant"].map(without_epochs))
 
 
 def length_table(results):
     """One row per method and length: seeds, then mean and std of each accuracy (raw weights)."""
-    runs = results[(results["weights"] == "raw") & results["run"].str.startswith(STUDENT_RUN)]
+    runs = student_runs(results)
     if runs.empty:
         raise cli.UserError("no student runs (rows named student_*) with raw weights found")
-    runs = runs.assign(method=runs["variant"].map(method_of))
     grouped = runs.groupby(["method", "epochs"])
     table = grouped[COLUMNS].agg(["mean", "std"])
     table.columns = [f"{column}_{stat}" for column, stat in table.columns]
@@ -52,9 +53,8 @@ BASELINES = ("ce", "kd")
 
 
 def comparisons(results, epochs):
-    runs = results[(results["weights"] == "raw") & results["run"].str.startswith(STUDENT_RUN)
-                   & (results["epochs"] == epochs)]
-    runs = runs.assign(method=runs["variant"].map(method_of))
+    runs = student_runs(results)
+    runs = runs[runs["epochs"] == epochs]
     by_method = {method: rows for method, rows in runs.groupby("method") if len(rows) >= 2}
     tests = [(method, baseline, compare_runs(rows, by_method[baseline], ["seed"]))
              for baseline in BASELINES if baseline in by_method

@@ -350,7 +350,8 @@ def main():
       "these shell patterns, e.g. 'fitnet_w100_*' (a second seed of close settings)")
     a("--list", action="store_true", help="print the runs and their commands, run nothing")
     a("--executor", choices=("local", "slurm"), default="local",
-      help="local: on this machine, one run per visible GPU or one at a time on a CPU; "
+      help="local: on this machine, --runs-per-device runs per visible GPU or in all on a "
+           "CPU; "
            "slurm: job arrays through sbatch (default: local)")
     a("--runs-per-device", type=int, default=1, metavar="N",
       help="local: runs at a time on each GPU, or in all on a CPU (default: 1); small models "

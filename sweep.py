@@ -3,6 +3,8 @@ submitit: on this machine (default) or on a SLURM cluster.
 
     python sweep.py experiments/grids/methods.toml                 # here, one run at a time
     python sweep.py experiments/grids/methods.toml --seeds 0 1 2
+    python sweep.py experiments/grids/select-seed1.toml experiments/grids/length.toml \\
+        --runs-per-device 8                                        # one pool, two folders
     python sweep.py GRID --executor slurm --partition gpu --gpus-per-node 1 \\
         --array-parallelism 16 --time-min 60 --sbatch account=myproject
 
@@ -26,7 +28,9 @@ resumed with `--resume --restart-if-changed`, as `make` does; a failed run is re
 its log and the others go on. Locally, `--runs-per-device N` runs N at a time on each GPU,
 and `--stop-after MINUTES` stops them cleanly when a lent machine's time is up. The grid is
 copied into <folder>/sweeps/ with the code's commit, and a table of the runs (mean ± std
-over seeds) ends the sweep.
+over seeds) ends the sweep. Several grids run as one pool, in their order, each into its
+own folder: no device waits between them, and a run of one may need a run of another (the
+teacher it names); a checkpoint two grids both name runs once.
 """
 import argparse
 import fnmatch
@@ -34,10 +38,12 @@ import itertools
 import json
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -61,12 +67,25 @@ class Run:
     name: str
     script: str
     settings: dict  # flag name (as in the grid) -> value
-    out: Path
-    needs: list = field(default_factory=list)  # names of runs whose checkpoint this one reads
+    folder: str
+    needs: list = field(default_factory=list)  # keys of the runs whose checkpoint this one reads
+    label: str = ""  # how the sweep's output names it: its name, or folder/name among folders
 
-    def command(self, folder):
+    def __post_init__(self):
+        self.label = self.label or self.name
+
+    @property
+    def out(self):
+        return Path(self.folder) / f"{self.name}.pt"
+
+    @property
+    def key(self):
+        """What tells runs apart across grids: the checkpoint they write."""
+        return str(self.out)
+
+    def command(self):
         resume = ["--resume", "--restart-if-changed"] if self.out.exists() else []
-        plots = [] if "plots-dir" in self.settings else ["--plots-dir", f"{folder}/plots"]
+        plots = [] if "plots-dir" in self.settings else ["--plots-dir", f"{self.folder}/plots"]
         return [sys.executable, self.script, *as_flags(self.settings), "--out", str(self.out),
                 *plots, *resume]
 
@@ -142,17 +161,38 @@ def expand(grid, folder, seeds, extra=None):
                     except (KeyError, IndexError, ValueError) as e:
                         raise GridError(f"stage {number}: name {template!r} cannot be "
                                         f"filled: {e}") from None
-                    runs.append(Run(name, script, settings, Path(folder) / f"{name}.pt"))
+                    runs.append(Run(name, script, settings, folder))
     names = [run.name for run in runs]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         raise GridError(f"two runs would share a checkpoint ({', '.join(twice)}): put the "
                         f"axes that tell them apart into the stage's name")
-    by_out = {str(run.out): run.name for run in runs}
+    return link(runs)
+
+
+def link(runs):
+    """Each run's `needs`: the runs among `runs` whose checkpoint one of its flags names."""
+    keys = {run.key for run in runs}
     for run in runs:
-        run.needs = [by_out[str(Path(v))] for v in run.settings.values()
-                     if isinstance(v, str) and str(Path(v)) in by_out]
+        run.needs = [str(Path(v)) for v in run.settings.values()
+                     if isinstance(v, str) and str(Path(v)) in keys]
     return runs
+
+
+def combine(grids):
+    """The runs of several grids (lists of runs) as one pool, in order: a checkpoint that two
+    grids both name is run once, if they give it the same flags; a run may need a run of
+    another grid (a teacher it names); among several folders, each run is labelled
+    folder/name."""
+    by_key = {}
+    for run in itertools.chain(*grids):
+        first = by_key.setdefault(run.key, run)
+        if (first.script, first.settings) != (run.script, run.settings):
+            raise GridError(f"two grids name {run.out} with different flags: give one of "
+                            f"them another name or folder")
+    several = len({run.folder for run in by_key.values()}) > 1
+    return link([replace(run, label=f"{run.folder}/{run.name}" if several else run.name)
+                 for run in by_key.values()])
 
 
 def select(runs, patterns):
@@ -223,57 +263,102 @@ def make_executor(args, logs):
     return executor
 
 
-def job_function(run, folder):
-    return submitit.helpers.CommandFunction(run.command(folder), cwd=str(ROOT), verbose=True)
+class TrainingCommand:
+    """A run's command as a submitit job. Written here, not submitit's CommandFunction, for
+    stopping: CommandFunction pipes the training process's output through the job's own
+    process, which a cancelled job's controller kills a second after its Ctrl-C, leaving
+    the training process never interrupted, its messages lost, and still running after
+    the sweep's table. Here the training process writes to the job's log files itself, and
+    its pid is kept in `pid_file` while it runs, so that a stop (`interrupt_training`)
+    interrupts it directly and waits for it to save."""
+
+    def __init__(self, command, pid_file):
+        self.command, self.pid_file = command, Path(pid_file)
+
+    def __call__(self):
+        print(f"command: {shlex.join(self.command)}", flush=True)
+        with subprocess.Popen(self.command, cwd=ROOT) as process:
+            self.pid_file.write_text(str(process.pid))
+            try:
+                code = process.wait()
+            except KeyboardInterrupt:  # the job was cancelled: the run saves, then stops
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+                code = process.wait()
+            finally:
+                self.pid_file.unlink(missing_ok=True)
+        if code:
+            raise subprocess.CalledProcessError(code, self.command)
 
 
-def run_here(runs, folder, executor, gpus, per_device=1, stop_at=None):
+def job_function(run):
+    return TrainingCommand(run.command(), pid_file(run))
+
+
+def pid_file(run):
+    return Path(run.folder) / "logs" / f"{run.name}.pid"
+
+
+def interrupt_training(job, pid_path):
+    """Ctrl-C to a local job's training process (which saves its last complete epoch and
+    exits); to the job itself while its training process has not started."""
+    try:
+        os.kill(int(pid_path.read_text()), signal.SIGINT)
+    except (OSError, ValueError):  # no pid yet, or the process has just ended
+        job.cancel(check=False)
+
+
+def run_here(runs, executors, gpus, per_device=1, stop_at=None):
     """Local jobs, `per_device` at a time on each GPU (in all on a CPU), each started once the
     runs it needs have finished; at `stop_at` (a time.time()) the running jobs are stopped,
-    each keeping its last complete epoch, and no more are started. Returns {name: (status,
-    detail)}. submitit's local executor starts every job at once, so when to start them is
-    decided here."""
+    each keeping its last complete epoch, and no more are started. `executors`: one per
+    folder, where its runs' job logs go. Returns {label: (status, detail)}. submitit's local
+    executor starts every job at once, so when to start them is decided here."""
     slots = [gpu for gpu in gpus for _ in range(per_device)] or [None] * per_device
     waiting, running, outcome = list(runs), {}, {}
-    todo = {run.name for run in runs}  # the runs needed but not here have finished already
+    by_key = {run.key: run for run in runs}  # the runs needed but not here have finished
     try:
         while waiting or running:
             if stop_at is not None and time.time() >= stop_at:
-                for name, (job, _, _) in running.items():
-                    job.cancel(check=False)  # SIGINT: the run saves its last complete epoch
-                    outcome[name] = ("stopped", "at --stop-after; run the sweep again to "
-                                     "resume it")
-                for job, _, _ in running.values():
-                    job.wait()
+                for key, (job, _, _) in running.items():
+                    interrupt_training(job, pid_file(by_key[key]))
+                for key, (job, _, _) in running.items():
+                    job.wait()  # until the training process has saved and exited
+                    outcome[by_key[key].label] = ("stopped", "at --stop-after; run the sweep "
+                                                  "again to resume it")
                 for run in waiting:
-                    outcome[run.name] = ("not run", "--stop-after came first")
+                    outcome[run.label] = ("not run", "--stop-after came first")
                 print(f" stopped  at --stop-after: {len(running)} running, {len(waiting)} "
                       f"waiting", flush=True)
                 return outcome
-            for name in [name for name, (job, *_) in running.items() if job.done()]:
-                job, slot, started = running.pop(name)
+            for key in [key for key, (job, *_) in running.items() if job.done()]:
+                job, slot, started = running.pop(key)
                 slots.append(slot)
-                outcome[name] = job_outcome(job, started)
-                print(f"{outcome[name][0]:>8}  {name}  ({outcome[name][1]})", flush=True)
+                label = by_key[key].label
+                outcome[label] = job_outcome(job, started)
+                print(f"{outcome[label][0]:>8}  {label}  ({outcome[label][1]})", flush=True)
             for run in list(waiting):
-                needs = [need for need in run.needs if need in todo]
+                needs = [by_key[need].label for need in run.needs if need in by_key]
                 failed = [need for need in needs if outcome.get(need, ("done",))[0] != "done"]
                 if failed:
                     waiting.remove(run)
-                    outcome[run.name] = ("not run", f"needs {', '.join(failed)}")
-                    print(f" not run  {run.name}  (needs {', '.join(failed)}, which failed)")
+                    outcome[run.label] = ("not run", f"needs {', '.join(failed)}")
+                    print(f" not run  {run.label}  (needs {', '.join(failed)}, which failed)")
                 elif slots and all(need in outcome for need in needs):
                     waiting.remove(run)
                     slot = slots.pop(0)
+                    executor = executors[run.folder]
                     executor.update_parameters(gpus_per_node=0 if slot is None else 1,
                                                visible_gpus=() if slot is None else (slot,))
-                    job = executor.submit(job_function(run, folder))
-                    running[run.name] = (job, slot, time.time())
-                    print(f" started  {run.name}  (log: {job.paths.stdout})", flush=True)
+                    job = executor.submit(job_function(run))
+                    running[run.key] = (job, slot, time.time())
+                    print(f" started  {run.label}  (log: {job.paths.stdout})", flush=True)
             time.sleep(POLL_SECONDS if running else 0)
     except KeyboardInterrupt:  # stop the jobs too: each saves its last complete epoch
+        for key, (job, _, _) in running.items():
+            interrupt_training(job, pid_file(by_key[key]))
         for job, _, _ in running.values():
-            job.cancel(check=False)
+            job.wait()
         raise
     return outcome
 
@@ -287,31 +372,35 @@ def job_outcome(job, started=None):
     return "done", f"{(time.time() - started) / 60:.1f} min" if started else ""
 
 
-def submit_to_slurm(runs, folder, executor):
-    """One job array per depth of dependency (teachers, then the students that need them),
-    each held by SLURM until the arrays it needs have succeeded (afterok)."""
+def submit_to_slurm(runs, executors):
+    """One job array per depth of dependency (teachers, then the students that need them) and
+    folder, each held by SLURM until the arrays it needs have succeeded (afterok). Returns
+    (run, job) pairs."""
     depth, jobs = {}, {}
     for run in runs:  # a run's needs come before it in the grid's order, or are finished
-        depth[run.name] = 1 + max((depth.get(need, -1) for need in run.needs), default=-1)
+        depth[run.key] = 1 + max((depth.get(need, -1) for need in run.needs), default=-1)
     for level in sorted(set(depth.values())):
-        batch = [run for run in runs if depth[run.name] == level]
-        needs = sorted({jobs[need].job_id for run in batch for need in run.needs
-                        if need in jobs})
-        executor.update_parameters(
-            slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
-        with executor.batch():
-            submitted = [executor.submit(job_function(run, folder)) for run in batch]
-        for run, job in zip(batch, submitted):
-            jobs[run.name] = job
-            print(f"submitted  {run.name}  (job {job.job_id}, log: {job.paths.stdout})")
-    return jobs
+        for folder, executor in executors.items():
+            batch = [run for run in runs if depth[run.key] == level and run.folder == folder]
+            if not batch:
+                continue
+            needs = sorted({jobs[need].job_id for run in batch for need in run.needs
+                            if need in jobs})
+            executor.update_parameters(
+                slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
+            with executor.batch():
+                submitted = [executor.submit(job_function(run)) for run in batch]
+            for run, job in zip(batch, submitted):
+                jobs[run.key] = job
+                print(f"submitted  {run.label}  (job {job.job_id}, log: {job.paths.stdout})")
+    return [(run, jobs[run.key]) for run in runs]
 
 
 def wait_for(jobs):
     outcome = {}
-    for name, job in jobs.items():
-        outcome[name] = job_outcome(job)
-        print(f"{outcome[name][0]:>8}  {name}  {outcome[name][1]}", flush=True)
+    for run, job in jobs:
+        outcome[run.label] = job_outcome(job)
+        print(f"{outcome[run.label][0]:>8}  {run.label}  {outcome[run.label][1]}", flush=True)
     return outcome
 
 
@@ -340,14 +429,17 @@ def summary(runs, folder):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     a = parser.add_argument
-    a("grid", help="the grid file (TOML)")
+    a("grids", nargs="+", metavar="GRID", help="grid files (TOML); several run as one pool, "
+      "in their order, each into its own folder, a run starting once the runs it needs in "
+      "any of them have finished")
     a("--folder", help="where the runs go (default: the grid's `folder`, else "
-      "runs/sweeps/<grid name>)")
+      "runs/sweeps/<grid name>); one grid only")
     a("--seeds", type=int, nargs="+", help="seeds of every stage (default: the grid's, else 0)")
     a("--flags", default="", help="extra flags for every run, e.g. '--train-subset 5000 "
       "--epochs 3' (they take part in the finished-run check)")
     a("--only", nargs="+", metavar="PATTERN", help="only the runs whose names match one of "
-      "these shell patterns, e.g. 'fitnet_w100_*' (a second seed of close settings)")
+      "these shell patterns, e.g. 'fitnet_w100_*' (a second seed of close settings), in "
+      "every grid")
     a("--list", action="store_true", help="print the runs and their commands, run nothing")
     a("--executor", choices=("local", "slurm"), default="local",
       help="local: on this machine, --runs-per-device runs per visible GPU or in all on a "
@@ -379,42 +471,54 @@ def main():
         sys.exit(f"error: --runs-per-device must be at least 1, got {args.runs_per_device}")
     if args.stop_after is not None and args.stop_after <= 0:
         sys.exit(f"error: --stop-after must be positive, got {args.stop_after}")
+    if args.folder and len(args.grids) > 1:
+        sys.exit("error: --folder takes one grid; several grids go each into its own folder")
     try:
-        grid = load_grid(args.grid)
-        folder = Path(args.folder or grid.get("folder") or f"runs/sweeps/{Path(args.grid).stem}")
-        runs = expand(grid, str(folder), args.seeds or grid.get("seeds", [0]),
-                      parse_flags(args.flags))
-        runs = select(runs, args.only)
+        grids = {}  # grid file -> its folder
+        runs = []
+        for path in args.grids:
+            grid = load_grid(path)
+            folder = args.folder or grid.get("folder") or f"runs/sweeps/{Path(path).stem}"
+            grids[path] = folder
+            runs.append(expand(grid, folder, args.seeds or grid.get("seeds", [0]),
+                               parse_flags(args.flags)))
+        runs = select(combine(runs), args.only)
     except GridError as e:
         sys.exit(f"error: {e}")
     if args.list:
         for run in runs:
-            print(run.name, shlex.join(run.command(folder)[1:]))
+            print(run.label, shlex.join(run.command()[1:]))
         return
     todo = [run for run in runs if not finished(run)]
-    print(f"{len(runs)} runs in {folder}: {len(runs) - len(todo)} finished (skipped), "
-          f"{len(todo)} to run")
-    folder.mkdir(parents=True, exist_ok=True)
-    save_grid(args, folder)
+    folders = list(dict.fromkeys(run.folder for run in runs))
+    for folder in folders:
+        count = sum(run.folder == folder for run in runs)
+        left = sum(run.folder == folder for run in todo)
+        print(f"{count} runs in {folder}: {count - left} finished (skipped), {left} to run")
+    for path, folder in grids.items():
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        save_grid(path, folder)
     try:
-        executor = make_executor(args, folder / "logs")
+        executors = {folder: make_executor(args, Path(folder) / "logs") for folder in folders}
     except RuntimeError as e:  # submitit's: no srun on this machine
         sys.exit(f"error: --executor slurm: {e}")
     if args.executor == "slurm":
-        jobs = submit_to_slurm(todo, str(folder), executor)
+        jobs = submit_to_slurm(todo, executors)
         if args.no_wait:
             return
         outcome = wait_for(jobs)
     else:
         try:
             stop_at = time.time() + 60 * args.stop_after if args.stop_after else None
-            outcome = run_here(todo, str(folder), executor, visible_gpus(),
-                               args.runs_per_device, stop_at)
+            outcome = run_here(todo, executors, visible_gpus(), args.runs_per_device, stop_at)
         except KeyboardInterrupt:  # the running jobs got the Ctrl-C too: they save and stop
             sys.exit("\ninterrupted: every finished run and each stopped run's last complete "
                      "epoch are on disk; run the sweep again to go on")
-    print("\n" + summary(runs, folder))
-    print(f"\ncheckpoints and records: {folder}/   job logs: {folder}/logs/")
+    for folder in folders:
+        heading = f"{folder}:\n" if len(folders) > 1 else ""
+        print(f"\n{heading}" + summary([run for run in runs if run.folder == folder], folder))
+    for folder in folders:
+        print(f"\ncheckpoints and records: {folder}/   job logs: {folder}/logs/")
     failed = {name: detail for name, (status, detail) in outcome.items() if status != "done"}
     stopped = any(status == "stopped" for status, _ in outcome.values())
     if failed:
@@ -430,16 +534,16 @@ def key_value(text):
     return key, value
 
 
-def save_grid(args, folder):
+def save_grid(path, folder):
     """The grid as given, with the code's commit and the command, so the study can be rerun
     exactly."""
     commit, dirty = git_commit()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     header = (f"# sweep of {stamp}, code {commit}{' (uncommitted changes)' if dirty else ''}\n"
               f"# command: {shlex.join(sys.argv)}\n")
-    (folder / "sweeps").mkdir(exist_ok=True)
-    (folder / "sweeps" / f"{stamp}_{Path(args.grid).name}").write_text(
-        header + Path(args.grid).read_text())
+    (Path(folder) / "sweeps").mkdir(exist_ok=True)
+    (Path(folder) / "sweeps" / f"{stamp}_{Path(path).name}").write_text(
+        header + Path(path).read_text())
 
 
 def visible_gpus():

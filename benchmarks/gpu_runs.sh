@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The research runs on a machine lent for a fixed time, in one call: the grids given, one
-# after another, each through sweep.py with N runs at a time on the GPU
-# (--runs-per-device), all stopped cleanly at one deadline (--stop-after: each run keeps its
-# last complete epoch), then evaluate.py on every finished run that reports a test
-# accuracy, and one archive of the records and results (no checkpoints: what comes back
-# from a lent machine is small) in OUT_DIR.
+# The research runs on a machine lent for a fixed time, in one call: the grids given, as
+# one sweep.py pool (in their order, each run starting once the runs it needs have
+# finished) with N runs at a time on the GPU (--runs-per-device), all stopped cleanly at one
+# deadline (--stop-after: each run keeps its last complete epoch), then evaluate.py on
+# every finished run that reports a test accuracy, and one archive of the records and
+# results in OUT_DIR, with each finished teacher exported beside it (no other checkpoints:
+# what comes back from a lent machine is small).
 #
 #   bash benchmarks/gpu_runs.sh DATA OUT_DIR MINUTES GRID...
 #
-# DATA: a CIFAR-10 root or a .tar.gz of one. MINUTES (whole): when to stop the sweeps (evaluate.py
+# DATA: a CIFAR-10 root or a .tar.gz of one. MINUTES: when to stop the sweep (evaluate.py
 # and the archive come after). OUT_DIR receives gpu_runs-<date>.tar.gz (each grid's folder
 # with its run records, sweep logs and copied grid, and evaluate.py's results.* of its
-# finished runs) and sweeps.log, the sweeps' output, also printed. Runs that did not finish
+# finished runs), sweeps.log, the sweep's output, also printed, and <folder>-<teacher>.pt for
+# each finished teacher (kd.checkpoints.export_finished: --teacher and evaluate.py take
+# it; next to its records it counts as finished for sweep.py). Runs that did not finish
 # are resumed by the same command on a machine that still has their checkpoints, and started
 # again elsewhere.
 #
@@ -45,26 +48,17 @@ if [[ $data == *.tar.gz ]]; then
   data=$(find "$work/data" -mindepth 1 -maxdepth 1 -type d | head -1)
 fi
 export CIFAR10_ROOT=$data TQDM_DISABLE=1 PYTHONUNBUFFERED=1
-deadline=$(( $(date +%s) + ${minutes%.*} * 60 ))
 folders=()
-status=0
 for grid in "$@"; do
-  left=$(( deadline - $(date +%s) ))
-  if [ $left -le 30 ]; then
-    echo "== $grid: not started, the deadline has passed" | tee -a "$out/sweeps.log"
-    status=1
-    continue
-  fi
   folder=$($PYTHON -c "import sys, tomllib; print(tomllib.load(open(sys.argv[1], 'rb'))
-.get('folder', ''))" "$grid")
+.get('folder', ''))" "$grid") || exit 2
   folders+=("${folder:-runs/sweeps/$(basename "$grid" .toml)}")
-  echo "== $grid ($((left / 60)) minutes left)" | tee -a "$out/sweeps.log"
-  $PYTHON sweep.py "$grid" --runs-per-device "$RUNS" --stop-after "$(awk -v s="$left" \
-    'BEGIN { printf "%.2f", s / 60 }')" --flags "--device $DEVICE $FLAGS" 2>&1 \
-    | tee -a "$out/sweeps.log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 done
-sleep 5  # a stopped run's last records land a few seconds after its sweep
+status=0
+# One pool: no slot waits for a grid to end, and a run waits only for the runs it needs.
+$PYTHON sweep.py "$@" --runs-per-device "$RUNS" --stop-after "$minutes" \
+  --flags "--device $DEVICE $FLAGS" 2>&1 | tee "$out/sweeps.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # evaluate.py on the finished runs that report a test accuracy (selection runs skip it: a
 # run's test record is written once, after its last epoch)
 finished=$($PYTHON - "${folders[@]}" <<'EOF'
@@ -94,6 +88,24 @@ if [ -n "$finished" ]; then
   $PYTHON evaluate.py $finished --device "$DEVICE" --plots-dir "$work/results" \
     > "$work/results/evaluate.log" 2>&1 || status=1
 fi
+# The finished teachers, exported without their training state (a third the size, within
+# what comes back), so that their students can be trained and checked elsewhere.
+$PYTHON - "$out" "${folders[@]}" <<'EOF' || status=1
+import sys
+from pathlib import Path
+
+from kd.checkpoints import CheckpointError, export_finished, load_checkpoint
+
+out = Path(sys.argv[1])
+for folder in map(Path, dict.fromkeys(sys.argv[2:])):
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            if load_checkpoint(path)["model"]["name"] == "teacher":
+                export_finished(path, out / f"{folder.name}-{path.name}")
+                print(f"exported {path} -> {out / f'{folder.name}-{path.name}'}")
+        except (CheckpointError, KeyError, TypeError):  # unfinished, or not a run
+            continue
+EOF
 # The records, logs and copied grids of every folder, evaluate.py's tables: no checkpoints.
 archive=gpu_runs-$(date -u +%Y%m%d-%H%M%S).tar.gz
 tar czf "$out/$archive" --exclude='*.pt' --exclude='*.png' --exclude='teacher_logits' \

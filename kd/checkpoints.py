@@ -8,7 +8,8 @@ Keys: format, model {name, arch_args}, model_state, optimizer_state, scheduler_s
 epoch (completed), epochs (planned), schedule_start_epoch, history (one dict per epoch),
 rng (torch and CUDA generator states), config (the run's arguments); where the run has
 them, ema {model_state, updates} (the EMA of its weights) and method_state (the parameters
-and buffers of its method: a regressor, an embedding, a memory bank).
+and buffers of its method: a regressor, an embedding, a memory bank). A finished run
+exported by export_finished lacks TRAINING_STATE and has exported = True.
 """
 import contextlib
 import hashlib
@@ -57,6 +58,23 @@ def save_checkpoint(ckpt, path):
         reason = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0])[:160]
         raise OSError(f"cannot write checkpoint {path} ({reason}); the previous one, if "
                       f"any, is intact") from None
+
+
+# What only resuming a run needs; a finished run exported without them is a third the size.
+TRAINING_STATE = ("optimizer_state", "scheduler_state", "rng", "method_state")
+
+
+def export_finished(path, out):
+    """Write the finished run at `path` to `out` without its TRAINING_STATE: its model and EMA
+    weights, history and config, which is all that --teacher, evaluate.py and the records
+    need (a teacher brought back from a lent machine whose files must be small). Resuming
+    the export is refused."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("epoch", 0) < ckpt.get("epochs", 0):
+        raise CheckpointError(f"{path} is an unfinished run (epoch {ckpt['epoch']} of "
+                              f"{ckpt['epochs']}): only a finished one is exported")
+    save_checkpoint({**{k: v for k, v in ckpt.items()
+                        if k not in (*TRAINING_STATE, "format")}, "exported": True}, out)
 
 
 def weights_sha256(state_dict):

@@ -1,36 +1,45 @@
-"""benchmarks/gpu_runs.sh as a CPU smoke run: the grids swept one after another, evaluate.py
-on the finished runs that report a test accuracy, one archive of records without
-checkpoints."""
+"""benchmarks/gpu_runs.sh as a CPU smoke run: the grids swept as one pool, evaluate.py on the
+finished runs that report a test accuracy, one archive of records without checkpoints, the
+finished teachers exported beside it."""
 import os
 import subprocess
 import sys
 import tarfile
+import tomllib
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import ROOT
+from kd.checkpoints import load_checkpoint
 
 pytest.importorskip("submitit")  # sweep.py's
+
+from sweep import expand, finished  # noqa: E402
 
 
 def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_path):
     common = (f'flags = {{data-root = "{image_folder}", epochs = 1, batch-size = 32, '
-              f'train-subset = 64}}\n[[stage]]\nscript = "train_student.py"\n')
+              f'train-subset = 64}}\n[[stage]]\n')
     (tmp_path / "a.toml").write_text(f'folder = "{tmp_path}/a"\n{common}'
+                                     'script = "train_teacher.py"\nname = "teacher"\n'
+                                     '[[stage]]\nscript = "train_student.py"\n'
                                      'name = "alone"\nflags = {loss = "ce"}\n')
     (tmp_path / "b.toml").write_text(f'folder = "{tmp_path}/b"\n{common}'
-                                     'name = "picked_on_val"\nflags = {loss = "ce", '
+                                     'script = "train_student.py"\nname = "picked_on_val"\n'
+                                     f'flags = {{loss = "kd", teacher = "{tmp_path}/a/teacher.pt", '
                                      'skip-test = true}\n')
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "RUNS": "2"}
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder), str(out), "10",
-                           str(tmp_path / "a.toml"), str(tmp_path / "b.toml")], cwd=ROOT,
+                           str(tmp_path / "b.toml"), str(tmp_path / "a.toml")], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    log = (out / "sweeps.log").read_text()
-    assert log.index(f"== {tmp_path}/a.toml") < log.index(f"== {tmp_path}/b.toml")
-    assert "records and results of 1 finished runs with a test" in proc.stdout
+    log = (out / "sweeps.log").read_text()  # one pool: b's student waits for a's teacher
+    assert log.index(f"done  {tmp_path}/a/teacher") < log.index(
+        f"started  {tmp_path}/b/picked_on_val")
+    assert "records and results of 2 finished runs with a test" in proc.stdout
     archives = [p for p in out.iterdir() if p.name.startswith("gpu_runs-")]
     assert len(archives) == 1
     with tarfile.open(archives[0]) as tar:
@@ -40,4 +49,18 @@ def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_pa
     assert any(n.endswith("a/alone.metrics.csv") for n in names)
     assert any(n.endswith("b/picked_on_val.config.json") for n in names)
     results = pd.read_csv(tmp_path / "unpacked" / "results" / "results.csv")
-    assert set(results["checkpoint"].map(lambda p: os.path.basename(p))) == {"alone.pt"}
+    assert set(results["checkpoint"].map(lambda p: os.path.basename(p))) == {"alone.pt",
+                                                                             "teacher.pt"}
+    # the teacher comes back, exported: the same weights, without the training state
+    assert sorted(p.name for p in out.iterdir()) == sorted([archives[0].name, "sweeps.log",
+                                                            "a-teacher.pt"])
+    exported = load_checkpoint(out / "a-teacher.pt")
+    assert exported["exported"] and "optimizer_state" not in exported
+    original = load_checkpoint(tmp_path / "a" / "teacher.pt")["model_state"]
+    assert all(torch.equal(original[k], exported["model_state"][k]) for k in original)
+    # beside its records from the archive, sweep.py takes the export for the finished run
+    folder = tmp_path / "unpacked" / str(tmp_path / "a").lstrip("/")
+    (out / "a-teacher.pt").rename(folder / "teacher.pt")
+    grid = tomllib.loads((tmp_path / "a.toml").read_text())
+    teacher = expand(grid, str(folder), seeds=[0], extra={"device": "cpu"})[0]
+    assert teacher.name == "teacher" and finished(teacher)

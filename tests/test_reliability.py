@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from conftest import ROOT, full_and_resumed_runs, interrupted_run, run_script, write_image_folder
-from kd.checkpoints import CheckpointError, load_checkpoint, save_atomically, save_checkpoint
+from kd.checkpoints import (
+    CheckpointError,
+    export_finished,
+    load_checkpoint,
+    save_atomically,
+    save_checkpoint,
+)
+from kd.runs import teacher_identity
 from models import load_model
 
 
@@ -95,6 +102,43 @@ def test_a_checkpoint_without_training_state_cannot_be_resumed(teacher_checkpoin
     proc = run_script("train_teacher.py", "--resume", "--data-root", image_folder, "--out", out,
                       check=False)
     assert "optimizer_state" in last_line(proc)
+
+
+def test_a_finished_run_exported_without_its_training_state_is_the_same_teacher(
+        teacher_checkpoint, image_folder, tmp_path):
+    """What comes back from a lent GPU: a teacher without optimizer, schedule and RNG states,
+    a third of the size, that students and evaluate.py take as the run itself."""
+    out = tmp_path / "exported.pt"
+    export_finished(teacher_checkpoint, out)
+    original, exported = load_checkpoint(teacher_checkpoint), load_checkpoint(out)
+    assert set(original) - set(exported) == {"optimizer_state", "scheduler_state", "rng"}
+    assert out.stat().st_size < 0.8 * teacher_checkpoint.stat().st_size
+    data = {"sha256": original["config"]["data_identity"]["sha256"]}
+    assert teacher_identity(out, data) == teacher_identity(teacher_checkpoint, data)
+    for model in ("raw", "ema"):
+        expected, got = (load_model(path, ema=model == "ema").state_dict()
+                         for path in (teacher_checkpoint, out))
+        assert all(torch.equal(expected[k], got[k]) for k in expected)
+    proc = run_script("train_student.py", "--dry-run", "--loss", "kd", "--teacher", out,
+                      "--data-root", image_folder, "--out", tmp_path / "student.pt",
+                      "--plots-dir", tmp_path)
+    assert "test loss" in proc.stdout
+    results = {}
+    for path in (teacher_checkpoint, out):
+        run_script("evaluate.py", path, "--data-root", image_folder, "--plots-dir",
+                   tmp_path / path.stem)
+        table = pd.read_csv(tmp_path / path.stem / "results.csv")
+        results[path] = table.filter(regex="acc|loss|variant|seed|epochs")
+    pd.testing.assert_frame_equal(*results.values())
+    refused = run_script("train_teacher.py", "--resume", "--data-root", image_folder, "--out",
+                         out, check=False)
+    assert last_line(refused).endswith("exported without its training state: it serves as "
+                                       "--teacher and for evaluate.py, and cannot be resumed "
+                                       "or extended")
+    unfinished = {**original, "epoch": original["epochs"] - 1}
+    torch.save(unfinished, tmp_path / "unfinished.pt")
+    with pytest.raises(CheckpointError, match="unfinished run"):
+        export_finished(tmp_path / "unfinished.pt", tmp_path / "no.pt")
 
 
 @pytest.mark.parametrize("flags, fragment", [

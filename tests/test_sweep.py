@@ -13,7 +13,7 @@ pytest.importorskip("submitit")
 
 from conftest import ROOT, interrupted_run  # noqa: E402
 from kd.checkpoints import load_checkpoint  # noqa: E402
-from sweep import GridError, expand, parse_flags, select  # noqa: E402
+from sweep import GridError, combine, expand, parse_flags, select  # noqa: E402
 
 
 def sweep(*flags, env=None):
@@ -51,19 +51,19 @@ def test_expand_products_names_flags_and_needs():
     assert len(runs) == 2 + 2 * (4 + 2)
     by_name = {run.name: run for run in runs}
     run = by_name["student_loss=kd_logit-standardize=true_seed1"]
-    command = run.command("out")[1:]
+    command = run.command()[1:]
     assert command[:command.index("--out")] == [
         "train_student.py", "--epochs", "2", "--teacher", "out/teacher_seed1.pt", "--loss", "kd",
         "--logit-standardize", "--dry-run", "--seed", "1"]
-    assert run.needs == ["teacher_seed1"]
+    assert run.needs == ["out/teacher_seed1.pt"]
     assert "--logit-standardize" not in by_name[
-        "student_loss=kd_logit-standardize=false_seed0"].command("out")
-    widths = by_name["student_loss=dist_widths=48-96_seed0"].command("out")
+        "student_loss=kd_logit-standardize=false_seed0"].command()
+    widths = by_name["student_loss=dist_widths=48-96_seed0"].command()
     assert widths[widths.index("--widths"):][:3] == ["--widths", "48", "96"]
     assert by_name["teacher_seed0"].needs == []
-    assert by_name["teacher_seed0"].command("out")[-2:] == ["--plots-dir", "out/plots"]
+    assert by_name["teacher_seed0"].command()[-2:] == ["--plots-dir", "out/plots"]
     plots = expand({"stage": [{"script": "train_teacher.py", "flags": {"plots-dir": "p"}}]},
-                   "out", seeds=[0])[0].command("out")
+                   "out", seeds=[0])[0].command()
     assert plots.count("--plots-dir") == 1 and plots[plots.index("--plots-dir") + 1] == "p"
 
 
@@ -81,7 +81,7 @@ def test_each_seeds_students_can_name_that_seeds_teacher():
     for seed, teacher in ((0, "teacher"), (2, "teacher_seed2")):
         student = runs[f"student_kd_seed{seed}"]
         assert student.settings["teacher"] == f"out/{teacher}.pt"
-        assert student.needs == [teacher]
+        assert student.needs == [f"out/{teacher}.pt"]
     assert runs["student_teacher=x.pt_seed2"].settings["teacher"] == "x.pt"
 
 
@@ -89,9 +89,10 @@ def test_each_seeds_students_can_name_that_seeds_teacher():
 def test_the_seed_studies_pair_every_student_with_its_seeds_teacher(grid):
     runs = expand(tomllib.loads((ROOT / "experiments" / "grids" / grid).read_text()),
                   "checkpoints", seeds=[0, 1, 2])
-    teachers = {run.settings["seed"]: run.name for run in runs
+    teachers = {run.settings["seed"]: run.key for run in runs
                 if run.script == "train_teacher.py"}
-    assert teachers == {0: "teacher", 1: "teacher_seed1", 2: "teacher_seed2"}
+    assert teachers == {0: "checkpoints/teacher.pt", 1: "checkpoints/teacher_seed1.pt",
+                        2: "checkpoints/teacher_seed2.pt"}
     for run in runs:
         if run.script == "train_student.py" and "teacher" in run.settings:
             assert run.needs == [teachers[run.settings["seed"]]], run.name
@@ -124,6 +125,54 @@ def test_only_keeps_the_runs_a_pattern_names():
         "crd_w0.8_seed1", "crd_w0.2_seed1", "crd_w2_seed1"]
 
 
+def test_grids_combine_into_one_pool_that_links_runs_across_them():
+    teacher = {"script": "train_teacher.py", "name": "{teacher}"}
+    student = {"script": "train_student.py", "name": "kd_seed{seed}",
+               "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
+    selection = expand({"stage": [student]}, "runs/select", seeds=[1])
+    study = expand({"stage": [teacher, {**student, "name": "student_kd_seed{seed}",
+                                        "flags": {**student["flags"], "epochs": 36}}]},
+                   "checkpoints", seeds=[1])
+    again = expand({"stage": [teacher]}, "checkpoints", seeds=[1])  # the same teacher run
+    assert selection[0].needs == []  # alone, its grid does not train that teacher
+    runs = combine([selection, study, again])
+    assert [run.label for run in runs] == ["runs/select/kd_seed1", "checkpoints/teacher_seed1",
+                                           "checkpoints/student_kd_seed1"]
+    assert runs[0].needs == runs[2].needs == ["checkpoints/teacher_seed1.pt"]
+    other = expand({"stage": [{**teacher, "flags": {"epochs": 20}}]}, "checkpoints", seeds=[1])
+    with pytest.raises(GridError, match="two grids name checkpoints/teacher_seed1.pt with "
+                                        "different flags"):
+        combine([study, other])
+    assert [run.label for run in combine([study])] == ["teacher_seed1", "student_kd_seed1"]
+
+
+def test_a_sweep_of_two_grids_runs_a_student_after_the_other_grids_teacher(image_folder,
+                                                                          tmp_path):
+    teacher_grid = write_grid(tmp_path / "teachers.toml", STAGES.split("[[stage]]")[0]
+                              + "[[stage]]" + STAGES.split("[[stage]]")[1], image_folder)
+    folder = tmp_path / "sweep"
+    student_grid = tmp_path / "students.toml"
+    student_grid.write_text(write_grid(tmp_path / "x.toml", "", image_folder).read_text()
+                            .replace(str(folder), str(tmp_path / "other"))
+                            + f'[[stage]]\nscript = "train_student.py"\nname = "kd"\n'
+                              f'flags = {{teacher = "{folder}/teacher.pt", loss = "kd"}}\n')
+    proc = sweep(student_grid, teacher_grid)  # the student's grid first: it waits all the same
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[:2] == [f"1 runs in {tmp_path / 'other'}: 0 finished (skipped), 1 to run",
+                         f"1 runs in {folder}: 0 finished (skipped), 1 to run"]
+    def first(text):
+        return next(i for i, line in enumerate(lines) if text in line)
+    assert first(f"    done  {folder}/teacher") < first(f"started  {tmp_path}/other/kd")
+    assert load_checkpoint(tmp_path / "other" / "kd.pt")["epoch"] == 2
+    for name, grid in (("other", "students.toml"), ("sweep", "teachers.toml")):
+        assert len(list((tmp_path / name / "sweeps").glob(f"*_{grid}"))) == 1
+        assert len(list((tmp_path / name / "logs").glob("*_log.out"))) == 1
+    refused = sweep(student_grid, teacher_grid, "--folder", tmp_path / "x")
+    assert refused.returncode != 0 and refused.stderr.strip() == (
+        "error: --folder takes one grid; several grids go each into its own folder")
+
+
 def test_extra_flags_parse_like_the_scripts_take_them():
     assert parse_flags("--train-subset 500 --dry-run --widths 32 64") == {
         "train-subset": "500", "dry-run": True, "widths": ["32", "64"]}
@@ -137,7 +186,7 @@ def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_fold
     # The ce student was interrupted mid-epoch 2 by an earlier sweep: it must resume.
     ce = next(run for run in expand(tomllib.loads(grid.read_text()), str(folder), seeds=[0])
               if run.name == "student_loss=ce_seed0")
-    interrupted_run("train_student.py", ce.command(str(folder))[2:], step=2 + 1 + 1)
+    interrupted_run("train_student.py", ce.command()[2:], step=2 + 1 + 1)
     assert load_checkpoint(ce.out)["epoch"] == 1
 
     proc = sweep(grid)
@@ -231,6 +280,24 @@ def test_runs_share_a_device_and_stop_cleanly_at_the_deadline(image_folder, tmp_
     for seed in (0, 1):  # interrupted, not finished: a later sweep resumes them
         metrics = tmp_path / "sweep" / f"alone_seed{seed}.metrics.csv"
         assert not metrics.exists() or len(metrics.read_text().splitlines()) < 401
+    # Each training process itself was interrupted, said so in its job's log, and had ended
+    # before the sweep returned (no records land after its table).
+    assert not processes_writing(tmp_path / "sweep")
+    logs = [log.read_text() for log in (tmp_path / "sweep" / "logs").glob("*_log.err")]
+    assert len(logs) == 2 and all("\ninterrupted: " in log for log in logs), logs
+
+
+def processes_writing(folder):
+    """The command lines of the processes alive that name `folder`."""
+    alive = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # it ended meanwhile
+            continue
+        if str(folder) in text:
+            alive.append(text)
+    return alive
 
 
 def test_a_sweep_refuses_no_runs_at_a_time_in_one_line(tmp_path):

@@ -15,6 +15,7 @@ from kd.checkpoints import load_checkpoint
 from kd.data import BatchLoader
 from kd.device import select_device
 from kd.ema import ModelEMA
+from losses import ContrastMemory
 from models import build_model
 
 pytestmark = pytest.mark.cuda
@@ -148,6 +149,25 @@ def test_kd_and_ema_steps_on_cuda_wait_for_the_device_only_at_loss_reads():
     # at least 2 per step (40) if the EMA update read its count on the host.
     assert len(syncs) < 10, [str(w.message) for w in syncs[:3]]
     assert ema.updates == 40 and torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_crd_draws_its_negatives_on_the_device_and_resumes_them_there(tmp_path):
+    """CRD on CUDA: the negatives come from a generator on the banks' device (other classes
+    only, no host copy), and a memory restored from the saved state_dict (loaded on the
+    CPU, then moved) draws on CUDA what the uninterrupted one draws."""
+    labels = torch.arange(50) % 5
+    first = ContrastMemory(labels, k=64, dim=8, seed=1).cuda()
+    index = torch.arange(16, device="cuda")
+    first.draw_contrast_index(index)
+    torch.save(first.state_dict(), tmp_path / "crd.pt")
+    resumed = ContrastMemory(labels, k=64, dim=8, seed=2)
+    resumed.load_state_dict(torch.load(tmp_path / "crd.pt", map_location="cpu",
+                                       weights_only=True))
+    resumed.cuda()
+    drawn, again = first.draw_contrast_index(index), resumed.draw_contrast_index(index)
+    assert drawn.device.type == "cuda" and torch.equal(drawn, again)
+    labels = labels.cuda()
+    assert (labels[drawn[:, 1:]] != labels[index][:, None]).all()
 
 
 def test_benchmark_runs_on_cuda(image_folder):

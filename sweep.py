@@ -272,12 +272,15 @@ class TrainingCommand:
     its pid is kept in `pid_file` while it runs, so that a stop (`interrupt_training`)
     interrupts it directly and waits for it to save."""
 
-    def __init__(self, command, pid_file):
-        self.command, self.pid_file = command, Path(pid_file)
+    def __init__(self, command, pid_file, threads=None):
+        self.command, self.pid_file, self.threads = command, Path(pid_file), threads
 
     def __call__(self):
         print(f"command: {shlex.join(self.command)}", flush=True)
-        with subprocess.Popen(self.command, cwd=ROOT) as process:
+        env = dict(os.environ)
+        if self.threads and "OMP_NUM_THREADS" not in env:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        with subprocess.Popen(self.command, cwd=ROOT, env=env) as process:
             self.pid_file.write_text(str(process.pid))
             try:
                 code = process.wait()
@@ -291,8 +294,19 @@ class TrainingCommand:
             raise subprocess.CalledProcessError(code, self.command)
 
 
-def job_function(run):
-    return TrainingCommand(run.command(), pid_file(run))
+def job_function(run, threads=None):
+    return TrainingCommand(run.command(), pid_file(run), threads)
+
+
+def threads_per_run(runs_at_once):
+    """The CPU threads each of `runs_at_once` local runs gets (None: torch's default, a
+    thread per core): the cores shared out, at least one each. Left to the default, runs
+    side by side each start a thread per core and fight over the cores (docs/sweeps.md has
+    the measurement). An OMP_NUM_THREADS already set is left as it is."""
+    if runs_at_once <= 1:
+        return None
+    import torch  # its count of cores (physical ones), the default it would use
+    return max(1, torch.get_num_threads() // runs_at_once)
 
 
 def pid_file(run):
@@ -315,6 +329,7 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
     folder, where its runs' job logs go. Returns {label: (status, detail)}. submitit's local
     executor starts every job at once, so when to start them is decided here."""
     slots = [gpu for gpu in gpus for _ in range(per_device)] or [None] * per_device
+    threads = threads_per_run(len(slots))
     waiting, running, outcome = list(runs), {}, {}
     by_key = {run.key: run for run in runs}  # the runs needed but not here have finished
     try:
@@ -350,7 +365,7 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     executor = executors[run.folder]
                     executor.update_parameters(gpus_per_node=0 if slot is None else 1,
                                                visible_gpus=() if slot is None else (slot,))
-                    job = executor.submit(job_function(run))
+                    job = executor.submit(job_function(run, threads))
                     running[run.key] = (job, slot, time.time())
                     print(f" started  {run.label}  (log: {job.paths.stdout})", flush=True)
             time.sleep(POLL_SECONDS if running else 0)
@@ -446,8 +461,9 @@ def main():
            "CPU; "
            "slurm: job arrays through sbatch (default: local)")
     a("--runs-per-device", type=int, default=1, metavar="N",
-      help="local: runs at a time on each GPU, or in all on a CPU (default: 1); small models "
-           "leave a GPU idle between kernel launches, so several runs share it well")
+      help="local: runs at a time on each GPU, or in all on a CPU (default: 1), each with "
+           "its share of the CPU threads; small models leave a GPU idle between kernel "
+           "launches, so several runs share it well")
     a("--stop-after", type=float, metavar="MINUTES",
       help="local: stop the running jobs after this many minutes (each keeps its last "
            "complete epoch) and start no more; run the sweep again to go on (a GPU lent for "

@@ -191,7 +191,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     commit, dirty = git_commit()
     config.update(model=model_spec(model), torch_version=str(torch.__version__),
                   git_commit=commit, git_dirty=dirty, device=str(device),
-                  machine=machine_name(device),
+                  machine=machine_name(device), cpu_threads=torch.get_num_threads(),
                   schedule_start_epoch=schedule_start)
     print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")

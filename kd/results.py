@@ -35,7 +35,8 @@ ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "clip_grad_norm": 0.0, **methods.flags_be
 NOT_RECIPE = {"seed", "out", "plots_dir", "data_root", "device", "resume", "overwrite",
               "restart_if_changed", "skip_test", "compile", "git_commit", "git_dirty",
               "torch_version", "schedule_start_epoch", "run_id", "default_epochs", "model",
-              "teacher", "teacher_identity", "data_identity", "machine", "no_shared_logits"}
+              "teacher", "teacher_identity", "data_identity", "machine", "cpu_threads",
+              "no_shared_logits"}
 
 
 def variant_order():

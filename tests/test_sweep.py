@@ -156,7 +156,12 @@ def test_a_sweep_of_two_grids_runs_a_student_after_the_other_grids_teacher(image
                             .replace(str(folder), str(tmp_path / "other"))
                             + f'[[stage]]\nscript = "train_student.py"\nname = "kd"\n'
                               f'flags = {{teacher = "{folder}/teacher.pt", loss = "kd"}}\n')
-    proc = sweep(student_grid, teacher_grid)  # the student's grid first: it waits all the same
+    # The student's grid first: it waits all the same. Two runs at a time on this CPU: each
+    # gets half the threads a run alone would use.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "sweep.py", student_grid, teacher_grid,
+                           "--runs-per-device", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:2] == [f"1 runs in {tmp_path / 'other'}: 0 finished (skipped), 1 to run",
@@ -165,6 +170,10 @@ def test_a_sweep_of_two_grids_runs_a_student_after_the_other_grids_teacher(image
         return next(i for i, line in enumerate(lines) if text in line)
     assert first(f"    done  {folder}/teacher") < first(f"started  {tmp_path}/other/kd")
     assert load_checkpoint(tmp_path / "other" / "kd.pt")["epoch"] == 2
+    alone = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                           capture_output=True, text=True, env=env, check=True).stdout
+    for run in (folder / "teacher.pt", tmp_path / "other" / "kd.pt"):
+        assert load_checkpoint(run)["config"]["cpu_threads"] == max(1, int(alone) // 2)
     for name, grid in (("other", "students.toml"), ("sweep", "teachers.toml")):
         assert len(list((tmp_path / name / "sweeps").glob(f"*_{grid}"))) == 1
         assert len(list((tmp_path / name / "logs").glob("*_log.out"))) == 1

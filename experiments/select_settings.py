@@ -7,6 +7,7 @@ never read.
 
     python experiments/select_settings.py runs/select    # also writes runs/select/selection.csv
     python experiments/select_settings.py runs/select --margin 1.0
+    python experiments/select_settings.py runs/best --across   # one recipe among all methods
 """
 import argparse
 import sys
@@ -20,16 +21,20 @@ from kd.results import is_second_model, label_settings, run_table, variant_rank 
 MARGIN = 1.0  # points of validation accuracy within which one seed does not decide (issue 26)
 
 
-def decisions(runs, margin=MARGIN):
+def decisions(runs, margin=MARGIN, across=False):
     """One row per method and setting of `runs` (kd.results.run_table's rows; EMA rows left
     out): seeds, mean validation accuracy, minutes per run and the decision: `chosen`,
     `within <d> of the best: decide on a second seed` (while either has one seed), `below`,
-    `only setting`, or `incomplete (epoch k of n)`."""
+    `only setting`, or `incomplete (epoch k of n)`. With `across`, one choice among all
+    the runs' recipes, whatever their method (the best student's recipe, issue 26): the
+    method is then "any" and the setting the whole recipe."""
     runs = runs[~runs["variant"].map(is_second_model)]
     budget = runs["epochs"].max()
     parts = runs["variant"].map(label_settings)
     runs = runs.assign(method=parts.str[0],
                        setting=parts.map(lambda p: ", ".join(p[1]) or "default"))
+    if across:
+        runs = runs.assign(method="any", setting=runs["variant"])
     table = runs.groupby(["method", "setting", "variant"], sort=False).agg(
         seeds=("seed", "nunique"), val_acc=("val_acc", "mean"), epochs=("epochs", "min"),
         minutes=("minutes", "median")).reset_index()
@@ -67,11 +72,14 @@ def main():
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help=f"points of validation accuracy within which a second seed "
                              f"decides (default: {MARGIN})")
+    parser.add_argument("--across", action="store_true",
+                        help="one choice among every recipe, whatever its method (the best "
+                             "student of experiments/grids/best.toml)")
     args = parser.parse_args()
     runs = run_table([args.folder])
     if runs.empty:
         raise cli.UserError(f"no run records (*.metrics.csv) in {args.folder}")
-    table = decisions(runs, args.margin)
+    table = decisions(runs, args.margin, args.across)
     write_text(Path(args.folder) / "selection.csv", table.to_csv(index=False))
     print(f"Validation accuracy (%) at the last epoch, mean over the seeds run; "
           f"{args.folder}; the test set is not read.\n")

@@ -57,3 +57,19 @@ def test_a_second_seed_decides_between_close_settings(tmp_path):
     assert rows_by_setting(table, "at") == {"at_weight=1000.0": "chosen",
                                             "at_weight=100.0": "below"}
     assert table.set_index("setting").at["at_weight=1000.0", "val_acc"] == 72.2
+
+
+def test_across_methods_one_recipe_is_chosen_among_all(tmp_path):
+    """experiments/grids/best.toml: the best student's recipe, whatever its method; per
+    method, each is its only setting."""
+    write_run(tmp_path, "kd_e200", "kd", 0, None, val_acc=85.0)
+    write_run(tmp_path, "kd+ce_e200", "kd+ce", 0, None, val_acc=85.6)
+    write_run(tmp_path, "kd+mixup_e200", "kd", 0, None, val_acc=83.0, mixup=True)
+    runs = run_table([tmp_path])
+    assert set(decisions(runs)["decision"]) == {"only setting"}
+    table = decisions(runs, across=True)
+    assert set(table["method"]) == {"any"}
+    assert dict(zip(table["setting"].str.split(" ").str[0], table["decision"])) == {
+        "kd+ce": "best so far: decide on a second seed",
+        "kd": "within 0.60 of the best: decide on a second seed",
+        "kd+mixup": "below"}

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Two student runs side by side on this CPU, as `sweep.py --runs-per-device 2` starts them:
 # each with torch's default threads (one per core: the runs fight over the cores) against
-# each with OMP_NUM_THREADS = cores / 2 (what the sweep now gives them), in interleaved
-# rounds; prints each run's images/s (its last epoch) and the medians. An idle machine only.
+# each with OMP_NUM_THREADS = cores / 2 (what the sweep now gives them), and one run alone
+# with the default threads (`--runs-per-device 1`), in interleaved rounds; prints each
+# run's images/s (its last epoch), the median per run and the machine's total (runs at once
+# x the median). An idle machine only.
 #
 #   bash benchmarks/side_by_side.sh DATA [ROUNDS]
 set -euo pipefail
@@ -13,8 +15,10 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 shared=$($PYTHON -c "import torch; print(max(1, torch.get_num_threads() // 2))")
 for round in $(seq "$rounds"); do
-  for mode in default shared; do
-    for seed in 0 1; do
+  for mode in default shared alone; do
+    seeds="0 1"
+    [ $mode = alone ] && seeds=0
+    for seed in $seeds; do
       ( [ $mode = shared ] && export OMP_NUM_THREADS=$shared
         TQDM_DISABLE=1 $PYTHON train_student.py --loss ce --epochs 2 --train-subset 8000 \
           --data-root "$data" --device cpu --precision fp32 --skip-test --ema-decay 0 \
@@ -30,13 +34,17 @@ from pathlib import Path
 
 import pandas as pd
 
-rows = [{"threads": "default" if p.name.startswith("default") else f"{sys.argv[2]} each",
-         "run": p.name.removesuffix(".metrics.csv"),
+MODES = {"default": ("2 at once, default threads", 2),
+         "shared": (f"2 at once, {sys.argv[2]} thread(s) each", 2),
+         "alone": ("1 alone, default threads", 1)}
+rows = [{"mode": MODES[p.name.split("_")[0]][0], "run": p.name.removesuffix(".metrics.csv"),
          "images/s": pd.read_csv(p)["images_per_second"].iloc[-1]}
         for p in sorted(Path(sys.argv[1]).glob("*.metrics.csv"))]
 table = pd.DataFrame(rows)
 print(table.to_string(index=False))
-medians = table.groupby("threads")["images/s"].median()
-print(f"\nmedian images/s per run: {medians.to_dict()}; ratio "
-      f"{medians.max() / medians.min():.2f}")
+summary = table.groupby("mode", sort=False)["images/s"].median().rename("median per run")
+at_once = {label: n for label, n in MODES.values()}
+summary = summary.to_frame().assign(
+    **{"machine total": lambda t: t["median per run"] * t.index.map(at_once)})
+print("\n" + summary.round(0).to_string())
 PY

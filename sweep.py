@@ -269,7 +269,7 @@ class TrainingCommand:
     process, which a cancelled job's controller kills a second after its Ctrl-C, leaving
     the training process never interrupted, its messages lost, and still running after
     the sweep's table. Here the training process writes to the job's log files itself, and
-    its pid is kept in `pid_file` while it runs, so that a stop (`interrupt_training`)
+    its pid is kept in `pid_file` while it runs, so that a stop (`stop_jobs`)
     interrupts it directly and waits for it to save."""
 
     def __init__(self, command, pid_file, threads=None):
@@ -313,13 +313,17 @@ def pid_file(run):
     return Path(run.folder) / "logs" / f"{run.name}.pid"
 
 
-def interrupt_training(job, pid_path):
-    """Ctrl-C to a local job's training process (which saves its last complete epoch and
-    exits); to the job itself while its training process has not started."""
-    try:
-        os.kill(int(pid_path.read_text()), signal.SIGINT)
-    except (OSError, ValueError):  # no pid yet, or the process has just ended
-        job.cancel(check=False)
+def stop_jobs(running, by_key):
+    """Ctrl-C to each running local job's training process (which saves its last complete
+    epoch and exits), or to the job itself while its training process has not started;
+    returns once every job has ended."""
+    for key, (job, _, _) in running.items():
+        try:
+            os.kill(int(pid_file(by_key[key]).read_text()), signal.SIGINT)
+        except (OSError, ValueError):  # no pid yet, or the process has just ended
+            job.cancel(check=False)
+    for job, _, _ in running.values():
+        job.wait()
 
 
 def run_here(runs, executors, gpus, per_device=1, stop_at=None):
@@ -335,10 +339,8 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
     try:
         while waiting or running:
             if stop_at is not None and time.time() >= stop_at:
-                for key, (job, _, _) in running.items():
-                    interrupt_training(job, pid_file(by_key[key]))
-                for key, (job, _, _) in running.items():
-                    job.wait()  # until the training process has saved and exited
+                stop_jobs(running, by_key)
+                for key in running:
                     outcome[by_key[key].label] = ("stopped", "at --stop-after; run the sweep "
                                                   "again to resume it")
                 for run in waiting:
@@ -370,10 +372,7 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     print(f" started  {run.label}  (log: {job.paths.stdout})", flush=True)
             time.sleep(POLL_SECONDS if running else 0)
     except KeyboardInterrupt:  # stop the jobs too: each saves its last complete epoch
-        for key, (job, _, _) in running.items():
-            interrupt_training(job, pid_file(by_key[key]))
-        for job, _, _ in running.values():
-            job.wait()
+        stop_jobs(running, by_key)
         raise
     return outcome
 

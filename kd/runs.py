@@ -82,11 +82,11 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
     """The checkpoint --resume continues, its recipe restored into `args`; None when
     --restart-if-changed finds it stale (then the run starts over)."""
     ckpt = load_checkpoint(out, map_location=device)
-    missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
     if ckpt.get("exported"):
         raise CheckpointError(f"{out} is a finished run exported without its training state: "
                               f"it serves as --teacher and for evaluate.py, and cannot be "
                               f"resumed or extended")
+    missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
     if missing:
         raise CheckpointError(f"{out} cannot be resumed: it lacks {', '.join(missing)}")
     if ckpt["model"]["name"] != model_name:

@@ -180,8 +180,10 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     paths = record_paths(args.out)
     name = Path(args.out).stem
     if start_epoch >= args.epochs:
-        print(f"{args.out} is already complete ({start_epoch} epochs); pass --epochs N > "
-              f"{start_epoch} with --resume to extend it")
+        print(f"{args.out} is already complete ({start_epoch} epochs); "
+              + ("exported without its training state, it cannot be extended"
+                 if (ckpt or {}).get("exported") else
+                 f"pass --epochs N > {start_epoch} with --resume to extend it"))
         if not args.skip_test and not test_record_matches(paths["test"], args.run_id,
                                                           start_epoch):
             test_and_record(model, ema, splits, device, args, paths["test"], name)

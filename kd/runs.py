@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 import methods
-from kd.checkpoints import CheckpointError, load_checkpoint, weights_sha256
+from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args
 from kd.data import VAL_SEED, load_cifar10, split_train_val
 from kd.device import resolve_precision, select_device
@@ -82,11 +82,11 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
     """The checkpoint --resume continues, its recipe restored into `args`; None when
     --restart-if-changed finds it stale (then the run starts over)."""
     ckpt = load_checkpoint(out, map_location=device)
-    if ckpt.get("exported"):
-        raise CheckpointError(f"{out} is a finished run exported without its training state: "
-                              f"it serves as --teacher and for evaluate.py, and cannot be "
-                              f"resumed or extended")
-    missing = sorted(set(RESUMABLE_KEYS) - set(ckpt))
+    # An export (checkpoints.export_finished) is a complete run without what continuing it
+    # needs: resuming it is a no-op (make resumes every checkpoint it finds), extending it
+    # is refused below.
+    exported = bool(ckpt.get("exported"))
+    missing = sorted(set(RESUMABLE_KEYS) - set(ckpt) - (set(TRAINING_STATE) if exported else set()))
     if missing:
         raise CheckpointError(f"{out} cannot be resumed: it lacks {', '.join(missing)}")
     if ckpt["model"]["name"] != model_name:
@@ -117,6 +117,10 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
     done, planned = ckpt["epoch"], ckpt["epochs"]
     if args.epochs is None:
         args.epochs = planned
+    if exported and args.epochs != done:
+        raise CheckpointError(f"{out} is a finished run exported without its training state: "
+                              f"it serves as --teacher and for evaluate.py, and cannot be "
+                              f"extended")
     if done < planned and args.epochs != planned:
         raise UserError(f"{out} is an interrupted {planned}-epoch run (at epoch {done}); "
                         f"resume it with --epochs {planned}, then extend it")
@@ -260,19 +264,23 @@ def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, em
     """The inverse of training_state (`path` is for messages). The optimizer and scheduler
     must be built already: building a scheduler resets the optimizer's LR, so the LR is set
     again from `schedule`."""
+    exported = ckpt.get("exported")  # complete (load_resumable): its weights are all it needs
     try:
         model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        scheduler.load_state_dict(ckpt["scheduler_state"])
         if ema is not None:
             ema.module.load_state_dict(ckpt["ema"]["model_state"])
             ema.load_updates(ckpt["ema"]["updates"])
-        if method is not None:
+        if not exported:
+            optimizer.load_state_dict(ckpt["optimizer_state"])
+            scheduler.load_state_dict(ckpt["scheduler_state"])
+        if method is not None and not exported:
             method.load_state_dict(ckpt.get("method_state", {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # what load_state_dict raises
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(f"{path} cannot be resumed: its training state does not fit "
                               f"the run ({reason})") from None
+    if exported:
+        return
     for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
         group["lr"] = base_lr * schedule(scheduler.last_epoch)
     torch.set_rng_state(ckpt["rng"]["torch"].cpu())

@@ -130,11 +130,19 @@ def test_a_finished_run_exported_without_its_training_state_is_the_same_teacher(
         table = pd.read_csv(tmp_path / path.stem / "results.csv")
         results[path] = table.filter(regex="acc|loss|variant|seed|epochs")
     pd.testing.assert_frame_equal(*results.values())
-    refused = run_script("train_teacher.py", "--resume", "--data-root", image_folder, "--out",
-                         out, check=False)
+    # make resumes every checkpoint it finds: an export of the same recipe is complete, its
+    # test record written, its weights untouched; extending it is refused in one line
+    weights = out.read_bytes()
+    done = run_script("train_teacher.py", "--resume", "--restart-if-changed", "--dry-run",
+                      "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path)
+    assert "is already complete (1 epochs); exported without its training state" in done.stdout
+    assert "stale" not in done.stdout and out.read_bytes() == weights
+    assert (tmp_path / "exported.test.json").exists()
+    refused = run_script("train_teacher.py", "--resume", "--epochs", "2", "--data-root",
+                         image_folder, "--out", out, "--plots-dir", tmp_path, check=False)
     assert last_line(refused).endswith("exported without its training state: it serves as "
-                                       "--teacher and for evaluate.py, and cannot be resumed "
-                                       "or extended")
+                                       "--teacher and for evaluate.py, and cannot be extended")
+    assert out.read_bytes() == weights
     unfinished = {**original, "epoch": original["epochs"] - 1}
     torch.save(unfinished, tmp_path / "unfinished.pt")
     with pytest.raises(CheckpointError, match="unfinished run"):

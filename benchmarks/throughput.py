@@ -51,6 +51,7 @@ from kd.data import (  # noqa: E402
     CROP_PADDING,
     TRAIN_SIZE,
     BatchLoader,
+    gathers_per_epoch,
     load_cifar10,
     split_train_val,
 )
@@ -190,10 +191,15 @@ def build_variants(args, device):
     precision, other = args.precision, OTHER_PRECISION[args.precision]
     forward_flop_teacher = 2 * count_macs(teacher)
 
-    def loader(bs, augment=True, memory_format=torch.channels_last, positions=True):
+    def loader(bs, augment=True, memory_format=torch.channels_last, positions=True,
+               gather_per_epoch=None):
         return BatchLoader(*train, bs, device, shuffle=True, augment=augment, drop_last=True,
                            max_batches=args.batches, memory_format=memory_format,
-                           positions=positions)
+                           positions=positions, gather_per_epoch=gather_per_epoch)
+
+    # The loader's default on this device (a GPU gathers an epoch's augmented images at once,
+    # a CPU batch by batch), timed against the other way.
+    other_gather = "gathered per batch" if gathers_per_epoch(device) else "gathered per epoch"
 
     def model(kind):
         torch.manual_seed(0)
@@ -234,6 +240,10 @@ def build_variants(args, device):
             Variant(f"{kind}: train, tutorial pipeline", training_of(model(kind), tutorial), n,
                     flop, bs),
             Variant(f"{kind}: data + augmentation only", data_only(loader(bs)), n, None, bs),
+            Variant(f"{kind}: data + augmentation only, {other_gather}", data_only(loader(
+                bs, gather_per_epoch=other_gather.endswith("epoch"))), n, None, bs),
+            Variant(f"{kind}: train, {other_gather}", training_of(model(kind), loader(
+                bs, gather_per_epoch=other_gather.endswith("epoch"))), n, flop, bs),
             Variant(f"{kind}: train, contiguous NCHW",
                     training_of(model(kind), loader(bs, memory_format=torch.contiguous_format)),
                     n, flop, bs),

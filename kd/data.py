@@ -195,6 +195,14 @@ def _unit_table(device):
     return (torch.arange(256, dtype=torch.uint8).float() / 255).to(device)
 
 
+def gathers_per_epoch(device):
+    """The loader's default on `device`. On a GPU one gather of the whole epoch's augmented
+    images (uint8, ~140 MB at 45,000) replaces a pad, an index and a copy per batch; on a
+    CPU the per-batch gather stays in cache and allocates 140 MB less. Either way the
+    batches are the same bits."""
+    return torch.device(device).type == "cuda"
+
+
 class BatchLoader:
     """Batches of (float images in [0, 1], labels) from uint8 tensors held on `device`; with
     `positions`, (images, labels, each image's position in `images`).
@@ -208,10 +216,7 @@ class BatchLoader:
                  seed=0, drop_last=False, max_batches=None,
                  memory_format=torch.channels_last, positions=False, gather_per_epoch=None):
         self.device = torch.device(device)
-        # On a GPU one gather of the whole epoch's augmented images (uint8, ~140 MB at 45,000)
-        # replaces a pad, an index and a copy per batch; on a CPU the per-batch gather stays in
-        # cache and allocates 140 MB less. Either way the batches are the same bits.
-        self.gather_per_epoch = (self.device.type == "cuda" if gather_per_epoch is None
+        self.gather_per_epoch = (gathers_per_epoch(self.device) if gather_per_epoch is None
                                  else gather_per_epoch)
         # channels_last: the layout oneDNN and cuDNN convolutions run fastest in (the
         # benchmark compares it with contiguous NCHW).

@@ -52,7 +52,8 @@ def test_benchmark_prints_every_row(image_folder, monkeypatch, capsys, one_threa
     other = {"fp32": "bf16", "bf16": "fp32"}[resolve_precision("auto", torch.device("cpu"))]
     for kind in ("teacher", "student"):
         for variant in ("train", "train, tutorial pipeline", "data + augmentation only",
-                        "inference", f"train, {other}"):
+                        "data + augmentation only, gathered per epoch",
+                        "train, gathered per epoch", "inference", f"train, {other}"):
             assert f"{kind}: {variant}" in rows
     assert "student: train, KD with shared teacher logits" in rows
     assert "teacher: train, EMA of the weights" in rows

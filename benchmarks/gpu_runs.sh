@@ -19,9 +19,10 @@
 # again elsewhere.
 #
 # Environment: PYTHON (default python3), RUNS (runs at a time, default 8), DEVICE (default
-# auto), FLAGS (added to every run, e.g. --dry-run for a smoke run), WHEELS (a folder of wheels installed first with pip
-# --no-index into a temporary folder: sweep.py needs submitit, which the lent GPU machine
-# lacks; docs/gpu.md says how to fetch it).
+# auto), FLAGS (added to every run, e.g. --dry-run for a smoke run), WHEELS (a folder of
+# pure-Python wheels put on the import path: sweep.py needs submitit and its cloudpickle,
+# which the lent GPU machine lacks; docs/gpu.md says how to fetch them). Without them it
+# stops at once, in one line.
 set -uo pipefail
 export LC_ALL=C
 if [ $# -lt 4 ]; then
@@ -39,9 +40,18 @@ DEVICE=${DEVICE:-auto}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 if [ -n "${WHEELS:-}" ]; then
-  $PYTHON -m pip install -q --no-index --no-deps --no-compile --target "$work/site" \
-    "$WHEELS"/*.whl || exit 2
-  export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH}
+  # A pure-Python wheel is a zip that Python imports from as it is (zipimport): no pip,
+  # which a bare machine may lack, and nothing installed.
+  wheels=$(cd "$WHEELS" && pwd) || exit 2
+  for wheel in "$wheels"/*.whl; do
+    [ -f "$wheel" ] && PYTHONPATH=$wheel${PYTHONPATH:+:$PYTHONPATH}
+  done
+  export PYTHONPATH
+fi
+if ! reason=$($PYTHON -c "import submitit" 2>&1); then
+  echo "gpu_runs.sh: sweep.py cannot import submitit (${reason##*$'\n'}); give WHEELS=FOLDER" \
+    "with the wheels of submitit and cloudpickle (docs/gpu.md)" >&2
+  exit 2
 fi
 if [[ $data == *.tar.gz ]]; then
   mkdir "$work/data" && tar xzf "$data" -C "$work/data" || exit 2

@@ -1,11 +1,16 @@
 """benchmarks/gpu_runs.sh as a CPU smoke run: the grids swept as one pool, evaluate.py on the
 finished runs that report a test accuracy, one archive of records without checkpoints, the
 finished teachers exported beside it."""
+import importlib
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import tomllib
+import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,6 +22,27 @@ from kd.checkpoints import load_checkpoint
 pytest.importorskip("submitit")  # sweep.py's
 
 from sweep import expand, finished  # noqa: E402
+
+
+def machine_without_cloudpickle(tmp_path):
+    """PYTHONPATH for a Python like the lent GPU machine's: submitit's dependency cloudpickle
+    (no dependency of torch's) cannot be imported."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "cloudpickle.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'cloudpickle'\", name='cloudpickle')\n")
+    return str(hidden)
+
+
+def wheel_of(package, folder):
+    """A pure-Python wheel of an installed package, as far as importing it goes: a zip with
+    the package at its root."""
+    source = Path(importlib.import_module(package).__file__).parent
+    folder.mkdir(exist_ok=True)
+    with zipfile.ZipFile(folder / f"{package}-0-py3-none-any.whl", "w") as wheel:
+        for path in source.rglob("*.py"):
+            wheel.write(path, path.relative_to(source.parent))
+    return folder
 
 
 def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_path):
@@ -31,7 +57,10 @@ def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_pa
                                      f'flags = {{loss = "kd", teacher = "{tmp_path}/a/teacher.pt", '
                                      'skip-test = true}\n')
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "RUNS": "2"}
+    # as on the lent machine, cloudpickle comes from a wheel in WHEELS
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "RUNS": "2",
+           "PYTHONPATH": machine_without_cloudpickle(tmp_path),
+           "WHEELS": str(wheel_of("cloudpickle", tmp_path / "wheels"))}
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder), str(out), "10",
                            str(tmp_path / "b.toml"), str(tmp_path / "a.toml")], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
@@ -64,3 +93,26 @@ def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_pa
     grid = tomllib.loads((tmp_path / "a.toml").read_text())
     teacher = expand(grid, str(folder), seeds=[0], extra={"device": "cpu"})[0]
     assert teacher.name == "teacher" and finished(teacher)
+
+
+def test_without_submitit_s_dependencies_it_stops_at_once_in_one_line(image_folder, tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu",
+           "PYTHONPATH": machine_without_cloudpickle(tmp_path)}
+    proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder),
+                           str(tmp_path / "out"), "1", "experiments/grids/best.toml"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "No module named 'cloudpickle'" in proc.stderr and "WHEELS" in proc.stderr
+    assert list((tmp_path / "out").iterdir()) == []  # nothing ran
+
+
+def test_docs_fetch_every_wheel_sweep_py_needs_beyond_torch_s_own():
+    """docs/gpu.md's download command names each requirement of submitit that torch does
+    not bring (the lent machine has torch and its dependencies, no network)."""
+    def names(package):
+        return {re.split(r"[ ;<>=!~\[]", requirement)[0].lower().replace("_", "-")
+                for requirement in importlib.metadata.requires(package) or ()
+                if "extra ==" not in requirement}
+    command = next(line for line in (ROOT / "docs/gpu.md").read_text().splitlines()
+                   if "pip download" in line)
+    assert {"submitit", *names("submitit") - names("torch")} <= set(command.split())

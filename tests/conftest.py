@@ -114,6 +114,22 @@ def teacher_checkpoint(image_folder, tmp_path_factory):
     return out
 
 
+# What the lent GPU machine lacks of requirements.txt: it has torch, torchvision, numpy,
+# pandas, matplotlib, tqdm, tabulate and pytest, and no network.
+NOT_ON_THE_GPU_MACHINE = ("scipy", "statsmodels", "submitit", "cloudpickle")
+
+
+def like_the_gpu_machine(folder):
+    """A PYTHONPATH (made in `folder`) for a Python like the lent GPU machine's: none of
+    NOT_ON_THE_GPU_MACHINE can be imported."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for package in NOT_ON_THE_GPU_MACHINE:
+        (folder / f"{package}.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{package}'\", name='{package}')\n")
+    return str(folder)
+
+
 def on_cpu(flags):
     """`flags` with --device cpu unless they name a device: the suite runs on the CPU, where
     its exact-equality checks hold, even on a machine with a GPU (tests marked `cuda` say

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.gpu_summary import prediction_interval
-from conftest import ROOT
+from conftest import ROOT, like_the_gpu_machine
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
@@ -23,7 +23,8 @@ def test_gpu_check_runs_every_stage(image_folder, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "FLAGS": "--dry-run",
            "BENCH_FLAGS": "--rounds 1 --batches 1 --kinds student",  # the teacher's: its own test
-           "STARTUP_FLAGS": "--steady-steps 1"}
+           "STARTUP_FLAGS": "--steady-steps 1",
+           "PYTHONPATH": like_the_gpu_machine(tmp_path / "hidden")}  # it has no scipy, ...
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(archive), str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -78,3 +79,16 @@ def test_gpu_check_runs_on_after_a_failing_stage_and_says_which(tmp_path):
     assert "failed: tests startup teacher student_kd+ce" in proc.stderr
     assert "benchmark summary" in proc.stderr  # the summary too, and the archive is still made
     assert [p.suffixes for p in (tmp_path / "out").glob("gpu_check-*")] == [[".tar", ".gz"]]
+
+
+def test_the_cuda_tests_are_collected_without_what_the_gpu_machine_lacks(tmp_path):
+    """gpu_check.sh runs `pytest -m cuda tests`, which imports every test module: one that
+    needs a package the GPU machine lacks must skip, or the collection error stops every
+    `cuda` test from running there."""
+    env = {**os.environ, "PYTHONPATH": like_the_gpu_machine(tmp_path),
+           "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p",
+                           "no:cacheprovider", "--collect-only", "tests"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert re.search(r"\b\d+/\d+ tests collected", proc.stdout)

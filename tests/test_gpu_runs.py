@@ -16,22 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, like_the_gpu_machine
 from kd.checkpoints import load_checkpoint
 
 pytest.importorskip("submitit")  # sweep.py's
 
 from sweep import expand, finished  # noqa: E402
-
-
-def machine_without_cloudpickle(tmp_path):
-    """PYTHONPATH for a Python like the lent GPU machine's: submitit's dependency cloudpickle
-    (no dependency of torch's) cannot be imported."""
-    hidden = tmp_path / "hidden"
-    hidden.mkdir()
-    (hidden / "cloudpickle.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'cloudpickle'\", name='cloudpickle')\n")
-    return str(hidden)
 
 
 def wheel_of(package, folder):
@@ -40,7 +30,9 @@ def wheel_of(package, folder):
     source = Path(importlib.import_module(package).__file__).parent
     folder.mkdir(exist_ok=True)
     with zipfile.ZipFile(folder / f"{package}-0-py3-none-any.whl", "w") as wheel:
-        for path in source.rglob("*.py"):
+        for path in source.rglob("*"):
+            if "__pycache__" in path.parts or path.is_dir():
+                continue
             wheel.write(path, path.relative_to(source.parent))
     return folder
 
@@ -57,9 +49,10 @@ def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_pa
                                      f'flags = {{loss = "kd", teacher = "{tmp_path}/a/teacher.pt", '
                                      'skip-test = true}\n')
     out = tmp_path / "out"
-    # as on the lent machine, cloudpickle comes from a wheel in WHEELS
+    # as on the lent machine: submitit and cloudpickle come from wheels in WHEELS
+    wheel_of("submitit", tmp_path / "wheels")
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "RUNS": "2",
-           "PYTHONPATH": machine_without_cloudpickle(tmp_path),
+           "PYTHONPATH": like_the_gpu_machine(tmp_path / "hidden"),
            "WHEELS": str(wheel_of("cloudpickle", tmp_path / "wheels"))}
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder), str(out), "10",
                            str(tmp_path / "b.toml"), str(tmp_path / "a.toml")], cwd=ROOT,
@@ -97,12 +90,12 @@ def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_pa
 
 def test_without_submitit_s_dependencies_it_stops_at_once_in_one_line(image_folder, tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu",
-           "PYTHONPATH": machine_without_cloudpickle(tmp_path)}
+           "PYTHONPATH": like_the_gpu_machine(tmp_path / "hidden")}
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder),
                            str(tmp_path / "out"), "1", "experiments/grids/best.toml"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "No module named 'cloudpickle'" in proc.stderr and "WHEELS" in proc.stderr
+    assert "No module named 'submitit'" in proc.stderr and "WHEELS" in proc.stderr
     assert list((tmp_path / "out").iterdir()) == []  # nothing ran
 
 

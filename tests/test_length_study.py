@@ -4,9 +4,12 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from conftest import ROOT
 
+pytest.importorskip("scipy")  # report.py's statistics, which length_study.py uses
+pytest.importorskip("statsmodels")
 sys.path.insert(0, str(ROOT / "experiments"))
 from length_study import comparisons, length_table  # noqa: E402
 
@@ -62,3 +65,32 @@ def test_methods_are_compared_with_the_student_alone_paired_by_seed():
     assert list(family["comparison"]) == ["kd − ce"]
     assert family["runs"][0] == "3 pairs by seed"
     assert family["difference (points)"][0] == "+3.10"  # (3 + 3.1 + 3.2) / 3
+
+
+def test_several_tables_read_as_one_say_where_each_row_ran(tmp_path):
+    """Runs of one study from two machines (a lent GPU's, a CPU's): one row per method and
+    length over both, saying which seeds ran where; a run given twice counts once, and one
+    whose rows disagree between the tables is refused in one line."""
+    frame = results().assign(machine="NVIDIA H200", precision="bf16")
+    gpu, cpu = frame, frame[frame["run"].str.startswith("student_kd_seed")].copy()
+    cpu["run"] = cpu["run"].str.replace("kd_seed", "kd_e36_seed")
+    cpu = cpu.assign(epochs=36, variant=cpu["variant"].str.replace("12", "36"),
+                     machine="AMD EPYC", precision="fp32")
+    cpu = cpu[cpu["seed"] > 0]
+    gpu.to_csv(tmp_path / "gpu.csv", index=False)
+    pd.concat([cpu, gpu.iloc[:2]]).to_csv(tmp_path / "cpu.csv", index=False)  # seed 0 again
+    proc = subprocess.run([sys.executable, "experiments/length_study.py", tmp_path / "gpu.csv",
+                           tmp_path / "cpu.csv", "--figure", tmp_path / "l.png"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    cells = [[cell.strip() for cell in line.split("|")[1:-1]]
+             for line in proc.stdout.splitlines() if line.startswith("| kd ")]
+    ran_on = {tuple(row[1:3]): row[-1] for row in cells}  # (epochs, seeds): where
+    assert ran_on == {("12", "3"): "NVIDIA H200 bf16: seeds 0, 1, 2",
+                      ("36", "3"): "AMD EPYC fp32: seeds 1, 2; NVIDIA H200 bf16: seed 0"}
+
+    gpu.assign(test_acc=gpu["test_acc"] + 0.01).to_csv(tmp_path / "other.csv", index=False)
+    proc = subprocess.run([sys.executable, "experiments/length_study.py", tmp_path / "gpu.csv",
+                           tmp_path / "other.csv", "--figure", tmp_path / "l.png"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0
+    assert "differs between the tables" in proc.stderr

@@ -1,9 +1,10 @@
-"""Training length as a factor (issue 26): from evaluate.py's results.csv (or a trimmed copy
-such as experiments/h200_runs.csv), each student method's clean training, validation and
-test accuracy at every length (mean ± std over the seeds run), and a figure of test
-accuracy (solid) and clean training accuracy (dashed) against epochs, one colour per method.
+"""Training length as a factor (issue 26): from evaluate.py's results.csv (or trimmed copies
+such as experiments/h200_runs.csv; several tables are read as one), each student method's
+clean training, validation and test accuracy at every length (mean ± std over the seeds
+run, with the machines and precisions they ran on), and a figure of test accuracy (solid)
+and clean training accuracy (dashed) against epochs, one colour per method.
 
-    python experiments/length_study.py                                   # the H200 runs
+    python experiments/length_study.py                    # the H200 runs
     python experiments/length_study.py plots/results.csv --figure plots/length.png
 
 The top axis converts epochs into minutes of a 2-core CPU at --cpu-minutes-per-epoch (a KD
@@ -26,6 +27,7 @@ from report import compare_runs, family_table, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
+DEFAULT_TABLES = ["experiments/h200_runs.csv"]
 
 
 def student_runs(results):
@@ -44,7 +46,38 @@ def length_table(results):
     table = grouped[COLUMNS].agg(["mean", "std"])
     table.columns = [f"{column}_{stat}" for column, stat in table.columns]
     table.insert(0, "seeds", grouped.size())
+    if {"machine", "precision", "seed"} <= set(runs.columns):
+        table["ran on"] = grouped[["machine", "precision", "seed"]].apply(ran_on)
     return table.reset_index()
+
+
+def ran_on(runs):
+    """Where a row's runs trained: each machine and precision with its seeds."""
+    where = runs["machine"].fillna("?") + " " + runs["precision"].fillna("?")
+    return "; ".join(f"{place}: seed{'s' * (len(seeds) > 1)} "
+                     f"{', '.join(str(s) for s in sorted(seeds))}"
+                     for place, seeds in runs.groupby(where)["seed"])
+
+
+def read_tables(paths):
+    """evaluate.py tables read as one. A run (name, weights, seed) in two of them is one run
+    evaluated twice: kept once if the rows agree, refused in one line if they do not."""
+    frames = []
+    for path in paths:
+        try:
+            frames.append(pd.read_csv(path))
+        except (OSError, pd.errors.ParserError) as e:
+            raise cli.UserError(f"{path}: cannot read it as a results table ({e})") from e
+        missing = {"run", "weights", "variant", "epochs", *COLUMNS} - set(frames[-1].columns)
+        if missing:
+            raise cli.UserError(f"{path}: no column(s) {', '.join(sorted(missing))}")
+    results = pd.concat(frames, ignore_index=True).drop_duplicates()
+    key = ["run", "weights", *(["seed"] if "seed" in results.columns else [])]
+    clashes = results[results.duplicated(key, keep=False)]
+    if not clashes.empty:
+        raise cli.UserError(f"run {clashes.iloc[0]['run']} ({clashes.iloc[0]['weights']} "
+                            f"weights) differs between the tables; give each run once")
+    return results
 
 
 # At a length with several seeds: each method against the student alone, and against KD
@@ -70,7 +103,8 @@ def markdown(table):
         mean, std = row[f"{column}_mean"], row[f"{column}_std"]
         return f"{mean:.2f}" if row["seeds"] == 1 else f"{mean:.2f} ± {std:.2f}"
     rows = [{"method": row["method"], "epochs": row["epochs"], "seeds": row["seeds"],
-             **{column: cell(row, column) for column in COLUMNS}}
+             **{column: cell(row, column) for column in COLUMNS},
+             **({"ran on": row["ran on"]} if "ran on" in row else {})}
             for _, row in table.iterrows()]
     return pd.DataFrame(rows).to_markdown(index=False)
 
@@ -105,24 +139,19 @@ def plot(table, path, cpu_minutes_per_epoch, title):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="?", default=str(ROOT / "experiments/h200_runs.csv"),
-                        help="evaluate.py's results.csv or a copy with its columns "
-                             "(default: experiments/h200_runs.csv)")
+    parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
+                        help="evaluate.py's results.csv or copies with its columns, read as "
+                             f"one (default: {' '.join(DEFAULT_TABLES)})")
     parser.add_argument("--figure", default=str(ROOT / "docs/figures/length.png"),
                         help="where the figure goes (default: docs/figures/length.png)")
     parser.add_argument("--cpu-minutes-per-epoch", type=float, default=0.3,
                         help="a KD student's minutes per epoch on a 2-core CPU, for the top "
                              "axis (default: 0.3, KD + CE served stored logits, fp32, Zen 3)")
     args = parser.parse_args()
-    try:
-        results = pd.read_csv(args.results)
-    except (OSError, pd.errors.ParserError) as e:
-        raise cli.UserError(f"{args.results}: cannot read it as a results table ({e})") from e
-    missing = {"run", "weights", "variant", "epochs", *COLUMNS} - set(results.columns)
-    if missing:
-        raise cli.UserError(f"{args.results}: no column(s) {', '.join(sorted(missing))}")
+    results = read_tables(args.results)
     table = length_table(results)
-    machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna().unique())
+    machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()
+                         .str.replace(r" \(.*\)$", "", regex=True).unique())
     plot(table, Path(args.figure), args.cpu_minutes_per_epoch,
          f"student (3.1 M MACs) by training length; {machines}; error bars: std over seeds")
     print(markdown(table))

@@ -86,12 +86,15 @@ FEATURE_METHODS = ({"loss": "fitnet"}, {"loss": "at"}, {"loss": "reviewkd"},
 class Variant:
     """A named workload: `run()` processes `images` images; `flop` per image (or None).
     `memory`: the (kind, method config) of the synthetic_step whose peak memory the row
-    shows, or None; `vs_kd`: the row gives its time and peak memory as ratios of KD_STEP's."""
+    shows, or None; `vs_kd`: the row gives its time and peak memory as ratios of KD_STEP's.
+    `may_fail`: an error in `run()` fails this row only (`failed` says why), not the run:
+    torch.compile needs a compiler toolchain (Triton's, Inductor's) that a machine may lack."""
 
-    def __init__(self, name, run, images, flop=None, batch=None, memory=None, vs_kd=False):
+    def __init__(self, name, run, images, flop=None, batch=None, memory=None, vs_kd=False,
+                 may_fail=False):
         self.name, self.run, self.images, self.flop, self.batch = name, run, images, flop, batch
-        self.memory, self.vs_kd = memory, vs_kd
-        self.seconds, self.warmup, self.peak_mib = [], [], None
+        self.memory, self.vs_kd, self.may_fail = memory, vs_kd, may_fail
+        self.seconds, self.warmup, self.peak_mib, self.failed = [], [], None, None
 
 
 def sync(device):
@@ -265,10 +268,10 @@ def build_variants(args, device):
             variants += [
                 Variant(f"{kind}: train, torch.compile {args.compile}",
                         training_of(model(kind), loader(bs), compile_mode=args.compile), n,
-                        flop, bs),
+                        flop, bs, may_fail=True),
                 Variant(f"{kind}: inference, torch.compile {args.compile}",
                         inference(model(kind), unaugmented(), device, compile_mode=args.compile), n,
-                        forward_flop, bs)]
+                        forward_flop, bs, may_fail=True)]
     student_flop = 3 * 2 * count_macs(build_model("student"))
     if "student" in args.kinds:
         # The warm-up round computes the teacher's logits, the timed rounds are served them,
@@ -310,10 +313,19 @@ def peak_variants(device, precision):
 def measure(variants, rounds, device):
     for round_ in range(rounds + 1):  # round 0 warms up (allocations, oneDNN kernels, compile)
         for v in variants:
+            if v.failed:
+                continue
             sync(device)  # a GPU starts idle and is timed until its last kernel ends
             start = time.perf_counter()
-            v.run()
-            sync(device)
+            try:
+                v.run()
+                sync(device)
+            except Exception as e:  # noqa: BLE001 (whatever the compiler raises)
+                if not v.may_fail:
+                    raise
+                v.failed = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+                print(f"{v.name}: failed, left out ({v.failed})", file=sys.stderr)
+                continue
             (v.seconds.append if round_ else v.warmup.append)(time.perf_counter() - start)
         print(f"round {round_}/{rounds} done", file=sys.stderr)
 
@@ -512,19 +524,23 @@ def rss_kib(field):
 
 
 def report(variants, device, precision):
+    timed = [v for v in variants if not v.failed]
     peaks = {v.name: v.flop / statistics.median(v.seconds) / 1e9
-             for v in variants if v.name.startswith("peak:")}
+             for v in timed if v.name.startswith("peak:")}
     peak_of = {p: max(g for name, g in peaks.items() if name.startswith(f"peak: {p} "))
                for p in ("fp32", "bf16")}  # each row's share is of its own precision's peak
     other = OTHER_PRECISION[precision]
     tutorial = {v.name.split(":")[0]: statistics.median(v.seconds) / v.images
-                for v in variants if "tutorial" in v.name}
+                for v in timed if "tutorial" in v.name}
     data_only = {v.name.split(":")[0]: statistics.median(v.seconds)
-                 for v in variants if "data + augmentation" in v.name}
-    default = {v.name: statistics.median(v.seconds) / v.images for v in variants}
+                 for v in timed if v.name.endswith(": data + augmentation only")}
+    default = {v.name: statistics.median(v.seconds) / v.images for v in timed}
     kd_peak_mib = next((v.peak_mib for v in variants if v.name == KD_STEP), None)
     rows = []
     for v in variants:
+        if v.failed:
+            rows.append({"variant": v.name, "batch": v.batch, "images/s": "failed"})
+            continue
         if v.name in peaks:
             continue
         kind = v.name.split(":")[0]
@@ -552,7 +568,7 @@ def report(variants, device, precision):
                 row["memory vs KD step"] = round(v.peak_mib / kd_peak_mib, 2)
         rows.append(row)
     table = pd.DataFrame(rows).astype(object).fillna("")
-    rounds = len(variants[0].seconds)
+    rounds = len(timed[0].seconds)
     print(f"\n{machine_name(device)}; {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {precision} training ('{other}' rows: the same step in "
           f"{other}), median of {rounds} interleaved rounds; peaks: " +
@@ -564,6 +580,9 @@ def report(variants, device, precision):
           (f"; 'time vs KD step' (per image) and 'memory vs KD step' (peak MiB): cost ratios "
            f"to '{KD_STEP}'" if "time vs KD step" in table else ""))
     print(table.to_markdown(index=False))
+    for v in variants:
+        if v.failed:
+            print(f"- {v.name}: failed ({v.failed})")
     return peak_of[precision]
 
 

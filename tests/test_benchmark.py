@@ -2,6 +2,7 @@
 timing belongs to the benchmark, not to the tests)."""
 import functools
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -129,3 +130,39 @@ def test_gpu_time_per_op_group_counts_each_kernel_once():
                                                        "other": 20}
     assert throughput.self_time_by_group(events, on_gpu=False) == {"conv": 40, "optimizer": 15,
                                                         "other": 8}
+
+
+def test_a_compiled_row_that_fails_is_reported_and_the_rest_measured(capsys):
+    """A GPU machine may lack the compiler torch.compile needs: that row says it failed, and
+    every other row is still timed (a lent machine's minutes are not spent twice). Any other
+    row's error stops the benchmark. The data share of a training step is the default
+    loader's, not the other gather's."""
+    def compile_error():
+        raise RuntimeError("Failed to find C compiler. Please specify via CC\nmore")
+
+    def pause(seconds):
+        return lambda: time.sleep(seconds)
+    names = {"peak: fp32 mm": pause(0.001), "peak: bf16 mm": pause(0.001),
+             "student: train, tutorial pipeline": pause(0.02),
+             "student: data + augmentation only": pause(0.001),
+             "student: data + augmentation only, gathered per epoch": pause(0.03),
+             "student: train": pause(0.01)}
+    variants = [throughput.Variant(name, run, 8, flop=1e6) for name, run in names.items()]
+    compiled = throughput.Variant("student: train, torch.compile reduce-overhead",
+                                  compile_error, 8, flop=1e6, may_fail=True)
+    device = torch.device("cpu")
+    throughput.measure([*variants, compiled], 2, device)
+    assert compiled.failed == "RuntimeError: Failed to find C compiler. Please specify via CC"
+    assert all(len(v.seconds) == 2 for v in variants) and not compiled.seconds
+    throughput.report([*variants, compiled], device, "fp32")
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "torch.compile" in line)
+    assert "| failed " in row
+    assert "- student: train, torch.compile reduce-overhead: failed (RuntimeError: " in out
+    train = next(line for line in out.splitlines() if line.startswith("| student: train  "))
+    header = next(line for line in out.splitlines() if line.startswith("| variant"))
+    share = dict(zip([c.strip() for c in header.split("|")],
+                     [c.strip() for c in train.split("|")]))["data share %"]
+    assert float(share) < 50  # 0.001 s of 0.01 s, not the other gather's 0.03
+    with pytest.raises(RuntimeError, match="C compiler"):
+        throughput.measure([throughput.Variant("student: train", compile_error, 8)], 1, device)

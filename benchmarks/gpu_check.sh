@@ -76,7 +76,8 @@ stage() {
 }
 
 if part tests; then
-  stage tests $PYTHON -m pytest -q -m cuda -p no:cacheprovider tests
+  # -v: each test's outcome as it ends, so a check cut short still says which passed
+  stage tests $PYTHON -m pytest -v -rfE -m cuda -p no:cacheprovider tests
 fi
 if part pipeline; then
   # What each of the pipeline's processes pays before its steady steps, by part (imports,

@@ -8,6 +8,7 @@ with a bare python3 (no scipy on the GPU machine).
 """
 import csv
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -59,6 +60,21 @@ def accuracy_rows(results, reference):
     return lines
 
 
+def test_outcome(log):
+    """The `cuda` tests' outcome from pytest's log: its closing counts and each failure, or,
+    for a run cut short, the tests that finished (-v names each as it ends)."""
+    lines = log.splitlines()
+    counts = [line.strip("= ") for line in lines
+              if re.search(r"\d+ (passed|failed|errors?|skipped)\b.* in ", line)]
+    failures = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    if counts:
+        return [f"cuda tests: {counts[-1]}", *(f"- {line}" for line in failures)]
+    done = [line for line in lines if re.search(r" (PASSED|FAILED|ERROR|SKIPPED)", line)]
+    passed = sum(" PASSED" in line for line in done)
+    return [f"cuda tests: cut short after {len(done)} ({passed} passed)",
+            *(f"- {line}" for line in done if " PASSED" not in line)]
+
+
 def summary(check):
     check = Path(check)
     gpu = (check / "gpu.txt").read_text().strip() if (check / "gpu.txt").is_file() else "?"
@@ -79,6 +95,8 @@ def summary(check):
                         f"{statistics.median(speeds):,.0f} |")
     if runs:
         lines += ["", "| run | images/s (median epoch) |", "|---|---|", *runs]
+    if (check / "tests.log").is_file():
+        lines += ["", *test_outcome((check / "tests.log").read_text())]
     results = read_rows(check / "results.csv")
     if results:
         lines += ["", *accuracy_rows(results, reference_seeds())]

@@ -10,7 +10,7 @@ import tarfile
 import pandas as pd
 import pytest
 
-from benchmarks.gpu_summary import prediction_interval
+from benchmarks.gpu_summary import prediction_interval, test_outcome
 from conftest import ROOT, like_the_gpu_machine
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -56,6 +56,7 @@ def test_gpu_check_runs_every_stage(image_folder, tmp_path):
     summary = (out / "summary.md").read_text()
     assert summary == (check / "summary.md").read_text() and summary in proc.stdout
     assert "torch" in summary and "| pipeline |" in summary and "| check |" in summary
+    assert re.search(r"^cuda tests: \d+ skipped, \d+ deselected in ", summary, re.M), summary
     assert "cpu context" in summary and re.search(r"^\| teacher \| [\d,]+ \|$", summary, re.M)
     teacher = r"^\| teacher \| [\d.]+ \| 87\.94 ± 0\.19 \(3\) \| 86\.98 - 88\.90 \| (yes|NO) \|$"
     assert re.search(teacher, summary, re.M), summary
@@ -92,3 +93,17 @@ def test_the_cuda_tests_are_collected_without_what_the_gpu_machine_lacks(tmp_pat
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert re.search(r"\b\d+/\d+ tests collected", proc.stdout)
+
+
+def test_the_summary_gives_the_cuda_tests_outcome_even_when_cut_short():
+    head = ("tests/test_cuda.py::test_a PASSED                  [  5%]\n"
+            "tests/test_cuda.py::test_b FAILED                  [ 10%]\n")
+    finished = (head + "=========== short test summary info ===========\n"
+                "FAILED tests/test_cuda.py::test_b - AssertionError: 1 != 2\n"
+                "====== 1 failed, 1 passed, 250 deselected in 95.20s (0:01:35) ======\n")
+    assert test_outcome(finished) == [
+        "cuda tests: 1 failed, 1 passed, 250 deselected in 95.20s (0:01:35)",
+        "- FAILED tests/test_cuda.py::test_b - AssertionError: 1 != 2"]
+    assert test_outcome(head + "tests/test_cuda.py::test_c ") == [
+        "cuda tests: cut short after 2 (1 passed)",
+        "- tests/test_cuda.py::test_b FAILED                  [ 10%]"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import methods
+from benchmarks import throughput
 from conftest import run_script, synthetic_images
 from kd import engine
 from kd.checkpoints import load_checkpoint
@@ -175,4 +176,6 @@ def test_benchmark_runs_on_cuda(image_folder):
                       "--rounds", "1", "--batches", "1", "--profile")
     assert "student: train, tutorial pipeline" in proc.stdout
     assert "bf16 matmul" in proc.stdout or "fp32 matmul" in proc.stdout
-    assert proc.stdout.count("where a training step's time goes") == 3
+    # teacher, student and KD steps, then each feature method's (all kinds by default)
+    assert proc.stdout.count("where a training step's time goes") == 3 + len(
+        throughput.FEATURE_METHODS)

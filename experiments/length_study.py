@@ -4,7 +4,7 @@ clean training, validation and test accuracy at every length (mean ± std over t
 run, with the machines and precisions they ran on), and a figure of test accuracy (solid)
 and clean training accuracy (dashed) against epochs, one colour per method.
 
-    python experiments/length_study.py                    # the H200 runs
+    python experiments/length_study.py                    # the H200 runs and the CPU's
     python experiments/length_study.py plots/results.csv --figure plots/length.png
 
 The top axis converts epochs into minutes of a 2-core CPU at --cpu-minutes-per-epoch (a KD
@@ -27,7 +27,7 @@ from report import compare_runs, family_table, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
-DEFAULT_TABLES = ["experiments/h200_runs.csv"]
+DEFAULT_TABLES = ["experiments/h200_runs.csv", "experiments/zen1_runs.csv"]
 
 
 def student_runs(results):
@@ -60,19 +60,24 @@ def ran_on(runs):
 
 
 def read_tables(paths):
-    """evaluate.py tables read as one. A run (name, weights, seed) in two of them is one run
-    evaluated twice: kept once if the rows agree, refused in one line if they do not."""
+    """evaluate.py tables read as one (its results.csv names a run by its checkpoint; a
+    trimmed copy may name it `run`). A run (name, weights, seed) in two of them is one run
+    evaluated twice: kept once if its accuracies agree, refused in one line if not."""
     frames = []
     for path in paths:
         try:
-            frames.append(pd.read_csv(path))
+            frame = pd.read_csv(path)
         except (OSError, pd.errors.ParserError) as e:
             raise cli.UserError(f"{path}: cannot read it as a results table ({e})") from e
-        missing = {"run", "weights", "variant", "epochs", *COLUMNS} - set(frames[-1].columns)
+        if "run" not in frame.columns and "checkpoint" in frame.columns:
+            frame["run"] = frame["checkpoint"].map(lambda checkpoint: Path(checkpoint).stem)
+        missing = {"run", "weights", "variant", "epochs", *COLUMNS} - set(frame.columns)
         if missing:
             raise cli.UserError(f"{path}: no column(s) {', '.join(sorted(missing))}")
-    results = pd.concat(frames, ignore_index=True).drop_duplicates()
+        frames.append(frame)
+    results = pd.concat(frames, ignore_index=True)
     key = ["run", "weights", *(["seed"] if "seed" in results.columns else [])]
+    results = results.drop_duplicates([*key, "epochs", *COLUMNS])
     clashes = results[results.duplicated(key, keep=False)]
     if not clashes.empty:
         raise cli.UserError(f"run {clashes.iloc[0]['run']} ({clashes.iloc[0]['weights']} "
@@ -96,6 +101,22 @@ def comparisons(results, epochs):
     if not tests:
         return None
     return family_table(tests, ("comparison", "difference (points)"))
+
+
+def length_comparisons(results):
+    """Each method at every longer length against its shortest, paired by seed, where both
+    lengths have at least two seeds (one Holm family); None where none has."""
+    runs = student_runs(results)
+    tests = []
+    for method, rows in runs.groupby("method"):
+        by_length = {epochs: group for epochs, group in rows.groupby("epochs")
+                     if len(group) >= 2}
+        if len(by_length) >= 2:
+            shortest = min(by_length)
+            tests += [(f"{method} {epochs} epochs", f"{shortest} epochs",
+                       compare_runs(group, by_length[shortest], ["seed"]))
+                      for epochs, group in sorted(by_length.items()) if epochs != shortest]
+    return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
 def markdown(table):
@@ -159,6 +180,9 @@ def main():
         family = comparisons(results, epochs)
         if family is not None:
             print(f"\nAt {epochs} epochs, paired by seed:\n\n{family.to_markdown(index=False)}")
+    family = length_comparisons(results)
+    if family is not None:
+        print(f"\nLonger against shorter, paired by seed:\n\n{family.to_markdown(index=False)}")
     print(f"wrote {args.figure}")
 
 

@@ -11,7 +11,7 @@ from conftest import ROOT
 pytest.importorskip("scipy")  # report.py's statistics, which length_study.py uses
 pytest.importorskip("statsmodels")
 sys.path.insert(0, str(ROOT / "experiments"))
-from length_study import comparisons, length_table  # noqa: E402
+from length_study import comparisons, length_comparisons, length_table  # noqa: E402
 
 
 def results():
@@ -78,12 +78,14 @@ def test_several_tables_read_as_one_say_where_each_row_ran(tmp_path):
                      machine="AMD EPYC", precision="fp32")
     cpu = cpu[cpu["seed"] > 0]
     gpu.to_csv(tmp_path / "gpu.csv", index=False)
-    pd.concat([cpu, gpu.iloc[:2]]).to_csv(tmp_path / "cpu.csv", index=False)  # seed 0 again
+    cpu = pd.concat([cpu, gpu.iloc[:2]])  # seed 0 again, and as evaluate.py names runs:
+    cpu.insert(0, "checkpoint", "checkpoints/" + cpu.pop("run") + ".pt")
+    cpu.to_csv(tmp_path / "cpu.csv", index=False)
     proc = subprocess.run([sys.executable, "experiments/length_study.py", tmp_path / "gpu.csv",
                            tmp_path / "cpu.csv", "--figure", tmp_path / "l.png"],
                           cwd=ROOT, capture_output=True, text=True, check=True)
     cells = [[cell.strip() for cell in line.split("|")[1:-1]]
-             for line in proc.stdout.splitlines() if line.startswith("| kd ")]
+             for line in proc.stdout.split("\n\n")[0].splitlines() if line.startswith("| kd ")]
     ran_on = {tuple(row[1:3]): row[-1] for row in cells}  # (epochs, seeds): where
     assert ran_on == {("12", "3"): "NVIDIA H200 bf16: seeds 0, 1, 2",
                       ("36", "3"): "AMD EPYC fp32: seeds 1, 2; NVIDIA H200 bf16: seed 0"}
@@ -94,3 +96,15 @@ def test_several_tables_read_as_one_say_where_each_row_ran(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0
     assert "differs between the tables" in proc.stderr
+
+
+def test_a_method_at_a_longer_length_is_compared_with_its_shortest_paired_by_seed():
+    frame = results()
+    assert length_comparisons(frame) is None  # kd at 36 epochs: one seed
+    longer = [(f"student_kd_e36_seed{s}", "raw", "kd (epochs=36)", s, 36, 87.0, 82.0,
+               83.0 + s * 0.5) for s in (1, 2)]
+    frame = pd.concat([frame, pd.DataFrame(longer, columns=frame.columns)], ignore_index=True)
+    family = length_comparisons(frame)
+    assert list(family["comparison"]) == ["kd 36 epochs − 12 epochs"]
+    assert family["runs"][0] == "3 pairs by seed"
+    assert family["difference (points)"][0] == "+3.50"  # (83 - 79 + 83.5 - 80 + 84 - 81) / 3

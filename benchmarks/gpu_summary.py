@@ -60,7 +60,7 @@ def accuracy_rows(results, reference):
     return lines
 
 
-def test_outcome(log):
+def cuda_tests_outcome(log):
     """The `cuda` tests' outcome from pytest's log: its closing counts and each failure, or,
     for a run cut short, the tests that finished (-v names each as it ends)."""
     lines = log.splitlines()
@@ -96,7 +96,7 @@ def summary(check):
     if runs:
         lines += ["", "| run | images/s (median epoch) |", "|---|---|", *runs]
     if (check / "tests.log").is_file():
-        lines += ["", *test_outcome((check / "tests.log").read_text())]
+        lines += ["", *cuda_tests_outcome((check / "tests.log").read_text())]
     results = read_rows(check / "results.csv")
     if results:
         lines += ["", *accuracy_rows(results, reference_seeds())]

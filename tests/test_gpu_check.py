@@ -10,7 +10,7 @@ import tarfile
 import pandas as pd
 import pytest
 
-from benchmarks.gpu_summary import prediction_interval, test_outcome
+from benchmarks.gpu_summary import cuda_tests_outcome, prediction_interval
 from conftest import ROOT, like_the_gpu_machine
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -101,9 +101,9 @@ def test_the_summary_gives_the_cuda_tests_outcome_even_when_cut_short():
     finished = (head + "=========== short test summary info ===========\n"
                 "FAILED tests/test_cuda.py::test_b - AssertionError: 1 != 2\n"
                 "====== 1 failed, 1 passed, 250 deselected in 95.20s (0:01:35) ======\n")
-    assert test_outcome(finished) == [
+    assert cuda_tests_outcome(finished) == [
         "cuda tests: 1 failed, 1 passed, 250 deselected in 95.20s (0:01:35)",
         "- FAILED tests/test_cuda.py::test_b - AssertionError: 1 != 2"]
-    assert test_outcome(head + "tests/test_cuda.py::test_c ") == [
+    assert cuda_tests_outcome(head + "tests/test_cuda.py::test_c ") == [
         "cuda tests: cut short after 2 (1 passed)",
         "- tests/test_cuda.py::test_b FAILED                  [ 10%]"]

@@ -340,9 +340,10 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
         while waiting or running:
             if stop_at is not None and time.time() >= stop_at:
                 stop_jobs(running, by_key)
-                for key in running:
-                    outcome[by_key[key].label] = ("stopped", "at --stop-after; run the sweep "
-                                                  "again to resume it")
+                for key, (job, _, started) in running.items():  # one may have just finished
+                    ended = job_outcome(job, started)
+                    outcome[by_key[key].label] = ended if ended[0] == "done" else (
+                        "stopped", "at --stop-after; run the sweep again to resume it")
                 for run in waiting:
                     outcome[run.label] = ("not run", "--stop-after came first")
                 print(f" stopped  at --stop-after: {len(running)} running, {len(waiting)} "

@@ -3,14 +3,17 @@ executor (skip, resume, failures), and the sbatch files the SLURM executor would
 import os
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 # Skipped where submitit cannot be installed (the lent GPU machine, which runs the suite as is).
 pytest.importorskip("submitit")
 
+import sweep as sweep_module  # noqa: E402
 from conftest import ROOT, interrupted_run  # noqa: E402
 from kd.checkpoints import load_checkpoint  # noqa: E402
 from sweep import GridError, combine, expand, parse_flags, select  # noqa: E402
@@ -313,3 +316,40 @@ def test_a_sweep_refuses_no_runs_at_a_time_in_one_line(tmp_path):
     proc = sweep(tmp_path / "grid.toml", "--runs-per-device", 0)
     assert proc.returncode != 0
     assert proc.stderr.strip() == "error: --runs-per-device must be at least 1, got 0"
+
+
+class FinishedJob:
+    """A submitit job that has already finished successfully when it is first looked at."""
+    paths = SimpleNamespace(stdout="job.out", stderr="job.err")
+
+    def done(self):
+        return True
+
+    def result(self):
+        return None
+
+    def cancel(self, check=True):
+        pass
+
+    def wait(self):
+        pass
+
+
+class Executor:
+    def update_parameters(self, **parameters):
+        pass
+
+    def submit(self, function):
+        return FinishedJob()
+
+
+def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_path,
+                                                                          monkeypatch):
+    """At --stop-after, a run whose job ended since the last look is done: the sweep's table
+    must not send its user to resume a finished run."""
+    monkeypatch.setattr(sweep_module, "POLL_SECONDS", 0.2)
+    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
+                          command=lambda: ["true"])
+    outcome = sweep_module.run_here([run], {str(tmp_path): Executor()}, gpus=[],
+                                    stop_at=time.time() + 0.1)
+    assert outcome["a"][0] == "done", outcome

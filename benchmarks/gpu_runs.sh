@@ -69,6 +69,36 @@ status=0
 $PYTHON sweep.py "$@" --runs-per-device "$RUNS" --stop-after "$minutes" \
   --flags "--device $DEVICE $FLAGS" 2>&1 | tee "$out/sweeps.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# The finished teachers, exported without their training state (a third the size, within
+# what comes back), so that their students can be trained and checked elsewhere.
+$PYTHON - "$out" "${folders[@]}" <<'EOF' || status=1
+import sys
+from pathlib import Path
+
+from kd.checkpoints import CheckpointError, export_finished, load_checkpoint
+
+out = Path(sys.argv[1])
+for folder in map(Path, dict.fromkeys(sys.argv[2:])):
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            if load_checkpoint(path)["model"]["name"] == "teacher":
+                export_finished(path, out / f"{folder.name}-{path.name}")
+                print(f"exported {path} -> {out / f'{folder.name}-{path.name}'}")
+        except (CheckpointError, KeyError, TypeError):  # unfinished, or not a run
+            continue
+EOF
+# The records, logs and copied grids of every folder, and evaluate.py's tables: no
+# checkpoints. Archived first without the tables, so that a call cut short while
+# evaluate.py runs (about 2 s a run on an H200) still brings the records back; then again
+# with them, replacing it whole.
+archive=gpu_runs-$(date -u +%Y%m%d-%H%M%S).tar.gz
+mkdir -p "$work/results"
+pack() {  # written aside, then renamed: the archive in OUT_DIR is always whole
+  tar czf "$out/$archive.part" --exclude='*.pt' --exclude='*.png' \
+    --exclude='teacher_logits' "${folders[@]}" -C "$work" results 2>/dev/null
+  mv "$out/$archive.part" "$out/$archive"
+}
+pack
 # evaluate.py on the finished runs that report a test accuracy (selection runs skip it: a
 # run's test record is written once, after its last epoch)
 finished=$($PYTHON - "${folders[@]}" <<'EOF'
@@ -92,33 +122,11 @@ for folder in dict.fromkeys(sys.argv[1:]):
             print(checkpoint)
 EOF
 )
-mkdir -p "$work/results"
 if [ -n "$finished" ]; then
   # shellcheck disable=SC2086  # one checkpoint path per word
   $PYTHON evaluate.py $finished --device "$DEVICE" --plots-dir "$work/results" \
     > "$work/results/evaluate.log" 2>&1 || status=1
 fi
-# The finished teachers, exported without their training state (a third the size, within
-# what comes back), so that their students can be trained and checked elsewhere.
-$PYTHON - "$out" "${folders[@]}" <<'EOF' || status=1
-import sys
-from pathlib import Path
-
-from kd.checkpoints import CheckpointError, export_finished, load_checkpoint
-
-out = Path(sys.argv[1])
-for folder in map(Path, dict.fromkeys(sys.argv[2:])):
-    for path in sorted(folder.glob("*.pt")):
-        try:
-            if load_checkpoint(path)["model"]["name"] == "teacher":
-                export_finished(path, out / f"{folder.name}-{path.name}")
-                print(f"exported {path} -> {out / f'{folder.name}-{path.name}'}")
-        except (CheckpointError, KeyError, TypeError):  # unfinished, or not a run
-            continue
-EOF
-# The records, logs and copied grids of every folder, evaluate.py's tables: no checkpoints.
-archive=gpu_runs-$(date -u +%Y%m%d-%H%M%S).tar.gz
-tar czf "$out/$archive" --exclude='*.pt' --exclude='*.png' --exclude='teacher_logits' \
-  "${folders[@]}" -C "$work" results 2>/dev/null
+pack
 echo "records and results of $(echo "$finished" | grep -c . ) finished runs with a test: $out/$archive"
 exit $status

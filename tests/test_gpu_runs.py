@@ -109,3 +109,28 @@ def test_docs_fetch_every_wheel_sweep_py_needs_beyond_torch_s_own():
     command = next(line for line in (ROOT / "docs/gpu.md").read_text().splitlines()
                    if "pip download" in line)
     assert {"submitit", *names("submitit") - names("torch")} <= set(command.split())
+
+
+def test_a_call_cut_short_during_evaluate_still_brings_the_records_back(image_folder,
+                                                                        tmp_path):
+    """The lent machine's time limit may end the call while evaluate.py runs: the records'
+    archive is in OUT_DIR before it starts."""
+    (tmp_path / "a.toml").write_text(
+        f'folder = "{tmp_path}/a"\nflags = {{data-root = "{image_folder}", epochs = 1, '
+        f'batch-size = 32, train-subset = 64}}\n[[stage]]\nscript = "train_teacher.py"\n'
+        'name = "teacher"\n')
+    python = tmp_path / "python"  # the time limit, as evaluate.py starts
+    python.write_text(f'#!/bin/sh\nif [ "$1" = evaluate.py ]; then kill -KILL $PPID; exit 1; fi\n'
+                      f'exec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(python), "DEVICE": "cpu", "RUNS": "1"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder), str(out), "10",
+                           str(tmp_path / "a.toml")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9  # killed
+    archives = [p for p in out.iterdir() if p.name.startswith("gpu_runs-")]
+    assert len(archives) == 1 and archives[0].name.endswith(".tar.gz"), archives
+    with tarfile.open(archives[0]) as tar:
+        assert any(n.endswith("a/teacher.metrics.csv") for n in tar.getnames())
+    assert (out / "a-teacher.pt").exists()

@@ -202,7 +202,8 @@ def build_variants(args, device):
 
     # The loader's default on this device (a GPU gathers an epoch's augmented images at once,
     # a CPU batch by batch), timed against the other way.
-    other_gather = "gathered per batch" if gathers_per_epoch(device) else "gathered per epoch"
+    per_epoch = not gathers_per_epoch(device)
+    other_gather = f"gathered per {'epoch' if per_epoch else 'batch'}"
 
     def model(kind):
         torch.manual_seed(0)
@@ -243,10 +244,10 @@ def build_variants(args, device):
             Variant(f"{kind}: train, tutorial pipeline", training_of(model(kind), tutorial), n,
                     flop, bs),
             Variant(f"{kind}: data + augmentation only", data_only(loader(bs)), n, None, bs),
-            Variant(f"{kind}: data + augmentation only, {other_gather}", data_only(loader(
-                bs, gather_per_epoch=other_gather.endswith("epoch"))), n, None, bs),
-            Variant(f"{kind}: train, {other_gather}", training_of(model(kind), loader(
-                bs, gather_per_epoch=other_gather.endswith("epoch"))), n, flop, bs),
+            Variant(f"{kind}: data + augmentation only, {other_gather}",
+                    data_only(loader(bs, gather_per_epoch=per_epoch)), n, None, bs),
+            Variant(f"{kind}: train, {other_gather}",
+                    training_of(model(kind), loader(bs, gather_per_epoch=per_epoch)), n, flop, bs),
             Variant(f"{kind}: train, contiguous NCHW",
                     training_of(model(kind), loader(bs, memory_format=torch.contiguous_format)),
                     n, flop, bs),

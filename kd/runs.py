@@ -273,8 +273,8 @@ def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, em
         if not exported:
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
-        if method is not None and not exported:
-            method.load_state_dict(ckpt.get("method_state", {}))
+            if method is not None:
+                method.load_state_dict(ckpt.get("method_state", {}))
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # what load_state_dict raises
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise CheckpointError(f"{path} cannot be resumed: its training state does not fit "

@@ -23,7 +23,8 @@ ParameterGrid; a flag set to true is passed bare (`--logit-standardize`), false 
 `{folder}`, `{seed}` and `{teacher}` (the seed's teacher run: `teacher` for seed 0,
 `teacher_seed<s>` else, as make names them) may appear in names and flag values: a run whose
 flag names another run's checkpoint (a student's `teacher`) starts after that run has finished.
-A finished run (its records say so, with the same flags) is skipped; one with a checkpoint is
+A finished run (its records say so, with the same flags) is skipped unless it is stale (its
+data, teacher or recipe changed since: what `make` trains again); one with a checkpoint is
 resumed with `--resume --restart-if-changed`, as `make` does; a failed run is reported with
 its log and the others go on. Locally, `--runs-per-device N` runs N at a time on each GPU,
 and `--stop-after MINUTES` stops them cleanly when a lent machine's time is up. The grid is
@@ -33,7 +34,10 @@ own folder: no device waits between them, and a run of one may need a run of ano
 teacher it names); a checkpoint two grids both name runs once.
 """
 import argparse
+import contextlib
 import fnmatch
+import importlib
+import io
 import itertools
 import json
 import os
@@ -234,6 +238,24 @@ def finished(run):
         return False
     return all(same(config.get(key.replace("-", "_")), value)
                for key, value in run.settings.items())
+
+
+def stale(run):
+    """Why a finished run is stale to its command, as the `--resume --restart-if-changed` the
+    sweep would run it with decides (its data, teacher or recipe, defaults included, changed
+    since it ran: what make trains again); empty when it is current. Asked of the run's own
+    script in this process, so a sweep skips exactly the runs make would skip."""
+    from kd.cli import UserError
+    from kd.runs import stale_reasons
+    script = importlib.import_module(Path(run.script).stem)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()) as errors:
+            args, kind = script.parse(run.command()[2:])
+    except SystemExit:  # argparse's: the script no longer takes a flag the run was given
+        return [errors.getvalue().strip().splitlines()[-1]]
+    except UserError as e:
+        return [str(e)]
+    return stale_reasons(args, kind)
 
 
 def same(recorded, wanted):
@@ -505,12 +527,20 @@ def main():
         for run in runs:
             print(run.label, shlex.join(run.command()[1:]))
         return
-    todo = [run for run in runs if not finished(run)]
+    todo, outdated = [], {}
+    for run in runs:
+        reasons = stale(run) if finished(run) else None
+        if reasons is None or reasons:
+            todo.append(run)
+        if reasons:
+            outdated[run.label] = reasons
     folders = list(dict.fromkeys(run.folder for run in runs))
     for folder in folders:
         count = sum(run.folder == folder for run in runs)
         left = sum(run.folder == folder for run in todo)
         print(f"{count} runs in {folder}: {count - left} finished (skipped), {left} to run")
+    for label, reasons in outdated.items():
+        print(f"   stale  {label}  ({'; '.join(reasons)}): run again")
     for path, folder in grids.items():
         Path(folder).mkdir(parents=True, exist_ok=True)
         save_grid(path, folder)

@@ -22,7 +22,8 @@ from kd.ema import EMA_DECAY, ModelEMA
 from kd.results import run_variant
 
 
-def main():
+def parse(argv=None):
+    """The command's flags and the kind of run they ask for (runs.RunKind)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-ema", action="store_true",
                         help="keep the teacher frozen at its random starting weights")
@@ -32,14 +33,19 @@ def main():
     cli.add_common_args(parser, out="checkpoints/ema_<variant>_seed<seed>.pt", epochs=12,
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
                         ema_decay=EMA_DECAY)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.no_ema and args.ema_decay == 0:
         raise cli.UserError("--no-ema (a frozen teacher) and --ema-decay 0 (the teacher is the "
                             "student) are two different teachers; give one")
     variant = run_variant(vars(args))  # mean-teacher, -no-ema or -no-averaging
     args.out = args.out.replace("<variant>", variant).replace("<seed>", str(args.seed))
-    args, device, splits, ckpt = runs.prepare_run(
-        args, "student", recipe_keys=("mode", "no_ema", "temperature", "alpha"))
+    return args, runs.RunKind("student", ("mode", "no_ema", "temperature", "alpha"))
+
+
+def main():
+    args, kind = parse()
+    variant = run_variant(vars(args))
+    args, device, splits, ckpt = runs.prepare_run(args, *kind)
     student = runs.initial_model("student", args, ckpt)
     teacher = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
                        args.ema_decay)

@@ -18,14 +18,15 @@ from kd.results import run_variant
 from kd.teacher_logits import SharedTeacherLogits, cache_path
 
 
-def main():
+def parse(argv=None):
+    """The command's flags and the kind of run they ask for (runs.RunKind)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     methods.add_flags(parser)
     cli.add_teacher_arg(parser)
     cli.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=12,
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
                         ema_decay=EMA_DECAY)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     method = methods.METHODS[args.loss]
     args.out = args.out.replace("<loss>", run_variant(vars(args))).replace("<seed>",
                                                                            str(args.seed))
@@ -33,9 +34,14 @@ def main():
     # The teacher's path is part of a distilling run's recipe only: make gives the student
     # trained alone its seed's --teacher too, and a new path must not make it stale.
     teacher_key = ("teacher",) if method.uses_teacher else ()
-    args, device, splits, ckpt = runs.prepare_run(
-        args, "student", recipe_keys=("loss", *teacher_key, *flag_names),
-        teacher_of=lambda args: args.teacher if method.uses_teacher else None)
+    return args, runs.RunKind("student", ("loss", *teacher_key, *flag_names),
+                              lambda args: args.teacher if method.uses_teacher else None)
+
+
+def main():
+    args, kind = parse()
+    method = methods.METHODS[args.loss]
+    args, device, splits, ckpt = runs.prepare_run(args, *kind)
     teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
     shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
               if method.uses_teacher and method.shared_logits and not args.no_shared_logits

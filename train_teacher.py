@@ -13,14 +13,20 @@ from kd.data import CLASSES
 from kd.ema import EMA_DECAY
 
 
-def main():
+def parse(argv=None):
+    """The command's flags and the kind of run they ask for (runs.RunKind)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Recipe chosen on the validation split (experiments/grids/probe-teacher.toml and
     # probe-long-teacher.toml; the figures: docs/usage.md#training-the-teacher). No label
     # smoothing: it makes teachers distil worse (Muller et al., 2019).
     cli.add_common_args(parser, out="checkpoints/teacher.pt", epochs=40, batch_size=128,
                         lr=0.1, optimizer="sgd", schedule="onecycle", ema_decay=EMA_DECAY)
-    args, device, splits, ckpt = runs.prepare_run(parser.parse_args(), "teacher")
+    return parser.parse_args(argv), runs.RunKind("teacher")
+
+
+def main():
+    args, kind = parse()
+    args, device, splits, ckpt = runs.prepare_run(args, *kind)
     train_images, train_labels = splits["train"]
     first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]
     plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,

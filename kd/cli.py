@@ -88,7 +88,8 @@ def add_precision_arg(parser):
         "--precision", choices=PRECISIONS, default="auto",
         help="arithmetic of the training steps: bf16 autocast or fp32; auto: bf16 where the "
              "hardware has it (a CUDA GPU from Ampere on, a CPU with AMX or AVX512_BF16), else "
-             "fp32. Evaluation always runs in fp32 (default: auto)")
+             "fp32; a run resumed under auto keeps its own. Evaluation always runs in fp32 "
+             "(default: auto)")
 
 
 def add_teacher_arg(parser):

@@ -1,16 +1,19 @@
 """Starting and resuming a run: the flags checked, fresh start / resume / extension decided,
 the data loaded, and the training state saved into and restored from a checkpoint."""
+import functools
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 import methods
 from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args
-from kd.data import VAL_SEED, load_cifar10, split_train_val
-from kd.device import resolve_precision, select_device
+from kd.data import VAL_SEED, DataError, load_cifar10, split_train_val
+from kd.device import bf16_is_native, resolve_precision, select_device
 from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
 from models import build_model, model_from_checkpoint
 
@@ -23,13 +26,21 @@ RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", 
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
 
+class RunKind(NamedTuple):
+    """What a training script's run is, for prepare_run and stale_reasons: the model it
+    trains, its own flags that define a run (restored on --resume like RECIPE_KEYS), and
+    `teacher_of(args)`, the checkpoint path of the teacher it distils from, or None."""
+    model: str
+    recipe_keys: tuple = ()
+    teacher_of: Callable | None = None
+
+
 def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     """Validate the flags, decide fresh start / resume / extension / restart, load the data.
 
-    `recipe_keys` names a script's own flags that, like RECIPE_KEYS, define the run and are
-    restored from the checkpoint on --resume. `teacher_of(args)`: the checkpoint path of the
-    teacher the run distils from, or None. Records in `args` (and so in the run's config) the run's
-    id and the identity of its data and teacher, and refuses a teacher trained on other data
+    model_name, recipe_keys, teacher_of: a RunKind's fields (prepare_run(args, *kind)).
+    Records in `args` (and so in the run's config) the run's id and the identity of its data
+    and teacher, and refuses a teacher trained on other data
     or, on --resume, a teacher or data that changed since the checkpoint was written (with
     --restart-if-changed, such a run, or one whose recipe differs from this command's, starts
     over instead). Returns (args, device, data splits, checkpoint or None). Every rejection
@@ -57,7 +68,7 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     except ValueError as e:
         raise UserError(f"--widths: the {model_name} {e}") from None
     data = load_cifar10(args.data_root)
-    args.data_identity = {**data["identity"], "val_seed": VAL_SEED}
+    args.data_identity = recorded_identity(data)
     teacher_of = teacher_of or (lambda args: None)
     ckpt = (load_resumable(out, model_name, args, recipe_keys, device, teacher_of)
             if args.resume else None)
@@ -93,15 +104,9 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
         raise UserError(f"{out} holds a {ckpt['model']['name']} run; this script trains "
                         f"the {model_name}")
     model_from_checkpoint(ckpt, out)  # its architecture and weights fit, or one line
-    config = ckpt["config"]
-    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
-    config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
-                      else "fp32")
-    for key, value in ADDED_RECIPE_KEYS.items():
-        config.setdefault(key, value)
-    if args.restart_if_changed:  # against what this command asks for, defaults included
-        changes = (changed_identity(config, args, teacher_of(args), strict=True)
-                   + changed_recipe(config, args, recipe_keys, device))
+    config = recorded_config(ckpt)
+    if args.restart_if_changed:
+        changes = changes_to(config, args, recipe_keys, teacher_of, device)
         if changes:
             print(f"{out} is stale ({'; '.join(changes)}): training it again from the start")
             return None
@@ -124,12 +129,63 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
     if done < planned and args.epochs != planned:
         raise UserError(f"{out} is an interrupted {planned}-epoch run (at epoch {done}); "
                         f"resume it with --epochs {planned}, then extend it")
+    if args.precision == "bf16" and args.epochs > done and not bf16_is_native(device):
+        print(f"note: {out} trains in bf16, which this {device.type} has no native units "
+              f"for; --precision fp32 with --restart-if-changed starts it over in fp32")
     before = torch.device(config.get("device", "cpu")).type
     if before != device.type:
         print(f"note: {out} ran on {before} and continues on {device.type}: same batches "
               f"and {args.precision} arithmetic, but other kernels, so not bit for bit "
               f"the run that stays on {before} (each epoch's device is in its metrics)")
     return ckpt
+
+
+def recorded_config(ckpt):
+    """The checkpoint's config with what older runs did not record filled in as they ran."""
+    config = ckpt["config"]
+    # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
+    config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
+                      else "fp32")
+    for key, value in ADDED_RECIPE_KEYS.items():
+        config.setdefault(key, value)
+    return config
+
+
+def changes_to(config, args, recipe_keys, teacher_of, device):
+    """What --restart-if-changed finds changed in a run (its `config`) against this command:
+    its data, its teacher, or its recipe, defaults included. Empty: the run is current."""
+    return (changed_identity(config, args, teacher_of(args), strict=True)
+            + changed_recipe(config, args, recipe_keys, device))
+
+
+def stale_reasons(args, kind):
+    """What makes the run in args.out stale to the command that parsed `args` (a RunKind
+    `kind`), as `--resume --restart-if-changed` would find it, without running it: for
+    sweep.py, which skips finished runs and must skip the same ones make would. A run that
+    cannot be checked (its checkpoint or teacher unreadable, its data missing) is stale,
+    with the reason; running it says more. Checked where the sweep runs, which may have no
+    GPU (a cluster's login node): a run for --device cuda is checked as one on CUDA."""
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if cuda else "cpu")
+    try:
+        config = recorded_config(load_checkpoint(args.out, map_location="cpu"))
+        args.data_identity = data_identity(args.data_root)
+        return changes_to(config, args, kind.recipe_keys, kind.teacher_of or (lambda a: None),
+                          device)
+    # RuntimeError, AssertionError: torch asked about a CUDA device this machine lacks
+    except (UserError, CheckpointError, DataError, OSError, RuntimeError, AssertionError) as e:
+        return [f"not checked: {e}"]
+
+
+def recorded_identity(data):
+    """What a run records of its data (load_cifar10's): the images' identity and the split."""
+    return {**data["identity"], "val_seed": VAL_SEED}
+
+
+@functools.cache
+def data_identity(root):
+    """recorded_identity of the data at `root`, read once per root and process."""
+    return recorded_identity(load_cifar10(root))
 
 
 def changed_identity(config, args, teacher, strict):
@@ -159,7 +215,13 @@ def changed_recipe(config, args, recipe_keys, device):
     unused = methods.unused_flags(getattr(args, "loss", None))
     asked = {key: getattr(args, key) for key in RECIPE_KEYS + tuple(recipe_keys)
              if key not in unused}
-    asked["precision"] = resolve_precision(args.precision, device)
+    # auto asks for no precision in particular: a run keeps the one it was started in
+    # (resuming restores it), so a teacher trained in bf16 on a GPU stays current on a
+    # CPU where auto would choose fp32. A precision named outright is part of the recipe.
+    if args.precision == "auto":
+        del asked["precision"]
+    else:
+        asked["precision"] = resolve_precision(args.precision, device)
     asked["epochs"] = args.epochs or (1 if args.dry_run else args.default_epochs)
     asked["widths"] = args.widths
     return [f"{key} {config.get(key)!r} -> {value!r}" for key, value in asked.items()

@@ -21,7 +21,7 @@ from kd.checkpoints import load_checkpoint
 
 pytest.importorskip("submitit")  # sweep.py's
 
-from sweep import expand, finished  # noqa: E402
+from sweep import expand, finished, stale  # noqa: E402
 
 
 def wheel_of(package, folder):
@@ -85,7 +85,7 @@ def test_gpu_runs_sweeps_evaluates_and_archives_the_records(image_folder, tmp_pa
     (out / "a-teacher.pt").rename(folder / "teacher.pt")
     grid = tomllib.loads((tmp_path / "a.toml").read_text())
     teacher = expand(grid, str(folder), seeds=[0], extra={"device": "cpu"})[0]
-    assert teacher.name == "teacher" and finished(teacher)
+    assert teacher.name == "teacher" and finished(teacher) and stale(teacher) == []
 
 
 def test_without_submitit_s_dependencies_it_stops_at_once_in_one_line(image_folder, tmp_path):

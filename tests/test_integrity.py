@@ -5,11 +5,16 @@ import json
 import shutil
 
 import pytest
+import torch
 
-from conftest import run_script, write_image_folder
+import train_student
+
+from conftest import run_in_process, run_script, write_image_folder
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
+from kd.device import resolve_precision
 from kd.records import record_paths
 from kd.results import recipe, recipe_sha256
+from kd.runs import stale_reasons
 
 
 def last_line(proc):
@@ -161,3 +166,55 @@ def test_test_records_always_describe_the_checkpoint_beside_them(image_folder, t
     # started over: the old run's record goes with the first new epoch
     run_script("train_student.py", *common, "--overwrite", "--epochs", "1", "--skip-test")
     assert not test.exists()
+
+
+def test_auto_precision_keeps_a_finished_run_of_either_precision(two_teachers, image_folder,
+                                                                  tmp_path):
+    """--precision auto is the machine's choice for a new run; a run that exists keeps the
+    precision it was trained in (a teacher trained in bf16 on a GPU is current on a CPU where
+    auto means fp32, as resuming it keeps its precision anyway). A precision named outright
+    that differs is a change of recipe."""
+    here = resolve_precision("auto", torch.device("cpu"))
+    other = "fp32" if here == "bf16" else "bf16"
+    student(image_folder, tmp_path, "--precision", other)
+    proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed")
+    assert "already complete" in proc.stdout and "stale" not in proc.stdout
+    proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed",
+                   "--precision", here)
+    assert f"is stale (precision '{other}' -> '{here}')" in proc.stdout
+    assert load_checkpoint(tmp_path / "student.pt")["config"]["precision"] == here
+
+
+def test_a_bf16_run_continued_without_bf16_units_says_how_to_start_it_in_fp32(
+        two_teachers, image_folder, tmp_path, monkeypatch, capsys):
+    student(image_folder, tmp_path, "--precision", "bf16")
+    monkeypatch.setattr("kd.runs.bf16_is_native", lambda device: False)
+    flags = ("--loss", "kd", "--batch-size", "32", "--train-subset", "64", "--teacher",
+             tmp_path / "teacher.pt", "--data-root", image_folder, "--out",
+             tmp_path / "student.pt", "--plots-dir", tmp_path, "--resume")
+    run_in_process("train_student.py", *flags)  # finished: nothing to continue, no note
+    assert "no native units" not in capsys.readouterr().out
+    run_in_process("train_student.py", *flags, "--epochs", "2")
+    assert (f"note: {tmp_path / 'student.pt'} trains in bf16, which this cpu has no native "
+            f"units for; --precision fp32 with --restart-if-changed starts it over in fp32"
+            in capsys.readouterr().out)
+    assert load_checkpoint(tmp_path / "student.pt")["config"]["precision"] == "bf16"
+
+
+def test_the_sweeps_check_finds_what_restart_if_changed_finds(two_teachers, image_folder,
+                                                               tmp_path, monkeypatch):
+    """runs.stale_reasons, which sweep.py asks before it skips a finished run: current as
+    the run was given; stale for a changed default and for a retrained teacher; and a run
+    for --device cuda is checked where the sweep runs, on a machine without a GPU too."""
+    teacher, other = two_teachers
+    student(image_folder, tmp_path, "--lr", "0.05")
+    flags = ["--loss", "kd", "--epochs", "1", "--batch-size", "32", "--train-subset", "64",
+             "--teacher", str(teacher), "--data-root", str(image_folder), "--out",
+             str(tmp_path / "student.pt"), "--lr", "0.05"]
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for device in ("cpu", "cuda"):
+        assert stale_reasons(*train_student.parse([*flags, "--device", device])) == []
+    assert stale_reasons(*train_student.parse(flags[:-2])) == ["lr 0.05 -> 0.1"]
+    teacher.write_bytes(other.read_bytes())
+    [reason] = stale_reasons(*train_student.parse(flags))
+    assert reason.startswith("its teacher (weights sha256 ")

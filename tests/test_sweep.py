@@ -1,6 +1,7 @@
 """sweep.py: a grid expanded into the stage commands, run here through submitit's local
 executor (skip, resume, failures), and the sbatch files the SLURM executor would submit."""
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 pytest.importorskip("submitit")
 
 import sweep as sweep_module  # noqa: E402
-from conftest import ROOT, interrupted_run  # noqa: E402
+from conftest import ROOT, interrupted_run, run_script  # noqa: E402
 from kd.checkpoints import load_checkpoint  # noqa: E402
 from sweep import GridError, combine, expand, parse_flags, select  # noqa: E402
 
@@ -353,3 +354,27 @@ def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_pa
     outcome = sweep_module.run_here([run], {str(tmp_path): Executor()}, gpus=[],
                                     stop_at=time.time() + 0.1)
     assert outcome["a"][0] == "done", outcome
+
+
+def test_a_finished_run_whose_teacher_changed_is_run_again_as_make_would(
+        image_folder, teacher_checkpoint, tmp_path):
+    """A sweep skips the finished runs that make would skip, not every run whose flags
+    match: a student whose teacher was retrained at the same path is stale and runs again."""
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(teacher_checkpoint, teacher)
+    grid = write_grid(tmp_path / "grid.toml", f'[[stage]]\nscript = "train_student.py"\n'
+                      f'name = "kd"\nflags = {{loss = "kd", teacher = "{teacher}"}}\n',
+                      image_folder)
+    assert sweep(grid).returncode == 0
+    again = sweep(grid)
+    assert again.stdout.splitlines()[0].endswith("1 finished (skipped), 0 to run")
+    run_script("train_teacher.py", "--dry-run", "--seed", 1, "--data-root", image_folder,
+               "--out", teacher, "--plots-dir", tmp_path, "--overwrite")
+    proc = sweep(grid)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("0 finished (skipped), 1 to run")
+    assert lines[1].startswith("   stale  kd  (its teacher (weights sha256 ")
+    assert lines[1].endswith(": run again")
+    student = load_checkpoint(tmp_path / "sweep" / "kd.pt")
+    assert student["config"]["teacher_identity"]["seed"] == 1

@@ -8,10 +8,14 @@ never read.
     python experiments/select_settings.py runs/select    # also writes runs/select/selection.csv
     python experiments/select_settings.py runs/select --margin 1.0
     python experiments/select_settings.py runs/best --across   # one recipe among all methods
+    python experiments/select_settings.py runs/select --records experiments/select_seed0.csv
 """
 import argparse
+import re
 import sys
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd import cli  # noqa: E402
@@ -66,6 +70,30 @@ def decisions(runs, margin=MARGIN, across=False):
                  ].reset_index(drop=True)
 
 
+def without_seed(run):
+    """A sweep's run name without its seed: "crd_w0.2_seed1" -> "crd_w0.2"."""
+    return re.sub(r"_seed\d+$", "", run)
+
+
+def add_records(runs, records, source):
+    """`runs` with the rows of `records` (run, seed, val_acc, epochs: a seed run elsewhere,
+    whose records are not at hand) added, each as the recipe of the run of the same name but
+    for its `_seed<N>` ending (a record with no such run is left out, with a note); minutes
+    are left empty, so they stay this folder's own."""
+    missing = {"run", "seed", "val_acc", "epochs"} - set(records.columns)
+    if missing:
+        raise cli.UserError(f"{source}: no column {', '.join(sorted(missing))}")
+    variants = dict(zip(runs["run"].map(without_seed), runs["variant"]))
+    names = records["run"].map(without_seed)
+    matched = names.isin(variants)
+    if not matched.all():  # e.g. a second seed not run yet: say so, don't stop
+        print(f"note: {source}: no run of the same name (but the seed) for "
+              f"{', '.join(records['run'][~matched])}; left out", file=sys.stderr)
+    added = records[matched].assign(variant=names[matched].map(variants), minutes=float("nan"))
+    return pd.concat([runs, added[["run", "variant", "seed", "val_acc", "epochs", "minutes"]]],
+                     ignore_index=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="the selection sweep's folder (runs/select)")
@@ -75,14 +103,21 @@ def main():
     parser.add_argument("--across", action="store_true",
                         help="one choice among every recipe, whatever its method (the best "
                              "student of experiments/grids/best.toml)")
+    parser.add_argument("--records", type=Path,
+                        help="a CSV (run, seed, val_acc, epochs) of runs made elsewhere whose "
+                             "records are not at hand, e.g. a first seed on another machine; "
+                             "each joins the folder's run of the same name but the seed")
     args = parser.parse_args()
     runs = run_table([args.folder])
     if runs.empty:
         raise cli.UserError(f"no run records (*.metrics.csv) in {args.folder}")
+    if args.records:
+        runs = add_records(runs, pd.read_csv(args.records), args.records)
     table = decisions(runs, args.margin, args.across)
     write_text(Path(args.folder) / "selection.csv", table.to_csv(index=False))
+    also = f" and {args.records}" if args.records else ""
     print(f"Validation accuracy (%) at the last epoch, mean over the seeds run; "
-          f"{args.folder}; the test set is not read.\n")
+          f"{args.folder}{also}; the test set is not read.\n")
     print(table.to_markdown(index=False))
 
 

@@ -73,3 +73,46 @@ def test_across_methods_one_recipe_is_chosen_among_all(tmp_path):
         "kd+ce": "best so far: decide on a second seed",
         "kd": "within 0.60 of the best: decide on a second seed",
         "kd+mixup": "below"}
+
+
+def test_records_of_runs_made_elsewhere_join_the_runs_of_the_same_name(tmp_path):
+    """--records: a seed whose records are not at hand (a CSV of run, seed, val_acc, epochs)
+    joins the folder's runs of the same name but for the seed, as their recipe."""
+    write_run(tmp_path, "at_w100_seed1", "at", 1, None, val_acc=71.0, at_weight=100.0)
+    write_run(tmp_path, "at_w1000_seed1", "at", 1, None, val_acc=72.9, at_weight=1000.0)
+    records = tmp_path / "seed0.csv"
+    pd.DataFrame({"run": ["at_w100_seed0", "at_w1000_seed0"], "seed": [0, 0],
+                  "val_acc": [72.0, 71.5], "epochs": [2, 2],
+                  "machine": ["elsewhere"] * 2}).to_csv(records, index=False)
+    proc = subprocess.run([sys.executable, "experiments/select_settings.py", tmp_path,
+                           "--records", records], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    table = pd.read_csv(tmp_path / "selection.csv").set_index("setting")
+    assert dict(table["decision"]) == {"at_weight=1000.0": "chosen", "at_weight=100.0": "below"}
+    assert dict(table["seeds"]) == {"at_weight=1000.0": 2, "at_weight=100.0": 2}
+    assert table.at["at_weight=1000.0", "val_acc"] == 72.2
+    assert "seed0.csv" in proc.stdout
+
+
+def test_a_record_that_matches_no_run_is_left_out_with_a_note(tmp_path):
+    """A setting whose second seed has not run yet is decided on what there is."""
+    write_run(tmp_path, "at_w100_seed1", "at", 1, None, val_acc=71.0, at_weight=100.0)
+    records = tmp_path / "seed0.csv"
+    pd.DataFrame({"run": ["at_w100_seed0", "fitnet_w10_seed0"], "seed": [0, 0],
+                  "val_acc": [72.0, 90.0], "epochs": [2, 2]}).to_csv(records, index=False)
+    proc = subprocess.run([sys.executable, "experiments/select_settings.py", tmp_path,
+                           "--records", records], cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+    assert "fitnet_w10_seed0; left out" in proc.stderr
+    table = pd.read_csv(tmp_path / "selection.csv")
+    assert list(table["method"]) == ["at"] and list(table["val_acc"]) == [71.5]
+
+
+def test_records_without_a_needed_column_are_a_one_line_error(tmp_path):
+    write_run(tmp_path, "at_w100_seed1", "at", 1, None, val_acc=71.0, at_weight=100.0)
+    records = tmp_path / "seed0.csv"
+    pd.DataFrame({"run": ["at_w100_seed0"], "seed": [0], "val_acc": [72.0]}).to_csv(
+        records, index=False)
+    proc = subprocess.run([sys.executable, "experiments/select_settings.py", tmp_path,
+                           "--records", records], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no column epochs" in proc.stderr

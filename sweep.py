@@ -538,7 +538,8 @@ def main():
     for folder in folders:
         count = sum(run.folder == folder for run in runs)
         left = sum(run.folder == folder for run in todo)
-        print(f"{count} runs in {folder}: {count - left} finished (skipped), {left} to run")
+        print(f"{count} run{'s' * (count != 1)} in {folder}: {count - left} finished (skipped), "
+              f"{left} to run")
     for label, reasons in outdated.items():
         print(f"   stale  {label}  ({'; '.join(reasons)}): run again")
     for path, folder in grids.items():

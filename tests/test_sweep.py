@@ -168,8 +168,8 @@ def test_a_sweep_of_two_grids_runs_a_student_after_the_other_grids_teacher(image
                           text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[:2] == [f"1 runs in {tmp_path / 'other'}: 0 finished (skipped), 1 to run",
-                         f"1 runs in {folder}: 0 finished (skipped), 1 to run"]
+    assert lines[:2] == [f"1 run in {tmp_path / 'other'}: 0 finished (skipped), 1 to run",
+                         f"1 run in {folder}: 0 finished (skipped), 1 to run"]
     def first(text):
         return next(i for i, line in enumerate(lines) if text in line)
     assert first(f"    done  {folder}/teacher") < first(f"started  {tmp_path}/other/kd")

@@ -27,7 +27,8 @@ from report import compare_runs, family_table, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
-DEFAULT_TABLES = ["experiments/h200_runs.csv", "experiments/zen1_runs.csv"]
+DEFAULT_TABLES = ["experiments/h200_runs.csv", "experiments/zen1_runs.csv",
+                  "experiments/xeon_runs.csv"]
 
 
 def student_runs(results):

@@ -555,6 +555,7 @@ def main():
             return
         outcome = wait_for(jobs)
     else:
+        signal.signal(signal.SIGTERM, interrupt)
         try:
             stop_at = time.time() + 60 * args.stop_after if args.stop_after else None
             outcome = run_here(todo, executors, visible_gpus(), args.runs_per_device, stop_at)
@@ -572,6 +573,13 @@ def main():
         sys.exit(("not finished (stopped at --stop-after: run the sweep again to go on):\n"
                   if stopped else "failed or not run:\n") + "\n".join(f"  {name}: {detail}"
                                                     for name, detail in failed.items()))
+
+
+def interrupt(signum, frame):
+    """SIGTERM (`kill`, a shell or scheduler ending the sweep) as Ctrl-C: the running jobs
+    save their last complete epoch and stop. Python's default would end the sweep alone and
+    leave its training processes running."""
+    raise KeyboardInterrupt
 
 
 def key_value(text):

@@ -300,6 +300,36 @@ def test_runs_share_a_device_and_stop_cleanly_at_the_deadline(image_folder, tmp_
     assert len(logs) == 2 and all("\ninterrupted: " in log for log in logs), logs
 
 
+def test_a_terminated_sweep_stops_its_running_job_too(image_folder, tmp_path):
+    """`kill` (SIGTERM) of a local sweep, as of any job a scheduler or a shell ends, stops
+    the training process it started, which keeps its last complete epoch, as Ctrl-C does;
+    left running, it would go on training beside whatever runs next."""
+    stages = ('[[stage]]\nscript = "train_student.py"\nname = "alone_seed{seed}"\n'
+              'flags = {loss = "ce", epochs = 400}\n')
+    grid = write_grid(tmp_path / "grid.toml", stages, image_folder)
+    out, err = tmp_path / "sweep.out", tmp_path / "sweep.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "sweep.py", str(grid)], cwd=ROOT,
+                                stdout=stdout, stderr=stderr)
+    try:
+        metrics = tmp_path / "sweep" / "alone_seed0.metrics.csv"  # training has begun
+        deadline = time.time() + 120
+        while not metrics.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert metrics.exists(), err.read_text()
+        proc.terminate()
+        assert proc.wait(timeout=120) != 0
+        assert err.read_text().strip().splitlines()[-1:] == [
+            "interrupted: every finished run and each stopped run's last complete epoch are "
+            "on disk; run the sweep again to go on"], err.read_text()
+        assert not processes_writing(tmp_path / "sweep")
+    finally:  # a failure must not leave a 400-epoch run behind
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path / "sweep")])
+    logs = [log.read_text() for log in (tmp_path / "sweep" / "logs").glob("*_log.err")]
+    assert len(logs) == 1 and "\ninterrupted: " in logs[0], logs
+
+
 def processes_writing(folder):
     """The command lines of the processes alive that name `folder`."""
     alive = []

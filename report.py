@@ -60,6 +60,11 @@ def compare(a, b, paired=False):
     diff = float(np.mean(a - b) if paired else a.mean() - b.mean())
     if min(len(a), len(b)) < 2:
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
+    # Without spread t is infinite and scipy's p is 0 (two seeds whose differences agree to
+    # the printed digits do that): no evidence, so no test.
+    if (np.ptp(a - b) if paired else max(np.ptp(a), np.ptp(b))) < 1e-9:
+        return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
+                "no_test": "the runs' differences do not vary"}
     test = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
     ci = test.confidence_interval(1 - LEVEL)
     return {"diff": diff, "ci_low": float(ci.low), "ci_high": float(ci.high),
@@ -117,6 +122,8 @@ def verdict(a, b, result):
     if result.get("tost_adjusted", math.nan) < LEVEL:
         return (f"equivalent within ±{MARGIN:g} points (TOST, adjusted p = "
                 f"{result['tost_adjusted']:.2g})")
+    if "no_test" in result:
+        return f"no test: {result['no_test']}"
     if math.isnan(result["ci_low"]):
         return "one run a side and no per-image predictions: no test"
     return f"unresolved: 95% CI [{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
@@ -132,7 +139,7 @@ def compare_runs(a, b, key, predictions=None):
     if len(both) >= 2:
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
-        result["tost"] = equivalence(x, y)
+        result["tost"] = math.nan if "no_test" in result else equivalence(x, y)
         result["runs"] = f"{len(both)} pairs by {' and '.join(key)}"
         return result
     result = compare(a["test_acc"], b["test_acc"])

@@ -16,16 +16,23 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import methods  # noqa: E402
+from kd.results import seed_table  # noqa: E402
 from report import (  # noqa: E402
     EMA_PAIRS,
     LEVEL,
     MARGIN,
+    RESULTS_COLUMNS,
     compare_runs,
+    comparison_table,
     family_table,
     read_results,
 )
 
 PER_SEED = Path(__file__).with_name("per_seed.csv")
+# evaluate.py's rows of experiments/grids/methods.toml's runs (Intel Xeon, bf16, each seed's
+# students distilling from that seed's teacher), `table` naming the evaluation they came
+# from: the settings chosen at the real budget, or those the 4-epoch proxy chose.
+METHOD_RUNS = Path(__file__).with_name("methods_xeon.csv")
 # docs/results.md, "bf16 against fp32": EMA weights, mean and std of 3 seeds (bf16, fp32).
 EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
                "kd+ce EMA": ((78.96, 0.16), (78.58, 0.15)),
@@ -90,9 +97,39 @@ def tables(runs):
     return out
 
 
+def method_tables(runs):
+    """(title, table) per evaluation in METHOD_RUNS: each variant's test accuracy (mean ± std
+    and per seed), validation and clean training accuracy and median minutes per run, then
+    report.py's comparisons of the students, then each other distilling method against the
+    student alone (paired by seed, each table one Holm family)."""
+    out = []
+    for name, rows in runs.groupby("table", sort=False):
+        rows = rows[rows["weights"] == "raw"]
+        summary = seed_table(rows, ["variant"])
+        for column in ("val_acc", "train_acc"):
+            summary = summary.merge(seed_table(rows, ["variant"], column).drop(
+                columns="seeds"), on="variant")
+        per_seed = rows.sort_values("seed").groupby("variant", sort=False)
+        summary["per seed (test)"] = summary["variant"].map(per_seed["test_acc"].agg(
+            lambda accs: " / ".join(f"{a:.2f}" for a in accs)))
+        summary["minutes per run (median)"] = summary["variant"].map(
+            per_seed["train_minutes"].median().round(1))
+        out.append((f"Methods, {name}: accuracy (%)", summary))
+        out.append((f"Methods, {name}: comparisons",
+                    comparison_table(rows, methods.comparisons(), ["seed"])))
+        # Whether a method distils anything at all: report.py compares most of them with
+        # KD + CE only.
+        alone = [(v, "ce") for v in summary["variant"] if v not in ("ce", "teacher")
+                 and (v, "ce") not in methods.comparisons()]
+        out.append((f"Methods, {name}: against the student alone",
+                    comparison_table(rows, alone, ["seed"])))
+    return out
+
+
 def main():
     runs = read_results(PER_SEED, ["precision", "variant", "seed", "test_acc"])
-    for title, table in tables(runs):
+    method_runs = read_results(METHOD_RUNS, [*RESULTS_COLUMNS, "table", "weights"])
+    for title, table in tables(runs) + method_tables(method_runs):
         print(f"## {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
 
 

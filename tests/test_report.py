@@ -70,6 +70,24 @@ def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict(
     assert verdict.startswith("unresolved: 95% CI [-")
 
 
+def test_differences_without_spread_get_no_test_not_a_certain_verdict():
+    """Two seeds whose differences agree to the printed digits (76.12 - 75.73 and 76.39 -
+    76.00) give t an infinite value and scipy a p of 0: that is not evidence, and the
+    verdict must not call it a difference."""
+    result = compare([76.12, 76.39], [75.73, 76.00], paired=True)
+    assert result["diff"] == pytest.approx(0.39)
+    assert math.isnan(result["p"]) and math.isnan(result["ci_low"])
+    table = family_table([("a", "b", {**result, "runs": "2 pairs by seed"})],
+                         ["comparison", "difference (points)"])
+    assert table["verdict"].iloc[0] == "no test: the runs' differences do not vary"
+    runs = [pd.DataFrame({"seed": [0, 1], "test_acc": accs})
+            for accs in ([76.12, 76.39], [75.73, 76.00])]
+    assert math.isnan(compare_runs(*runs, ["seed"])["tost"])  # nor an equivalence
+    welch = compare([76.0, 76.0], [75.0, 75.0])
+    assert math.isnan(welch["p"])
+    assert not math.isnan(compare([76.0, 76.5], [75.0, 75.0])["p"])  # one side varies
+
+
 def test_holm_agrees_with_statsmodels_and_leaves_missing_tests_out():
     pvalues = [0.026, 0.01, 0.04, 0.3, 0.0001]
     assert holm(pvalues) == pytest.approx(multipletests(pvalues, method="holm")[1].tolist())

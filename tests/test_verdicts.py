@@ -2,6 +2,7 @@
 that have that summary (n = 3: mean m, std s for m - s, m, m + s)."""
 import sys
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("statsmodels")
@@ -10,7 +11,7 @@ from conftest import ROOT  # noqa: E402
 from report import compare, equivalence  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from verdicts import paired_from_summary, welch_from_summary  # noqa: E402
+from verdicts import method_tables, paired_from_summary, welch_from_summary  # noqa: E402
 
 
 def runs(mean, std):
@@ -33,3 +34,30 @@ def test_paired_from_a_summary_is_the_paired_test_and_tost_on_the_runs():
         for key in ("diff", "ci_low", "ci_high", "p"):
             assert summary[key] == pytest.approx(result[key])
         assert summary["tost"] == pytest.approx(equivalence(ema, raw))
+
+
+def test_the_methods_table_summarises_raw_weights_and_pairs_students_by_seed():
+    rows = []
+    for seed, (ce, kd) in enumerate([(75.0, 78.0), (76.0, 79.5), (75.5, 78.4)]):
+        for variant, acc, minutes in (("ce", ce, 1.0 + seed), ("kd", kd, 2.0)):
+            rows.append({"table": "chosen", "weights": "raw", "variant": variant,
+                         "seed": seed, "test_acc": acc, "val_acc": acc + 1,
+                         "train_acc": acc + 2, "train_minutes": minutes})
+            rows.append({**rows[-1], "weights": "ema", "variant": f"{variant} EMA",
+                         "test_acc": 10.0})  # an EMA row is not a run of its own here
+    rows += [{**row, "variant": "fitnet", "test_acc": row["test_acc"] - 0.5 - 0.1 * row["seed"]}
+             for row in rows if row["variant"] == "ce"]
+    (title, summary), (_, comparisons), (_, alone) = method_tables(pd.DataFrame(rows))
+    assert title == "Methods, chosen: accuracy (%)"
+    assert summary["variant"].tolist() == ["ce", "kd", "fitnet"]
+    assert summary["per seed (test)"].tolist()[:2] == ["75.00 / 76.00 / 75.50",
+                                                       "78.00 / 79.50 / 78.40"]
+    assert summary["test_acc"].tolist()[:2] == ["75.50 ± 0.50", "78.63 ± 0.78"]
+    assert summary["val_acc"].tolist()[:2] == ["76.50 ± 0.50", "79.63 ± 0.78"]
+    assert summary["minutes per run (median)"].tolist() == [2.0, 2.0, 2.0]
+    kd_ce = comparisons[comparisons["comparison"] == "kd − ce"].iloc[0]
+    assert kd_ce["runs"] == "3 pairs by seed"
+    assert kd_ce["difference (points)"] == "+3.13"
+    # kd − ce is report.py's already; fitnet is compared with KD + CE there, absent here
+    assert alone["comparison"].tolist() == ["fitnet − ce"]
+    assert alone["difference (points)"].tolist() == ["-0.60"]

@@ -60,9 +60,7 @@ def compare(a, b, paired=False):
     diff = float(np.mean(a - b) if paired else a.mean() - b.mean())
     if min(len(a), len(b)) < 2:
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
-    # Without spread t is infinite and scipy's p is 0 (two seeds whose differences agree to
-    # the printed digits do that): no evidence, so no test.
-    if (np.ptp(a - b) if paired else max(np.ptp(a), np.ptp(b))) < 1e-9:
+    if not varies(a, b, paired):
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
                 "no_test": "the runs' differences do not vary"}
     test = stats.ttest_rel(a, b) if paired else stats.ttest_ind(a, b, equal_var=False)
@@ -82,11 +80,21 @@ def holm(pvalues):
     return adjusted.tolist()
 
 
+def varies(a, b, paired):
+    """Whether the runs spread at all (the per-pair differences when `paired`, else either
+    side): without spread t is infinite and scipy's p is 0 (two seeds whose differences agree
+    to the printed digits do that), which is no evidence, so no test is made."""
+    return (np.ptp(a - b) if paired else max(np.ptp(a), np.ptp(b))) >= 1e-9
+
+
 def equivalence(a, b, margin=MARGIN):
     """p-value of the paired two one-sided tests (TOST) that a - b lies within ±margin
-    points (a[i] and b[i] paired); small p: equivalent within the margin."""
-    return float(ttost_paired(np.asarray(a, dtype=float), np.asarray(b, dtype=float),
-                              -margin, margin)[0])
+    points (a[i] and b[i] paired); small p: equivalent within the margin; NaN (no test) when
+    the differences do not vary."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not varies(a, b, paired=True):
+        return math.nan
+    return float(ttost_paired(a, b, -margin, margin)[0])
 
 
 def mcnemar(correct_a, correct_b):
@@ -139,7 +147,7 @@ def compare_runs(a, b, key, predictions=None):
     if len(both) >= 2:
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
-        result["tost"] = math.nan if "no_test" in result else equivalence(x, y)
+        result["tost"] = equivalence(x, y)
         result["runs"] = f"{len(both)} pairs by {' and '.join(key)}"
         return result
     result = compare(a["test_acc"], b["test_acc"])

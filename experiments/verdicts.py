@@ -102,7 +102,7 @@ def method_tables(runs):
     and per seed), validation and clean training accuracy and median minutes per run, then
     report.py's comparisons of the students, then each other distilling method against the
     student alone (paired by seed, each table one Holm family)."""
-    out = []
+    out, compared = [], methods.comparisons()
     for name, rows in runs.groupby("table", sort=False):
         rows = rows[rows["weights"] == "raw"]
         summary = seed_table(rows, ["variant"])
@@ -116,11 +116,11 @@ def method_tables(runs):
             per_seed["train_minutes"].median().round(1))
         out.append((f"Methods, {name}: accuracy (%)", summary))
         out.append((f"Methods, {name}: comparisons",
-                    comparison_table(rows, methods.comparisons(), ["seed"])))
+                    comparison_table(rows, compared, ["seed"])))
         # Whether a method distils anything at all: report.py compares most of them with
         # KD + CE only.
         alone = [(v, "ce") for v in summary["variant"] if v not in ("ce", "teacher")
-                 and (v, "ce") not in methods.comparisons()]
+                 and (v, "ce") not in compared]
         out.append((f"Methods, {name}: against the student alone",
                     comparison_table(rows, alone, ["seed"])))
     return out

@@ -478,6 +478,9 @@ def main():
       "these shell patterns, e.g. 'fitnet_w100_*' (a second seed of close settings), in "
       "every grid")
     a("--list", action="store_true", help="print the runs and their commands, run nothing")
+    a("--checkpoints", action="store_true", help="print each run's checkpoint, one per line, "
+      "run nothing (for evaluate.py: python evaluate.py $(python sweep.py GRID "
+      "--checkpoints))")
     a("--executor", choices=("local", "slurm"), default="local",
       help="local: on this machine, --runs-per-device runs per visible GPU or in all on a "
            "CPU; "
@@ -526,6 +529,9 @@ def main():
     if args.list:
         for run in runs:
             print(run.label, shlex.join(run.command()[1:]))
+        return
+    if args.checkpoints:
+        print("\n".join(str(run.out) for run in runs))
         return
     todo, outdated = [], {}
     for run in runs:

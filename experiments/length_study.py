@@ -1,8 +1,9 @@
 """Training length as a factor (issue 26): from evaluate.py's results.csv (or trimmed copies
 such as experiments/h200_runs.csv; several tables are read as one), each student method's
 clean training, validation and test accuracy at every length (mean ± std over the seeds
-run, with the machines and precisions they ran on), and a figure of test accuracy (solid)
-and clean training accuracy (dashed) against epochs, one colour per method.
+run, with the machines and precisions they ran on), a figure of test accuracy (solid)
+and clean training accuracy (dashed) against epochs, one colour per method, and the best
+student's recipe: the choice on validation among the methods at the longest length.
 
     python experiments/length_study.py                    # the H200 runs and the CPU's
     python experiments/length_study.py plots/results.csv --figure plots/length.png
@@ -22,6 +23,8 @@ import pandas as pd  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from select_settings import decisions  # noqa: E402
+
 from kd import cli  # noqa: E402
 from report import compare_runs, family_table, without_epochs  # noqa: E402
 
@@ -120,6 +123,17 @@ def length_comparisons(results):
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
+def best_recipe(results):
+    """The best student's recipe (issue 26): select_settings' one choice across methods, on
+    the mean validation accuracy over seeds of the student runs at the longest length
+    (raw weights), a second seed deciding recipes within a point. The runs' minutes are
+    left out: they come from different machines."""
+    runs = student_runs(results)
+    runs = runs[runs["epochs"] == runs["epochs"].max()]
+    table = decisions(runs.assign(minutes=float("nan")), across=True)
+    return table.drop(columns=["method", "minutes"]).rename(columns={"setting": "recipe"})
+
+
 def markdown(table):
     def cell(row, column):
         mean, std = row[f"{column}_mean"], row[f"{column}_std"]
@@ -184,6 +198,10 @@ def main():
     family = length_comparisons(results)
     if family is not None:
         print(f"\nLonger against shorter, paired by seed:\n\n{family.to_markdown(index=False)}")
+    recipes = best_recipe(results)
+    print(f"\nThe best student's recipe on validation at {recipes['epochs'].max()} epochs, "
+          f"mean over seeds (the test set is not read for it):\n\n"
+          f"{recipes.to_markdown(index=False)}")
     print(f"wrote {args.figure}")
 
 

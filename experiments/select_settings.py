@@ -7,7 +7,7 @@ never read.
 
     python experiments/select_settings.py runs/select    # also writes runs/select/selection.csv
     python experiments/select_settings.py runs/select --margin 1.0
-    python experiments/select_settings.py runs/best --across   # one recipe among all methods
+    python experiments/select_settings.py runs/select-e200 --across   # one recipe among all
     python experiments/select_settings.py runs/select --records experiments/select_seed0.csv
 """
 import argparse
@@ -102,7 +102,7 @@ def main():
                              f"decides (default: {MARGIN})")
     parser.add_argument("--across", action="store_true",
                         help="one choice among every recipe, whatever its method (the best "
-                             "student of experiments/grids/best.toml)")
+                             "student: experiments/grids/select-e200.toml)")
     parser.add_argument("--records", type=Path,
                         help="a CSV (run, seed, val_acc, epochs) of runs made elsewhere whose "
                              "records are not at hand, e.g. a first seed on another machine; "

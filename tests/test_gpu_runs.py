@@ -92,7 +92,7 @@ def test_without_submitit_s_dependencies_it_stops_at_once_in_one_line(image_fold
     env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu",
            "PYTHONPATH": like_the_gpu_machine(tmp_path / "hidden")}
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder),
-                           str(tmp_path / "out"), "1", "experiments/grids/best.toml"],
+                           str(tmp_path / "out"), "1", "experiments/grids/select-e200.toml"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "No module named 'submitit'" in proc.stderr and "WHEELS" in proc.stderr

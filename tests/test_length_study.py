@@ -11,7 +11,7 @@ from conftest import ROOT
 pytest.importorskip("scipy")  # report.py's statistics, which length_study.py uses
 pytest.importorskip("statsmodels")
 sys.path.insert(0, str(ROOT / "experiments"))
-from length_study import comparisons, length_comparisons, length_table  # noqa: E402
+from length_study import best_recipe, comparisons, length_comparisons, length_table  # noqa: E402
 
 
 def results():
@@ -108,3 +108,17 @@ def test_a_method_at_a_longer_length_is_compared_with_its_shortest_paired_by_see
     assert list(family["comparison"]) == ["kd 36 epochs − 12 epochs"]
     assert family["runs"][0] == "3 pairs by seed"
     assert family["difference (points)"][0] == "+3.50"  # (83 - 79 + 83.5 - 80 + 84 - 81) / 3
+
+
+def test_the_best_recipe_is_chosen_on_validation_at_the_longest_length():
+    """Among the methods at 36 epochs: KD's validation (82.0) beats the student alone's
+    (80.0) by more than a point, though its test would not decide; 12 epochs are not
+    candidates, however high their validation."""
+    frame = results()
+    frame.loc[frame["run"] == "student_kd_seed2", "val_acc"] = 99.0
+    recipes = best_recipe(frame)
+    assert list(recipes["recipe"]) == ["kd (epochs=36)", "ce (epochs=36)"]
+    assert list(recipes["decision"]) == ["chosen", "below"]
+    frame.loc[frame["run"] == "student_ce_e36_seed0", "val_acc"] = 81.5
+    assert list(best_recipe(frame)["decision"]) == [
+        "best so far: decide on a second seed", "within 0.50 of the best: decide on a second seed"]

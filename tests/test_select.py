@@ -60,7 +60,7 @@ def test_a_second_seed_decides_between_close_settings(tmp_path):
 
 
 def test_across_methods_one_recipe_is_chosen_among_all(tmp_path):
-    """experiments/grids/best.toml: the best student's recipe, whatever its method; per
+    """experiments/grids/select-e200.toml: the best student's recipe, whatever its method; per
     method, each is its only setting."""
     write_run(tmp_path, "kd_e200", "kd", 0, None, val_acc=85.0)
     write_run(tmp_path, "kd+ce_e200", "kd+ce", 0, None, val_acc=85.6)

@@ -127,6 +127,9 @@ def test_only_keeps_the_runs_a_pattern_names():
                  "--only", "crd_*")
     assert [line.split()[0] for line in proc.stdout.splitlines()] == [
         "crd_w0.8_seed1", "crd_w0.2_seed1", "crd_w2_seed1"]
+    proc = sweep(ROOT / "experiments" / "grids" / "select.toml", "--seeds", "1",
+                 "--checkpoints", "--only", "crd_w0.2_*", "kd_seed1")
+    assert proc.stdout.split() == ["runs/select/kd_seed1.pt", "runs/select/crd_w0.2_seed1.pt"]
 
 
 def test_grids_combine_into_one_pool_that_links_runs_across_them():

@@ -6,6 +6,9 @@
 #              CPU), in runs/quick/ (checkpoints/ and plots/ inside)
 # make test  : set up .venv, lint (ruff) and run the test suite, one worker per core
 # make bench : set up .venv and print benchmarks/throughput.py's table (idle machine!)
+# make best  : the best student's frozen recipe (experiments/grids/best.toml) on its seeds,
+#              each distilling from its seed's teacher, then evaluate.py and report.py in
+#              runs/best (hours on a 2-core CPU)
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
 #                    torchvision downloads CIFAR-10 if the network allows)
@@ -32,7 +35,7 @@ stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --restart-if-changed --out "$
         else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
 RUN_FLAGS = --plots-dir $(PLOTS) $(FLAGS)
 
-.PHONY: all quick teacher students ema evaluate report test bench clean-venv
+.PHONY: all quick teacher students ema evaluate report best test bench clean-venv
 
 all: report
 
@@ -69,6 +72,12 @@ evaluate: students ema
 
 report: evaluate
 	$(PY) report.py --plots-dir $(PLOTS)
+
+BEST_GRID := experiments/grids/best.toml
+best: $(VENV)/installed
+	$(PY) sweep.py $(BEST_GRID)
+	$(PY) evaluate.py $$($(PY) sweep.py $(BEST_GRID) --checkpoints) --plots-dir runs/best
+	$(PY) report.py --plots-dir runs/best
 
 test: $(VENV)/installed
 	$(VENV)/bin/ruff check .

@@ -47,3 +47,12 @@ def test_quick_uses_its_own_folders_and_a_subset():
     assert "checkpoints/" not in plan.replace("runs/quick/checkpoints/", "")
     assert "evaluate.py runs/quick/checkpoints/*.pt --plots-dir runs/quick/plots" in plan
     assert "report.py --plots-dir runs/quick/plots" in plan
+
+
+def test_best_sweeps_the_frozen_recipe_then_evaluates_its_runs_alone():
+    plan = planned("best").splitlines()
+    assert plan[-3:] == [
+        "python sweep.py experiments/grids/best.toml",
+        "python evaluate.py $(python sweep.py experiments/grids/best.toml --checkpoints) "
+        "--plots-dir runs/best",
+        "python report.py --plots-dir runs/best"]

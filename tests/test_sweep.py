@@ -89,7 +89,7 @@ def test_each_seeds_students_can_name_that_seeds_teacher():
     assert runs["student_teacher=x.pt_seed2"].settings["teacher"] == "x.pt"
 
 
-@pytest.mark.parametrize("grid", ["methods.toml", "kd-seeds.toml"])
+@pytest.mark.parametrize("grid", ["methods.toml", "kd-seeds.toml", "best.toml"])
 def test_the_seed_studies_pair_every_student_with_its_seeds_teacher(grid):
     runs = expand(tomllib.loads((ROOT / "experiments" / "grids" / grid).read_text()),
                   "checkpoints", seeds=[0, 1, 2])
@@ -231,6 +231,17 @@ def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_fold
     assert set((folder / "logs").iterdir()) == logs  # nothing was started
     changed = sweep(grid, "--list", "--flags", "--lr 0.05")
     assert "--resume --restart-if-changed" in changed.stdout
+
+
+def test_the_best_students_runs_are_the_length_studys_own():
+    """best.toml's runs (checkpoints and flags) are length.toml's: neither retrains the other's."""
+    grids = [tomllib.loads((ROOT / "experiments" / "grids" / name).read_text())
+             for name in ("best.toml", "length.toml")]
+    best, length = (expand(grid, grid["folder"], seeds=[0, 1, 2]) for grid in grids)
+    by_key = {run.key: run for run in length}
+    assert len(best) == 6
+    for run in best:
+        assert run.key in by_key and by_key[run.key].settings == run.settings, run.name
 
 
 def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(image_folder, tmp_path):

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The length study's runs on the 2-core Intel Xeon (docs/results.md, "Training length"):
+# evaluate.py on them, then their student rows into experiments/xeon_runs.csv, which
+# experiments/length_study.py reads beside the H200's and the Zen 1's tables.
+#   python sweep.py experiments/grids/length.toml --seeds 1 2 --only ...   (docs/results.md)
+#   bash experiments/length_xeon_eval.sh && python experiments/length_study.py
+set -euo pipefail
+C=${CHECKPOINTS:-checkpoints}
+PYTHON=${PYTHON:-python}
+runs=()
+for s in 1 2; do
+    for run in kd_e36 kd+ce_e36 kd_e96 kd+ce_e96 kd+mixup_T4_e36; do
+        runs+=("$C/student_${run}_seed$s.pt")
+    done
+done
+"$PYTHON" evaluate.py "${runs[@]}" --plots-dir runs/xeon-eval
+"$PYTHON" - <<'PY'
+import pandas as pd
+rows = pd.read_csv("runs/xeon-eval/results.csv")
+rows[rows["model"] == "student"].to_csv("experiments/xeon_runs.csv", index=False)
+print(f"{(rows['model'] == 'student').sum()} rows -> experiments/xeon_runs.csv; "
+      "python experiments/length_study.py")
+PY

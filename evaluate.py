@@ -18,6 +18,9 @@ mode, on the test set, the validation split and the training images its run trai
   confusion_<name>.png    the teacher and the student with the best validation accuracy
   per_class_accuracy.png  per-class test accuracy of every variant (mean over seeds)
 """
+import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: split
 import argparse
 import copy
 import os

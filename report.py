@@ -9,6 +9,9 @@ equivalence or unresolved, with Holm's correction over each table of comparisons
 Nothing in it is written by hand per run: every number and verdict comes from results.csv
 (and predictions.csv beside it, for comparisons of one run a side).
 """
+import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: split
 import argparse
 import io
 import math

@@ -33,6 +33,9 @@ over seeds) ends the sweep. Several grids run as one pool, in their order, each 
 own folder: no device waits between them, and a run of one may need a run of another (the
 teacher it names); a checkpoint two grids both name runs once.
 """
+import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: split
 import argparse
 import contextlib
 import fnmatch

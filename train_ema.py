@@ -13,6 +13,9 @@ EMA" changes two things at once, averaging and whether the teacher learns at all
 the ablation that isolates averaging. Student and teacher are evaluated every epoch.
 For the EMA of a run's own weights, every training script has --ema-decay.
 """
+import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: split
 import argparse
 from pathlib import Path
 

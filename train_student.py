@@ -8,6 +8,9 @@ with decoupled KD (dkd) or DIST (dist).
     python train_student.py --loss dkd       # -> checkpoints/student_dkd_seed0.pt
     python train_student.py --loss kd+ce --logit-standardize   # -> student_kd+ce+ls_seed0.pt
 """
+import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: split
 import argparse
 from pathlib import Path
 

@@ -4,6 +4,9 @@
     python train_teacher.py --optimizer adam --lr 1e-3 --schedule constant --weight-decay 0 \\
         --no-augment --epochs 20                  # the original report's recipe
 """
+import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
+
+# isort: split
 import argparse
 from pathlib import Path
 

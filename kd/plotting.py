@@ -1,5 +1,6 @@
 """Figures: training curves of a run, the students compared, and sample images."""
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kd.results import MEAN_TEACHER_VARIANTS, recipe_labels, run_variant  # noqa: E402
+
+LEGEND_ROWS = 20  # at fontsize 8 in a 4-inch-high figure
+LEGEND_INCHES_PER_CHAR = 0.05  # a legend column's width at fontsize 8, its line included
 
 
 def plot_curves(history, path, title):
@@ -93,7 +97,7 @@ def plot_mean_curves(curves, path, title):
     `ema_val`) are dashed in their variant's colour. curves: label -> [(df, prefix)]."""
     if not curves:
         return
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
     colours = {}
     for label, runs in sorted(curves.items()):
         ema = runs[0][1] == "ema_val"  # the EMA weights' columns, not a label that says EMA
@@ -111,8 +115,14 @@ def plot_mean_curves(curves, path, title):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: validation loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: validation accuracy")
     style_axes(ax_loss, ax_acc, legend=False)
-    # one legend, beside the axes: inside them it hides the curves it names
-    ax_acc.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    # one legend, beside the axes: inside them it hides the curves it names; a column per 20
+    # lines, as a folder filled by sweeps holds dozens and one column outgrows the figure
+    # (constrained layout makes room for it, where tight_layout gives up)
+    labels = [line.get_label() for line in ax_acc.get_lines()]
+    columns = math.ceil(len(labels) / LEGEND_ROWS)
+    fig.set_size_inches(12 + columns * LEGEND_INCHES_PER_CHAR * max(map(len, labels)), 4)
+    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside right center", fontsize=8,
+               ncols=columns)
     save(fig, path)
 
 
@@ -200,6 +210,7 @@ def style_axes(*axes, legend=True):
 def save(fig, path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")  # legends beside the axes included
     plt.close(fig)

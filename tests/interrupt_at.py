@@ -5,6 +5,8 @@ decoding), where a signal timed from outside could land anywhere or after the ru
     python tests/interrupt_at.py SIGNAL MODULE.FUNCTION N SCRIPT [ARGS...]
 e.g. python tests/interrupt_at.py SIGTERM kd.engine.check_interrupt 11 train_student.py ...
 (check_interrupt runs once after every optimizer step, so N = 11 is right after step 11).
+`import:MODULE` as the function (N = 1) sends it as the script first imports MODULE: a Ctrl-C
+during the seconds its imports take.
 """
 import importlib
 import os
@@ -17,8 +19,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+class SignalOnImport:
+    """A finder that sends the signal when `name` is first imported, and finds nothing."""
+    def __init__(self, name, sig):
+        self.name, self.sig = name, sig
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname == self.name:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), self.sig)
+        return None
+
+
 def main():
     sig, target, n, script, *args = sys.argv[1:]
+    sys.argv = [script, *args]
+    if target.startswith("import:"):
+        sys.meta_path.insert(0, SignalOnImport(target.removeprefix("import:"),
+                                               getattr(signal, sig)))
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+        return
     module_name, function_name = target.rsplit(".", 1)
     module = importlib.import_module(module_name)
     original, calls = getattr(module, function_name), [0]
@@ -29,7 +49,6 @@ def main():
             os.kill(os.getpid(), getattr(signal, sig))
         return original(*a, **kw)
     setattr(module, function_name, wrapped)
-    sys.argv = [script, *args]
     runpy.run_path(str(ROOT / script), run_name="__main__")
 
 

@@ -237,3 +237,12 @@ def test_two_processes_storing_one_file_at_once_each_replace_it_whole(tmp_path, 
     save_atomically({"writer": torch.tensor(1)}, target)
     assert torch.load(target, weights_only=True)["writer"] == 1  # A's, whole, renamed last
     assert list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("script", ["train_teacher.py", "train_student.py", "train_ema.py",
+                                    "evaluate.py", "report.py", "sweep.py"])
+def test_a_ctrl_c_while_a_script_imports_is_one_line(script):
+    """The imports take seconds (torch, pandas): a Ctrl-C among them is as quiet as one
+    during a run, not a traceback from inside a library."""
+    proc = interrupted_run(script, ["--help"], step=1, sig="SIGINT", at="import:pandas")
+    assert proc.stderr.strip().splitlines() == ["interrupted while starting: nothing was written"]

@@ -1,3 +1,5 @@
+import warnings
+
 import pandas as pd
 
 from conftest import write_run
@@ -127,3 +129,15 @@ def test_a_teachers_fingerprint_outlives_settings_added_later(monkeypatch):
     monkeypatch.setitem(ADDED_RECIPE_KEYS, "new_setting", 1.0)
     assert recipe_sha256(teacher) == recipe_sha256({**teacher, "new_setting": 1.0}) == before
     assert recipe_sha256({**teacher, "new_setting": 2.0}) != before
+
+
+def test_the_comparison_figure_fits_a_legend_of_many_variants(tmp_path):
+    """A folder that sweeps have filled (44 variants and EMAs in checkpoints/ once) still
+    gets its legend laid out beside the axes: Matplotlib warns when it cannot."""
+    for temperature in range(1, 45):
+        write_run(tmp_path, f"student_kd_T{temperature}_seed0", "kd", 0, 70.0,
+                  temperature=float(temperature))
+    assert len(student_curves(tmp_path)) >= 40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_compare(tmp_path, tmp_path / "compare.png")

@@ -1,0 +1,20 @@
+"""Imported first by every script, before the imports that take seconds (torch, pandas): a
+Ctrl-C among them ends the process with one line and exit status 130, like one during a run
+(kd.cli.run_cli installs the run's own handlers once the imports are done), instead of a
+traceback from inside a library. Only when a script is the program: a test process that
+imports one keeps its own Ctrl-C."""
+import signal
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _exit_quietly(signum, frame):
+    print("interrupted while starting: nothing was written", file=sys.stderr)
+    sys.exit(130)
+
+
+_program = getattr(sys.modules.get("__main__"), "__file__", None)
+if _program and Path(_program).resolve().parent == PROJECT_ROOT:
+    signal.signal(signal.SIGINT, _exit_quietly)

@@ -187,9 +187,11 @@ def main():
     results = read_tables(args.results)
     table = length_table(results)
     machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()
-                         .str.replace(r" \(.*\)$", "", regex=True).unique())
+                         .str.replace(r" \(.*\)$", "", regex=True)
+                         .str.replace("(R)", "").unique())
     plot(table, Path(args.figure), args.cpu_minutes_per_epoch,
-         f"student (3.1 M MACs) by training length; {machines}; error bars: std over seeds")
+         f"student (3.1 M MACs) by training length, error bars: std over seeds\n"
+         f"ran on {machines}")
     print(markdown(table))
     for epochs in sorted(table.loc[table["seeds"] >= 2, "epochs"].unique()):
         family = comparisons(results, epochs)

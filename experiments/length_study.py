@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from select_settings import decisions  # noqa: E402
 
 from kd import cli  # noqa: E402
+from kd.results import label_settings  # noqa: E402
 from report import compare_runs, family_table, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
@@ -130,8 +131,18 @@ def best_recipe(results):
     left out: they come from different machines."""
     runs = student_runs(results)
     runs = runs[runs["epochs"] == runs["epochs"].max()]
+    # one label per method and length: evaluate.py names the length in a variant only where
+    # the runs it read differ in it, so one recipe's seeds may come labelled two ways
+    runs = runs.assign(variant=[with_epochs(method, epochs)
+                                for method, epochs in zip(runs["method"], runs["epochs"])])
     table = decisions(runs.assign(minutes=float("nan")), across=True)
     return table.drop(columns=["method", "minutes"]).rename(columns={"setting": "recipe"})
+
+
+def with_epochs(method, epochs):
+    """without_epochs undone: "kd (temperature=2.0)", 96 -> "kd (epochs=96, temperature=2.0)"."""
+    name, settings = label_settings(method)
+    return f"{name} ({', '.join(sorted([f'epochs={epochs}', *settings]))})"
 
 
 def markdown(table):

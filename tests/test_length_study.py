@@ -122,3 +122,18 @@ def test_the_best_recipe_is_chosen_on_validation_at_the_longest_length():
     frame.loc[frame["run"] == "student_ce_e36_seed0", "val_acc"] = 81.5
     assert list(best_recipe(frame)["decision"]) == [
         "best so far: decide on a second seed", "within 0.50 of the best: decide on a second seed"]
+
+
+def test_a_recipe_is_one_whatever_its_evaluation_labelled_it():
+    """evaluate.py names a setting in a variant only where the runs it read differ in it: the
+    student alone's 96-epoch seeds evaluated without its 12-epoch runs are plain `ce`, the
+    H200's seed 0 `ce (epochs=96)`. The best recipe pools them as the one recipe they are."""
+    frame = results()
+    frame["variant"] = frame["variant"].replace("ce (epochs=36)", "ce")
+    frame = pd.concat([frame, pd.DataFrame(
+        [("student_ce_e36_seed1", "raw", "ce (epochs=36)", 1, 36, 88.0, 81.0, 80.5)],
+        columns=frame.columns)])
+    recipes = best_recipe(frame).set_index("recipe")
+    assert list(recipes.index) == ["kd (epochs=36)", "ce (epochs=36)"]
+    assert recipes.loc["ce (epochs=36)", "seeds"] == 2
+    assert recipes.loc["ce (epochs=36)", "val_acc"] == 80.5

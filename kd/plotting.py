@@ -115,14 +115,13 @@ def plot_mean_curves(curves, path, title):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title=f"{title}: validation loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{title}: validation accuracy")
     style_axes(ax_loss, ax_acc, legend=False)
-    # one legend, beside the axes: inside them it hides the curves it names; a column per 20
-    # lines, as a folder filled by sweeps holds dozens and one column outgrows the figure
-    # (constrained layout makes room for it, where tight_layout gives up)
-    labels = [line.get_label() for line in ax_acc.get_lines()]
+    # one legend, beside the axes: inside them it hides the curves it names; a column per
+    # LEGEND_ROWS lines, as a folder filled by sweeps holds dozens and one column outgrows
+    # the figure (constrained layout makes room for it, where tight_layout gives up)
+    handles, labels = ax_acc.get_legend_handles_labels()
     columns = math.ceil(len(labels) / LEGEND_ROWS)
     fig.set_size_inches(12 + columns * LEGEND_INCHES_PER_CHAR * max(map(len, labels)), 4)
-    fig.legend(*ax_acc.get_legend_handles_labels(), loc="outside right center", fontsize=8,
-               ncols=columns)
+    fig.legend(handles, labels, loc="outside right center", fontsize=8, ncols=columns)
     save(fig, path)
 
 

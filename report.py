@@ -246,6 +246,26 @@ def comparison_table(results, pairs, key, predictions=None):
     return family_table(tests, ["comparison", "difference (points)"])
 
 
+def comparisons(caption, results, pairs, key, predictions=None):
+    """A section's entries for the comparisons `pairs`: (caption, table) (see
+    comparison_table), then a line naming each pair whose first variant has runs and whose
+    second has none under that label, with the labels the second's runs do have: a label
+    names the settings in which a variant's runs differ ("ce (epochs=36)"), so a variant
+    trained apart from the others would otherwise drop its comparisons unseen."""
+    present = list(dict.fromkeys(results["variant"]))
+    missing = {}
+    for a, b in pairs:
+        if a in present and b not in present:
+            missing.setdefault(b, []).append(f"{a} − {b}")
+    entries = [(caption, comparison_table(results, pairs, key, predictions))]
+    for b, unmade in missing.items():
+        labelled = [f"`{v}`" for v in present if label_settings(v)[0] == b]
+        entries.append((f"Not compared, as no run is labelled `{b}`"
+                        + (f" (its runs here: {', '.join(labelled)})" if labelled else "")
+                        + f": {'; '.join(unmade)}.", None))
+    return entries
+
+
 def raw_vs_ema_pairs(results):
     """(v EMA, v) for every variant with an EMA of its weights (a mean-teacher run's second
     model is its teacher, `v teacher`, compared in its own section)."""
@@ -273,7 +293,9 @@ def section(title, figure, plots_dir, tables):
     if figure and (Path(plots_dir) / figure).exists():
         parts.append(f"![{title}]({figure})\n")
     for caption, table in tables:
-        if not table.empty:
+        if table is None:  # a line of its own
+            parts.append(f"{caption}\n")
+        elif not table.empty:
             parts.append(f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
     return "\n".join([f"## {title}\n", *parts]) if parts else ""
 
@@ -367,14 +389,14 @@ def write_report(results, plots_dir, predictions=None):
         section("The students", "students_compare.png", plots_dir,
                 [(f"Test accuracy (± over seeds). {teachers(students[~is_mean_teacher])}".strip(),
                   per_variant(students[~is_mean_teacher])),
-                 ("Differences (one family, Holm):",
-                  comparison_table(raw, methods.comparisons(), key, predictions))]),
+                 *comparisons("Differences (one family, Holm):", raw,
+                              methods.comparisons(), key, predictions)]),
         length_section(students[~is_mean_teacher], plots_dir),
         section("Mean-teacher: with and without EMA", "ema_compare.png", plots_dir,
                 [("Test accuracy (the student; `teacher` rows: its teacher; ± over seeds, "
                   "each run's teacher its own):", per_variant(students[is_mean_teacher])),
-                 ("Differences (one family, Holm):",
-                  comparison_table(raw, EMA_PAIRS, key, predictions))]),
+                 *comparisons("Differences (one family, Holm):", raw, EMA_PAIRS, key,
+                              predictions)]),
         section("Raw against EMA weights of the same runs", None, plots_dir,
                 [("EMA − raw, paired by run (one family, Holm):",
                   comparison_table(results, raw_vs_ema_pairs(results), ["checkpoint"],

@@ -310,3 +310,29 @@ def test_minutes_per_run_are_the_median_so_one_run_on_busy_cores_does_not_move_t
                             "test_acc": [87.9, 87.8, 88.2], "macs": [36e6] * 3,
                             "train_minutes": [16.1, 22.1, 15.4]})
     assert per_variant(results)["minutes per run (median)"].tolist() == [16.1]
+
+
+def test_a_comparison_it_cannot_make_is_named_not_dropped(tmp_path):
+    """The student alone trained at another length than the others is labelled
+    "ce (epochs=36)", so no run is `ce`: the comparisons against it that have runs of
+    their first variant say so (with the label ce's runs do have) instead of vanishing;
+    those with no runs on either side (dkd − kd here) stay unsaid."""
+    rows = []
+    for seed in (0, 1):
+        for variant, model, acc in (("teacher", "teacher", 88.0), ("kd+ce", "student", 79.0),
+                                    ("ce (epochs=36)", "student", 80.0),
+                                    ("mean-teacher", "student", 74.0)):
+            rows.append({"checkpoint": f"{variant.split()[0]}_seed{seed}.pt", "weights": "raw",
+                         "model": model, "variant": variant, "seed": seed,
+                         "test_acc": acc + seed, "macs": 3.1e6, "train_minutes": 2.5})
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    report = (tmp_path / "report.md").read_text()
+    students = report.split("## The students")[1].split("\n## ")[0]
+    mean_teacher = report.split("## Mean-teacher")[1].split("\n## ")[0]
+    for section in (students, mean_teacher):
+        assert "no run is labelled `ce` (its runs here: `ce (epochs=36)`)" in section
+    assert "kd+ce − ce" in students and "mean-teacher − ce" not in students
+    assert "mean-teacher − ce" in mean_teacher
+    assert "mean-teacher − mean-teacher-no-ema" in mean_teacher  # no runs of the second
+    assert "dkd" not in report and "kd+ce − kd" not in report

@@ -7,25 +7,18 @@ student's recipe: the choice on validation among the methods at the longest leng
 
     python experiments/length_study.py                    # the H200 runs and the CPU's
     python experiments/length_study.py plots/results.csv --figure plots/length.png
-
-The top axis converts epochs into minutes of a 2-core CPU at --cpu-minutes-per-epoch (a KD
-student served stored teacher logits; other methods cost a multiple of it, docs/results.md).
 """
 import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from select_settings import decisions  # noqa: E402
 
-from kd import cli  # noqa: E402
+from kd import cli, plotting  # noqa: E402
 from kd.results import label_settings  # noqa: E402
 from report import compare_runs, family_table, without_epochs  # noqa: E402
 
@@ -156,34 +149,6 @@ def markdown(table):
     return pd.DataFrame(rows).to_markdown(index=False)
 
 
-def plot(table, path, cpu_minutes_per_epoch, title):
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, rows in table.groupby("method", sort=False):
-        line, = ax.plot(rows["epochs"], rows["test_acc_mean"], "o-", label=f"{method}: test")
-        ax.errorbar(rows["epochs"], rows["test_acc_mean"], yerr=rows["test_acc_std"].fillna(0),
-                    fmt="none", ecolor=line.get_color(), capsize=3)
-        ax.plot(rows["epochs"], rows["train_acc_mean"], "--", color=line.get_color(), alpha=0.6)
-    ax.set_xscale("log", base=2)
-    epochs = sorted(table["epochs"].unique())
-    ax.set_xticks(epochs, [str(e) for e in epochs])
-    ax.minorticks_off()
-    ax.set_xlabel("epochs (one-cycle schedule stretched)")
-    ax.set_ylabel("accuracy % (solid: test; dashed: clean training images)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    top = ax.secondary_xaxis("top", functions=(lambda e: e * cpu_minutes_per_epoch,
-                                               lambda m: m / cpu_minutes_per_epoch))
-    top.set_xticks([e * cpu_minutes_per_epoch for e in epochs],
-                   [f"{e * cpu_minutes_per_epoch:.0f}" for e in epochs])
-    top.minorticks_off()
-    top.set_xlabel(f"minutes of KD + CE on a 2-core CPU at {cpu_minutes_per_epoch:g} per epoch")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
@@ -191,18 +156,15 @@ def main():
                              f"one (default: {' '.join(DEFAULT_TABLES)})")
     parser.add_argument("--figure", default=str(ROOT / "docs/figures/length.png"),
                         help="where the figure goes (default: docs/figures/length.png)")
-    parser.add_argument("--cpu-minutes-per-epoch", type=float, default=0.3,
-                        help="a KD student's minutes per epoch on a 2-core CPU, for the top "
-                             "axis (default: 0.3, KD + CE served stored logits, fp32, Zen 3)")
     args = parser.parse_args()
     results = read_tables(args.results)
     table = length_table(results)
     machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()
                          .str.replace(r" \(.*\)$", "", regex=True)
                          .str.replace("(R)", "").unique())
-    plot(table, Path(args.figure), args.cpu_minutes_per_epoch,
-         f"student (3.1 M MACs) by training length, error bars: std over seeds\n"
-         f"ran on {machines}")
+    plotting.plot_length(student_runs(results), args.figure,
+                         f"the student (3.1 M MACs) by training length, error bars: std over "
+                         f"seeds\nran on {machines}")
     print(markdown(table))
     for epochs in sorted(table.loc[table["seeds"] >= 2, "epochs"].unique()):
         family = comparisons(results, epochs)

@@ -10,7 +10,8 @@ C=${CHECKPOINTS:-checkpoints}
 PYTHON=${PYTHON:-python}
 runs=("$C/student_crd_w0.2_e96_seed0.pt")   # seed 0's other runs are the H200's
 for s in 1 2; do
-    for run in kd_e36 kd+ce_e36 kd_e96 kd+ce_e96 kd+mixup_T4_e36 crd_w0.2_e36 ce_e96; do
+    for run in kd_e36 kd+ce_e36 kd_e96 kd+ce_e96 kd+mixup_T4_e36 kd+mixup_T4_e96 crd_w0.2_e36 \
+               ce_e96; do
         runs+=("$C/student_${run}_seed$s.pt")
     done
 done

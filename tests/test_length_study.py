@@ -11,7 +11,13 @@ from conftest import ROOT
 pytest.importorskip("scipy")  # report.py's statistics, which length_study.py uses
 pytest.importorskip("statsmodels")
 sys.path.insert(0, str(ROOT / "experiments"))
-from length_study import best_recipe, comparisons, length_comparisons, length_table  # noqa: E402
+from length_study import (  # noqa: E402
+    best_recipe,
+    comparisons,
+    gap_changes,
+    length_comparisons,
+    length_table,
+)
 
 
 def results():
@@ -137,3 +143,25 @@ def test_a_recipe_is_one_whatever_its_evaluation_labelled_it():
     assert list(recipes.index) == ["kd (epochs=36)", "ce (epochs=36)"]
     assert recipes.loc["ce (epochs=36)", "seeds"] == 2
     assert recipes.loc["ce (epochs=36)", "val_acc"] == 80.5
+
+
+def test_whether_a_gap_changes_with_length_is_tested_per_seed():
+    """KD's lead over the student alone, seed by seed: 3.0, 3.1, 2.9 points at 12 epochs and
+    2.0, 2.2, 1.9 at 36. The change is the paired difference of the two gaps (-1.0, -0.9,
+    -1.0), not the difference of their means over unpaired runs; KD at 96 epochs (one seed)
+    gives no row."""
+    rows = []
+    for seed, (ce12, ce36) in enumerate(((76.0, 80.0), (75.5, 80.2), (76.2, 79.9))):
+        for method, epochs, acc in (("ce", 12, ce12), ("ce", 36, ce36),
+                                    ("kd", 12, ce12 + (3.0, 3.1, 2.9)[seed]),
+                                    ("kd", 36, ce36 + (2.0, 2.2, 1.9)[seed])):
+            rows.append((f"student_{method}_e{epochs}_seed{seed}", "raw",
+                         f"{method} (epochs={epochs})", seed, epochs, 90.0, acc, acc))
+    rows.append(("student_kd_e96_seed0", "raw", "kd (epochs=96)", 0, 96, 95.0, 84.0, 84.0))
+    frame = pd.DataFrame(rows, columns=results().columns)
+    family = gap_changes(frame)
+    assert list(family["comparison"]) == ["kd − ce: 36 epochs − 12 epochs"]
+    assert family["runs"][0] == "3 pairs by seed"
+    assert family["difference (points)"][0] == "-0.97"
+    assert family["verdict"][0].startswith("kd − ce: 36 epochs below 12 epochs")
+    assert gap_changes(frame[frame["epochs"] != 36]) is None

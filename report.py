@@ -214,27 +214,29 @@ def length_runs(students):
     return raw[raw.groupby("method")["epochs"].transform("nunique") > 1]
 
 
-def length_table(runs):
-    """Training length as a factor: per method and length (`runs` from length_runs), the
-    clean training accuracy (eval mode, no augmentation, the images the run trained on),
-    validation and test accuracy, mean ± std over seeds, and the median minutes per run.
-    The gap between training and validation accuracy says whether a model fits what it
-    trained on: the question a longer schedule or more capacity answers."""
+def length_table(runs, minutes=True):
+    """Training length as a factor: per method and length (`runs`: one row per run with
+    `method` and `epochs`, as from length_runs), the clean training accuracy (eval mode, no
+    augmentation, the images the run trained on), validation and test accuracy, mean ± std
+    over seeds, and the median minutes per run unless `minutes` is False. The gap between
+    training and validation accuracy says whether a model fits what it trained on: the
+    question a longer schedule or more capacity answers."""
     keys = ["method", "epochs"]
     table = seed_table(runs, keys)
     for column in ("val_acc", "train_acc"):
         if column in runs and runs[column].notna().any():
             table = table.merge(seed_table(runs, keys, column).drop(columns="seeds"),
                                 how="left", on=keys)
-    minutes = runs.groupby(keys)["train_minutes"].median().round(1).rename("minutes per run")
-    table = table.merge(minutes.reset_index(), on=keys)
+    shown = ["training accuracy, clean (%)", "validation (%)", "test (%)"]
+    if minutes:
+        median = runs.groupby(keys)["train_minutes"].median().round(1).rename("minutes per run")
+        table = table.merge(median.reset_index(), on=keys)
+        shown.append("minutes per run")
     order = {m: i for i, m in enumerate(dict.fromkeys(runs["method"]))}
     table = table.sort_values(keys, key=lambda c: c.map(order) if c.name == "method" else c)
     table = table.rename(columns={"train_acc": "training accuracy, clean (%)",
                                   "val_acc": "validation (%)", "test_acc": "test (%)"})
-    shown = ["training accuracy, clean (%)", "validation (%)", "test (%)"]
-    return table[[*keys, "seeds", *[c for c in shown if c in table], "minutes per run"]
-                 ].reset_index(drop=True)
+    return table[[*keys, "seeds", *[c for c in shown if c in table]]].reset_index(drop=True)
 
 
 def comparison_table(results, pairs, key, predictions=None):

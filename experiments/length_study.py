@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from select_settings import decisions  # noqa: E402
 
+import report  # noqa: E402
 from kd import cli, plotting  # noqa: E402
 from kd.results import label_settings  # noqa: E402
 from report import compare_runs, family_table, without_epochs  # noqa: E402
@@ -36,17 +37,18 @@ def student_runs(results):
 
 
 def length_table(results):
-    """One row per method and length: seeds, then mean and std of each accuracy (raw weights)."""
-    runs = student_runs(results)
+    """report.py's length table over every student method and length (raw weights), methods
+    in alphabetical order, with where each row's runs trained in place of their minutes
+    (the runs come from several machines)."""
+    runs = student_runs(results).sort_values("method", kind="stable")
     if runs.empty:
         raise cli.UserError("no student runs (rows named student_*) with raw weights found")
-    grouped = runs.groupby(["method", "epochs"])
-    table = grouped[COLUMNS].agg(["mean", "std"])
-    table.columns = [f"{column}_{stat}" for column, stat in table.columns]
-    table.insert(0, "seeds", grouped.size())
+    table = report.length_table(runs, minutes=False)
     if {"machine", "precision", "seed"} <= set(runs.columns):
-        table["ran on"] = grouped[["machine", "precision", "seed"]].apply(ran_on)
-    return table.reset_index()
+        where = runs.groupby(["method", "epochs"])[["machine", "precision", "seed"]]
+        table = table.merge(where.apply(ran_on).rename("ran on").reset_index(),
+                            on=["method", "epochs"])
+    return table
 
 
 def ran_on(runs):
@@ -163,17 +165,6 @@ def with_epochs(method, epochs):
     return f"{name} ({', '.join(sorted([f'epochs={epochs}', *settings]))})"
 
 
-def markdown(table):
-    def cell(row, column):
-        mean, std = row[f"{column}_mean"], row[f"{column}_std"]
-        return f"{mean:.2f}" if row["seeds"] == 1 else f"{mean:.2f} ± {std:.2f}"
-    rows = [{"method": row["method"], "epochs": row["epochs"], "seeds": row["seeds"],
-             **{column: cell(row, column) for column in COLUMNS},
-             **({"ran on": row["ran on"]} if "ran on" in row else {})}
-            for _, row in table.iterrows()]
-    return pd.DataFrame(rows).to_markdown(index=False)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
@@ -190,7 +181,7 @@ def main():
     plotting.plot_length(student_runs(results), args.figure,
                          f"the student (3.1 M MACs) by training length, error bars: std over "
                          f"seeds\nran on {machines}")
-    print(markdown(table))
+    print(table.to_markdown(index=False))
     for epochs in sorted(table.loc[table["seeds"] >= 2, "epochs"].unique()):
         family = comparisons(results, epochs)
         if family is not None:

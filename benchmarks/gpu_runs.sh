@@ -19,7 +19,9 @@
 # again elsewhere.
 #
 # Environment: PYTHON (default python3), RUNS (runs at a time, default 8), DEVICE (default
-# auto), FLAGS (added to every run, e.g. --dry-run for a smoke run), WHEELS (a folder of
+# auto), FLAGS (added to every run, e.g. --dry-run for a smoke run), ONLY (sweep.py's
+# --only: shell patterns of the run names to sweep, space-separated, e.g.
+# ONLY="teacher '*_e200_*'" for the 200-epoch runs and the teacher they wait for), WHEELS (a folder of
 # pure-Python wheels put on the import path: sweep.py needs submitit and its cloudpickle,
 # which the lent GPU machine lacks; docs/gpu.md says how to fetch them). Without them it
 # stops at once, in one line.
@@ -65,8 +67,10 @@ for grid in "$@"; do
   folders+=("${folder:-runs/sweeps/$(basename "$grid" .toml)}")
 done
 status=0
+read -r -a only <<< "${ONLY:-}"  # split on spaces, never globbed: sweep.py matches them
 # One pool: no slot waits for a grid to end, and a run waits only for the runs it needs.
-$PYTHON sweep.py "$@" --runs-per-device "$RUNS" --stop-after "$minutes" \
+$PYTHON sweep.py "$@" ${only[@]+--only "${only[@]}"} --runs-per-device "$RUNS" \
+  --stop-after "$minutes" \
   --flags "--device $DEVICE $FLAGS" 2>&1 | tee "$out/sweeps.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # The finished teachers, exported without their training state (a third the size, within

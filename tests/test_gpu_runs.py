@@ -134,3 +134,21 @@ def test_a_call_cut_short_during_evaluate_still_brings_the_records_back(image_fo
     with tarfile.open(archives[0]) as tar:
         assert any(n.endswith("a/teacher.metrics.csv") for n in tar.getnames())
     assert (out / "a-teacher.pt").exists()
+
+
+def test_only_the_runs_named_in_only_are_swept(image_folder, tmp_path):
+    """ONLY: sweep.py's --only patterns, passed unexpanded (the shell must not glob them),
+    so a lent machine's call runs just what is owed: here the teacher, not the student."""
+    (tmp_path / "a.toml").write_text(
+        f'folder = "{tmp_path}/a"\nflags = {{data-root = "{image_folder}", epochs = 1, '
+        'batch-size = 32, train-subset = 64}\n[[stage]]\nscript = "train_teacher.py"\n'
+        'name = "teacher"\n[[stage]]\nscript = "train_student.py"\nname = "alone"\n'
+        'flags = {loss = "ce"}\n')
+    # t* globbed in the script's folder (the repository: tests, train_*.py) would match no run
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "RUNS": "1", "ONLY": "t*"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder),
+                           str(tmp_path / "out"), "10", str(tmp_path / "a.toml")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = (tmp_path / "out" / "sweeps.log").read_text()
+    assert "1 run in" in log and "done  teacher" in log and "alone" not in log

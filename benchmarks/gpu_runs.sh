@@ -21,10 +21,10 @@
 # Environment: PYTHON (default python3), RUNS (runs at a time, default 8), DEVICE (default
 # auto), FLAGS (added to every run, e.g. --dry-run for a smoke run), ONLY (sweep.py's
 # --only: shell patterns of the run names to sweep, space-separated, e.g.
-# ONLY="teacher '*_e200_*'" for the 200-epoch runs and the teacher they wait for), WHEELS (a folder of
-# pure-Python wheels put on the import path: sweep.py needs submitit and its cloudpickle,
-# which the lent GPU machine lacks; docs/gpu.md says how to fetch them). Without them it
-# stops at once, in one line.
+# ONLY="teacher *_e200_*" for the 200-epoch runs and the teacher they wait for), WHEELS (a
+# folder of pure-Python wheels put on the import path: sweep.py needs submitit and its
+# cloudpickle, which the lent GPU machine lacks; docs/gpu.md says how to fetch them).
+# Without them it stops at once, in one line.
 set -uo pipefail
 export LC_ALL=C
 if [ $# -lt 4 ]; then

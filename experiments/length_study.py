@@ -108,6 +108,19 @@ def comparisons(results, epochs):
     return family_table(tests, ("comparison", "difference (points)"))
 
 
+def against_shortest(name, runs):
+    """(`name` and a longer length, the shortest length, compare_runs's result) for each
+    longer length of `runs` (rows with epochs, seed and test_acc), paired by seed, over the
+    lengths with at least two seeds; none where fewer than two lengths have them."""
+    by_length = {epochs: group for epochs, group in runs.groupby("epochs") if len(group) >= 2}
+    if len(by_length) < 2:
+        return []
+    shortest = min(by_length)
+    return [(f"{name}{epochs} epochs", f"{shortest} epochs",
+             compare_runs(group, by_length[shortest], ["seed"]))
+            for epochs, group in sorted(by_length.items()) if epochs != shortest]
+
+
 def gap_changes(results):
     """Whether a method's difference to a baseline (method_pairs) changes with length: per
     seed, the difference at each longer length against the one at the shortest, paired by
@@ -117,30 +130,16 @@ def gap_changes(results):
     accuracy = runs.set_index(["method", "epochs", "seed"])["test_acc"]
     tests = []
     for method, baseline in method_pairs(sorted(runs["method"].unique())):
-        gaps = (accuracy[method] - accuracy[baseline]).dropna()
-        by_length = {epochs: gap.reset_index()
-                     for epochs, gap in gaps.groupby(level="epochs") if len(gap) >= 2}
-        if len(by_length) >= 2:
-            shortest = min(by_length)
-            tests += [(f"{method} − {baseline}: {epochs} epochs", f"{shortest} epochs",
-                       compare_runs(gap, by_length[shortest], ["seed"]))
-                      for epochs, gap in sorted(by_length.items()) if epochs != shortest]
+        gaps = (accuracy[method] - accuracy[baseline]).dropna().reset_index()
+        tests += against_shortest(f"{method} − {baseline}: ", gaps)
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
 def length_comparisons(results):
     """Each method at every longer length against its shortest, paired by seed, where both
     lengths have at least two seeds (one Holm family); None where none has."""
-    runs = student_runs(results)
-    tests = []
-    for method, rows in runs.groupby("method"):
-        by_length = {epochs: group for epochs, group in rows.groupby("epochs")
-                     if len(group) >= 2}
-        if len(by_length) >= 2:
-            shortest = min(by_length)
-            tests += [(f"{method} {epochs} epochs", f"{shortest} epochs",
-                       compare_runs(group, by_length[shortest], ["seed"]))
-                      for epochs, group in sorted(by_length.items()) if epochs != shortest]
+    tests = [test for method, rows in student_runs(results).groupby("method")
+             for test in against_shortest(f"{method} ", rows)]
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 

@@ -3,12 +3,13 @@
 # evaluate.py on them, then their student rows into experiments/xeon_runs.csv, which
 # experiments/length_study.py reads beside the H200's and the Zen 1's tables.
 #   python sweep.py experiments/grids/length.toml --seeds 1 2 --only ...   (docs/results.md)
-#   python sweep.py experiments/grids/length.toml --only 'student_crd_w0.2_e96_seed[01]'
+#   python sweep.py experiments/grids/length.toml --only 'student_crd_w0.2_e96_seed*' 'student_dkd*'
 #   bash experiments/length_xeon_eval.sh && python experiments/length_study.py
 set -euo pipefail
 C=${CHECKPOINTS:-checkpoints}
 PYTHON=${PYTHON:-python}
-runs=("$C"/student_crd_w0.2_e96_seed[01].pt)   # seed 0's other runs are the H200's
+# seed 0's other runs are the H200's
+runs=("$C"/student_crd_w0.2_e96_seed[012].pt "$C"/student_dkd_beta8_clip5{,_e36,_e96}_seed[012].pt)
 for s in 1 2; do
     for run in kd_e36 kd+ce_e36 kd_e96 kd+ce_e96 kd+mixup_T4_e36 kd+mixup_T4_e96 crd_w0.2_e36 \
                ce_e96; do

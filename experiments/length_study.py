@@ -2,13 +2,16 @@
 such as experiments/h200_runs.csv; several tables are read as one), each student method's
 clean training, validation and test accuracy at every length (mean ± std over the seeds
 run, with the machines and precisions they ran on), a figure of test accuracy (solid)
-and clean training accuracy (dashed) against epochs, one colour per method, and the best
-student's recipe: the choice on validation among the methods at the longest length.
+and clean training accuracy (dashed) against epochs, one colour per method, the paired
+comparisons (methods against the student alone and KD alone, lengths against the shortest,
+two settings of one method), and the best student's recipe: the choice on validation among
+the methods at the longest length.
 
     python experiments/length_study.py                    # the H200 runs and the CPU's
     python experiments/length_study.py plots/results.csv --figure plots/length.png
 """
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -143,6 +146,23 @@ def length_comparisons(results):
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
+def setting_comparisons(results):
+    """At each length, each two settings of one method (evaluate.py's labels, e.g. "dkd
+    (dkd_warmup=8.0)" and "dkd (dkd_warmup=1.0)"), the later label minus the earlier, paired
+    by seed where both have at least two seeds (one Holm family); None where no method
+    has two settings at a length."""
+    runs = student_runs(results)
+    tests = []
+    for epochs, at_length in runs.groupby("epochs"):
+        by_method = {method: rows for method, rows in at_length.groupby("method")
+                     if len(rows) >= 2}
+        for first, second in itertools.combinations(sorted(by_method), 2):
+            if label_settings(first)[0] == label_settings(second)[0]:
+                tests.append((second, f"{first} at {epochs} epochs",
+                              compare_runs(by_method[second], by_method[first], ["seed"])))
+    return family_table(tests, ("comparison", "difference (points)")) if tests else None
+
+
 def best_recipe(results):
     """The best student's recipe (issue 26): select_settings' one choice across methods, on
     the mean validation accuracy over seeds of the student runs at the longest length
@@ -192,6 +212,10 @@ def main():
     if family is not None:
         print("\nA method's lead over a baseline at a longer length against its lead at the "
               f"shortest, paired by seed:\n\n{family.to_markdown(index=False)}")
+    family = setting_comparisons(results)
+    if family is not None:
+        print("\nTwo settings of one method at one length, paired by seed:\n\n"
+              f"{family.to_markdown(index=False)}")
     recipes = best_recipe(results)
     print(f"\nThe best student's recipe on validation at {recipes['epochs'].max()} epochs, "
           f"mean over seeds (the test set is not read for it):\n\n"

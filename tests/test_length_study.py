@@ -17,6 +17,7 @@ from length_study import (  # noqa: E402
     gap_changes,
     length_comparisons,
     length_table,
+    setting_comparisons,
 )
 
 
@@ -168,3 +169,23 @@ def test_whether_a_gap_changes_with_length_is_tested_per_seed():
     assert family["difference (points)"][0] == "-0.97"
     assert family["verdict"][0].startswith("kd − ce: 36 epochs below 12 epochs")
     assert gap_changes(frame[frame["epochs"] != 36]) is None
+
+
+def test_two_settings_of_one_method_at_one_length_are_compared_paired_by_seed():
+    """DKD with the paper's warm-up proportion against its 1-epoch warm-up, both at 36 epochs
+    on seeds 0-2 (evaluate.py names the setting where the runs it read differ in it): one
+    row, the warm-up-8 runs minus the warm-up-1 runs seed by seed; KD, a method with one
+    setting, gives none."""
+    rows = [(f"student_kd_e36_seed{s}", "raw", "kd (epochs=36)", s, 36, 87.0, 82.0, 83.0 + s)
+            for s in range(3)]
+    for warmup, gains in ((1.0, (0.0, 0.0, 0.0)), (8.0, (0.5, 0.7, 0.3))):
+        rows += [(f"student_dkd_w{warmup}_e36_seed{s}", "raw",
+                  f"dkd (dkd_warmup={warmup}, epochs=36)", s, 36, 85.0, 80.0, 80.0 + s + gain)
+                 for s, gain in enumerate(gains)]
+    frame = pd.DataFrame(rows, columns=results().columns)
+    family = setting_comparisons(frame)
+    assert list(family["comparison"]) == [
+        "dkd (dkd_warmup=8.0) − dkd (dkd_warmup=1.0) at 36 epochs"]
+    assert family["runs"][0] == "3 pairs by seed"
+    assert family["difference (points)"][0] == "+0.50"
+    assert setting_comparisons(frame[~frame["variant"].str.contains("8.0")]) is None

@@ -148,9 +148,9 @@ def length_comparisons(results):
 
 def setting_comparisons(results):
     """At each length, each two settings of one method (evaluate.py's labels, e.g. "dkd
-    (dkd_warmup=8.0)" and "dkd (dkd_warmup=1.0)"), the later label minus the earlier, paired
-    by seed where both have at least two seeds (one Holm family); None where no method
-    has two settings at a length."""
+    (dkd_warmup=8.0)" and "dkd (dkd_warmup=1.0)"), the label later in alphabetical order
+    minus the earlier, paired by seed where both have at least two seeds (one Holm family);
+    None where no method has two settings at a length."""
     runs = student_runs(results)
     tests = []
     for epochs, at_length in runs.groupby("epochs"):

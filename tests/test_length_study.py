@@ -171,21 +171,48 @@ def test_whether_a_gap_changes_with_length_is_tested_per_seed():
     assert gap_changes(frame[frame["epochs"] != 36]) is None
 
 
-def test_two_settings_of_one_method_at_one_length_are_compared_paired_by_seed():
-    """DKD with the paper's warm-up proportion against its 1-epoch warm-up, both at 36 epochs
-    on seeds 0-2 (evaluate.py names the setting where the runs it read differ in it): one
-    row, the warm-up-8 runs minus the warm-up-1 runs seed by seed; KD, a method with one
-    setting, gives none."""
+def dkd_two_settings():
+    """KD at 36 epochs, DKD with its 1-epoch warm-up at 12 and 36 (the study's setting) and
+    with the paper's 8 at 36 only (a side question), seeds 0-2; evaluate.py names the
+    setting where the runs it read differ in it."""
     rows = [(f"student_kd_e36_seed{s}", "raw", "kd (epochs=36)", s, 36, 87.0, 82.0, 83.0 + s)
             for s in range(3)]
-    for warmup, gains in ((1.0, (0.0, 0.0, 0.0)), (8.0, (0.5, 0.7, 0.3))):
-        rows += [(f"student_dkd_w{warmup}_e36_seed{s}", "raw",
-                  f"dkd (dkd_warmup={warmup}, epochs=36)", s, 36, 85.0, 80.0, 80.0 + s + gain)
+    for warmup, epochs, gains in ((1.0, 12, (0.0, 0.1, 0.0)), (1.0, 36, (0.0, 0.0, 0.0)),
+                                  (8.0, 36, (0.5, 0.7, 0.3))):
+        rows += [(f"student_dkd_w{warmup}_e{epochs}_seed{s}", "raw",
+                  f"dkd (dkd_warmup={warmup}, epochs={epochs})", s, epochs, 85.0, 80.0,
+                  80.0 + s + gain - (36 - epochs) / 6)
                  for s, gain in enumerate(gains)]
-    frame = pd.DataFrame(rows, columns=results().columns)
+    return pd.DataFrame(rows, columns=results().columns)
+
+
+def test_a_second_setting_of_one_method_is_compared_with_the_first_paired_by_seed():
+    """The side setting against the study's (warm-up 8 − warm-up 1, seed by seed) and against
+    the baselines at its length, in a family of its own; KD, with one setting, gives none."""
+    frame = dkd_two_settings()
     family = setting_comparisons(frame)
     assert list(family["comparison"]) == [
-        "dkd (dkd_warmup=8.0) − dkd (dkd_warmup=1.0) at 36 epochs"]
+        "dkd (dkd_warmup=8.0) − dkd (dkd_warmup=1.0) at 36 epochs",
+        "dkd (dkd_warmup=8.0) − kd at 36 epochs"]
     assert family["runs"][0] == "3 pairs by seed"
-    assert family["difference (points)"][0] == "+0.50"
+    assert family["difference (points)"].tolist() == ["+0.50", "-2.50"]
     assert setting_comparisons(frame[~frame["variant"].str.contains("8.0")]) is None
+    third = frame[frame["variant"].str.contains("8.0")].replace(
+        {"variant": {"dkd (dkd_warmup=8.0, epochs=36)": "dkd (dkd_warmup=4.0, epochs=36)"}})
+    family = setting_comparisons(pd.concat([frame, third.assign(run=third["run"] + "b")]))
+    assert list(family["comparison"]) == [  # two side settings: compared once, not twice
+        "dkd (dkd_warmup=4.0) − dkd (dkd_warmup=1.0) at 36 epochs",
+        "dkd (dkd_warmup=4.0) − dkd (dkd_warmup=8.0) at 36 epochs",
+        "dkd (dkd_warmup=4.0) − kd at 36 epochs",
+        "dkd (dkd_warmup=8.0) − dkd (dkd_warmup=1.0) at 36 epochs",
+        "dkd (dkd_warmup=8.0) − kd at 36 epochs"]
+
+
+def test_a_side_setting_leaves_the_studys_own_comparisons_as_they_were():
+    """Adding a method's second setting at one length must not re-weigh (Holm) the planned
+    comparisons at that length: it stays out of their family."""
+    frame = dkd_two_settings()
+    family = comparisons(frame, 36)
+    assert list(family["comparison"]) == ["dkd (dkd_warmup=1.0) − kd"]
+    without = comparisons(frame[~frame["variant"].str.contains("8.0")], 36)
+    assert family.equals(without)

@@ -1,6 +1,7 @@
 """Figures: training curves of a run, the students compared, and sample images."""
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -136,8 +137,10 @@ def plot_length(runs, path, title="the student by training length"):
     for i, (method, rows) in enumerate(runs.groupby("method", sort=False)):
         per_length = rows.groupby("epochs")
         test = per_length["test_acc"]
+        # a method's settings wrapped below its name: long labels would squeeze the axes
+        label = textwrap.fill(method, 34, subsequent_indent="  ")
         ax.errorbar(test.mean().index, test.mean(), yerr=test.std().fillna(0), marker="o",
-                    capsize=3, color=f"C{i % 10}", label=method)
+                    capsize=3, color=f"C{i % 10}", label=label)
         if "train_acc" in rows and rows["train_acc"].notna().any():
             train = per_length["train_acc"].mean().dropna()
             ax.plot(train.index, train, "--", color=f"C{i % 10}", alpha=0.6)

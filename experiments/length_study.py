@@ -157,7 +157,7 @@ def length_comparisons(results):
 
 def setting_comparisons(results):
     """Each side setting (side_settings) at its lengths against its method's other settings
-    and against the baselines (method_pairs), paired by seed where both have at least two
+    and against the baselines (BASELINES), paired by seed where both have at least two
     seeds: one Holm family; None where no method has a side setting."""
     runs = student_runs(results)
     side = side_settings(runs)

@@ -442,6 +442,28 @@ def read_results(path, required=RESULTS_COLUMNS):
     return results
 
 
+def one_row_per_run(results, where):
+    """`results` with each run named in a `run` column (evaluate.py's results.csv names it by
+    its checkpoint, a trimmed copy may name it `run`) and listed once: a run (name, weights,
+    seed) listed twice is one run evaluated twice, kept once if its accuracies agree and
+    refused in one line, naming `where`, if not."""
+    if "run" not in results.columns and "checkpoint" in results.columns:
+        results = results.assign(run=results["checkpoint"].map(lambda c: Path(c).stem))
+    if "run" not in results.columns:
+        raise cli.UserError(f"{where}: no column run or checkpoint to name its runs by")
+    key = [column for column in ("run", "weights", "seed") if column in results.columns]
+    measured = [column for column in ("epochs", "train_acc", "val_acc", "test_acc")
+                if column in results.columns]
+    results = results.drop_duplicates([*key, *measured])
+    clashes = results[results.duplicated(key, keep=False)]
+    if not clashes.empty:
+        first = clashes.iloc[0]
+        raise cli.UserError(f"run {first['run']} ({first.get('weights', 'raw')} weights) is "
+                            f"listed twice in {where}, with different accuracies; give each "
+                            "run once")
+    return results
+
+
 def read_predictions(path):
     """predictions.csv (evaluate.py: one column of per-image booleans per model), or None."""
     if not Path(path).is_file():

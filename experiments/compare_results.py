@@ -2,11 +2,14 @@
 (mean ± std over seeds), the difference with its 95% interval, paired by seed where both
 have runs of that seed (report.compare_runs), and a verdict: the variants are one family,
 Holm-adjusted; "equivalent within ±0.5 points" only from a paired TOST (report.MARGIN).
+Then every variant both hold, pooled: each seed's mean over them, paired by seed.
 For a change that should not move accuracy: another precision, device, machine or library
 version.
 
     python experiments/compare_results.py runs/fp32/results.csv plots/results.csv \
         --names fp32 bf16
+    python experiments/compare_results.py experiments/h200_runs.csv \
+        experiments/methods_xeon.csv --names H200 Xeon
 """
 import argparse
 import sys
@@ -14,15 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd import cli  # noqa: E402
-from kd.results import seed_table, variant_rank  # noqa: E402
-from report import compare_runs, family_table, read_results  # noqa: E402
+from kd.results import is_second_model, seed_table, variant_rank  # noqa: E402
+from report import compare_runs, family_table, one_row_per_run, read_results  # noqa: E402
 
 
 def compare_results(a, b, names):
     """One row per variant that both results (evaluate.py's results.csv) hold: b − a, paired
     by seed (the same variant and seed in both share initialisation and batch order)."""
-    both = set(a["variant"]) & set(b["variant"])
-    variants = sorted(both, key=lambda v: (variant_rank(v.removesuffix(" EMA")), v))
+    variants = common_variants(a, b)
     tests = [(names[1], names[0], compare_runs(*(r[r["variant"] == variant] for r in (b, a)),
                                                ["seed"])) for variant in variants]
     table = family_table(tests, ["variant", f"{names[1]} − {names[0]} (points)"])
@@ -36,6 +38,55 @@ def compare_results(a, b, names):
     return table
 
 
+def common_variants(a, b):
+    both = set(a["variant"]) & set(b["variant"])
+    return sorted(both, key=lambda v: (variant_rank(v.removesuffix(" EMA")), v))
+
+
+def pooled(a, b, names):
+    """Every variant both hold (their first models: no EMA), pooled: per seed, the mean test
+    accuracy over the variants both hold at that seed, b − a paired by seed. Pooled per seed,
+    not as one pair per variant and seed, because the runs of one seed share a teacher (and
+    a machine's teacher of that seed): their differences are not independent."""
+    variants = [v for v in common_variants(a, b) if not is_second_model(v)]
+    rows = [r[r["variant"].isin(variants)][["variant", "seed", "test_acc"]] for r in (a, b)]
+    both = rows[0].merge(rows[1], on=["variant", "seed"], suffixes=("_a", "_b"))
+    means = both.groupby("seed")[["test_acc_a", "test_acc_b"]].mean().reset_index()
+    if len(means) < 2:
+        return None
+    label = f"{len(variants)} variants, {len(both)} runs a side, each seed's mean"
+    test = compare_runs(*(means.rename(columns={f"test_acc_{side}": "test_acc"})
+                          for side in ("b", "a")), ["seed"])
+    table = family_table([(names[1], names[0], test)],
+                         ["pooled", f"{names[1]} − {names[0]} (points)"])
+    table["pooled"] = label
+    return table
+
+
+def same_labels(a, b):
+    """b relabelled with a's variant labels where a holds a run of the same name and weights:
+    evaluate.py names in a label only the settings that tell apart the runs it read, so two
+    evaluations may label one recipe two ways ("crd" and "crd (crd_weight=0.2, epochs=12)")."""
+    key = [column for column in ("run", "weights") if column in a and column in b]
+    labels = a.drop_duplicates(key).set_index(key)["variant"]
+    found = b.set_index(key).index.map(labels.get)
+    return b.assign(variant=[label if isinstance(label, str) else variant
+                             for label, variant in zip(found, b["variant"])])
+
+
+def unique_seeds(results, variants, path):
+    """Refuse in one line a variant of `variants` with two runs of one seed in `results`:
+    two recipes under one label, which a pairing by seed would mix up."""
+    shared = results[results["variant"].isin(variants)]
+    twice = shared[shared.duplicated(["variant", "seed"], keep=False)]
+    if not twice.empty:
+        first = twice.iloc[0]
+        runs = ", ".join(sorted(twice[(twice["variant"] == first["variant"]) &
+                                      (twice["seed"] == first["seed"])]["run"]))
+        raise cli.UserError(f"{path}: variant {first['variant']} has two runs of seed "
+                            f"{first['seed']} ({runs}); give a table with one of them")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs=2, help="two results.csv files of evaluate.py")
@@ -45,11 +96,19 @@ def main():
     for path in args.results:
         if not Path(path).is_file():
             raise cli.UserError(f"no {path}: run evaluate.py to write it")
-    a, b = (read_results(path, ["variant", "seed", "test_acc"]) for path in args.results)
+    a, b = (one_row_per_run(read_results(path, ["variant", "seed", "test_acc"]), path)
+            for path in args.results)
+    b = same_labels(a, b)
+    for results, path in zip((a, b), args.results):
+        unique_seeds(results, common_variants(a, b), path)
     table = compare_results(a, b, args.names)
     if table.empty:
         raise cli.UserError("the two results have no variant in common")
     print(table.to_markdown(index=False, disable_numparse=True))
+    pool = pooled(a, b, args.names)
+    if pool is not None:
+        print()
+        print(pool.to_markdown(index=False, disable_numparse=True))
 
 
 if __name__ == "__main__":

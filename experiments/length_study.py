@@ -23,7 +23,7 @@ from select_settings import decisions  # noqa: E402
 import report  # noqa: E402
 from kd import cli, plotting  # noqa: E402
 from kd.results import label_settings  # noqa: E402
-from report import compare_runs, family_table, without_epochs  # noqa: E402
+from report import compare_runs, family_table, one_row_per_run, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
@@ -62,29 +62,18 @@ def ran_on(runs):
 
 
 def read_tables(paths):
-    """evaluate.py tables read as one (its results.csv names a run by its checkpoint; a
-    trimmed copy may name it `run`). A run (name, weights, seed) in two of them is one run
-    evaluated twice: kept once if its accuracies agree, refused in one line if not."""
+    """evaluate.py tables read as one, each run once (report.one_row_per_run)."""
     frames = []
     for path in paths:
         try:
             frame = pd.read_csv(path)
         except (OSError, pd.errors.ParserError) as e:
             raise cli.UserError(f"{path}: cannot read it as a results table ({e})") from e
-        if "run" not in frame.columns and "checkpoint" in frame.columns:
-            frame["run"] = frame["checkpoint"].map(lambda checkpoint: Path(checkpoint).stem)
-        missing = {"run", "weights", "variant", "epochs", *COLUMNS} - set(frame.columns)
+        missing = {"weights", "variant", "epochs", *COLUMNS} - set(frame.columns)
         if missing:
             raise cli.UserError(f"{path}: no column(s) {', '.join(sorted(missing))}")
-        frames.append(frame)
-    results = pd.concat(frames, ignore_index=True)
-    key = ["run", "weights", *(["seed"] if "seed" in results.columns else [])]
-    results = results.drop_duplicates([*key, "epochs", *COLUMNS])
-    clashes = results[results.duplicated(key, keep=False)]
-    if not clashes.empty:
-        raise cli.UserError(f"run {clashes.iloc[0]['run']} ({clashes.iloc[0]['weights']} "
-                            f"weights) differs between the tables; give each run once")
-    return results
+        frames.append(one_row_per_run(frame, path))
+    return one_row_per_run(pd.concat(frames, ignore_index=True), "the tables")
 
 
 # At a length with several seeds: each method against the student alone, and against KD

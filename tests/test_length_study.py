@@ -105,7 +105,7 @@ def test_several_tables_read_as_one_say_where_each_row_ran(tmp_path):
                            tmp_path / "other.csv", "--figure", tmp_path / "l.png"],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stderr.strip().count("\n") == 0
-    assert "differs between the tables" in proc.stderr
+    assert "listed twice in the tables, with different accuracies" in proc.stderr
 
 
 def test_a_method_at_a_longer_length_is_compared_with_its_shortest_paired_by_seed():

@@ -290,7 +290,9 @@ def test_two_sets_of_runs_compared_variant_by_variant_and_seed_by_seed(tmp_path)
         rows = [{"variant": "teacher", "seed": s, "test_acc": acc} for s, acc in enumerate(teacher)]
         rows += [{"variant": "kd", "seed": s, "test_acc": acc} for s, acc in enumerate(student)]
         rows += [{"variant": extra, "seed": 0, "test_acc": 70.0}]
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        return frame.assign(checkpoint=[f"c/{v}_seed{s}.pt"
+                                        for v, s in zip(frame["variant"], frame["seed"])])
     # the frozen-teacher runs of docs/results.md: seeds far apart, fp32 and bf16 close per seed
     a = results([67.45, 58.94, 57.13], [79.1, 79.2, 79.0], "dkd")
     b = results([67.59, 58.80, 56.95], [75.1, 75.0, 75.2], "dist")  # the students fell 4 points
@@ -300,12 +302,58 @@ def test_two_sets_of_runs_compared_variant_by_variant_and_seed_by_seed(tmp_path)
                            tmp_path / "b.csv", "--names", "fp32", "bf16"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in proc.stdout.splitlines()[2:]}
+            for line in proc.stdout.split("\n\n")[0].splitlines()[2:]}
     assert list(rows) == ["teacher", "kd"]  # only the variants both hold
     assert rows["teacher"][0] == "61.17 ± 5.51 (3)" and rows["teacher"][2] == "3 pairs by seed"
     assert rows["teacher"][3] == "-0.06"
     assert rows["teacher"][-1].startswith("equivalent within ±0.5 points")
     assert rows["kd"][3] == "-4.00" and rows["kd"][-1].startswith("bf16 below fp32")
+
+
+def compare_two(tmp_path, a, b):
+    for name, frame in (("a", a), ("b", b)):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    return subprocess.run([sys.executable, "experiments/compare_results.py", tmp_path / "a.csv",
+                           tmp_path / "b.csv", "--names", "gpu", "cpu"], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_two_machines_runs_are_matched_by_name_and_pooled_per_seed(tmp_path):
+    """Two evaluations label one recipe two ways (evaluate.py names only the settings that
+    tell its runs apart): the runs are matched by name. The pooled row averages each seed's
+    variants first (a seed's runs share a teacher) and pairs those means by seed."""
+    offsets = {"teacher": 0.0, "student_kd": -0.2, "student_crd_w0.2": -0.4}
+    def runs(labels, shift):
+        return pd.DataFrame([{"checkpoint": f"checkpoints/{run}_seed{seed}.pt", "weights": "raw",
+                              "variant": label, "seed": seed,
+                              "test_acc": 80 + seed + shift[seed] + offsets[run]}
+                             for run, label in labels.items() for seed in (0, 1, 2)])
+    gpu = runs({"teacher": "teacher", "student_kd": "kd (epochs=12)",
+                "student_crd_w0.2": "crd (crd_weight=0.2, epochs=12)"}, [0.0, 0.0, 0.0])
+    cpu = runs({"teacher": "teacher", "student_kd": "kd", "student_crd_w0.2": "crd"},
+               [0.1, -0.1, 0.3])
+    cpu = pd.concat([cpu, cpu.iloc[:2]])  # evaluated twice (two tables of one file): kept once
+    proc = compare_two(tmp_path, gpu, cpu)
+    assert proc.returncode == 0, proc.stderr
+    per_variant, pool = proc.stdout.split("\n\n")
+    variants = [line.split("|")[1].strip() for line in per_variant.splitlines()[2:]]
+    assert variants == ["teacher", "kd (epochs=12)", "crd (crd_weight=0.2, epochs=12)"]
+    cells = [cell.strip() for cell in pool.splitlines()[2].split("|")[1:-1]]
+    assert cells[:3] == ["3 variants, 9 runs a side, each seed's mean", "3 pairs by seed",
+                         "+0.10"]
+    diffs = [0.1, -0.1, 0.3]  # the cpu's shift per seed, the same for each of its variants
+    half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / math.sqrt(3)
+    assert cells[3] == f"[{0.1 - half:+.2f}, {0.1 + half:+.2f}]"
+
+
+def test_two_runs_of_one_seed_under_one_label_are_refused_in_one_line(tmp_path):
+    a = pd.DataFrame({"checkpoint": ["c/kd_seed0.pt", "c/kd_seed1.pt"], "variant": ["kd"] * 2,
+                      "seed": [0, 1], "test_acc": [79.0, 79.1]})
+    b = pd.concat([a, a.assign(checkpoint=["c/kd_T1_seed0.pt", "c/kd_T1_seed1.pt"],
+                               test_acc=[70.0, 70.1])])
+    proc = compare_two(tmp_path, a, b)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "variant kd has two runs of seed 0 (kd_T1_seed0, kd_seed0)" in proc.stderr
 
 
 def test_minutes_per_run_are_the_median_so_one_run_on_busy_cores_does_not_move_them():

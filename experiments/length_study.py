@@ -3,9 +3,10 @@ such as experiments/h200_runs.csv; several tables are read as one), each student
 clean training, validation and test accuracy at every length (mean ± std over the seeds
 run, with the machines and precisions they ran on), a figure of test accuracy (solid)
 and clean training accuracy (dashed) against epochs, one colour per method, the paired
-comparisons (methods against the student alone and KD alone, lengths against the shortest,
-a method's side settings in a family of their own), and the best student's recipe: the
-choice on validation among the methods at the longest length.
+comparisons (methods against the student alone and KD alone, a method's settings against
+each other, lengths against the shortest, a method's side settings in a family of their
+own), and the best student's recipe: the choice on validation among the methods at the
+longest length.
 
     python experiments/length_study.py                    # the H200 runs and the CPU's
     python experiments/length_study.py plots/results.csv --figure plots/length.png
@@ -77,7 +78,8 @@ def read_tables(paths):
 
 
 # At a length with several seeds: each method against the student alone, and against KD
-# alone, paired by seed (one Holm family, report.py's rules).
+# alone, and a method's settings against each other, paired by seed (one Holm family,
+# report.py's rules).
 BASELINES = ("ce", "kd")
 
 
@@ -86,6 +88,13 @@ def method_pairs(methods):
     return [(method, baseline) for baseline in BASELINES if baseline in methods
             for method in methods
             if method != baseline and not (baseline == "kd" and method == "ce")]
+
+
+def setting_pairs(methods):
+    """(setting, other setting) for each two settings of one method among `methods` (each
+    pair once): whether its setting matters at that length."""
+    return [(a, b) for i, a in enumerate(sorted(methods)) for b in sorted(methods)[i + 1:]
+            if label_settings(a)[0] == label_settings(b)[0]]
 
 
 def side_settings(runs):
@@ -102,8 +111,8 @@ def comparisons(results, epochs):
     runs = student_runs(results)
     runs = runs[(runs["epochs"] == epochs) & ~runs["method"].isin(side_settings(runs))]
     by_method = {method: rows for method, rows in runs.groupby("method") if len(rows) >= 2}
-    tests = [(method, baseline, compare_runs(by_method[method], by_method[baseline], ["seed"]))
-             for method, baseline in method_pairs(list(by_method))]
+    tests = [(method, other, compare_runs(by_method[method], by_method[other], ["seed"]))
+             for method, other in method_pairs(list(by_method)) + setting_pairs(by_method)]
     if not tests:
         return None
     return family_table(tests, ("comparison", "difference (points)"))

@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python}
 # every seed of CRD at 96 epochs and of DKD; of the rest seeds 1 and 2 (seed 0's are the H200's)
 runs=("$C"/student_crd_w0.2_e96_seed[012].pt
       "$C"/student_dkd_beta8_clip5{,_e36,_e96,_warm8_e96}_seed[012].pt
-      "$C"/student_dkd_beta0.5_e96_seed[012].pt)
+      "$C"/student_dkd{,_beta0.5_e36,_beta0.5_e96}_seed[012].pt)
 for s in 1 2; do
     for run in kd_e36 kd+ce_e36 kd_e96 kd+ce_e96 kd+mixup_T4_e36 kd+mixup_T4_e96 crd_w0.2_e36 \
                ce_e96; do

@@ -11,14 +11,14 @@ PYTHON=${PYTHON:-python}
 chosen=("$C"/teacher.pt "$C"/teacher_seed1.pt "$C"/teacher_seed2.pt)
 proxy=()
 for s in 0 1 2; do
-    for run in kd+ce kd ce; do
+    for run in kd+ce kd ce dkd; do
         chosen+=("$C/student_${run}_seed$s.pt"); proxy+=("$C/student_${run}_seed$s.pt")
     done
-    for run in dkd_beta8_clip5 kd+ce+ls_T2_kd9_ce0.1 fitnet_w10 at_w100 crd_w0.2 \
+    for run in kd+ce+ls_T2_kd9_ce0.1 fitnet_w10 at_w100 crd_w0.2 \
                reviewkd_w5_mid64 kd+mixup_T4; do
         chosen+=("$C/student_${run}_seed$s.pt")
     done
-    for run in dkd dist kd+ce+ls kd+ls dkd+ls; do proxy+=("$C/student_${run}_seed$s.pt"); done
+    for run in dist kd+ce+ls kd+ls dkd+ls; do proxy+=("$C/student_${run}_seed$s.pt"); done
 done
 "$PYTHON" evaluate.py "${chosen[@]}" --plots-dir runs/methods-eval
 "$PYTHON" report.py --plots-dir runs/methods-eval

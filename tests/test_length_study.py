@@ -216,3 +216,17 @@ def test_a_side_setting_leaves_the_studys_own_comparisons_as_they_were():
     assert list(family["comparison"]) == ["dkd (dkd_warmup=1.0) − kd"]
     without = comparisons(frame[~frame["variant"].str.contains("8.0")], 36)
     assert family.equals(without)
+
+
+def test_two_settings_of_one_method_at_every_length_are_compared_in_its_family():
+    """DKD at two settings, both at 12 and 36 epochs: both are the study's methods, each
+    against the baselines, and against each other (once) in each length's family."""
+    frame = dkd_two_settings()
+    twelve = frame[frame["variant"].str.contains("8.0")].assign(
+        run=lambda rows: rows["run"] + "_12", epochs=12,
+        variant="dkd (dkd_warmup=8.0, epochs=12)")
+    family = comparisons(pd.concat([frame, twelve]), 36)
+    assert list(family["comparison"]) == ["dkd (dkd_warmup=1.0) − kd", "dkd (dkd_warmup=8.0) − kd",
+                                          "dkd (dkd_warmup=1.0) − dkd (dkd_warmup=8.0)"]
+    assert family["difference (points)"].tolist()[-1] == "-0.50"
+    assert setting_comparisons(pd.concat([frame, twelve])) is None  # no side setting left

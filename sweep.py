@@ -250,15 +250,34 @@ def stale(run):
     script in this process, so a sweep skips exactly the runs make would skip."""
     from kd.cli import UserError
     from kd.runs import stale_reasons
-    script = importlib.import_module(Path(run.script).stem)
     try:
-        with contextlib.redirect_stderr(io.StringIO()) as errors:
-            args, kind = script.parse(run.command()[2:])
-    except SystemExit:  # argparse's: the script no longer takes a flag the run was given
-        return [errors.getvalue().strip().splitlines()[-1]]
+        return stale_reasons(*parsed(run))
     except UserError as e:
         return [str(e)]
-    return stale_reasons(args, kind)
+
+
+def repeats(run):
+    """The finished run (its checkpoint) that `run`, not finished, would repeat under another
+    name (kd.runs.repeated_run); None where there is none or the run cannot be parsed (it
+    says why when it runs)."""
+    from kd.cli import UserError
+    from kd.runs import repeated_run
+    try:
+        return repeated_run(*parsed(run))
+    except UserError:
+        return None
+
+
+def parsed(run):
+    """(args, RunKind) of the run's command, parsed by its own script in this process; a
+    flag the script no longer takes is a UserError with argparse's line."""
+    from kd.cli import UserError
+    script = importlib.import_module(Path(run.script).stem)
+    with contextlib.redirect_stderr(io.StringIO()) as errors:
+        try:
+            return script.parse(run.command()[2:])
+        except SystemExit:
+            raise UserError(errors.getvalue().strip().splitlines()[-1]) from None
 
 
 def same(recorded, wanted):
@@ -551,6 +570,11 @@ def main():
               f"{left} to run")
     for label, reasons in outdated.items():
         print(f"   stale  {label}  ({'; '.join(reasons)}): run again")
+    for run in todo:
+        twin = None if run.label in outdated else repeats(run)
+        if twin:
+            print(f" repeats  {run.label}  (the same recipe, seed, teacher and data as {twin}, "
+                  "finished: the same run under another name)")
     for path, folder in grids.items():
         Path(folder).mkdir(parents=True, exist_ok=True)
         save_grid(path, folder)

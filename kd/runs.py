@@ -1,6 +1,7 @@
 """Starting and resuming a run: the flags checked, fresh start / resume / extension decided,
 the data loaded, and the training state saved into and restored from a checkpoint."""
 import functools
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -163,18 +164,49 @@ def stale_reasons(args, kind):
     `kind`), as `--resume --restart-if-changed` would find it, without running it: for
     sweep.py, which skips finished runs and must skip the same ones make would. A run that
     cannot be checked (its checkpoint or teacher unreadable, its data missing) is stale,
-    with the reason; running it says more. Checked where the sweep runs, which may have no
-    GPU (a cluster's login node): a run for --device cuda is checked as one on CUDA."""
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    with the reason; running it says more."""
     try:
         config = recorded_config(load_checkpoint(args.out, map_location="cpu"))
-        args.data_identity = data_identity(args.data_root)
-        return changes_to(config, args, kind.recipe_keys, kind.teacher_of or (lambda a: None),
-                          device)
-    # RuntimeError, AssertionError: torch asked about a CUDA device this machine lacks
-    except (UserError, CheckpointError, DataError, OSError, RuntimeError, AssertionError) as e:
+        return checked_changes(config, args, kind)
+    except NOT_CHECKABLE as e:
         return [f"not checked: {e}"]
+
+
+# RuntimeError, AssertionError: torch asked about a CUDA device this machine lacks
+NOT_CHECKABLE = (UserError, CheckpointError, DataError, OSError, RuntimeError, AssertionError)
+
+
+def checked_changes(config, args, kind):
+    """changes_to for sweep.py, where the run may be meant for a GPU this machine lacks (a
+    cluster's login node): a run for --device cuda is checked as one on CUDA."""
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    args.data_identity = data_identity(args.data_root)
+    return changes_to(config, args, kind.recipe_keys, kind.teacher_of or (lambda a: None),
+                      torch.device("cuda" if cuda else "cpu"))
+
+
+def repeated_run(args, kind):
+    """A finished run beside args.out, under another name, that the command which parsed
+    `args` would repeat: the same data, teacher and recipe, seed and defaults included
+    (changes_to finds nothing), so the same result; None where there is none. For sweep.py,
+    which says so before it starts the run."""
+    out = Path(args.out)
+    for path in sorted(out.parent.glob("*.config.json")):
+        checkpoint = Path(str(path).removesuffix(".config.json") + ".pt")
+        try:
+            config = json.loads(path.read_text())
+            if checkpoint == out or not checkpoint.exists() or \
+                    (config.get("seed"), config["model"]["name"], config.get("loss")) != \
+                    (args.seed, kind.model, getattr(args, "loss", None)):
+                continue
+            metrics = Path(str(path).removesuffix(".config.json") + ".metrics.csv")
+            last_epoch = int(metrics.read_text().splitlines()[-1].split(",")[0])
+            if last_epoch == config.get("epochs") and \
+                    not checked_changes(recorded_config({"config": config}), args, kind):
+                return checkpoint
+        except (*NOT_CHECKABLE, ValueError, KeyError, IndexError):
+            continue
+    return None
 
 
 def recorded_identity(data):

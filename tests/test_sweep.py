@@ -422,3 +422,25 @@ def test_a_finished_run_whose_teacher_changed_is_run_again_as_make_would(
     assert lines[1].endswith(": run again")
     student = load_checkpoint(tmp_path / "sweep" / "kd.pt")
     assert student["config"]["teacher_identity"]["seed"] == 1
+
+
+def test_a_run_that_repeats_a_finished_one_under_another_name_is_named(
+        image_folder, teacher_checkpoint, tmp_path):
+    """Two names for one recipe: a grid naming a setting at its default trains the very run
+    another grid finished under a shorter name. The sweep says so before it starts it."""
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(teacher_checkpoint, teacher)
+    stage = '[[stage]]\nscript = "train_student.py"\nname = "{name}"\nflags = {{{flags}}}\n'
+    first = write_grid(tmp_path / "first.toml", stage.format(
+        name="kd", flags=f'loss = "kd", teacher = "{teacher}"'), image_folder)
+    assert sweep(first).returncode == 0
+    second = write_grid(tmp_path / "second.toml", stage.format(
+        name="kd_T4", flags=f'loss = "kd", teacher = "{teacher}", temperature = 4') + stage.format(
+        name="kd_T2", flags=f'loss = "kd", teacher = "{teacher}", temperature = 2'),
+        image_folder)
+    proc = sweep(second)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    repeats = [line for line in proc.stdout.splitlines() if line.startswith(" repeats")]
+    assert repeats == [f" repeats  kd_T4  (the same recipe, seed, teacher and data as "
+                       f"{tmp_path / 'sweep' / 'kd.pt'}, finished: the same run under another "
+                       "name)"]

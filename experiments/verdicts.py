@@ -15,6 +15,8 @@ from pathlib import Path
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from compare_results import pooled  # noqa: E402
+
 import methods  # noqa: E402
 from kd.results import seed_table  # noqa: E402
 from report import (  # noqa: E402
@@ -92,6 +94,9 @@ def tables(runs):
     table = family_table(tests, ["variant", "bf16 − fp32 (points)"])
     table["variant"] = list(fp32) + list(EMA_SUMMARY)
     out.append(("bf16 against fp32", table))
+    fp32_runs, bf16_runs = (runs[runs["precision"] == p] for p in ("fp32", "bf16"))
+    out.append(("bf16 against fp32, every variant pooled per seed",
+                pooled(fp32_runs, bf16_runs, ("fp32", "bf16"))))
     tests = [(f"{v} EMA", v, paired_from_summary(*gain)) for v, gain in EMA_GAINS.items()]
     out.append(("EMA against raw weights, fp32", family_table(tests, names)))
     return out

@@ -7,11 +7,18 @@ import pytest
 
 pytest.importorskip("statsmodels")
 
+from scipy import stats  # noqa: E402
+
 from conftest import ROOT  # noqa: E402
 from report import compare, equivalence  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from verdicts import method_tables, paired_from_summary, welch_from_summary  # noqa: E402
+from verdicts import (  # noqa: E402
+    method_tables,
+    paired_from_summary,
+    tables,
+    welch_from_summary,
+)
 
 
 def runs(mean, std):
@@ -61,3 +68,22 @@ def test_the_methods_table_summarises_raw_weights_and_pairs_students_by_seed():
     # kd − ce is report.py's already; fitnet is compared with KD + CE there, absent here
     assert alone["comparison"].tolist() == ["fitnet − ce"]
     assert alone["difference (points)"].tolist() == ["-0.60"]
+
+
+def test_bf16_against_fp32_is_also_pooled_per_seed_over_every_variant():
+    """Over every variant both precisions ran, each seed's mean, paired by seed: the
+    precision's shift of a seed's runs, whatever it is, counts once per seed."""
+    rows = [{"precision": precision, "variant": variant, "seed": seed,
+             "test_acc": base + seed + (shift if precision == "bf16" else 0.0)}
+            for variant, base in (("teacher", 88.0), ("kd", 79.0), ("ce", 75.5))
+            for seed, shift in enumerate((0.2, -0.1, 0.05))
+            for precision in ("fp32", "bf16")]
+    rows.append({"precision": "bf16", "variant": "kd", "seed": 3, "test_acc": 90.0})  # unpaired
+    title, table = tables(pd.DataFrame(rows))[-2]
+    assert title == "bf16 against fp32, every variant pooled per seed"
+    row = table.iloc[0]
+    assert row["pooled"] == "3 variants, 9 runs a side, each seed's mean"
+    assert row["bf16 − fp32 (points)"] == "+0.05"
+    shifts = pd.Series([0.2, -0.1, 0.05])
+    half = stats.t.ppf(0.975, 2) * shifts.std() / 3 ** 0.5
+    assert row["95% CI"] == f"[{0.05 - half:+.2f}, {0.05 + half:+.2f}]"

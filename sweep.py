@@ -260,11 +260,10 @@ def repeats(run):
     """The finished run (its checkpoint) that `run`, not finished, would repeat under another
     name (kd.runs.repeated_run); None where there is none or the run cannot be parsed (it
     says why when it runs)."""
-    from kd.cli import UserError
     from kd.runs import repeated_run
     try:
         return repeated_run(*parsed(run))
-    except UserError:
+    except Exception:  # advisory only: a record it cannot read must not stop the sweep
         return None
 
 

@@ -2,7 +2,8 @@
 (mean ± std over seeds), the difference with its 95% interval, paired by seed where both
 have runs of that seed (report.compare_runs), and a verdict: the variants are one family,
 Holm-adjusted; "equivalent within ±0.5 points" only from a paired TOST (report.MARGIN).
-Then every variant both hold, pooled: each seed's mean over them, paired by seed.
+Then every variant both hold, pooled: each seed's mean over them, paired by seed. Runs
+are matched by name (evaluate.py's `checkpoint` column, or a trimmed copy's `run`).
 For a change that should not move accuracy: another precision, device, machine or library
 version.
 
@@ -44,17 +45,23 @@ def common_variants(a, b):
 
 
 def pooled(a, b, names):
-    """Every variant both hold (their first models: no EMA), pooled: per seed, the mean test
-    accuracy over the variants both hold at that seed, b − a paired by seed. Pooled per seed,
-    not as one pair per variant and seed, because the runs of one seed share a teacher (and
-    a machine's teacher of that seed): their differences are not independent."""
+    """Every variant both hold at every seed both hold (their first models: no EMA), pooled:
+    per seed, the mean test accuracy over those variants, b − a paired by seed. Pooled per
+    seed, not as one pair per variant and seed, because the runs of one seed share a teacher
+    (and a machine's teacher of that seed): their differences are not independent. None
+    with fewer than two such seeds."""
     variants = [v for v in common_variants(a, b) if not is_second_model(v)]
-    rows = [r[r["variant"].isin(variants)][["variant", "seed", "test_acc"]] for r in (a, b)]
+    rows = [r[r["variant"].isin(variants)].dropna(subset=["seed"])[["variant", "seed",
+                                                                     "test_acc"]]
+            for r in (a, b)]
     both = rows[0].merge(rows[1], on=["variant", "seed"], suffixes=("_a", "_b"))
-    means = both.groupby("seed")[["test_acc_a", "test_acc_b"]].mean().reset_index()
-    if len(means) < 2:
+    seeds = both["seed"].nunique()
+    both = both[both.groupby("variant")["seed"].transform("nunique") == seeds]  # like for like
+    if seeds < 2 or both.empty:
         return None
-    label = f"{len(variants)} variants, {len(both)} runs a side, each seed's mean"
+    means = both.groupby("seed")[["test_acc_a", "test_acc_b"]].mean().reset_index()
+    label = (f"{both['variant'].nunique()} variants, {len(both)} runs a side, "
+             "each seed's mean")
     test = compare_runs(*(means.rename(columns={f"test_acc_{side}": "test_acc"})
                           for side in ("b", "a")), ["seed"])
     table = family_table([(names[1], names[0], test)],

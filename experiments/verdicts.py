@@ -95,8 +95,9 @@ def tables(runs):
     table["variant"] = list(fp32) + list(EMA_SUMMARY)
     out.append(("bf16 against fp32", table))
     fp32_runs, bf16_runs = (runs[runs["precision"] == p] for p in ("fp32", "bf16"))
-    out.append(("bf16 against fp32, every variant pooled per seed",
-                pooled(fp32_runs, bf16_runs, ("fp32", "bf16"))))
+    table = pooled(fp32_runs, bf16_runs, ("fp32", "bf16"))
+    if table is not None:
+        out.append(("bf16 against fp32, every variant pooled per seed", table))
     tests = [(f"{v} EMA", v, paired_from_summary(*gain)) for v, gain in EMA_GAINS.items()]
     out.append(("EMA against raw weights, fp32", family_table(tests, names)))
     return out

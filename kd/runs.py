@@ -177,32 +177,41 @@ NOT_CHECKABLE = (UserError, CheckpointError, DataError, OSError, RuntimeError, A
 
 
 def checked_changes(config, args, kind):
-    """changes_to for sweep.py, where the run may be meant for a GPU this machine lacks (a
-    cluster's login node): a run for --device cuda is checked as one on CUDA."""
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    """changes_to for sweep.py, which checks runs without running them."""
     args.data_identity = data_identity(args.data_root)
     return changes_to(config, args, kind.recipe_keys, kind.teacher_of or (lambda a: None),
-                      torch.device("cuda" if cuda else "cpu"))
+                      checked_device(args))
+
+
+def checked_device(args):
+    """The device a run is checked as where sweep.py runs, which may lack the run's GPU (a
+    cluster's login node): a run for --device cuda is checked as one on CUDA."""
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if cuda else "cpu")
 
 
 def repeated_run(args, kind):
     """A finished run beside args.out, under another name, that the command which parsed
-    `args` would repeat: the same data, teacher and recipe, seed and defaults included
-    (changes_to finds nothing), so the same result; None where there is none. For sweep.py,
-    which says so before it starts the run."""
+    `args` would repeat: the same recipe, seed, teacher and data, defaults included
+    (changes_to finds nothing); None where there is none. For sweep.py, which says so
+    before it starts the run."""
     out = Path(args.out)
     for path in sorted(out.parent.glob("*.config.json")):
-        checkpoint = Path(str(path).removesuffix(".config.json") + ".pt")
+        stem = str(path).removesuffix(".config.json")
+        checkpoint = Path(f"{stem}.pt")
         try:
             config = json.loads(path.read_text())
             if checkpoint == out or not checkpoint.exists() or \
                     (config.get("seed"), config["model"]["name"], config.get("loss")) != \
                     (args.seed, kind.model, getattr(args, "loss", None)):
                 continue
-            metrics = Path(str(path).removesuffix(".config.json") + ".metrics.csv")
-            last_epoch = int(metrics.read_text().splitlines()[-1].split(",")[0])
-            if last_epoch == config.get("epochs") and \
-                    not checked_changes(recorded_config({"config": config}), args, kind):
+            last_epoch = int(Path(f"{stem}.metrics.csv").read_text().splitlines()[-1]
+                             .split(",")[0])
+            config = recorded_config({"config": config})
+            # the recipe first: it needs neither the data nor the teacher read
+            if last_epoch == config.get("epochs") and not changed_recipe(
+                    config, args, kind.recipe_keys, checked_device(args)) and \
+                    not checked_changes(config, args, kind):
                 return checkpoint
         except (*NOT_CHECKABLE, ValueError, KeyError, IndexError):
             continue

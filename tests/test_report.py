@@ -333,11 +333,17 @@ def test_two_machines_runs_are_matched_by_name_and_pooled_per_seed(tmp_path):
     cpu = runs({"teacher": "teacher", "student_kd": "kd", "student_crd_w0.2": "crd"},
                [0.1, -0.1, 0.3])
     cpu = pd.concat([cpu, cpu.iloc[:2]])  # evaluated twice (two tables of one file): kept once
+    # a variant both ran on seed 0 only: left out of the pooled means, which would otherwise
+    # average seed 0 over other variants than seeds 1 and 2
+    gpu, cpu = (pd.concat([frame, pd.DataFrame([{
+        "checkpoint": "checkpoints/student_at_seed0.pt", "weights": "raw", "variant": "at",
+        "seed": 0, "test_acc": acc}])]) for frame, acc in ((gpu, 70.0), (cpu, 75.0)))
     proc = compare_two(tmp_path, gpu, cpu)
     assert proc.returncode == 0, proc.stderr
     per_variant, pool = proc.stdout.split("\n\n")
     variants = [line.split("|")[1].strip() for line in per_variant.splitlines()[2:]]
-    assert variants == ["teacher", "kd (epochs=12)", "crd (crd_weight=0.2, epochs=12)"]
+    assert set(variants) == {"teacher", "kd (epochs=12)", "crd (crd_weight=0.2, epochs=12)",
+                             "at"}
     cells = [cell.strip() for cell in pool.splitlines()[2].split("|")[1:-1]]
     assert cells[:3] == ["3 variants, 9 runs a side, each seed's mean", "3 pairs by seed",
                          "+0.10"]

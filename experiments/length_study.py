@@ -12,6 +12,7 @@ longest length.
     python experiments/length_study.py plots/results.csv --figure plots/length.png
 """
 import argparse
+import fnmatch
 import sys
 from pathlib import Path
 
@@ -174,6 +175,16 @@ def setting_comparisons(results):
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
+def leave_out(results, patterns):
+    """`results` without the runs whose method (its label without the length) matches one of
+    the shell-style `patterns`: the families as they were before a method joined them."""
+    methods = results["variant"].map(without_epochs)
+    dropped = methods.map(lambda m: any(fnmatch.fnmatchcase(m, p) for p in patterns))
+    if patterns and not dropped.any():
+        raise cli.UserError(f"no method matches {' '.join(patterns)}")
+    return results[~dropped]
+
+
 def best_recipe(results):
     """The best student's recipe (issue 26): select_settings' one choice across methods, on
     the mean validation accuracy over seeds of the student runs at the longest length
@@ -202,8 +213,12 @@ def main():
                              f"one (default: {' '.join(DEFAULT_TABLES)})")
     parser.add_argument("--figure", default=str(ROOT / "docs/figures/length.png"),
                         help="where the figure goes (default: docs/figures/length.png)")
+    parser.add_argument("--leave-out", nargs="+", default=[], metavar="PATTERN",
+                        help="leave out the methods whose label (without the length) matches "
+                             "a shell-style pattern, e.g. 'dkd (clip_grad_norm=0.0*': the "
+                             "families as they were before that method joined them")
     args = parser.parse_args()
-    results = read_tables(args.results)
+    results = leave_out(read_tables(args.results), args.leave_out)
     table = length_table(results)
     machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()
                          .str.replace(r" \(.*\)$", "", regex=True)

@@ -15,10 +15,13 @@ from length_study import (  # noqa: E402
     best_recipe,
     comparisons,
     gap_changes,
+    leave_out,
     length_comparisons,
     length_table,
     setting_comparisons,
 )
+
+from kd.cli import UserError  # noqa: E402
 
 
 def results():
@@ -230,3 +233,16 @@ def test_two_settings_of_one_method_at_every_length_are_compared_in_its_family()
                                           "dkd (dkd_warmup=1.0) − dkd (dkd_warmup=8.0)"]
     assert family["difference (points)"].tolist()[-1] == "-0.50"
     assert setting_comparisons(pd.concat([frame, twelve])) is None  # no side setting left
+
+
+def test_a_method_left_out_gives_the_families_as_they_were_before_it_joined():
+    frame = dkd_two_settings()
+    twelve = frame[frame["variant"].str.contains("8.0")].assign(
+        run=lambda rows: rows["run"] + "_12", epochs=12,
+        variant="dkd (dkd_warmup=8.0, epochs=12)")
+    joined = pd.concat([frame, twelve])
+    before = leave_out(joined, ["dkd (dkd_warmup=8.0*"])
+    assert comparisons(before, 36).equals(comparisons(frame, 36))  # the side setting's own
+    assert len(comparisons(joined, 36)) == 3 and len(comparisons(before, 36)) == 1
+    with pytest.raises(UserError, match="no method matches ce [(]"):
+        leave_out(joined, ["ce ("])

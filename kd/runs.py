@@ -15,6 +15,7 @@ from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, wei
 from kd.cli import UserError, check_args
 from kd.data import VAL_SEED, DataError, load_cifar10, split_train_val
 from kd.device import bf16_is_native, resolve_precision, select_device
+from kd.records import record_paths
 from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
 from models import build_model, model_from_checkpoint
 
@@ -197,16 +198,15 @@ def repeated_run(args, kind):
     before it starts the run."""
     out = Path(args.out)
     for path in sorted(out.parent.glob("*.config.json")):
-        stem = str(path).removesuffix(".config.json")
-        checkpoint = Path(f"{stem}.pt")
+        checkpoint = Path(str(path).removesuffix(".config.json") + ".pt")
         try:
             config = json.loads(path.read_text())
             if checkpoint == out or not checkpoint.exists() or \
                     (config.get("seed"), config["model"]["name"], config.get("loss")) != \
                     (args.seed, kind.model, getattr(args, "loss", None)):
                 continue
-            last_epoch = int(Path(f"{stem}.metrics.csv").read_text().splitlines()[-1]
-                             .split(",")[0])
+            metrics = record_paths(checkpoint)["metrics"]
+            last_epoch = int(metrics.read_text().splitlines()[-1].split(",")[0])
             config = recorded_config({"config": config})
             # the recipe first: it needs neither the data nor the teacher read
             if last_epoch == config.get("epochs") and not changed_recipe(

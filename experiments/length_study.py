@@ -63,6 +63,29 @@ def ran_on(runs):
                      for place, seeds in runs.groupby(where)["seed"])
 
 
+def teachers_by_seed(runs):
+    """Which teachers each seed's distilled runs (`student_runs` rows with a teacher seed)
+    learnt from, by sha256 prefix, with how many runs each: the comparisons pair a seed's
+    runs as if they shared one, which runs from two machines' teachers of that seed do not
+    (a table trimmed without evaluate.py's teacher_sha256 column leaves it unknown)."""
+    distilled = runs[runs["teacher_seed"].notna()] if "teacher_seed" in runs else runs.iloc[:0]
+    hashes = distilled.get("teacher_sha256", pd.Series(index=distilled.index, dtype=object))
+    parts = []
+    for seed, seed_hashes in hashes.groupby(distilled["seed"]):
+        counts = seed_hashes.value_counts().sort_index()
+        part = [f"{len(counts)} teacher{'s' * (len(counts) > 1)} ("
+                + ", ".join(f"{sha}: {runs_count(n)}" for sha, n in counts.items()) + ")"]
+        part = part[:len(counts) > 0]
+        if unknown := int(seed_hashes.isna().sum()):
+            part.append(f"{runs_count(unknown)} without its teacher recorded")
+        parts.append(f"seed {seed}: {', '.join(part)}")
+    return "; ".join(parts)
+
+
+def runs_count(n):
+    return f"{n} run{'s' * (n != 1)}"
+
+
 def read_tables(paths):
     """evaluate.py tables read as one, each run once (report.one_row_per_run)."""
     frames = []
@@ -227,6 +250,8 @@ def main():
                          f"the student (3.1 M MACs) by training length, error bars: std over "
                          f"seeds\nran on {machines}")
     print(table.to_markdown(index=False))
+    print("\nThe distilled runs' teachers (sha256 prefix), per seed: "
+          f"{teachers_by_seed(student_runs(results))}.")
     for epochs in sorted(table.loc[table["seeds"] >= 2, "epochs"].unique()):
         family = comparisons(results, epochs)
         if family is not None:

@@ -19,6 +19,8 @@ from length_study import (  # noqa: E402
     length_comparisons,
     length_table,
     setting_comparisons,
+    student_runs,
+    teachers_by_seed,
 )
 
 from kd.cli import UserError  # noqa: E402
@@ -246,3 +248,21 @@ def test_a_method_left_out_gives_the_families_as_they_were_before_it_joined():
     assert len(comparisons(joined, 36)) == 3 and len(comparisons(before, 36)) == 1
     with pytest.raises(UserError, match="no method matches ce [(]"):
         leave_out(joined, ["ce ("])
+
+
+def test_the_teachers_of_each_seeds_runs_are_named_where_they_are_recorded():
+    """A seed's comparisons are paired on the assumption that its students share one teacher;
+    runs from two machines may each have their own teacher of that seed, or none recorded."""
+    frame = results()
+    frame = frame.assign(teacher_seed=frame["seed"].where(frame["run"] != "student_ce_e36_seed0"),
+                         teacher_sha256=None)
+    frame.loc[frame["run"].str.startswith("student_kd_seed"), "teacher_sha256"] = "aaaa"
+    assert teachers_by_seed(student_runs(frame)) == (
+        "seed 0: 1 teacher (aaaa: 1 run), 1 run without its teacher recorded; "
+        "seed 1: 1 teacher (aaaa: 1 run); seed 2: 1 teacher (aaaa: 1 run)")
+    frame.loc[frame["run"] == "student_kd_e36_seed0", "teacher_sha256"] = "bbbb"
+    assert teachers_by_seed(student_runs(frame)).startswith(
+        "seed 0: 2 teachers (aaaa: 1 run, bbbb: 1 run); seed 1")
+    assert teachers_by_seed(student_runs(frame.drop(columns=["teacher_sha256"]))) == (
+        "seed 0: 2 runs without its teacher recorded; seed 1: 1 run without its teacher "
+        "recorded; seed 2: 1 run without its teacher recorded")

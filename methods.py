@@ -217,7 +217,9 @@ class Method(nn.Module):
         self.shared = shared_logits if self.shared_logits and not self.mixing else None
         if self.mixing:
             # Its state is a buffer, so a resumed run draws what an uninterrupted one draws.
-            self.mix_generator = torch.Generator().manual_seed(stream_seed())
+            # Drawn on a fork, so that a subclass's modules start as they do unmixed.
+            with torch.random.fork_rng(devices=[]):
+                self.mix_generator = torch.Generator().manual_seed(stream_seed())
             self.register_buffer("mix_rng", self.mix_generator.get_state())
         self.step, self.steps_per_epoch = 0, 1
 

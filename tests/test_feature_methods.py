@@ -166,3 +166,25 @@ def test_mixing_is_refused_where_it_does_not_fit(teacher_checkpoint, image_folde
     both = {"loss": "kd", "mixup": True, "cutmix": True}
     assert methods.check_flags(both) == ["--mixup and --cutmix exclude each other; choose one"]
     assert methods.check_flags({**both, "cutmix": False}) == []
+
+
+@pytest.mark.parametrize("loss", ["fitnet", "reviewkd"])
+def test_mixing_leaves_the_methods_own_modules_as_they_start_without_it(loss):
+    """With mixing, a method compared by seed with itself unmixed starts from the same
+    regressor or fusion weights, so the comparison measures the mixing alone."""
+    teacher = build_model("teacher").eval()
+    plain = methods.build({"loss": loss, "seed": 3}, teacher)
+    mixed = methods.build({"loss": loss, "seed": 3, "mixup": True}, teacher)
+    mixed_state = mixed.state_dict()
+    assert set(mixed_state) - set(plain.state_dict()) == {"mix_rng"}
+    for name, weights in plain.state_dict().items():
+        assert torch.equal(weights, mixed_state[name]), name
+
+
+def test_the_mixing_stream_is_the_seeds_first_draw():
+    """Recorded function-matching runs stay reproducible: the mixing generator's seed is the
+    first draw of the RNG seeded with the run's seed, as when those runs were made."""
+    torch.manual_seed(3)
+    first = int(torch.randint(2 ** 62, ()))
+    method = methods.build({"loss": "kd", "seed": 3, "mixup": True}, build_model("teacher"))
+    assert method.mix_generator.initial_seed() == first

@@ -30,7 +30,7 @@ from report import compare_runs, family_table, one_row_per_run, without_epochs  
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
 DEFAULT_TABLES = ["experiments/h200_runs.csv", "experiments/zen1_runs.csv",
-                  "experiments/xeon_runs.csv"]
+                  "experiments/xeon_part_runs.csv"]
 
 
 def student_runs(results):

@@ -38,6 +38,7 @@ from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_va
 from kd.device import select_device
 from kd.records import prediction_column, write_text
 from kd.results import recipe_labels, run_variant, seed_table, training_minutes, variant_rank
+from kd.runs import describe_data, recorded_identity
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -91,6 +92,19 @@ def load_models(paths, device):
             info["config"] = info["config"] or {"model": ckpt["model"]}  # a bare checkpoint
             models.append((path, "ema" if ema else "raw", model, info))
     return models
+
+
+def check_data(models, data, root):
+    """Refuses, in one line, a run trained on other data than `data` (another copy or order
+    gives another validation split, which would hold the run's own training images). A bare
+    checkpoint records none, so it cannot be checked."""
+    now = recorded_identity(data)
+    for path, _, _, info in models:
+        then = info["config"].get("data_identity")
+        if then is not None and (then["sha256"], then.get("val_seed")) != (now["sha256"],
+                                                                           now["val_seed"]):
+            raise cli.UserError(f"{path} was trained on other data ({describe_data(then)}) "
+                                f"than --data-root {root} gives ({describe_data(now)})")
 
 
 def evaluate_test(model, loader, device):
@@ -237,6 +251,7 @@ def main():
     device = select_device(args.device)
     models = load_models(checkpoint_paths(args.checkpoints), device)
     data = load_cifar10(args.data_root)
+    check_data(models, data, args.data_root)
     _, val = split_train_val(data)
     # A run trained with --train-subset N is measured on the N images it trained on.
     subsets = {info["config"].get("train_subset") for *_, info in models}

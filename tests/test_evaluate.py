@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_in_process, run_script, synthetic_images
+from conftest import run_in_process, run_script, synthetic_images, write_image_folder
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
 from kd.data import CLASSES, load_cifar10, split_train_val
 from models import load_model
@@ -169,3 +169,16 @@ def test_predictions_say_which_test_images_each_model_got_right(pipeline, image_
             correct = model(data["test_images"].float() / 255).argmax(1) == data["test_labels"]
         assert predictions[f"{row.checkpoint} ({row.weights})"].tolist() == correct.int().tolist()
         assert 100 * correct.float().mean().item() == pytest.approx(row.test_acc)
+
+
+def test_a_run_is_not_measured_on_data_it_was_not_trained_on(teacher_checkpoint, tmp_path):
+    """Other data (another copy, another order) gives another validation split: the run's own
+    training images would score as validation. One line names the run and both data."""
+    other = tmp_path / "other"
+    write_image_folder(other, n_train=30, n_test=5, seed=7)
+    proc = run_script("evaluate.py", teacher_checkpoint, "--data-root", other, "--plots-dir",
+                      tmp_path, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr  # (and the decoding bars)
+    assert str(teacher_checkpoint) in errors[0] and "trained on other data" in errors[0]
+    assert not (tmp_path / "results.csv").exists()

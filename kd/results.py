@@ -28,13 +28,14 @@ PROVENANCE = {"data_sha256": "data (sha256)", "train_images": "training images",
 # Recipe keys added after runs were made, with the value those runs had (a resumed
 # checkpoint and a results table read them so); the methods' flags declare theirs
 # (methods.Flag.before).
-ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "clip_grad_norm": 0.0, **methods.flags_before()}
+ADDED_RECIPE_KEYS = {"ema_decay": 0.0, "clip_grad_norm": 0.0, "schedule_start_epoch": 0,
+                     **methods.flags_before()}
 
 
 # Config entries that say where, how or as which repeat a run was made, not what it is.
 NOT_RECIPE = {"seed", "out", "plots_dir", "data_root", "device", "resume", "overwrite",
               "restart_if_changed", "skip_test", "compile", "git_commit", "git_dirty",
-              "torch_version", "schedule_start_epoch", "run_id", "default_epochs", "model",
+              "torch_version", "run_id", "default_epochs", "model",
               "teacher", "teacher_identity", "data_identity", "machine", "cpu_threads",
               "no_shared_logits"}
 

@@ -265,6 +265,9 @@ def changed_recipe(config, args, recipe_keys, device):
         asked["precision"] = resolve_precision(args.precision, device)
     asked["epochs"] = args.epochs or (1 if args.dry_run else args.default_epochs)
     asked["widths"] = args.widths
+    # A run extended past its planned epochs trained a second cycle on top (engine.fit):
+    # what asks for its length asks for one cycle.
+    asked["schedule_start_epoch"] = 0
     return [f"{key} {config.get(key)!r} -> {value!r}" for key, value in asked.items()
             if config.get(key) != value]
 

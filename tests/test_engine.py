@@ -238,3 +238,13 @@ def test_clip_grad_norm_bounds_each_step_and_is_off_at_zero():
     assert metrics["clipped"] == 0.0
     for a, b in zip(free.state_dict().values(), loose.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_an_extended_run_is_stale_for_a_command_that_asks_for_a_straight_one(image_folder,
+                                                                            tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 1))
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    ckpt = load_checkpoint(tmp_path / "student.pt")
+    args = parse(image_folder, tmp_path, "--epochs", 2, "--resume", "--restart-if-changed")
+    changes = runs.changed_recipe(ckpt["config"], args, (), torch.device("cpu"))
+    assert changes == ["schedule_start_epoch 1 -> 0"]

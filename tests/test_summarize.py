@@ -141,3 +141,17 @@ def test_the_comparison_figure_fits_a_legend_of_many_variants(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plot_compare(tmp_path, tmp_path / "compare.png")
+
+
+def test_an_extended_run_is_not_pooled_with_one_trained_straight():
+    """Extending a finished 10-epoch run to 20 trains a second one-cycle schedule on top: not
+    the recipe of a 20-epoch run. Runs from before the schedule start was recorded started
+    at 0, and their teachers' fingerprints stay as they were."""
+    base = {"model": {"name": "student", "arch_args": {"widths": [32, 64]}}, "loss": "kd",
+            "temperature": 4.0, "epochs": 20}
+    runs = [("kd", {**base, "seed": 0, "schedule_start_epoch": 0}),
+            ("kd", {**base, "seed": 1}),
+            ("kd", {**base, "seed": 2, "schedule_start_epoch": 10})]
+    assert recipe_labels(runs) == ["kd (schedule_start_epoch=0)"] * 2 + [
+        "kd (schedule_start_epoch=10)"]
+    assert recipe_sha256(runs[0][1]) == recipe_sha256(runs[1][1])

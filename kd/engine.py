@@ -186,7 +186,8 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                  f"pass --epochs N > {start_epoch} with --resume to extend it"))
         if not args.skip_test and not test_record_matches(paths["test"], args.run_id,
                                                           start_epoch):
-            test_and_record(model, ema, splits, device, args, paths["test"], name)
+            test_and_record(model, ema, splits, device, args, paths["test"], name,
+                            start_epoch)
         return model.eval()
 
     config = {k: v for k, v in vars(args).items() if k != "default_epochs"}
@@ -233,7 +234,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                     **training_state(model, optimizer, scheduler, ema, method)}, args.out)
                 write_records(paths, config, history)
                 paths["test"].unlink(missing_ok=True)  # it measured an earlier epoch or run
-            note_checkpoint(args.out)
+                note_checkpoint(args.out)  # before a deferred interrupt is raised
             curves.update(history, force=epoch + 1 == args.epochs)
             check_interrupt()
             tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
@@ -246,17 +247,17 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
         curves.update(history, force=True)
         raise
     if not args.skip_test:
-        test_and_record(model, ema, splits, device, args, paths["test"], name)
+        test_and_record(model, ema, splits, device, args, paths["test"], name, args.epochs)
     return model.eval()
 
 
-def test_and_record(model, ema, splits, device, args, path, name):
+def test_and_record(model, ema, splits, device, args, path, name, epoch):
     """The test set, touched once after training for the final number only; the record
-    names the run and epoch it measured."""
+    names the run and the epoch its weights are from."""
     max_batches = DRY_RUN_BATCHES if args.dry_run else None
     test_loader = BatchLoader(*splits["test"], 1000, device, max_batches=max_batches)
     test = evaluate(model, test_loader, device)
-    record = {"run_id": args.run_id, "epoch": args.epochs, "test_loss": test["loss"],
+    record = {"run_id": args.run_id, "epoch": epoch, "test_loss": test["loss"],
               "test_acc": test["acc"], "test_images": test["images"]}
     message = f"{name} test loss {test['loss']:.4f} acc {test['acc']:.2f}%"
     if ema is not None:

@@ -1,4 +1,5 @@
 import argparse
+import json
 import signal
 
 import pytest
@@ -248,3 +249,15 @@ def test_an_extended_run_is_stale_for_a_command_that_asks_for_a_straight_one(ima
     args = parse(image_folder, tmp_path, "--epochs", 2, "--resume", "--restart-if-changed")
     changes = runs.changed_recipe(ckpt["config"], args, (), torch.device("cpu"))
     assert changes == ["schedule_start_epoch 1 -> 0"]
+
+
+def test_a_finished_run_tested_again_records_the_epoch_its_weights_are_from(image_folder,
+                                                                           tmp_path):
+    """--resume with fewer --epochs than a finished run has (it says so, and trains nothing)
+    tests it when its test record is missing: the record names the checkpoint's epoch,
+    which the tables match it by."""
+    train(parse(image_folder, tmp_path, "--epochs", 2))
+    test_record = tmp_path / "student.test.json"
+    test_record.unlink()
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 1))
+    assert json.loads(test_record.read_text())["epoch"] == 2

@@ -44,6 +44,19 @@ def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
     assert not (tmp_path / "t.pt").exists()
 
 
+def test_an_interrupt_while_the_first_checkpoint_is_written_says_it_was_kept(image_folder,
+                                                                           tmp_path):
+    """The write defers the signal until checkpoint and records agree; the message then
+    names the checkpoint that was written, not "none was"."""
+    out = tmp_path / "teacher.pt"
+    proc = interrupted_run("train_teacher.py", ["--data-root", image_folder, "--out", out,
+                                                "--plots-dir", tmp_path, "--epochs", "200",
+                                                "--batch-size", "8", "--train-subset", "16"],
+                           step=1, sig="SIGINT", at="kd.engine.save_checkpoint")
+    assert f"{out} holds the last complete epoch" in proc.stderr.splitlines()[-1]
+    assert load_checkpoint(out)["epoch"] == 1
+
+
 def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder, tmp_path):
     flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--train-subset", "32",
              "--data-root", image_folder, "--plots-dir", tmp_path]

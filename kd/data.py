@@ -104,12 +104,20 @@ def _download_or_fail(root):
 
 
 def _fingerprint(root, layout):
-    """Cheap identity of the data on disk: names, sizes and mtimes of its top folders/files."""
+    """Cheap identity of the data on disk: names, sizes and mtimes of its files (an ImageFolder
+    root's every image: a file rewritten in place leaves its folder's mtime as it was), as a
+    SHA-256 of that listing."""
     if layout == "torchvision":
-        entries = sorted((root / "cifar-10-batches-py").iterdir())
+        folders = [root / "cifar-10-batches-py"]
     else:
-        entries = sorted(p for split in ("train", "test") for p in (root / split).iterdir())
-    return [(p.name, p.stat().st_size if p.is_file() else 0, p.stat().st_mtime_ns) for p in entries]
+        folders = [p for split in ("train", "test") for p in sorted((root / split).iterdir())
+                   if p.is_dir()]
+    listing = []
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            listing += sorted((f"{folder.relative_to(root)}/{e.name}", e.stat().st_size,
+                               e.stat().st_mtime_ns) for e in entries if e.is_file())
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 
 def _decode_torchvision(root):

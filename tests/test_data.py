@@ -1,6 +1,9 @@
+import os
+
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from conftest import write_image_folder, write_torchvision_layout
 from kd import data
@@ -48,6 +51,21 @@ def test_cache_is_reused_and_kept_out_of_the_data_root(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "_decode_image_folder", no_decoding)
     second = load_cifar10(root, cache_dir=tmp_path / "cache")
     assert torch.equal(first["train_images"], second["train_images"])
+
+
+def test_an_image_rewritten_in_place_is_decoded_again(tmp_path):
+    """Rewriting a file leaves its folder's mtime as it was: the cache must still see it."""
+    root = tmp_path / "root"
+    write_image_folder(root, n_train=2, n_test=1)
+    first = load_cifar10(root, cache_dir=tmp_path / "cache")
+    image = sorted((root / "train" / "cat").iterdir())[0]
+    folder_times = (image.parent.stat().st_atime_ns, image.parent.stat().st_mtime_ns)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(image)
+    os.utime(image.parent, ns=folder_times)
+    second = load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert second["identity"]["sha256"] != first["identity"]["sha256"]
+    assert (second["train_images"] == torch.tensor([1, 2, 3])[:, None, None]).all(
+        dim=(1, 2, 3)).sum() == 1
 
 
 def test_missing_root_names_where_it_looked_and_both_fixes(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@ import torch
 import methods
 from conftest import run_in_process, run_script
 from kd import cli, engine, runs
-from kd.checkpoints import load_checkpoint
+from kd.checkpoints import CheckpointError, load_checkpoint
+from kd.teacher_logits import SharedTeacherLogits, fingerprint
 from models import load_model
 
 # The methods on logits; the feature methods' runs, teachers and resumes are checked in
@@ -164,3 +165,42 @@ def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
     longer = torch.load(stored[0], weights_only=True)  # the longer run's store replaced it
     assert longer["fingerprints"].shape[:2] == (3, 2)
     assert torch.equal(longer["logits"][:2], store["logits"])
+
+
+def test_a_batch_rearranged_within_its_images_has_another_fingerprint():
+    """A flip keeps every image's pixel sum: a pipeline whose flips changed must still be
+    caught serving stored logits."""
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    assert (fingerprint(images) != fingerprint(images.flip(-1))).any()
+    assert (fingerprint(images) != fingerprint(images[[1, 0, 2, 3]])).any()
+
+
+def test_a_store_of_two_number_fingerprints_is_still_served_checked_and_upgraded(tmp_path):
+    """Stores written before the third number still serve their runs, checked on the two
+    they hold; a longer run stores every fingerprint whole."""
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    batches = [torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8).float()
+               for _ in range(2)]
+    with torch.no_grad():
+        logits = torch.stack([teacher(b) for b in batches])
+    old = torch.stack([fingerprint(b)[:2] for b in batches])
+    path = tmp_path / "store.pt"
+    torch.save({"fingerprints": old.view(1, 2, 2), "logits": logits.view(1, 2, 2, 10)}, path)
+    shared = SharedTeacherLogits(teacher, path, epochs=2)
+    shared.set_epoch(0, steps_per_epoch=2)
+    with torch.no_grad():
+        served = [shared(0, s, b) for s, b in enumerate(batches)]
+        shared.end_epoch(0)
+        assert shared.served == 2 and all(torch.equal(a, b) for a, b in zip(served, logits))
+        for s, b in enumerate(batches):
+            shared(1, s, b)
+        shared.end_epoch(1)
+    assert torch.load(path, weights_only=True)["fingerprints"].shape == (2, 2, 3)
+
+    torch.save({"fingerprints": old.view(1, 2, 2), "logits": logits.view(1, 2, 2, 10)}, path)
+    shared = SharedTeacherLogits(teacher, path, epochs=1)
+    shared.set_epoch(0, steps_per_epoch=2)
+    with torch.no_grad():
+        shared(0, 0, batches[1])
+    with pytest.raises(CheckpointError, match="belong to other batches"):
+        shared.end_epoch(0)

@@ -35,7 +35,9 @@ PER_SEED = Path(__file__).with_name("per_seed.csv")
 # students distilling from that seed's teacher), `table` naming the evaluation they came
 # from: the settings chosen at the real budget, or those the 4-epoch proxy chose.
 METHOD_RUNS = Path(__file__).with_name("methods_xeon.csv")
-# docs/results.md, "bf16 against fp32": EMA weights, mean and std of 3 seeds (bf16, fp32).
+# EMA weights, mean and std of 3 seeds (bf16, fp32), as evaluate.py gave them: the table of
+# docs/results.md's "bf16 against fp32" in commit df72e0c (its per-seed values were not kept,
+# so the section now quotes the verdicts alone).
 EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
                "kd+ce EMA": ((78.96, 0.16), (78.58, 0.15)),
                "kd EMA": ((78.97, 0.17), (78.99, 0.18)),

@@ -17,6 +17,7 @@ from kd.data import VAL_SEED, DataError, load_cifar10, split_train_val
 from kd.device import bf16_is_native, resolve_precision, select_device
 from kd.records import record_paths
 from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
+from kd.schedule import load_optimizer_state
 from models import build_model, model_from_checkpoint
 
 # Keys of the config that define the training run itself; --resume takes them from the
@@ -377,7 +378,7 @@ def restore_training_state(ckpt, path, model, optimizer, scheduler, schedule, em
             ema.module.load_state_dict(ckpt["ema"]["model_state"])
             ema.load_updates(ckpt["ema"]["updates"])
         if not exported:
-            optimizer.load_state_dict(ckpt["optimizer_state"])
+            load_optimizer_state(optimizer, ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
             if method is not None:
                 method.load_state_dict(ckpt.get("method_state", {}))

@@ -24,3 +24,13 @@ def make_optimizer(parameters, args, device):
         return torch.optim.Adam(parameters, lr=args.lr, weight_decay=args.weight_decay, **fused)
     return torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum,
                            nesterov=args.momentum > 0, weight_decay=args.weight_decay, **fused)
+
+
+def load_optimizer_state(optimizer, state):
+    """optimizer.load_state_dict(state), keeping the step kernels (fused, foreach) that
+    make_optimizer chose for this device: the state records the device it was saved on."""
+    kernels = [{key: group.get(key) for key in ("fused", "foreach")}
+               for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, chosen in zip(optimizer.param_groups, kernels):
+        group.update(chosen)

@@ -8,7 +8,7 @@ import torch
 import methods
 from kd import cli, engine, interrupts, runs
 from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from kd.schedule import lr_factor
+from kd.schedule import load_optimizer_state, lr_factor, make_optimizer
 from models import build_model
 
 
@@ -261,3 +261,18 @@ def test_a_finished_run_tested_again_records_the_epoch_its_weights_are_from(imag
     test_record.unlink()
     train(parse(image_folder, tmp_path, "--resume", "--epochs", 1))
     assert json.loads(test_record.read_text())["epoch"] == 2
+
+
+def test_a_resumed_optimizer_steps_with_the_kernels_its_device_chose():
+    """A GPU run's fused steps are recorded in its optimizer state; resumed on a CPU, the
+    run takes the CPU's default step, as make_optimizer chooses there (and the reverse)."""
+    model = torch.nn.Linear(2, 2)
+    on_gpu = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, fused=True)
+    model(torch.ones(1, 2)).sum().backward()
+    on_gpu.step()
+    args = argparse.Namespace(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.0)
+    on_cpu = make_optimizer(model.parameters(), args, "cpu")
+    load_optimizer_state(on_cpu, on_gpu.state_dict())
+    assert not on_cpu.param_groups[0]["fused"]
+    assert torch.equal(on_cpu.state_dict()["state"][0]["momentum_buffer"],
+                       on_gpu.state_dict()["state"][0]["momentum_buffer"])

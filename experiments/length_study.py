@@ -229,6 +229,61 @@ def with_epochs(method, epochs):
     return f"{name} ({', '.join(sorted([f'epochs={epochs}', *settings]))})"
 
 
+TITLES = {"longer against shorter": "Longer against shorter, paired by seed",
+          "change of lead": "A method's lead over a baseline at a longer length against its "
+                            "lead at the shortest, paired by seed",
+          "side settings": "A method's side settings (run at fewer lengths than its main one) "
+                           "against its other settings and the baselines, paired by seed, one "
+                           "family of their own"}
+
+
+def families(results):
+    """[(name, table)]: the study's Holm families, each length's with at least two seeds of
+    a method first, then the families across lengths (TITLES), those it can make."""
+    runs = student_runs(results)
+    seeds = runs.groupby(["method", "epochs"]).size()
+    lengths = sorted(seeds[seeds >= 2].index.get_level_values("epochs").unique())
+    found = [(f"at {epochs} epochs", comparisons(results, epochs)) for epochs in lengths]
+    found += [("longer against shorter", length_comparisons(results)),
+              ("change of lead", gap_changes(results)),
+              ("side settings", setting_comparisons(results))]
+    return [(name, table) for name, table in found if table is not None]
+
+
+def verdict_kind(verdict):
+    """"above", "below", "equivalent", "unresolved" or "no test": what a verdict says."""
+    for kind in ("unresolved", "equivalent", "no test", "one run"):
+        if verdict.startswith(kind):
+            return "no test" if kind == "one run" else kind
+    return "above" if " above " in verdict else "below"
+
+
+def beside(mine, other):
+    """Each comparison of the families `mine` beside the same comparison (same family and
+    name) in `other`: its difference, interval and adjusted p there, and whether the
+    verdict is the same: the study's robustness to which runs it rests on."""
+    others = dict(other)
+    rows = []
+    for name, table in mine:
+        there = others.get(name, pd.DataFrame(columns=table.columns)).set_index("comparison")
+        for row in table.to_dict("records"):
+            found = there.loc[row["comparison"]] if row["comparison"] in there.index else None
+            kind = verdict_kind(row["verdict"])
+            same = ("no comparison beside" if found is None else "yes"
+                    if verdict_kind(found["verdict"]) == kind
+                    else f"no: {verdict_kind(found['verdict'])} beside")
+            rows.append({"family": name, "comparison": row["comparison"],
+                         "difference (points)": row["difference (points)"],
+                         "95% CI": row["95% CI"], "adjusted p": row["adjusted p (Holm)"],
+                         "verdict": row["verdict"],
+                         **({} if found is None else {
+                             "beside: difference": found["difference (points)"],
+                             "beside: 95% CI": found["95% CI"],
+                             "beside: adjusted p": found["adjusted p (Holm)"]}),
+                         "same verdict": same})
+    return pd.DataFrame(rows)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
@@ -240,6 +295,9 @@ def main():
                         help="leave out the methods whose label (without the length) matches "
                              "a shell-style pattern, e.g. 'dkd (clip_grad_norm=0.0*': the "
                              "families as they were before that method joined them")
+    parser.add_argument("--beside", nargs="+", default=[], metavar="TABLE",
+                        help="also the study on these tables (read as one, the same methods "
+                             "left out), each comparison's verdict set beside this one's")
     args = parser.parse_args()
     results = leave_out(read_tables(args.results), args.leave_out)
     table = length_table(results)
@@ -252,22 +310,14 @@ def main():
     print(table.to_markdown(index=False))
     print("\nThe distilled runs' teachers (sha256 prefix), per seed: "
           f"{teachers_by_seed(student_runs(results))}.")
-    for epochs in sorted(table.loc[table["seeds"] >= 2, "epochs"].unique()):
-        family = comparisons(results, epochs)
-        if family is not None:
-            print(f"\nAt {epochs} epochs, paired by seed:\n\n{family.to_markdown(index=False)}")
-    family = length_comparisons(results)
-    if family is not None:
-        print(f"\nLonger against shorter, paired by seed:\n\n{family.to_markdown(index=False)}")
-    family = gap_changes(results)
-    if family is not None:
-        print("\nA method's lead over a baseline at a longer length against its lead at the "
-              f"shortest, paired by seed:\n\n{family.to_markdown(index=False)}")
-    family = setting_comparisons(results)
-    if family is not None:
-        print("\nA method's side settings (run at fewer lengths than its main one) against "
-              "its other settings and the baselines, paired by seed, one family of their "
-              f"own:\n\n{family.to_markdown(index=False)}")
+    found = families(results)
+    for name, family in found:
+        title = TITLES.get(name, f"{name[0].upper()}{name[1:]}, paired by seed")
+        print(f"\n{title}:\n\n{family.to_markdown(index=False)}")
+    if args.beside:
+        other = families(leave_out(read_tables(args.beside), args.leave_out))
+        print(f"\nEach comparison beside the same from {' '.join(map(str, args.beside))}:\n\n"
+              f"{beside(found, other).to_markdown(index=False)}")
     recipes = best_recipe(results)
     print(f"\nThe best student's recipe on validation at {recipes['epochs'].max()} epochs, "
           f"mean over seeds (the test set is not read for it):\n\n"

@@ -12,8 +12,10 @@ pytest.importorskip("scipy")  # report.py's statistics, which length_study.py us
 pytest.importorskip("statsmodels")
 sys.path.insert(0, str(ROOT / "experiments"))
 from length_study import (  # noqa: E402
+    beside,
     best_recipe,
     comparisons,
+    families,
     gap_changes,
     leave_out,
     length_comparisons,
@@ -266,3 +268,27 @@ def test_the_teachers_of_each_seeds_runs_are_named_where_they_are_recorded():
     assert teachers_by_seed(student_runs(frame.drop(columns=["teacher_sha256"]))) == (
         "seed 0: 2 runs without its teacher recorded; seed 1: 1 run without its teacher "
         "recorded; seed 2: 1 run without its teacher recorded")
+
+
+def test_each_comparison_is_set_beside_the_same_from_other_runs():
+    """The study on other runs (one machine's, say, against three machines'): each
+    comparison's difference and verdict in both, and whether the verdict is the same; a
+    comparison the other runs cannot make is named as such."""
+    rows = []
+    for seed in range(3):
+        for method, acc in (("ce", 76.0 + 0.3 * seed), ("kd", 79.0 + 0.2 * seed),
+                            ("crd", 76.6 + 0.35 * seed)):
+            rows.append((f"student_{method}_seed{seed}", "raw", method, seed, 12, 80.0, acc, acc))
+    mine = pd.DataFrame(rows, columns=results().columns)
+    other = mine.assign(test_acc=mine["test_acc"]
+                        + mine["variant"].map({"ce": 0.0, "kd": 0.0, "crd": -0.6})
+                        + mine["seed"].map({0: 0.0, 1: 0.8, 2: -0.6}) * (mine["variant"] == "crd"))
+    other = other[~((other["variant"] == "kd") & (other["seed"] > 0))]
+    table = beside(families(mine), families(other)).set_index("comparison")
+    assert table.loc["kd − ce", "difference (points)"] == "+2.90"
+    assert table.loc["crd − ce", "difference (points)"] == "+0.65"
+    assert table.loc["crd − ce", "beside: difference"] == "+0.12"
+    assert table.loc["crd − ce", "verdict"].startswith("crd above ce")
+    assert table.loc["crd − ce", "same verdict"] == "no: unresolved beside"
+    assert table.loc["kd − ce", "same verdict"] == "no comparison beside"
+    assert table.loc["crd − kd", "family"] == "at 12 epochs"

@@ -47,8 +47,9 @@ def standardize_logits(logits, eps=1e-7):
     population std (Sun et al., CVPR 2024, "Logit standardization in knowledge
     distillation"): the student then matches the teacher's logit *shape*, not its scale.
     (Their released code divides by the unbiased std, sqrt(K / (K - 1)) larger: their
-    softmax at temperature T is ours at T * sqrt(K / (K - 1)), so our T = 2 is their
-    1.90 for CIFAR-10, with a T^2 factor 10/9 of theirs, which the KD weight absorbs.)"""
+    softmax at temperature T is ours at T * sqrt(K / (K - 1)), and our T^2 factor is
+    K / (K - 1) times theirs, which the KD weight absorbs; docs/results.md says what that
+    makes of their setting.)"""
     logits = logits.float()
     mean = logits.mean(1, keepdim=True)
     return (logits - mean) / (logits.std(1, keepdim=True, correction=0) + eps)

@@ -64,11 +64,13 @@ def ran_on(runs):
 
 
 def teachers_by_seed(runs):
-    """Which teachers each seed's distilled runs (`student_runs` rows with a teacher seed)
-    learnt from, by sha256 prefix, with how many runs each: the comparisons pair a seed's
+    """Which teachers each seed's distilled runs (`student_runs` rows with a teacher seed or
+    hash) learnt from, by sha256 prefix, with how many runs each: the comparisons pair a seed's
     runs as if they shared one, which runs from two machines' teachers of that seed do not
     (a table trimmed without evaluate.py's teacher_sha256 column leaves it unknown)."""
-    distilled = runs[runs["teacher_seed"].notna()] if "teacher_seed" in runs else runs.iloc[:0]
+    recorded = [runs[column].notna() for column in ("teacher_seed", "teacher_sha256")
+                if column in runs]
+    distilled = runs[pd.concat(recorded, axis=1).any(axis=1)] if recorded else runs.iloc[:0]
     hashes = distilled.get("teacher_sha256", pd.Series(index=distilled.index, dtype=object))
     parts = []
     for seed, seed_hashes in hashes.groupby(distilled["seed"]):
@@ -77,9 +79,9 @@ def teachers_by_seed(runs):
                 + ", ".join(f"{sha}: {runs_count(n)}" for sha, n in counts.items()) + ")"]
         part = part[:len(counts) > 0]
         if unknown := int(seed_hashes.isna().sum()):
-            part.append(f"{runs_count(unknown)} without its teacher recorded")
+            part.append(f"{runs_count(unknown)} without a teacher recorded")
         parts.append(f"seed {seed}: {', '.join(part)}")
-    return "; ".join(parts)
+    return "; ".join(parts) or "none"
 
 
 def runs_count(n):
@@ -198,12 +200,13 @@ def setting_comparisons(results):
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
-def leave_out(results, patterns):
+def leave_out(results, patterns, strict=True):
     """`results` without the runs whose method (its label without the length) matches one of
-    the shell-style `patterns`: the families as they were before a method joined them."""
+    the shell-style `patterns`: the families as they were before a method joined them.
+    `strict`: a pattern that matches nothing is refused (a typo would leave out nothing)."""
     methods = results["variant"].map(without_epochs)
     dropped = methods.map(lambda m: any(fnmatch.fnmatchcase(m, p) for p in patterns))
-    if patterns and not dropped.any():
+    if strict and patterns and not dropped.any():
         raise cli.UserError(f"no method matches {' '.join(patterns)}")
     return results[~dropped]
 
@@ -240,7 +243,7 @@ TITLES = {"longer against shorter": "Longer against shorter, paired by seed",
 def families(results):
     """[(name, table)]: the study's Holm families, each length's with at least two seeds of
     a method first, then the families across lengths (TITLES), those it can make."""
-    runs = student_runs(results)
+    runs = student_runs(results).dropna(subset=["test_acc"])
     seeds = runs.groupby(["method", "epochs"]).size()
     lengths = sorted(seeds[seeds >= 2].index.get_level_values("epochs").unique())
     found = [(f"at {epochs} epochs", comparisons(results, epochs)) for epochs in lengths]
@@ -281,7 +284,7 @@ def beside(mine, other):
                              "beside: 95% CI": found["95% CI"],
                              "beside: adjusted p": found["adjusted p (Holm)"]}),
                          "same verdict": same})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("")
 
 
 def main():
@@ -297,7 +300,9 @@ def main():
                              "families as they were before that method joined them")
     parser.add_argument("--beside", nargs="+", default=[], metavar="TABLE",
                         help="also the study on these tables (read as one, the same methods "
-                             "left out), each comparison's verdict set beside this one's")
+                             "left out), each comparison's verdict set beside this one's; "
+                             "comparisons are matched by label, so a method whose settings "
+                             "one evaluation names and the other does not is not matched")
     args = parser.parse_args()
     results = leave_out(read_tables(args.results), args.leave_out)
     table = length_table(results)
@@ -315,7 +320,7 @@ def main():
         title = TITLES.get(name, f"{name[0].upper()}{name[1:]}, paired by seed")
         print(f"\n{title}:\n\n{family.to_markdown(index=False)}")
     if args.beside:
-        other = families(leave_out(read_tables(args.beside), args.leave_out))
+        other = families(leave_out(read_tables(args.beside), args.leave_out, strict=False))
         print(f"\nEach comparison beside the same from {' '.join(map(str, args.beside))}:\n\n"
               f"{beside(found, other).to_markdown(index=False)}")
     recipes = best_recipe(results)

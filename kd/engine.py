@@ -158,8 +158,11 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     if ckpt is not None:
         start_epoch, history = ckpt["epoch"], list(ckpt["history"])
         schedule_start = ckpt["schedule_start_epoch"]
-        if start_epoch == ckpt["epochs"] and args.epochs > start_epoch:
-            schedule_start = start_epoch  # extending a finished run: a fresh cycle (see README)
+        if (start_epoch == ckpt["epochs"] and args.epochs > start_epoch
+                and args.schedule != "constant"):
+            # extending a finished run: a fresh cycle (docs/reliability.md); a constant
+            # schedule has none, so the run is what a straight one would be
+            schedule_start = start_epoch
     spe = len(train_loader)
     schedule = lambda step: lr_factor(  # noqa: E731
         step, spe, schedule_start, args.epochs, args.schedule, args.warmup)

@@ -31,6 +31,7 @@ def load_optimizer_state(optimizer, state):
     make_optimizer chose for this device: the state records the device it was saved on."""
     kernels = [{key: group.get(key) for key in ("fused", "foreach")}
                for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, chosen in zip(optimizer.param_groups, kernels):
-        group.update(chosen)
+    # Given before loading, so that torch places the state (Adam's step count: on the
+    # parameters' device for fused steps, on the CPU otherwise) as this device's step wants.
+    optimizer.load_state_dict({**state, "param_groups": [
+        {**group, **chosen} for group, chosen in zip(state["param_groups"], kernels)]})

@@ -111,7 +111,9 @@ class SharedTeacherLogits:
         if epoch < self.epochs - 1 or self.stored_epochs >= self.epochs or not complete:
             return
         keys = [(e, s) for e in range(self.epochs) for s in range(self.steps_per_epoch)]
-        fingerprints = torch.stack([self.batches[k][0].cpu() for k in keys])
+        # Epochs of an older store that this (resumed) run did not serve keep its numbers.
+        width = min(len(self.batches[k][0]) for k in keys)
+        fingerprints = torch.stack([self.batches[k][0][:width].cpu() for k in keys])
         logits = torch.stack([self.batches[k][1].cpu() for k in keys])
         save_atomically({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, -1),
                          "logits": logits.view(self.epochs, self.steps_per_epoch,

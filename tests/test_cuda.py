@@ -1,6 +1,7 @@
 """The GPU path, run only where CUDA is available (marked `cuda`; skipped elsewhere): every
 script on CUDA, checkpoints handed between CUDA and the CPU, the same batches on both, and
 KD and EMA steps on the device that never wait for it between loss reads."""
+import argparse
 import json
 import warnings
 
@@ -16,6 +17,7 @@ from kd.checkpoints import load_checkpoint
 from kd.data import BatchLoader
 from kd.device import select_device
 from kd.ema import ModelEMA
+from kd.schedule import load_optimizer_state, make_optimizer
 from losses import ContrastMemory
 from models import build_model
 
@@ -179,3 +181,21 @@ def test_benchmark_runs_on_cuda(image_folder):
     # teacher, student and KD steps, then each feature method's (all kinds by default)
     assert proc.stdout.count("where a training step's time goes") == 3 + len(
         throughput.FEATURE_METHODS)
+
+
+@pytest.mark.cuda
+def test_a_cpu_adam_state_resumes_into_fused_steps_on_cuda():
+    """Adam's step count goes where the fused CUDA step wants it (torch places it by the
+    group's `fused` flag when loading), so the first resumed step runs."""
+    model = torch.nn.Linear(2, 2)
+    args = argparse.Namespace(optimizer="adam", lr=0.1, weight_decay=0.0, momentum=0.0)
+    on_cpu = make_optimizer(model.parameters(), args, "cpu")
+    model(torch.ones(1, 2)).sum().backward()
+    on_cpu.step()
+    model = model.cuda()
+    on_gpu = make_optimizer(model.parameters(), args, "cuda")
+    load_optimizer_state(on_gpu, on_cpu.state_dict())
+    assert on_gpu.param_groups[0]["fused"]
+    model(torch.ones(1, 2, device="cuda")).sum().backward()
+    on_gpu.step()
+    assert on_gpu.state_dict()["state"][0]["step"].item() == 2

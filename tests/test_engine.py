@@ -276,3 +276,11 @@ def test_a_resumed_optimizer_steps_with_the_kernels_its_device_chose():
     assert not on_cpu.param_groups[0]["fused"]
     assert torch.equal(on_cpu.state_dict()["state"][0]["momentum_buffer"],
                        on_gpu.state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_an_extended_constant_schedule_run_is_a_straight_one(image_folder, tmp_path):
+    """A constant learning rate has no cycle to restart: extended, the run is what a run
+    trained straight to that length is, so it keeps that recipe."""
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--schedule", "constant"))
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    assert load_checkpoint(tmp_path / "student.pt")["schedule_start_epoch"] == 0

@@ -260,14 +260,14 @@ def test_the_teachers_of_each_seeds_runs_are_named_where_they_are_recorded():
                          teacher_sha256=None)
     frame.loc[frame["run"].str.startswith("student_kd_seed"), "teacher_sha256"] = "aaaa"
     assert teachers_by_seed(student_runs(frame)) == (
-        "seed 0: 1 teacher (aaaa: 1 run), 1 run without its teacher recorded; "
+        "seed 0: 1 teacher (aaaa: 1 run), 1 run without a teacher recorded; "
         "seed 1: 1 teacher (aaaa: 1 run); seed 2: 1 teacher (aaaa: 1 run)")
     frame.loc[frame["run"] == "student_kd_e36_seed0", "teacher_sha256"] = "bbbb"
     assert teachers_by_seed(student_runs(frame)).startswith(
         "seed 0: 2 teachers (aaaa: 1 run, bbbb: 1 run); seed 1")
     assert teachers_by_seed(student_runs(frame.drop(columns=["teacher_sha256"]))) == (
-        "seed 0: 2 runs without its teacher recorded; seed 1: 1 run without its teacher "
-        "recorded; seed 2: 1 run without its teacher recorded")
+        "seed 0: 2 runs without a teacher recorded; seed 1: 1 run without a teacher "
+        "recorded; seed 2: 1 run without a teacher recorded")
 
 
 def test_each_comparison_is_set_beside_the_same_from_other_runs():
@@ -291,4 +291,5 @@ def test_each_comparison_is_set_beside_the_same_from_other_runs():
     assert table.loc["crd − ce", "verdict"].startswith("crd above ce")
     assert table.loc["crd − ce", "same verdict"] == "no: unresolved beside"
     assert table.loc["kd − ce", "same verdict"] == "no comparison beside"
+    assert table.loc["kd − ce", "beside: difference"] == ""
     assert table.loc["crd − kd", "family"] == "at 12 epochs"

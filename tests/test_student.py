@@ -204,3 +204,26 @@ def test_a_store_of_two_number_fingerprints_is_still_served_checked_and_upgraded
         shared(0, 0, batches[1])
     with pytest.raises(CheckpointError, match="belong to other batches"):
         shared.end_epoch(0)
+
+
+def test_a_resumed_run_over_a_two_number_store_stores_its_longer_one(tmp_path):
+    """A run extended past an older store (resumed, so the store's epochs are not served
+    again and keep their two numbers) stores the longer store all the same, each batch
+    fingerprinted by the numbers every batch has."""
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    batches = {(e, s): torch.randint(0, 256, (2, 3, 32, 32)).float()
+               for e in range(3) for s in range(2)}
+    with torch.no_grad():
+        old = torch.stack([fingerprint(batches[e, s])[:2] for e in range(2) for s in range(2)])
+        logits = torch.stack([teacher(batches[e, s]) for e in range(2) for s in range(2)])
+    path = tmp_path / "store.pt"
+    torch.save({"fingerprints": old.view(2, 2, 2), "logits": logits.view(2, 2, 2, 10)}, path)
+    shared = SharedTeacherLogits(teacher, path, epochs=3)
+    shared.set_epoch(2, steps_per_epoch=2)
+    with torch.no_grad():
+        for s in range(2):
+            shared(2, s, batches[2, s])
+        shared.end_epoch(2)
+    stored = torch.load(path, weights_only=True)
+    assert stored["fingerprints"].shape == (3, 2, 2)
+    assert torch.equal(stored["fingerprints"][:2], old.view(2, 2, 2))

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The length study on one machine (docs/results.md, "Training length"): evaluate.py on every
 # student run of experiments/grids/length.toml in $CHECKPOINTS (default checkpoints/), then
-# their rows into experiments/xeon_runs.csv, which experiments/length_study.py reads by
-# default. A run of the grid not there yet is named, not evaluated.
+# their rows into experiments/xeon_runs.csv. A run of the grid not finished yet is named,
+# not evaluated.
 #   python sweep.py experiments/grids/length.toml
-#   bash experiments/length_xeon_eval.sh && python experiments/length_study.py
+#   bash experiments/length_xeon_eval.sh
+#   python experiments/length_study.py experiments/xeon_runs.csv --figure plots/length.png \
+#       --beside experiments/h200_runs.csv experiments/zen1_runs.csv experiments/xeon_part_runs.csv
 # (The three-machine study before it, 2026-12-04 and 05, read this script's earlier output,
 # the Xeon's share of it, which is kept as experiments/xeon_part_runs.csv.)
 set -euo pipefail
@@ -14,8 +16,9 @@ listed=$("$PYTHON" sweep.py experiments/grids/length.toml --folder "$C" --checkp
 runs=()
 while read -r checkpoint; do
     case $(basename "$checkpoint") in
-        student_*) if [[ -e $checkpoint ]]; then runs+=("$checkpoint")
-                   else echo "not trained yet: $checkpoint" >&2; fi ;;
+        # a finished run has its test record (engine.fit writes it after the last epoch)
+        student_*) if [[ -e ${checkpoint%.pt}.test.json ]]; then runs+=("$checkpoint")
+                   else echo "not finished yet: $checkpoint" >&2; fi ;;
     esac
 done <<< "$listed"
 if (( ${#runs[@]} == 0 )); then
@@ -27,5 +30,5 @@ import pandas as pd
 rows = pd.read_csv("runs/xeon-eval/results.csv")
 rows[rows["model"] == "student"].to_csv("experiments/xeon_runs.csv", index=False)
 print(f"{(rows['model'] == 'student').sum()} rows -> experiments/xeon_runs.csv; "
-      "python experiments/length_study.py")
+      "python experiments/length_study.py experiments/xeon_runs.csv")
 PY

@@ -13,14 +13,22 @@ set -euo pipefail
 C=${CHECKPOINTS:-checkpoints}
 PYTHON=${PYTHON:-python}
 listed=$("$PYTHON" sweep.py experiments/grids/length.toml --folder "$C" --checkpoints)
-runs=()
-while read -r checkpoint; do
-    case $(basename "$checkpoint") in
-        # a finished run has its test record (engine.fit writes it after the last epoch)
-        student_*) if [[ -e ${checkpoint%.pt}.test.json ]]; then runs+=("$checkpoint")
-                   else echo "not finished yet: $checkpoint" >&2; fi ;;
-    esac
-done <<< "$listed"
+# a finished run's metrics reach the epochs its config plans (a run selected on validation
+# alone, --skip-test, has no test record)
+mapfile -t runs < <("$PYTHON" - "$listed" <<'PY'
+import json, sys
+from pathlib import Path
+import pandas as pd
+for checkpoint in sys.argv[1].split():
+    path = Path(checkpoint)
+    if not path.name.startswith("student_"):
+        continue
+    config, metrics = path.with_suffix(".config.json"), path.with_suffix(".metrics.csv")
+    done = (path.exists() and config.exists() and metrics.exists() and
+            pd.read_csv(metrics)["epoch"].max() >= json.loads(config.read_text())["epochs"])
+    print(checkpoint) if done else print(f"not finished yet: {checkpoint}", file=sys.stderr)
+PY
+)
 if (( ${#runs[@]} == 0 )); then
     echo "no student run of experiments/grids/length.toml in $C" >&2; exit 2
 fi

@@ -226,21 +226,29 @@ def name_part(value):
 
 
 def finished(run):
-    """Whether the run's records say it ran to its last epoch (and was tested, unless it
-    skips the test) with the flags this sweep gives it."""
+    """Whether the run's records say it ran to its end (ran_to_end) with the flags this
+    sweep gives it."""
+    config = ran_to_end(run)
+    return config is not None and all(same(config.get(key.replace("-", "_")), value)
+                                      for key, value in run.settings.items())
+
+
+def ran_to_end(run):
+    """The run's recorded config where its records say it ran to its last epoch (and was
+    tested, unless it skips the test), whatever flags it ran with (a run copied from
+    another grid, with its own plots folder, say); else None."""
     paths = record_paths(run.out)
     try:
         config = json.loads(paths["config"].read_text())
         last = pd.read_csv(paths["metrics"])["epoch"].iloc[-1]
     except (OSError, ValueError, KeyError, IndexError):
-        return False
+        return None
     if not run.out.exists() or last != config.get("epochs"):
-        return False
+        return None
     if not config.get("skip_test") and not test_record_matches(
             paths["test"], config.get("run_id"), int(last)):
-        return False
-    return all(same(config.get(key.replace("-", "_")), value)
-               for key, value in run.settings.items())
+        return None
+    return config
 
 
 def stale(run):
@@ -502,6 +510,9 @@ def main():
     a("--checkpoints", action="store_true", help="print each run's checkpoint, one per line, "
       "run nothing (for evaluate.py: python evaluate.py $(python sweep.py GRID "
       "--checkpoints))")
+    a("--finished", action="store_true", help="with --checkpoints: only the finished runs' "
+      "(their records reach their last epoch, and their test where they take one, whatever "
+      "flags they ran with), each other run named on stderr")
     a("--executor", choices=("local", "slurm"), default="local",
       help="local: on this machine, --runs-per-device runs per visible GPU or in all on a "
            "CPU; "
@@ -533,6 +544,8 @@ def main():
         sys.exit(f"error: --runs-per-device must be at least 1, got {args.runs_per_device}")
     if args.stop_after is not None and args.stop_after <= 0:
         sys.exit(f"error: --stop-after must be positive, got {args.stop_after}")
+    if args.finished and not args.checkpoints:
+        sys.exit("error: --finished qualifies --checkpoints")
     if args.folder and len(args.grids) > 1:
         sys.exit("error: --folder takes one grid; several grids go each into its own folder")
     try:
@@ -552,7 +565,11 @@ def main():
             print(run.label, shlex.join(run.command()[1:]))
         return
     if args.checkpoints:
-        print("\n".join(str(run.out) for run in runs))
+        for run in runs:
+            if not args.finished or ran_to_end(run) is not None:
+                print(run.out)
+            else:
+                print(f"not finished: {run.out}", file=sys.stderr)
         return
     todo, outdated = [], {}
     for run in runs:

@@ -204,6 +204,11 @@ def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_fold
               if run.name == "student_loss=ce_seed0")
     interrupted_run("train_student.py", ce.command()[2:], step=2 + 1 + 1)
     assert load_checkpoint(ce.out)["epoch"] == 1
+    # --checkpoints --finished: for evaluate.py, the finished runs only, the rest named
+    listed = sweep(grid, "--checkpoints", "--finished")
+    assert listed.returncode == 0 and listed.stdout == ""
+    assert f"not finished: {ce.out}" in listed.stderr.splitlines()
+    assert listed.stderr.count("not finished: ") == 3
 
     proc = sweep(grid)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -229,6 +234,15 @@ def test_a_local_sweep_runs_teacher_first_resumes_skips_and_tabulates(image_fold
     assert again.returncode == 0
     assert again.stdout.splitlines()[0] == f"3 runs in {folder}: 3 finished (skipped), 0 to run"
     assert set((folder / "logs").iterdir()) == logs  # nothing was started
+    listed = sweep(grid, "--checkpoints", "--finished")
+    assert listed.stdout.split() == [str(folder / f"{name}.pt") for name in
+                                     ("teacher", "student_loss=kd+ce_seed0",
+                                      "student_loss=ce_seed0")]
+    assert listed.stderr == ""
+    # whatever flags they ran with: runs copied from another grid, with their own plots
+    elsewhere = sweep(grid, "--checkpoints", "--finished", "--flags", "--plots-dir elsewhere")
+    assert elsewhere.stdout == listed.stdout
+    assert sweep(grid, "--finished").returncode != 0  # it qualifies --checkpoints only
     changed = sweep(grid, "--list", "--flags", "--lr 0.05")
     assert "--resume --restart-if-changed" in changed.stdout
 

@@ -10,7 +10,11 @@ becomes the EMA of the student's weights (ema.ModelEMA states the rule and its w
 student trains on distillation_loss against the teacher's outputs. The report's "without
 EMA" changes two things at once, averaging and whether the teacher learns at all; decay 0
 (the teacher is the student itself, one step behind in its BatchNorm statistics only) is
-the ablation that isolates averaging. Student and teacher are evaluated every epoch.
+the ablation that isolates averaging. The teacher runs in eval mode (its averaged
+BatchNorm statistics) on the student's own augmented batch, where Tarvainen and Valpola run
+it in training mode on a second, differently noised view: here the teacher's weights are
+all that differs between the variants compared. Student and teacher are evaluated every
+epoch.
 For the EMA of a run's own weights, every training script has --ema-decay.
 """
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)

@@ -17,9 +17,10 @@ class ModelEMA(AveragedModel):
     the model, and until d reaches `decay`, after 1/(1 - decay) - 1 updates (99 for 0.99,
     199 for 0.995, 999 for 0.999), the EMA is the plain mean of every weight so far, so
     neither the starting point nor the first noisy steps dominate, and from then on `decay`
-    alone decides. BatchNorm buffers are averaged like the weights (use_buffers=True), so
-    the EMA's running statistics belong to the averaged weights and no update_bn pass is
-    needed.
+    alone decides. BatchNorm buffers are averaged like the weights (use_buffers=True): the
+    EMA's running statistics are the average of the model's, which approximates (not
+    equals) what the averaged weights' own activations give; swa_utils.update_bn, a forward
+    pass over the training set, would give those, and is not run.
 
     AveragedModel.update_parameters reads its count from a device tensor twice per update,
     which on a GPU stalls the host until every queued kernel has run; here the count is a

@@ -147,8 +147,9 @@ def verdict(a, b, result):
 
 def compare_runs(a, b, key, predictions=None):
     """Compare the runs `a` and `b` (results rows): paired on `key` (the columns that make two
-    runs share initialisation and batches) where at least two runs of each match there,
-    else Welch's over all of them; one run a side: McNemar's test on `predictions`."""
+    runs share initialisation and batches) where at least two runs of each match there and
+    no side has a key twice, else Welch's over all of them (its label says which); one run a
+    side: McNemar's test on `predictions`."""
     a, b = a.dropna(subset=["test_acc"]), b.dropna(subset=["test_acc"])
     unique = not (a.duplicated(key).any() or b.duplicated(key).any())
     both = a.dropna(subset=key).merge(b.dropna(subset=key), on=key) if unique else a[:0]
@@ -159,7 +160,8 @@ def compare_runs(a, b, key, predictions=None):
         result["runs"] = f"{len(both)} pairs by {' and '.join(key)}"
         return result
     result = compare(a["test_acc"], b["test_acc"])
-    result["runs"] = f"{len(a)} and {len(b)}, unpaired (Welch)"
+    why = "" if unique else ": a seed twice on one side"  # which pair would be ambiguous
+    result["runs"] = f"{len(a)} and {len(b)}, unpaired (Welch{why})"
     columns = [prediction_column(run["checkpoint"], run.get("weights", "raw"))
                for run in (a.iloc[0], b.iloc[0])] \
         if predictions is not None and len(a) == len(b) == 1 else []

@@ -69,6 +69,10 @@ def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict(
     assert welch["runs"] == "3 and 3, unpaired (Welch)"
     verdict = family_table([("ema", "raw", welch)], ["comparison", "difference"]).at[0, "verdict"]
     assert verdict.startswith("unresolved: 95% CI [-")
+    # A seed run twice on one side (two machines' runs, say): no pairing, and the label says why
+    twice = compare_runs(pd.concat([high, high.iloc[:1].assign(test_acc=HIGH[2] + 0.1)]),
+                         low.iloc[:3], ["seed"])
+    assert twice["runs"] == "4 and 3, unpaired (Welch: a seed twice on one side)"
 
 
 def test_differences_without_spread_get_no_test_not_a_certain_verdict():

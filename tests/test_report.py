@@ -397,3 +397,19 @@ def test_a_comparison_it_cannot_make_is_named_not_dropped(tmp_path):
     assert "mean-teacher − ce" in mean_teacher
     assert "mean-teacher − mean-teacher-no-ema" in mean_teacher  # no runs of the second
     assert "dkd" not in report and "kd+ce − kd" not in report
+
+
+def test_a_comparison_whose_first_variant_has_other_labels_is_named_too(tmp_path):
+    """The first variant of a comparison labelled apart ("kd+ce (temperature=2.0)": its runs
+    differ from the others') is named like a second one, not dropped."""
+    rows = [{"checkpoint": f"{variant.split()[0]}_seed{seed}.pt", "weights": "raw",
+             "model": model, "variant": variant, "seed": seed, "test_acc": acc + seed,
+             "macs": 3.1e6, "train_minutes": 2.5}
+            for seed in (0, 1)
+            for variant, model, acc in (("teacher", "teacher", 88.0), ("ce", "student", 76.0),
+                                        ("kd+ce (temperature=2.0)", "student", 79.0))]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    students = (tmp_path / "report.md").read_text().split("## The students")[1].split("\n## ")[0]
+    assert ("no run is labelled `kd+ce` (its runs here: `kd+ce (temperature=2.0)`): "
+            "kd+ce − ce") in students

@@ -106,7 +106,8 @@ def _download_or_fail(root):
 def _fingerprint(root, layout):
     """Cheap identity of the data on disk: names, sizes and mtimes of its files (an ImageFolder
     root's every image: a file rewritten in place leaves its folder's mtime as it was), as a
-    SHA-256 of that listing."""
+    SHA-256 of that listing. A class folder's subfolders are listed too, as ImageFolder reads
+    them (following links)."""
     if layout == "torchvision":
         folders = [root / "cifar-10-batches-py"]
     else:
@@ -114,10 +115,22 @@ def _fingerprint(root, layout):
                    if p.is_dir()]
     listing = []
     for folder in folders:
-        with os.scandir(folder) as entries:
-            listing += sorted((f"{folder.relative_to(root)}/{e.name}", e.stat().st_size,
-                               e.stat().st_mtime_ns) for e in entries if e.is_file())
+        listing += _files(folder, str(folder.relative_to(root)))
     return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def _files(folder, name):
+    """(path under `name`, size, mtime) of every file in `folder` and below, sorted. By hand
+    with os.scandir, which lists 60,000 files faster than os.walk with a stat by path."""
+    listing = []
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.is_dir():
+                listing += _files(entry.path, f"{name}/{entry.name}")
+            elif entry.is_file():
+                stat = entry.stat()
+                listing.append((f"{name}/{entry.name}", stat.st_size, stat.st_mtime_ns))
+    return listing
 
 
 def _decode_torchvision(root):

@@ -68,6 +68,23 @@ def test_an_image_rewritten_in_place_is_decoded_again(tmp_path):
         dim=(1, 2, 3)).sum() == 1
 
 
+def test_an_image_in_a_subfolder_of_a_class_is_seen_by_the_cache(tmp_path):
+    """ImageFolder reads a class folder's subfolders too: an image added or rewritten there
+    must reach the data, not be served from the cache."""
+    root = tmp_path / "root"
+    write_image_folder(root, n_train=2, n_test=1)
+    nested = root / "train" / "cat" / "more"
+    nested.mkdir()
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(nested / "extra.png")
+    first = load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert len(first["train_labels"]) == 21  # ImageFolder's own count, the nested one in
+    folder_times = (nested.stat().st_atime_ns, nested.stat().st_mtime_ns)
+    Image.new("RGB", (32, 32), (4, 5, 6)).save(nested / "extra.png")
+    os.utime(nested, ns=folder_times)
+    second = load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert second["identity"]["sha256"] != first["identity"]["sha256"]
+
+
 def test_missing_root_names_where_it_looked_and_both_fixes(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")

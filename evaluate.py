@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from kd import cli, engine, plotting
 from kd.checkpoints import load_checkpoint
-from kd.data import CLASSES, VAL_SEED, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
+from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
 from kd.device import select_device
 from kd.records import prediction_column, write_text
 from kd.results import recipe_labels, run_variant, seed_table, training_minutes, variant_rank
-from kd.runs import describe_data, recorded_identity
+from kd.runs import describe_data, recorded_identity, same_data
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -101,8 +101,7 @@ def check_data(models, data, root):
     now = recorded_identity(data)
     for path, _, _, info in models:
         then = info["config"].get("data_identity")
-        if then is not None and (then["sha256"], then.get("val_seed", VAL_SEED)) != (
-                now["sha256"], now["val_seed"]):
+        if then is not None and not same_data(then, now):
             raise cli.UserError(f"{path} was trained on other data ({describe_data(then)}) "
                                 f"than --data-root {root} gives ({describe_data(now)})")
 

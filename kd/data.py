@@ -178,14 +178,25 @@ def _decode_image_folder(root):
 def split_train_val(data, train_subset=None):
     """Hold out a fixed validation split of the training set; optionally keep only the first
     `train_subset` of the remaining training images. Returns (train, val) as (images, labels)."""
-    n = len(data["train_labels"])
-    val_size = min(VAL_SIZE, n // 10)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
-    val_idx, train_idx = order[:val_size], order[val_size:]
+    val_idx, train_idx = split_indices(len(data["train_labels"]))
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
     pick = lambda idx: (data["train_images"][idx], data["train_labels"][idx])  # noqa: E731
     return pick(train_idx), pick(val_idx)
+
+
+def split_indices(n):
+    """(validation, training) indices of a training set of `n` images: a fixed permutation."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    val_size = min(VAL_SIZE, n // 10)
+    return order[:val_size], order[val_size:]
+
+
+def split_sha256(n):
+    """SHA-256 of the validation indices split_indices draws for `n` images, which runs
+    record: the images' hash cannot see a torch whose randperm draws another permutation,
+    which would move the split (and the runs' validation images into training) unseen."""
+    return hashlib.sha256(split_indices(n)[0].numpy().tobytes()).hexdigest()
 
 
 def random_crop_flip(images, padding, dy, dx, flip):

@@ -13,7 +13,7 @@ import torch
 import methods
 from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args
-from kd.data import VAL_SEED, DataError, load_cifar10, split_train_val
+from kd.data import VAL_SEED, DataError, load_cifar10, split_sha256, split_train_val
 from kd.device import bf16_is_native, resolve_precision, select_device
 from kd.records import record_paths
 from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
@@ -220,8 +220,19 @@ def repeated_run(args, kind):
 
 
 def recorded_identity(data):
-    """What a run records of its data (load_cifar10's): the images' identity and the split."""
-    return {**data["identity"], "val_seed": VAL_SEED}
+    """What a run records of its data (load_cifar10's): the images' identity and the split
+    (its seed and, since 2026-12-05, a hash of its validation indices)."""
+    return {**data["identity"], "val_seed": VAL_SEED,
+            "split_sha256": split_sha256(len(data["train_labels"]))}
+
+
+def same_data(then, now):
+    """Whether two recorded data identities (recorded_identity's) are the same images split
+    the same way; a split hash that either predates is not compared."""
+    splits = (then.get("split_sha256"), now.get("split_sha256"))
+    return (then["sha256"] == now["sha256"]
+            and then.get("val_seed", VAL_SEED) == now.get("val_seed", VAL_SEED)
+            and (None in splits or splits[0] == splits[1]))
 
 
 @functools.cache
@@ -240,7 +251,7 @@ def changed_identity(config, args, teacher, strict):
         return []
     changes = []
     then = config.get("data_identity")
-    if then is None or then["sha256"] != args.data_identity["sha256"]:
+    if then is None or not same_data(then, args.data_identity):
         changes.append(f"its data ({describe_data(then)}) is not --data-root "
                        f"{args.data_root} ({describe_data(args.data_identity)})")
     then, now = config.get("teacher_identity"), teacher_identity(teacher, args.data_identity)
@@ -276,7 +287,9 @@ def changed_recipe(config, args, recipe_keys, device):
 def describe_data(identity):
     if identity is None:
         return "not recorded"
-    return f"{identity['layout']} layout, sha256 {identity['sha256'][:12]}"
+    split = identity.get("split_sha256")
+    return (f"{identity['layout']} layout, sha256 {identity['sha256'][:12]}"
+            + (f", validation split {split[:12]}" if split else ""))
 
 
 def describe_teacher(identity):
@@ -301,7 +314,7 @@ def teacher_identity(path, data_identity):
     history = ckpt.get("history") or [{}]
     config = ckpt.get("config")  # None in a bare checkpoint: seed and recipe unknown
     teacher_data = (config or {}).get("data_identity")
-    if teacher_data is not None and teacher_data["sha256"] != data_identity["sha256"]:
+    if teacher_data is not None and not same_data(teacher_data, data_identity):
         raise UserError(f"the teacher {path} was trained on other data "
                         f"({describe_data(teacher_data)}) than --data-root gives "
                         f"({describe_data(data_identity)}): its training images may be in "

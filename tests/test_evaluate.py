@@ -182,3 +182,18 @@ def test_a_run_is_not_measured_on_data_it_was_not_trained_on(teacher_checkpoint,
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr  # (and the decoding bars)
     assert str(teacher_checkpoint) in errors[0] and "trained on other data" in errors[0]
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_a_run_whose_validation_split_moved_is_not_measured(teacher_checkpoint, image_folder,
+                                                             tmp_path):
+    """The same images split another way (a torch whose randperm draws another permutation)
+    would score the run's own training images as validation: refused in one line."""
+    moved = tmp_path / "teacher.pt"
+    ckpt = load_checkpoint(teacher_checkpoint)
+    ckpt["config"]["data_identity"]["split_sha256"] = "0" * 64
+    save_checkpoint(ckpt, moved)
+    proc = run_script("evaluate.py", moved, "--data-root", image_folder, "--plots-dir",
+                      tmp_path, check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert "trained on other data" in errors[0] and "validation split" in errors[0]

@@ -218,3 +218,37 @@ def test_the_sweeps_check_finds_what_restart_if_changed_finds(two_teachers, imag
     teacher.write_bytes(other.read_bytes())
     [reason] = stale_reasons(*train_student.parse(flags))
     assert reason.startswith("its teacher (weights sha256 ")
+
+
+def with_split(checkpoint, split_sha256):
+    """The checkpoint (and its config record) as if its validation split had been drawn as
+    `split_sha256` says: what a torch whose randperm draws another permutation leaves."""
+    ckpt = load_checkpoint(checkpoint)
+    ckpt["config"]["data_identity"]["split_sha256"] = split_sha256
+    save_checkpoint(ckpt, checkpoint)
+    if record_paths(checkpoint)["config"].exists():
+        record_paths(checkpoint)["config"].write_text(json.dumps(ckpt["config"]))
+
+
+def test_a_run_records_its_validation_split_and_a_moved_split_is_refused(
+        two_teachers, image_folder, tmp_path):
+    """The validation split is a torch.randperm of the training set: a torch that draws
+    another permutation would move it unseen (the images' hash stays). Runs record the split's
+    hash; a teacher or a resumed run whose recorded split differs is refused or stale, and a
+    run from before the split was recorded is still accepted."""
+    teacher, _ = two_teachers
+    student(image_folder, tmp_path)
+    split = load_checkpoint(tmp_path / "student.pt")["config"]["data_identity"]["split_sha256"]
+    assert split == load_checkpoint(teacher)["config"]["data_identity"]["split_sha256"]
+    assert len(split) == 64
+
+    with_split(tmp_path / "student.pt", "0" * 64)
+    proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed")
+    assert "is stale (its data (" in proc.stdout and "validation split" in proc.stdout
+    with_split(tmp_path / "student.pt", None)  # recorded before the split was: unchecked
+    proc = student(image_folder, tmp_path, "--resume", "--restart-if-changed")
+    assert "stale" not in proc.stdout
+
+    with_split(teacher, "0" * 64)
+    proc = student(image_folder, tmp_path, "--out", tmp_path / "s2.pt", check=False)
+    assert "trained on other data" in last_line(proc) and "validation split" in last_line(proc)

@@ -151,8 +151,9 @@ def compare_runs(a, b, key, predictions=None):
     no side has a key twice, else Welch's over all of them (its label says which); one run a
     side: McNemar's test on `predictions`."""
     a, b = a.dropna(subset=["test_acc"]), b.dropna(subset=["test_acc"])
-    unique = not (a.duplicated(key).any() or b.duplicated(key).any())
-    both = a.dropna(subset=key).merge(b.dropna(subset=key), on=key) if unique else a[:0]
+    a_keyed, b_keyed = a.dropna(subset=key), b.dropna(subset=key)
+    unique = not (a_keyed.duplicated(key).any() or b_keyed.duplicated(key).any())
+    both = a_keyed.merge(b_keyed, on=key) if unique else a[:0]
     if len(both) >= 2:
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
@@ -160,7 +161,7 @@ def compare_runs(a, b, key, predictions=None):
         result["runs"] = f"{len(both)} pairs by {' and '.join(key)}"
         return result
     result = compare(a["test_acc"], b["test_acc"])
-    why = "" if unique else ": a seed twice on one side"  # which pair would be ambiguous
+    why = "" if unique else f": a {' and '.join(key)} twice on one side"  # pairs ambiguous
     result["runs"] = f"{len(a)} and {len(b)}, unpaired (Welch{why})"
     columns = [prediction_column(run["checkpoint"], run.get("weights", "raw"))
                for run in (a.iloc[0], b.iloc[0])] \

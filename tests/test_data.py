@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 import pytest
@@ -83,6 +84,24 @@ def test_an_image_in_a_subfolder_of_a_class_is_seen_by_the_cache(tmp_path):
     os.utime(nested, ns=folder_times)
     second = load_cifar10(root, cache_dir=tmp_path / "cache")
     assert second["identity"]["sha256"] != first["identity"]["sha256"]
+
+
+def test_a_link_loop_in_a_class_folder_is_skipped_as_imagefolder_skips_it(tmp_path):
+    root = tmp_path / "root"
+    write_image_folder(root, n_train=2, n_test=1)
+    (root / "train" / "cat" / "self").symlink_to(".")
+    loaded = load_cifar10(root, cache_dir=tmp_path / "cache")
+    assert len(loaded["test_labels"]) == 10
+
+
+def test_the_recorded_split_hash_is_the_validation_indices_of_the_split(monkeypatch):
+    """split_sha256 hashes the indices split_train_val holds out: another permutation (here
+    another seed, as a torch whose randperm draws otherwise would give) another hash."""
+    images = torch.arange(200).view(200, 1, 1, 1).expand(200, 3, 32, 32).to(torch.uint8)
+    held_out = split_train_val({"train_images": images, "train_labels": torch.arange(200)})[1][1]
+    assert data.split_sha256(200) == hashlib.sha256(held_out.numpy().tobytes()).hexdigest()
+    monkeypatch.setattr(data, "VAL_SEED", 1)
+    assert data.split_sha256(200) != hashlib.sha256(held_out.numpy().tobytes()).hexdigest()
 
 
 def test_missing_root_names_where_it_looked_and_both_fixes(tmp_path, monkeypatch):

@@ -73,6 +73,8 @@ def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict(
     twice = compare_runs(pd.concat([high, high.iloc[:1].assign(test_acc=HIGH[2] + 0.1)]),
                          low.iloc[:3], ["seed"])
     assert twice["runs"] == "4 and 3, unpaired (Welch: a seed twice on one side)"
+    unseeded = compare_runs(high.assign(seed=float("nan")), low.iloc[:3], ["seed"])
+    assert unseeded["runs"] == "3 and 3, unpaired (Welch)"  # no seed recorded: none twice
 
 
 def test_differences_without_spread_get_no_test_not_a_certain_verdict():

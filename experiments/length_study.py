@@ -213,6 +213,23 @@ def leave_out(results, patterns, strict=True):
     return results[~dropped]
 
 
+def same_labels(results, pairs):
+    """`results` with each "OLD=NEW" of `pairs` applied to the variants' labels, the length
+    kept ("dkd (dkd_beta=0.5, epochs=12)" under OLD "dkd (dkd_beta=0.5)"): one recipe named
+    two ways by two evaluations. A pair whose OLD matches no run is refused."""
+    variants = results["variant"]
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        while sep and old.count("(") != old.count(")"):  # "=" inside a label's settings
+            more, sep, new = new.partition("=")
+            old = f"{old}={more}"
+        matched = variants.map(without_epochs) == old
+        if not sep or not matched.any():
+            raise cli.UserError(f"--same {pair}: no run is labelled {old!r}")
+        variants = variants.where(~matched, [with_epochs(new, e) for e in results["epochs"]])
+    return results.assign(variant=variants)
+
+
 def best_recipe(results):
     """The best student's recipe (issue 26): select_settings' one choice across methods, on
     the mean validation accuracy over seeds of the student runs at the longest length
@@ -305,8 +322,14 @@ def main():
                              "left out), each comparison's verdict set beside this one's; "
                              "comparisons are matched by label, so a method whose settings "
                              "one evaluation names and the other does not is not matched")
+    parser.add_argument("--same", nargs="+", default=[], metavar="LABEL=LABEL",
+                        help="read a variant label as another: evaluate.py names only the "
+                             "settings in which the runs it read differ, so one recipe "
+                             "evaluated apart may carry a shorter label, e.g. 'dkd "
+                             "(clip_grad_norm=0.0, dkd_beta=0.5)=dkd (clip_grad_norm=0.0, "
+                             "dkd_beta=0.5, dkd_warmup=1.0)' (its length left out)")
     args = parser.parse_args()
-    results = leave_out(read_tables(args.results), args.leave_out)
+    results = leave_out(same_labels(read_tables(args.results), args.same), args.leave_out)
     table = length_table(results)
     machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()
                          .str.replace(r" \(.*\)$", "", regex=True)

@@ -11,6 +11,7 @@ from conftest import ROOT
 pytest.importorskip("scipy")  # report.py's statistics, which length_study.py uses
 pytest.importorskip("statsmodels")
 sys.path.insert(0, str(ROOT / "experiments"))
+
 from length_study import (  # noqa: E402
     beside,
     best_recipe,
@@ -20,6 +21,7 @@ from length_study import (  # noqa: E402
     leave_out,
     length_comparisons,
     length_table,
+    same_labels,
     setting_comparisons,
     student_runs,
     teachers_by_seed,
@@ -293,3 +295,17 @@ def test_each_comparison_is_set_beside_the_same_from_other_runs():
     assert table.loc["kd − ce", "same verdict"] == "no comparison beside"
     assert table.loc["kd − ce", "beside: difference"] == ""
     assert table.loc["crd − kd", "family"] == "at 12 epochs"
+
+
+def test_one_recipe_labelled_two_ways_by_two_evaluations_is_read_as_one():
+    """evaluate.py names only the settings its runs differ in: a recipe evaluated apart can
+    carry a shorter label. --same maps it, keeping each run's length; a label no run has is
+    refused."""
+    frame = pd.DataFrame({"variant": ["dkd (dkd_beta=0.5, epochs=12)", "dkd (dkd_beta=0.5)",
+                                      "kd (epochs=12)"], "epochs": [12, 36, 12]})
+    mapped = same_labels(frame, ["dkd (dkd_beta=0.5)=dkd (dkd_beta=0.5, dkd_warmup=1.0)"])
+    assert list(mapped["variant"]) == ["dkd (dkd_beta=0.5, dkd_warmup=1.0, epochs=12)",
+                                       "dkd (dkd_beta=0.5, dkd_warmup=1.0, epochs=36)",
+                                       "kd (epochs=12)"]
+    with pytest.raises(UserError, match="no run is labelled"):
+        same_labels(frame, ["dkd (dkd_beta=8.0)=dkd"])

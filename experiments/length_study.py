@@ -213,21 +213,41 @@ def leave_out(results, patterns, strict=True):
     return results[~dropped]
 
 
-def same_labels(results, pairs):
-    """`results` with each "OLD=NEW" of `pairs` applied to the variants' labels, the length
-    kept ("dkd (dkd_beta=0.5, epochs=12)" under OLD "dkd (dkd_beta=0.5)"): one recipe named
-    two ways by two evaluations. A pair whose OLD matches no run is refused."""
-    variants = results["variant"]
-    for pair in pairs:
-        old, sep, new = pair.partition("=")
-        while sep and old.count("(") != old.count(")"):  # "=" inside a label's settings
-            more, sep, new = new.partition("=")
-            old = f"{old}={more}"
-        matched = variants.map(without_epochs) == old
-        if not sep or not matched.any():
-            raise cli.UserError(f"--same {pair}: no run is labelled {old!r}")
-        variants = variants.where(~matched, [with_epochs(new, e) for e in results["epochs"]])
-    return results.assign(variant=variants)
+def default_settings():
+    """{setting: its value as a label writes it} for every flag of train_student.py left at
+    its default."""
+    import train_student  # its parser holds the defaults; imported here, where they are needed
+    args, _ = train_student.parse([])
+    return {key: str(value) for key, value in vars(args).items()}
+
+
+def one_label_per_recipe(frames):
+    """`frames` with one label for each recipe across them. evaluate.py names only the
+    settings in which the runs it read differ, so one recipe evaluated apart from another
+    may carry a shorter label ("dkd (clip_grad_norm=0.0, dkd_beta=0.5)" beside the same with
+    "dkd_warmup=1.0"): labels whose settings away from train_student.py's defaults agree
+    name one recipe, and take the longest of them (each run keeps its length)."""
+    defaults = default_settings()
+
+    def recipe_key(method):
+        name, settings = label_settings(method)
+        away = [(key, value) for key, _, value in (s.partition("=") for s in settings)
+                if key not in defaults or defaults[key] != value]
+        return name, tuple(away)
+
+    methods = sorted({without_epochs(v) for frame in frames for v in frame["variant"]})
+    longest = {}
+    for method in methods:
+        known = longest.setdefault(recipe_key(method), method)
+        if len(label_settings(method)[1]) > len(label_settings(known)[1]):
+            longest[recipe_key(method)] = method
+
+    def relabel(label):
+        method = longest[recipe_key(without_epochs(label))]
+        epochs = [s for s in label_settings(label)[1] if s.startswith("epochs=")]
+        return with_epochs(method, epochs[0].partition("=")[2]) if epochs else method
+
+    return [frame.assign(variant=frame["variant"].map(relabel)) for frame in frames]
 
 
 def best_recipe(results):
@@ -320,16 +340,12 @@ def main():
     parser.add_argument("--beside", nargs="+", default=[], metavar="TABLE",
                         help="also the study on these tables (read as one, the same methods "
                              "left out), each comparison's verdict set beside this one's; "
-                             "comparisons are matched by label, so a method whose settings "
-                             "one evaluation names and the other does not is not matched")
-    parser.add_argument("--same", nargs="+", default=[], metavar="LABEL=LABEL",
-                        help="read a variant label as another: evaluate.py names only the "
-                             "settings in which the runs it read differ, so one recipe "
-                             "evaluated apart may carry a shorter label, e.g. 'dkd "
-                             "(clip_grad_norm=0.0, dkd_beta=0.5)=dkd (clip_grad_norm=0.0, "
-                             "dkd_beta=0.5, dkd_warmup=1.0)' (its length left out)")
+                             "comparisons are matched by label, each recipe under one label "
+                             "in both")
     args = parser.parse_args()
-    results = leave_out(same_labels(read_tables(args.results), args.same), args.leave_out)
+    tables = [read_tables(args.results)] + ([read_tables(args.beside)] if args.beside else [])
+    tables = one_label_per_recipe(tables)
+    results = leave_out(tables[0], args.leave_out)
     table = length_table(results)
     machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()
                          .str.replace(r" \(.*\)$", "", regex=True)
@@ -345,7 +361,7 @@ def main():
         title = TITLES.get(name, f"{name[0].upper()}{name[1:]}, paired by seed")
         print(f"\n{title}:\n\n{family.to_markdown(index=False)}")
     if args.beside:
-        other = families(leave_out(read_tables(args.beside), args.leave_out, strict=False))
+        other = families(leave_out(tables[1], args.leave_out, strict=False))
         print(f"\nEach comparison beside the same from {' '.join(map(str, args.beside))}:\n\n"
               f"{beside(found, other).to_markdown(index=False)}")
     recipes = best_recipe(results)

@@ -21,7 +21,7 @@ from length_study import (  # noqa: E402
     leave_out,
     length_comparisons,
     length_table,
-    same_labels,
+    one_label_per_recipe,
     setting_comparisons,
     student_runs,
     teachers_by_seed,
@@ -299,13 +299,21 @@ def test_each_comparison_is_set_beside_the_same_from_other_runs():
 
 def test_one_recipe_labelled_two_ways_by_two_evaluations_is_read_as_one():
     """evaluate.py names only the settings its runs differ in: a recipe evaluated apart can
-    carry a shorter label. --same maps it, keeping each run's length; a label no run has is
-    refused."""
-    frame = pd.DataFrame({"variant": ["dkd (dkd_beta=0.5, epochs=12)", "dkd (dkd_beta=0.5)",
-                                      "kd (epochs=12)"], "epochs": [12, 36, 12]})
-    mapped = same_labels(frame, ["dkd (dkd_beta=0.5)=dkd (dkd_beta=0.5, dkd_warmup=1.0)"])
-    assert list(mapped["variant"]) == ["dkd (dkd_beta=0.5, dkd_warmup=1.0, epochs=12)",
-                                       "dkd (dkd_beta=0.5, dkd_warmup=1.0, epochs=36)",
-                                       "kd (epochs=12)"]
-    with pytest.raises(UserError, match="no run is labelled"):
-        same_labels(frame, ["dkd (dkd_beta=8.0)=dkd"])
+    carry a shorter label, one without a setting at its default (dkd_warmup=1.0 here).
+    Labels whose settings away from train_student.py's defaults agree are one recipe, under
+    the longest of them, in every table read together and keeping each run's length; a
+    setting away from its default keeps its recipe apart."""
+    first = pd.DataFrame({"variant": ["dkd (clip_grad_norm=0.0, dkd_beta=0.5, dkd_warmup=1.0, "
+                                      "epochs=12)", "dkd (clip_grad_norm=5.0, dkd_beta=8.0, "
+                                      "dkd_warmup=8.0)", "kd (epochs=12)"],
+                          "epochs": [12, 96, 12]})
+    second = pd.DataFrame({"variant": ["dkd (clip_grad_norm=0.0, dkd_beta=0.5)",
+                                       "dkd (clip_grad_norm=5.0, dkd_beta=8.0, epochs=36)",
+                                       "kd"], "epochs": [36, 36, 96]})
+    first, second = one_label_per_recipe([first, second])
+    assert list(first["variant"]) == [
+        "dkd (clip_grad_norm=0.0, dkd_beta=0.5, dkd_warmup=1.0, epochs=12)",
+        "dkd (clip_grad_norm=5.0, dkd_beta=8.0, dkd_warmup=8.0)", "kd (epochs=12)"]
+    assert list(second["variant"]) == [
+        "dkd (clip_grad_norm=0.0, dkd_beta=0.5, dkd_warmup=1.0)",
+        "dkd (clip_grad_norm=5.0, dkd_beta=8.0, epochs=36)", "kd"]

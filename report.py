@@ -258,24 +258,27 @@ def comparison_table(results, pairs, key, predictions=None):
 
 def comparisons(caption, results, pairs, key, predictions=None):
     """A section's entries for the comparisons `pairs`: (caption, table) (see
-    comparison_table), then a line naming each pair one of whose variants has runs under its
-    label and the other none, with the labels the other's runs do have: a label names the
-    settings in which a variant's runs differ ("ce (epochs=36)"), so a variant trained apart
-    from the others would otherwise drop its comparisons unseen. A first variant with no
-    runs under any label (a method not run) is not named."""
+    comparison_table), then a line naming each pair that has runs of its first variant
+    (under its label or another) and no runs under one or both of its labels, with the
+    labels those variants' runs do have: a label names the settings in which a variant's
+    runs differ ("ce (epochs=36)"), so a variant trained apart from the others would
+    otherwise drop its comparisons unseen. A first variant with no runs under any label (a
+    method not run) is not named."""
     present = list(dict.fromkeys(results["variant"]))
     bases = {label_settings(v)[0] for v in present}
     missing = {}
     for a, b in pairs:
-        if a in present and b not in present:
-            missing.setdefault(b, []).append(f"{a} − {b}")
-        elif b in present and a not in present and a in bases:
-            missing.setdefault(a, []).append(f"{a} − {b}")
+        absent = tuple(v for v in (a, b) if v not in present)
+        if absent and a in bases:
+            missing.setdefault(absent, []).append(f"{a} − {b}")
     entries = [(caption, comparison_table(results, pairs, key, predictions))]
-    for b, unmade in missing.items():
-        labelled = [f"`{v}`" for v in present if label_settings(v)[0] == b]
-        entries.append((f"Not compared, as no run is labelled `{b}`"
-                        + (f" (its runs here: {', '.join(labelled)})" if labelled else "")
+    for absent, unmade in missing.items():
+        labelled = [f"`{v}`" for name in absent for v in present
+                    if label_settings(v)[0] == name]
+        entries.append(("Not compared, as no run is labelled "
+                        + " or ".join(f"`{v}`" for v in absent)
+                        + (f" ({'their' if len(absent) > 1 else 'its'} runs here: "
+                           f"{', '.join(labelled)})" if labelled else "")
                         + f": {'; '.join(unmade)}.", None))
     return entries
 

@@ -401,17 +401,32 @@ def test_a_comparison_it_cannot_make_is_named_not_dropped(tmp_path):
     assert "dkd" not in report and "kd+ce − kd" not in report
 
 
-def test_a_comparison_whose_first_variant_has_other_labels_is_named_too(tmp_path):
-    """The first variant of a comparison labelled apart ("kd+ce (temperature=2.0)": its runs
-    differ from the others') is named like a second one, not dropped."""
+def students_section(tmp_path, variants):
+    """report.py's students section over two seeds of the teacher and of `variants`
+    ((label, model, accuracy) each)."""
     rows = [{"checkpoint": f"{variant.split()[0]}_seed{seed}.pt", "weights": "raw",
              "model": model, "variant": variant, "seed": seed, "test_acc": acc + seed,
              "macs": 3.1e6, "train_minutes": 2.5}
             for seed in (0, 1)
-            for variant, model, acc in (("teacher", "teacher", 88.0), ("ce", "student", 76.0),
-                                        ("kd+ce (temperature=2.0)", "student", 79.0))]
+            for variant, model, acc in (("teacher", "teacher", 88.0), *variants)]
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
-    students = (tmp_path / "report.md").read_text().split("## The students")[1].split("\n## ")[0]
+    return (tmp_path / "report.md").read_text().split("## The students")[1].split("\n## ")[0]
+
+
+def test_a_comparison_whose_first_variant_has_other_labels_is_named_too(tmp_path):
+    """The first variant of a comparison labelled apart ("kd+ce (temperature=2.0)": its runs
+    differ from the others') is named like a second one, not dropped."""
+    students = students_section(tmp_path, [("ce", "student", 76.0),
+                                           ("kd+ce (temperature=2.0)", "student", 79.0)])
     assert ("no run is labelled `kd+ce` (its runs here: `kd+ce (temperature=2.0)`): "
             "kd+ce − ce") in students
+
+
+def test_a_comparison_whose_two_variants_both_have_other_labels_is_named(tmp_path):
+    """Both variants labelled apart ("kd+ce (temperature=2.0)" and "ce (epochs=36)"): the
+    comparison is named with both labels' runs, not dropped unseen."""
+    students = students_section(tmp_path, [("ce (epochs=36)", "student", 76.0),
+                                           ("kd+ce (temperature=2.0)", "student", 79.0)])
+    assert ("no run is labelled `kd+ce` or `ce` (their runs here: `kd+ce (temperature=2.0)`, "
+            "`ce (epochs=36)`): kd+ce − ce") in students

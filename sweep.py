@@ -16,7 +16,7 @@ A grid file (TOML) names a folder, the seeds and one or more stages:
     script = "train_student.py"
     name = "student_{loss}_T{temperature}_seed{seed}"   # optional; default: every axis
     flags = {teacher = "checkpoints/teacher.pt"}        # the same for every run
-    grid = [{loss = ["kd+ce", "kd"], temperature = [2, 4]}, {loss = ["dist"]}]
+    grid = [{loss = ["kd+ce", "kd"], temperature = [2, 4]}, {loss = ["dist"], temperature = [1]}]
 
 Each dict of `grid` is expanded to the product of its lists, like scikit-learn's
 ParameterGrid; a flag set to true is passed bare (`--logit-standardize`), false omits it.
@@ -500,7 +500,8 @@ def main():
       "any of them have finished")
     a("--folder", help="where the runs go (default: the grid's `folder`, else "
       "runs/sweeps/<grid name>); one grid only")
-    a("--seeds", type=int, nargs="+", help="seeds of every stage (default: the grid's, else 0)")
+    a("--seeds", type=int, nargs="+", help="seeds of every stage without seeds of its own "
+      "(default: the grid's, else 0)")
     a("--flags", default="", help="extra flags for every run, e.g. '--train-subset 5000 "
       "--epochs 3' (they take part in the finished-run check)")
     a("--only", nargs="+", metavar="PATTERN", help="only the runs whose names match one of "

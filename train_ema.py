@@ -6,7 +6,7 @@
     python train_ema.py --ema-decay 0  # no averaging: the teacher is the current student
 
 The teacher starts from its own random weights (seed + 1) and, after every optimizer step,
-becomes the EMA of the student's weights (ema.ModelEMA states the rule and its warm-up); the
+becomes the EMA of the student's weights (kd.ema.ModelEMA states the rule and its warm-up); the
 student trains on distillation_loss against the teacher's outputs. The report's "without
 EMA" changes two things at once, averaging and whether the teacher learns at all; decay 0
 (the teacher is the student itself, one step behind in its BatchNorm statistics only) is

@@ -45,7 +45,7 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
       help="rescale each step's gradient (model and method together) to an L2 norm of at "
            "most MAX (torch.nn.utils.clip_grad_norm_); 0: no clipping (default: 0)")
     a("--ema-decay", type=float, default=ema_decay, help="decay per step of the EMA of the "
-      "weights that is kept, evaluated and saved beside the model (see ema.ModelEMA); 0: "
+      "weights that is kept, evaluated and saved beside the model (see kd.ema.ModelEMA); 0: "
       f"none (default: {ema_decay})")
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation (default: 0)")

@@ -131,7 +131,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     parameters train beside the model's and whose state is saved with the run),
     checkpointing every epoch.
 
-    An EMA of the model's weights (ema.ModelEMA with --ema-decay, unless that is 0, or the
+    An EMA of the model's weights (kd.ema.ModelEMA with --ema-decay, unless that is 0, or the
     given `ema`) is updated after every step (unless `update_ema` is False: a frozen copy),
     evaluated every epoch, saved and resumed.
     Writes the checkpoint (--out), its config JSON and metrics CSV beside it, and

@@ -1,8 +1,8 @@
 """Imported first by every script, before the imports that take seconds (torch, pandas): a
-Ctrl-C among them ends the process with one line and exit status 130, like one during a run
-(kd.cli.run_cli installs the run's own handlers once the imports are done), instead of a
-traceback from inside a library. Only when a script is the program: a test process that
-imports one keeps its own Ctrl-C."""
+Ctrl-C or SIGTERM among them ends the process with one line and exit status 130, like one
+during a run (kd.cli.run_cli installs the run's own handlers once the imports are done),
+instead of a traceback from inside a library or a silent death. Only when a script is the
+program: a test process that imports one keeps its own handlers."""
 import signal
 import sys
 from pathlib import Path
@@ -17,4 +17,5 @@ def _exit_quietly(signum, frame):
 
 _program = getattr(sys.modules.get("__main__"), "__file__", None)
 if _program and Path(_program).resolve().parent == PROJECT_ROOT:
-    signal.signal(signal.SIGINT, _exit_quietly)
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, _exit_quietly)

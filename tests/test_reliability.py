@@ -254,8 +254,10 @@ def test_two_processes_storing_one_file_at_once_each_replace_it_whole(tmp_path, 
 
 @pytest.mark.parametrize("script", ["train_teacher.py", "train_student.py", "train_ema.py",
                                     "evaluate.py", "report.py", "sweep.py"])
-def test_a_ctrl_c_while_a_script_imports_is_one_line(script):
-    """The imports take seconds (torch, pandas): a Ctrl-C among them is as quiet as one
-    during a run, not a traceback from inside a library."""
-    proc = interrupted_run(script, ["--help"], step=1, sig="SIGINT", at="import:pandas")
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_ctrl_c_while_a_script_imports_is_one_line(script, sig):
+    """The imports take seconds (torch, pandas): a Ctrl-C or SIGTERM among them is as quiet
+    as one during a run (exit status 130), not a traceback from inside a library."""
+    proc = interrupted_run(script, ["--help"], step=1, sig=sig, at="import:pandas")
     assert proc.stderr.strip().splitlines() == ["interrupted while starting: nothing was written"]
+    assert proc.returncode == 130

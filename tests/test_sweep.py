@@ -458,3 +458,21 @@ def test_a_run_that_repeats_a_finished_one_under_another_name_is_named(
     assert repeats == [f" repeats  kd_T4  (the same recipe, seed, teacher and data as "
                        f"{tmp_path / 'sweep' / 'kd.pt'}, finished: the same run under another "
                        "name)"]
+
+
+def documented_grids():
+    """The grids written out in docs/sweeps.md (```toml blocks) and in sweep.py's docstring
+    (its indented block from `folder =`)."""
+    docs = (ROOT / "docs/sweeps.md").read_text().split("```toml\n")[1:]
+    grids = [block.split("```")[0] for block in docs]
+    lines = sweep_module.__doc__.split("\n    folder =")[1].split("\n\n")[0].splitlines()
+    grids.append("folder =" + "\n".join(line.removeprefix("    ") for line in lines))
+    return grids
+
+
+@pytest.mark.parametrize("text", documented_grids())
+def test_the_documented_grids_expand(text):
+    """Every example grid the docs give expands into runs, each its own checkpoint."""
+    grid = tomllib.loads(text)
+    runs = expand(grid, grid["folder"], grid.get("seeds", [0]))
+    assert runs and len({run.name for run in runs}) == len(runs)

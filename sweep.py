@@ -605,7 +605,6 @@ def main():
             return
         outcome = wait_for(jobs)
     else:
-        signal.signal(signal.SIGTERM, interrupt)
         try:
             stop_at = time.time() + 60 * args.stop_after if args.stop_after else None
             outcome = run_here(todo, executors, visible_gpus(), args.runs_per_device, stop_at)
@@ -626,9 +625,10 @@ def main():
 
 
 def interrupt(signum, frame):
-    """SIGTERM (`kill`, a shell or scheduler ending the sweep) as Ctrl-C: the running jobs
-    save their last complete epoch and stop. Python's default would end the sweep alone and
-    leave its training processes running."""
+    """SIGTERM (`kill`, a shell or scheduler ending the sweep) and SIGINT as Ctrl-C: the
+    running jobs save their last complete epoch and stop. Python's default would end the
+    sweep alone on SIGTERM and leave its training processes running, and kd.startup's
+    handler (for the imports) would end it on SIGINT without stopping them."""
     raise KeyboardInterrupt
 
 
@@ -661,4 +661,9 @@ def visible_gpus():
 
 
 if __name__ == "__main__":
-    main()
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, interrupt)
+    try:
+        main()
+    except KeyboardInterrupt:  # before any job ran, or while SLURM's jobs go on without it
+        sys.exit("\ninterrupted")

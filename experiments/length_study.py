@@ -222,11 +222,14 @@ def default_settings():
 
 
 def one_label_per_recipe(frames):
-    """`frames` with one label for each recipe across them. evaluate.py names only the
-    settings in which the runs it read differ, so one recipe evaluated apart from another
-    may carry a shorter label ("dkd (clip_grad_norm=0.0, dkd_beta=0.5)" beside the same with
-    "dkd_warmup=1.0"): labels whose settings away from train_student.py's defaults agree
-    name one recipe, and take the longest of them (each run keeps its length)."""
+    """(`frames` with one label for each recipe across them, {label: the label it was read
+    as}). evaluate.py names only the settings in which the runs it read differ, so one
+    recipe evaluated apart from another may carry a shorter label ("dkd (clip_grad_norm=0.0,
+    dkd_beta=0.5)" beside the same with "dkd_warmup=1.0"): labels whose settings away from
+    train_student.py's defaults agree are read as one recipe, under the longest of them
+    (each run keeps its length). That takes a setting a label leaves out to be at today's
+    default, which a table of runs that all shared another value (or ran before a default
+    changed) would break: the caller prints every such reading."""
     defaults = default_settings()
 
     def recipe_key(method):
@@ -241,13 +244,18 @@ def one_label_per_recipe(frames):
         known = longest.setdefault(recipe_key(method), method)
         if len(label_settings(method)[1]) > len(label_settings(known)[1]):
             longest[recipe_key(method)] = method
+    read_as = {method: longest[recipe_key(method)] for method in methods
+               if longest[recipe_key(method)] != method}
 
     def relabel(label):
-        method = longest[recipe_key(without_epochs(label))]
+        method = without_epochs(label)
+        if method not in read_as:
+            return label
         epochs = [s for s in label_settings(label)[1] if s.startswith("epochs=")]
-        return with_epochs(method, epochs[0].partition("=")[2]) if epochs else method
+        return with_epochs(read_as[method], epochs[0].partition("=")[2]) if epochs \
+            else read_as[method]
 
-    return [frame.assign(variant=frame["variant"].map(relabel)) for frame in frames]
+    return [frame.assign(variant=frame["variant"].map(relabel)) for frame in frames], read_as
 
 
 def best_recipe(results):
@@ -344,7 +352,10 @@ def main():
                              "in both")
     args = parser.parse_args()
     tables = [read_tables(args.results)] + ([read_tables(args.beside)] if args.beside else [])
-    tables = one_label_per_recipe(tables)
+    tables, read_as = one_label_per_recipe(tables)
+    for label, recipe in read_as.items():
+        print(f"read as one recipe (a setting a label leaves out taken at train_student.py's "
+              f"default): {label}  ->  {recipe}")
     results = leave_out(tables[0], args.leave_out)
     table = length_table(results)
     machines = ", ".join(results.get("machine", pd.Series(["?"])).dropna()

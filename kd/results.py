@@ -96,9 +96,17 @@ def training_minutes(epoch_seconds):
 
 def label_settings(label):
     """A recipe_labels label split into its variant and its settings:
-    "kd (epochs=36, temperature=2.0)" -> ("kd", ["epochs=36", "temperature=2.0"])."""
+    "kd (epochs=36, temperature=2.0)" -> ("kd", ["epochs=36", "temperature=2.0"]); a list
+    or dict setting, JSON in the label ("widths=[32, 64]"), stays one."""
     variant, _, settings = label.partition(" (")
-    return variant, [s for s in settings.removesuffix(")").split(", ") if s]
+    parts, depth, start = [], 0, 0
+    settings = settings.removesuffix(")")
+    for i, char in enumerate(settings):
+        depth += (char in "[{") - (char in "]}")
+        if depth == 0 and settings.startswith(", ", i):
+            parts.append(settings[start:i])
+            start = i + 2
+    return variant, [s for s in parts + [settings[start:]] if s]
 
 
 def recipe_labels(runs):

@@ -1,8 +1,8 @@
 """Imported first by every script, before the imports that take seconds (torch, pandas): a
 Ctrl-C or SIGTERM among them ends the process with one line and exit status 130, like one
-during a run (kd.cli.run_cli installs the run's own handlers once the imports are done),
-instead of a traceback from inside a library or a silent death. Only when a script is the
-program: a test process that imports one keeps its own handlers."""
+during a run (kd.cli.run_cli, or sweep.py, installs the script's own handlers once the
+imports are done), instead of a traceback from inside a library or a silent death. Only
+when a script is the program: a test process that imports one keeps its own handlers."""
 import signal
 import sys
 from pathlib import Path

@@ -310,7 +310,9 @@ def test_one_recipe_labelled_two_ways_by_two_evaluations_is_read_as_one():
     second = pd.DataFrame({"variant": ["dkd (clip_grad_norm=0.0, dkd_beta=0.5)",
                                        "dkd (clip_grad_norm=5.0, dkd_beta=8.0, epochs=36)",
                                        "kd"], "epochs": [36, 36, 96]})
-    first, second = one_label_per_recipe([first, second])
+    (first, second), read_as = one_label_per_recipe([first, second])
+    assert read_as == {"dkd (clip_grad_norm=0.0, dkd_beta=0.5)":
+                       "dkd (clip_grad_norm=0.0, dkd_beta=0.5, dkd_warmup=1.0)"}
     assert list(first["variant"]) == [
         "dkd (clip_grad_norm=0.0, dkd_beta=0.5, dkd_warmup=1.0, epochs=12)",
         "dkd (clip_grad_norm=5.0, dkd_beta=8.0, dkd_warmup=8.0)", "kd (epochs=12)"]

@@ -6,6 +6,7 @@ from conftest import write_run
 from kd.plotting import plot_compare, student_curves
 from kd.results import (
     ADDED_RECIPE_KEYS,
+    label_settings,
     recipe_labels,
     recipe_sha256,
     run_table,
@@ -69,6 +70,19 @@ def test_recipe_labels_name_only_what_differs():
             ("teacher", {"model": {"name": "teacher", "arch_args": {"widths": [8]}}})]
     assert recipe_labels(runs) == ["kd+ce (teacher=aaaaaaaaaaaa)", "kd+ce (teacher=aaaaaaaaaaaa)",
                                    "kd+ce (teacher=bbbbbbbbbbbb)", "teacher"]
+
+
+def test_a_label_splits_into_its_settings_lists_whole():
+    """recipe_labels writes a list setting as JSON ("widths=[32, 64]"): one setting."""
+    runs = [("kd", {"loss": "kd", "epochs": epochs,
+                    "model": {"name": "student", "arch_args": {"widths": widths}}})
+            for epochs, widths in ((12, [32, 64]), (36, [48, 96]))]
+    label = recipe_labels(runs)[0]
+    assert label == "kd (epochs=12, widths=[32, 64])"
+    assert label_settings(label) == ("kd", ["epochs=12", "widths=[32, 64]"])
+    assert label_settings("kd (a=[[1, 2], [3]], b={\"c\": 1, \"d\": 2})") == (
+        "kd", ["a=[[1, 2], [3]]", 'b={"c": 1, "d": 2}'])
+    assert label_settings("kd") == ("kd", [])
 
 
 def test_a_run_from_before_a_setting_existed_pools_with_runs_at_that_settings_old_value():

@@ -2,6 +2,7 @@
 executor (skip, resume, failures), and the sbatch files the SLURM executor would submit."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -328,10 +329,12 @@ def test_runs_share_a_device_and_stop_cleanly_at_the_deadline(image_folder, tmp_
     assert len(logs) == 2 and all("\ninterrupted: " in log for log in logs), logs
 
 
-def test_a_terminated_sweep_stops_its_running_job_too(image_folder, tmp_path):
-    """`kill` (SIGTERM) of a local sweep, as of any job a scheduler or a shell ends, stops
-    the training process it started, which keeps its last complete epoch, as Ctrl-C does;
-    left running, it would go on training beside whatever runs next."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_terminated_sweep_stops_its_running_job_too(image_folder, tmp_path, sig):
+    """`kill` (SIGTERM) of a local sweep, as of any job a scheduler or a shell ends, or
+    `kill -INT` of the sweep alone, stops the training process it started, which keeps its
+    last complete epoch, as Ctrl-C does; left running, it would go on training beside
+    whatever runs next."""
     stages = ('[[stage]]\nscript = "train_student.py"\nname = "alone_seed{seed}"\n'
               'flags = {loss = "ce", epochs = 400}\n')
     grid = write_grid(tmp_path / "grid.toml", stages, image_folder)
@@ -345,7 +348,7 @@ def test_a_terminated_sweep_stops_its_running_job_too(image_folder, tmp_path):
         while not metrics.exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.2)
         assert metrics.exists(), err.read_text()
-        proc.terminate()
+        proc.send_signal(sig)
         assert proc.wait(timeout=120) != 0
         assert err.read_text().strip().splitlines()[-1:] == [
             "interrupted: every finished run and each stopped run's last complete epoch are "

@@ -239,13 +239,12 @@ def one_label_per_recipe(frames):
         return name, tuple(away)
 
     methods = sorted({without_epochs(v) for frame in frames for v in frame["variant"]})
-    longest = {}
+    recipes = {}
     for method in methods:
-        known = longest.setdefault(recipe_key(method), method)
-        if len(label_settings(method)[1]) > len(label_settings(known)[1]):
-            longest[recipe_key(method)] = method
-    read_as = {method: longest[recipe_key(method)] for method in methods
-               if longest[recipe_key(method)] != method}
+        recipes.setdefault(recipe_key(method), []).append(method)
+    read_as = {method: longest for same in recipes.values()
+               for longest in [max(same, key=lambda m: len(label_settings(m)[1]))]
+               for method in same if method != longest}
 
     def relabel(label):
         method = without_epochs(label)

@@ -11,12 +11,16 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def prose(page):
+    """A Markdown page without its fenced code blocks."""
+    return re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+
+
 def anchors(page):
     """GitHub's anchor of each heading of a Markdown page: lower case, punctuation dropped,
     spaces as hyphens, a repeated heading numbered -1, -2, ... (code blocks skipped)."""
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
     seen, found = Counter(), set()
-    for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
+    for heading in re.findall(r"^#+ (.+)$", prose(page), flags=re.M):
         slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         found.add(f"{slug}-{seen[slug]}" if seen[slug] else slug)
         seen[slug] += 1
@@ -24,8 +28,7 @@ def anchors(page):
 
 
 def links(page):
-    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
-    return [target for target in LINK.findall(text) if not re.match(r"[a-z]+:", target)]
+    return [target for target in LINK.findall(prose(page)) if not re.match(r"[a-z]+:", target)]
 
 
 def test_the_anchor_rule_is_githubs(tmp_path):

@@ -23,6 +23,7 @@ from length_study import (  # noqa: E402
     length_table,
     one_label_per_recipe,
     setting_comparisons,
+    short_machine_names,
     student_runs,
     teachers_by_seed,
 )
@@ -86,15 +87,24 @@ def test_methods_are_compared_with_the_student_alone_paired_by_seed():
     assert family["difference (points)"][0] == "+3.10"  # (3 + 3.1 + 3.2) / 3
 
 
+def test_machines_that_share_a_short_name_keep_their_whole_names():
+    names = short_machine_names(pd.Series(["AMD EPYC (2 CPUs)", "AMD EPYC (4 CPUs)",
+                                           "Intel(R) Xeon(R) Processor (2 CPUs, AMX)", None]))
+    assert names == {"AMD EPYC (2 CPUs)": "AMD EPYC (2 CPUs)",
+                     "AMD EPYC (4 CPUs)": "AMD EPYC (4 CPUs)",
+                     "Intel(R) Xeon(R) Processor (2 CPUs, AMX)": "Intel Xeon Processor"}
+
+
 def test_several_tables_read_as_one_say_where_each_row_ran(tmp_path):
     """Runs of one study from two machines (a lent GPU's, a CPU's): one row per method and
-    length over both, saying which seeds ran where; a run given twice counts once, and one
-    whose rows disagree between the tables is refused in one line."""
+    length over both, saying which seeds ran where (by the machine's short name, its whole
+    name once below the table); a run given twice counts once, and one whose rows disagree
+    between the tables is refused in one line."""
     frame = results().assign(machine="NVIDIA H200", precision="bf16")
     gpu, cpu = frame, frame[frame["run"].str.startswith("student_kd_seed")].copy()
     cpu["run"] = cpu["run"].str.replace("kd_seed", "kd_e36_seed")
     cpu = cpu.assign(epochs=36, variant=cpu["variant"].str.replace("12", "36"),
-                     machine="AMD EPYC", precision="fp32")
+                     machine="AMD EPYC (2 CPUs, bf16 units: AVX512_BF16)", precision="fp32")
     cpu = cpu[cpu["seed"] > 0]
     gpu.to_csv(tmp_path / "gpu.csv", index=False)
     cpu = pd.concat([cpu, gpu.iloc[:2]])  # seed 0 again, and as evaluate.py names runs:
@@ -108,6 +118,8 @@ def test_several_tables_read_as_one_say_where_each_row_ran(tmp_path):
     ran_on = {tuple(row[1:3]): row[-1] for row in cells}  # (epochs, seeds): where
     assert ran_on == {("12", "3"): "NVIDIA H200 bf16: seeds 0, 1, 2",
                       ("36", "3"): "AMD EPYC fp32: seeds 1, 2; NVIDIA H200 bf16: seed 0"}
+    assert ("The machines in full: AMD EPYC: AMD EPYC (2 CPUs, bf16 units: AVX512_BF16); "
+            "NVIDIA H200: NVIDIA H200.") in proc.stdout
 
     gpu.assign(test_acc=gpu["test_acc"] + 0.01).to_csv(tmp_path / "other.csv", index=False)
     proc = subprocess.run([sys.executable, "experiments/length_study.py", tmp_path / "gpu.csv",

@@ -266,20 +266,21 @@ def comparisons(caption, results, pairs, key, predictions=None):
     method not run) is not named."""
     present = list(dict.fromkeys(results["variant"]))
     bases = {label_settings(v)[0] for v in present}
-    missing = {}
+    absent, unmade = {}, []
     for a, b in pairs:
-        absent = tuple(v for v in (a, b) if v not in present)
-        if absent and a in bases:
-            missing.setdefault(absent, []).append(f"{a} − {b}")
+        missing = [v for v in (a, b) if v not in present]
+        if missing and a in bases:
+            absent.update(dict.fromkeys(missing))
+            unmade.append(f"{a} − {b}")
     entries = [(caption, comparison_table(results, pairs, key, predictions))]
-    for absent, unmade in missing.items():
-        labelled = [f"`{v}`" for name in absent for v in present
-                    if label_settings(v)[0] == name]
-        entries.append(("Not compared, as no run is labelled "
-                        + " or ".join(f"`{v}`" for v in absent)
-                        + (f" ({'their' if len(absent) > 1 else 'its'} runs here: "
-                           f"{', '.join(labelled)})" if labelled else "")
-                        + f": {'; '.join(unmade)}.", None))
+    if unmade:  # one line, each absent label named once
+        named = []
+        for name in absent:
+            labelled = [f"`{v}`" for v in present if label_settings(v)[0] == name]
+            named.append(f"`{name}`" + (f" (its runs here: {', '.join(labelled)})"
+                                        if labelled else ""))
+        entries.append((f"Not compared, as no run is labelled {' or '.join(named)}: "
+                        f"{'; '.join(unmade)}.", None))
     return entries
 
 

@@ -394,7 +394,8 @@ def test_a_comparison_it_cannot_make_is_named_not_dropped(tmp_path):
     students = report.split("## The students")[1].split("\n## ")[0]
     mean_teacher = report.split("## Mean-teacher")[1].split("\n## ")[0]
     for section in (students, mean_teacher):
-        assert "no run is labelled `ce` (its runs here: `ce (epochs=36)`)" in section
+        line = next(line for line in section.splitlines() if "Not compared" in line)
+        assert "no run is labelled" in line and "`ce` (its runs here: `ce (epochs=36)`)" in line
     assert "kd+ce − ce" in students and "mean-teacher − ce" not in students
     assert "mean-teacher − ce" in mean_teacher
     assert "mean-teacher − mean-teacher-no-ema" in mean_teacher  # no runs of the second
@@ -428,5 +429,17 @@ def test_a_comparison_whose_two_variants_both_have_other_labels_is_named(tmp_pat
     comparison is named with both labels' runs, not dropped unseen."""
     students = students_section(tmp_path, [("ce (epochs=36)", "student", 76.0),
                                            ("kd+ce (temperature=2.0)", "student", 79.0)])
-    assert ("no run is labelled `kd+ce` or `ce` (their runs here: `kd+ce (temperature=2.0)`, "
-            "`ce (epochs=36)`): kd+ce − ce") in students
+    assert ("no run is labelled `kd+ce` (its runs here: `kd+ce (temperature=2.0)`) or `ce` "
+            "(its runs here: `ce (epochs=36)`): kd+ce − ce") in students
+
+
+def test_each_absent_label_is_named_once(tmp_path):
+    """Comparisons that lack one label and comparisons that lack it and another are said in
+    one line, each absent label named once with the labels its variant's runs do have."""
+    students = students_section(tmp_path, [("ce (epochs=36)", "student", 76.0),
+                                           ("kd", "student", 79.5),
+                                           ("kd+ce (temperature=2.0)", "student", 79.0)])
+    lines = [line for line in students.splitlines() if "Not compared" in line]
+    assert lines == ["Not compared, as no run is labelled `kd+ce` (its runs here: "
+                     "`kd+ce (temperature=2.0)`) or `ce` (its runs here: `ce (epochs=36)`): "
+                     "kd+ce − ce; kd − ce; kd − kd+ce."]

@@ -335,10 +335,13 @@ class TrainingCommand:
             self.pid_file.write_text(str(process.pid))
             try:
                 code = process.wait()
-            except KeyboardInterrupt:  # the job was cancelled: the run saves, then stops
+            except BaseException as stop:  # cancelled (Ctrl-C), or submitit's signal at the
+                # job's time limit: the run saves its last complete epoch, then stops
                 if process.poll() is None:
                     process.send_signal(signal.SIGINT)
                 code = process.wait()
+                if not isinstance(stop, KeyboardInterrupt):
+                    raise
             finally:
                 self.pid_file.unlink(missing_ok=True)
         if code:
@@ -417,6 +420,9 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     waiting.remove(run)
                     slot = slots.pop(0)
                     executor = executors[run.folder]
+                    # one left by a process before (a machine restarted mid-run) must not be
+                    # signalled by a stop that comes before this job writes its own
+                    pid_file(run).unlink(missing_ok=True)
                     executor.update_parameters(gpus_per_node=0 if slot is None else 1,
                                                visible_gpus=() if slot is None else (slot,))
                     job = executor.submit(job_function(run, threads))
@@ -427,6 +433,25 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
         stop_jobs(running, by_key)
         raise
     return outcome
+
+
+def with_dependents(runs, todo):
+    """(`todo` with every finished run of `runs` that needs one of them, in the runs' order;
+    {such a run's label: the labels it needs among them}). Whether a finished student is
+    current was judged against the teacher on disk before anything ran; a teacher that runs
+    again may change it, so the student runs after it, with --resume --restart-if-changed
+    (a no-op where its teacher stayed the same), as make would."""
+    by_key = {run.key: run for run in runs}
+    keys, recheck = {run.key for run in todo}, {}
+    added = True
+    while added:  # a need may come later in a pool of grids, and needs chain
+        added = False
+        for run in runs:
+            needs = [by_key[need].label for need in run.needs if need in keys]
+            if needs and run.key not in keys:
+                keys.add(run.key)
+                recheck[run.label], added = needs, True
+    return [run for run in runs if run.key in keys], recheck
 
 
 def job_outcome(job, started=None):
@@ -442,9 +467,15 @@ def submit_to_slurm(runs, executors):
     """One job array per depth of dependency (teachers, then the students that need them) and
     folder, each held by SLURM until the arrays it needs have succeeded (afterok). Returns
     (run, job) pairs."""
-    depth, jobs = {}, {}
-    for run in runs:  # a run's needs come before it in the grid's order, or are finished
-        depth[run.key] = 1 + max((depth.get(need, -1) for need in run.needs), default=-1)
+    by_key, depth, jobs = {run.key: run for run in runs}, {}, {}
+
+    def depth_of(run):  # a need may come later in a pool of grids; one not here is finished
+        if run.key not in depth:
+            depth[run.key] = 1 + max((depth_of(by_key[need]) for need in run.needs
+                                      if need in by_key), default=-1)
+        return depth[run.key]
+    for run in runs:
+        depth_of(run)
     for level in sorted(set(depth.values())):
         for folder, executor in executors.items():
             batch = [run for run in runs if depth[run.key] == level and run.folder == folder]
@@ -579,6 +610,7 @@ def main():
             todo.append(run)
         if reasons:
             outdated[run.label] = reasons
+    todo, recheck = with_dependents(runs, todo)
     folders = list(dict.fromkeys(run.folder for run in runs))
     for folder in folders:
         count = sum(run.folder == folder for run in runs)
@@ -587,6 +619,9 @@ def main():
               f"{left} to run")
     for label, reasons in outdated.items():
         print(f"   stale  {label}  ({'; '.join(reasons)}): run again")
+    for label, needs in recheck.items():
+        print(f" recheck  {label}  (needs {', '.join(needs)}, which runs first: it starts over "
+              "if what it read changed)")
     for run in todo:
         twin = None if run.label in outdated else repeats(run)
         if twin:
@@ -647,7 +682,8 @@ def save_grid(path, folder):
     header = (f"# sweep of {stamp}, code {commit}{' (uncommitted changes)' if dirty else ''}\n"
               f"# command: {shlex.join(sys.argv)}\n")
     (Path(folder) / "sweeps").mkdir(exist_ok=True)
-    (Path(folder) / "sweeps" / f"{stamp}_{Path(path).name}").write_text(
+    # the pid too: two sweeps started in one second (side by side) keep both copies
+    (Path(folder) / "sweeps" / f"{stamp}_{os.getpid()}_{Path(path).name}").write_text(
         header + Path(path).read_text())
 
 

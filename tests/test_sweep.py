@@ -1,10 +1,12 @@
 """sweep.py: a grid expanded into the stage commands, run here through submitit's local
 executor (skip, resume, failures), and the sbatch files the SLURM executor would submit."""
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -17,7 +19,7 @@ pytest.importorskip("submitit")
 
 import sweep as sweep_module  # noqa: E402
 from conftest import ROOT, interrupted_run, run_script  # noqa: E402
-from kd.checkpoints import load_checkpoint  # noqa: E402
+from kd.checkpoints import load_checkpoint, weights_sha256  # noqa: E402
 from sweep import GridError, combine, expand, parse_flags, select  # noqa: E402
 
 
@@ -479,3 +481,126 @@ def test_the_documented_grids_expand(text):
     grid = tomllib.loads(text)
     runs = expand(grid, grid["folder"], grid.get("seeds", [0]))
     assert runs and len({run.name for run in runs}) == len(runs)
+
+
+def test_slurm_holds_a_run_listed_before_the_run_it_needs():
+    """Two grids pooled, the selection's student first and the study's teacher after it:
+    the student's array still waits for the teacher's (a need later in the pool once
+    counted as none)."""
+    teacher = {"script": "train_teacher.py", "name": "{teacher}"}
+    student = {"script": "train_student.py", "name": "kd_seed{seed}",
+               "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
+    runs = combine([expand({"stage": [student]}, "runs/select", seeds=[1]),
+                    expand({"stage": [teacher]}, "checkpoints", seeds=[1])])
+    assert [run.label for run in runs] == ["runs/select/kd_seed1", "checkpoints/teacher_seed1"]
+
+    class Executor:  # records what submitit's would be given
+        def __init__(self):
+            self.dependency, self.submitted, self.counter = None, [], iter(range(700, 800))
+
+        def update_parameters(self, slurm_dependency=None):
+            self.dependency = slurm_dependency
+
+        def batch(self):
+            return contextlib.nullcontext()
+
+        def submit(self, function):
+            job = SimpleNamespace(job_id=str(next(self.counter)),
+                                  paths=SimpleNamespace(stdout="log"))
+            self.submitted.append((function.command, self.dependency, job.job_id))
+            return job
+
+    executors = {"runs/select": Executor(), "checkpoints": Executor()}
+    jobs = dict((run.label, job) for run, job in sweep_module.submit_to_slurm(runs, executors))
+    (teacher_command, teacher_dependency, _), = executors["checkpoints"].submitted
+    (student_command, student_dependency, _), = executors["runs/select"].submitted
+    assert teacher_dependency is None
+    assert student_dependency == f"afterok:{jobs['checkpoints/teacher_seed1'].job_id}"
+
+
+def test_a_finished_student_is_checked_again_after_its_teacher_runs_again(image_folder,
+                                                                         tmp_path):
+    """A teacher whose recipe changed is trained again in the sweep; its finished student,
+    current against the old teacher when the sweep starts, runs after it (with --resume
+    --restart-if-changed, which restarts it from the new teacher), as make would: decided
+    before the teacher ran, it was skipped and kept the old teacher's student."""
+    stages = ('[[stage]]\nscript = "train_teacher.py"\nname = "teacher"\nseeds = [0]\n'
+              'flags = {lr = 0.05}\n[[stage]]\nscript = "train_student.py"\nname = "kd"\n'
+              'flags = {teacher = "{folder}/teacher.pt", loss = "kd"}\n')
+    grid = write_grid(tmp_path / "grid.toml", stages, image_folder)
+    assert sweep(grid).returncode == 0
+    grid.write_text(grid.read_text().replace("lr = 0.05", "lr = 0.04"))
+    proc = sweep(grid)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].endswith("0 finished (skipped), 2 to run"), lines
+    assert any(line.startswith(" recheck  kd  (needs teacher, which runs first") for line in lines)
+    teacher = load_checkpoint(tmp_path / "sweep" / "teacher.pt")
+    student = load_checkpoint(tmp_path / "sweep" / "kd.pt")
+    assert teacher["config"]["lr"] == 0.04
+    assert student["config"]["teacher_identity"]["sha256"] == weights_sha256(
+        teacher["model_state"])
+
+
+def test_a_job_at_its_time_limit_stops_its_training_process(tmp_path):
+    """submitit ends a local job near its time limit by a signal whose handler raises in the
+    job (not a KeyboardInterrupt): the training process gets its Ctrl-C too, and the job
+    waits for it, instead of leaving it training unseen."""
+    saved = tmp_path / "saved"
+    child = (f"import signal, sys, time, pathlib\n"
+             f"def stop(*_):\n    pathlib.Path({str(saved)!r}).write_text('saved')\n"
+             f"    sys.exit(130)\n"
+             f"signal.signal(signal.SIGINT, stop)\n"
+             f"print('ready', flush=True)\ntime.sleep(60)\n")
+    command = sweep_module.TrainingCommand([sys.executable, "-c", child], tmp_path / "run.pid")
+
+    class TimeLimit(Exception):
+        pass
+
+    def limit(*_):
+        raise TimeLimit
+    previous = signal.signal(signal.SIGUSR2, limit)
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGUSR2))
+    timer.start()
+    try:
+        with pytest.raises(TimeLimit):
+            command()
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR2, previous)
+    assert saved.read_text() == "saved"
+    assert not (tmp_path / "run.pid").exists()
+
+
+def test_a_pid_file_left_by_an_earlier_process_is_not_signalled(tmp_path, monkeypatch):
+    """A pid file left behind (a machine restarted mid-run) is removed before the run's job
+    starts, so that a stop in the moment before the new job writes its own pid signals no
+    stranger."""
+    run = expand({"stage": [{"script": "train_student.py", "name": "ce", "flags": {
+        "loss": "ce"}}]}, str(tmp_path), seeds=[0])[0]
+    pid_file = sweep_module.pid_file(run)
+    pid_file.parent.mkdir(parents=True)
+    pid_file.write_text("999999999")
+    seen = []
+
+    class Executor:
+        def update_parameters(self, **_):
+            pass
+
+        def submit(self, function):
+            seen.append(pid_file.exists())
+            return SimpleNamespace(done=lambda: True, result=lambda: None,
+                                   paths=SimpleNamespace(stdout="log", stderr="err"))
+
+    sweep_module.run_here([run], {str(tmp_path): Executor()}, [])
+    assert seen == [False]
+
+
+def test_two_sweeps_started_in_one_second_keep_both_grid_copies(tmp_path, monkeypatch):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("# a grid\n")
+    monkeypatch.setattr(sweep_module.time, "strftime", lambda _: "20261206-032318")
+    sweep_module.save_grid(grid, tmp_path)
+    monkeypatch.setattr(sweep_module.os, "getpid", lambda: 1)
+    sweep_module.save_grid(grid, tmp_path)
+    assert len(list((tmp_path / "sweeps").glob("*_grid.toml"))) == 2

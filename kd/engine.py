@@ -231,12 +231,14 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                 row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
             history.append(row)
             with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
+                # The test record measured an earlier epoch or run: gone first, so that a
+                # failed write below never leaves it beside a new run's checkpoint.
+                paths["test"].unlink(missing_ok=True)
                 save_checkpoint({
                     "model": model_spec(model), "epoch": epoch + 1, "epochs": args.epochs,
                     "schedule_start_epoch": schedule_start, "history": history, "config": config,
                     **training_state(model, optimizer, scheduler, ema, method)}, args.out)
                 write_records(paths, config, history)
-                paths["test"].unlink(missing_ok=True)  # it measured an earlier epoch or run
                 note_checkpoint(args.out)  # before a deferred interrupt is raised
             curves.update(history, force=epoch + 1 == args.epochs)
             check_interrupt()

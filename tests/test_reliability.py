@@ -5,7 +5,15 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, full_and_resumed_runs, interrupted_run, run_script, write_image_folder
+from conftest import (
+    ROOT,
+    full_and_resumed_runs,
+    interrupted_run,
+    run_in_process,
+    run_script,
+    write_image_folder,
+)
+from kd import engine
 from kd.checkpoints import (
     CheckpointError,
     export_finished,
@@ -261,3 +269,23 @@ def test_a_ctrl_c_while_a_script_imports_is_one_line(script, sig):
     proc = interrupted_run(script, ["--help"], step=1, sig=sig, at="import:pandas")
     assert proc.stderr.strip().splitlines() == ["interrupted while starting: nothing was written"]
     assert proc.returncode == 130
+
+
+def test_a_run_started_over_drops_the_old_test_record_before_its_first_checkpoint(
+        image_folder, tmp_path, monkeypatch):
+    """A finished run trained again from the start (--overwrite, or --restart-if-changed on
+    a stale one) whose records fail to write after its first checkpoint (a full disk) must
+    not look finished: the old run's test record goes before the new checkpoint is written,
+    else old config, metrics and test record beside an epoch-1 checkpoint read as done."""
+    out = tmp_path / "t.pt"
+    flags = ["--dry-run", "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path]
+    run_in_process("train_teacher.py", *flags)
+    test_record = tmp_path / "t.test.json"
+    assert test_record.exists()
+
+    def full_disk(*_):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(engine, "write_records", full_disk)
+    with pytest.raises(OSError):
+        run_in_process("train_teacher.py", *flags, "--overwrite", "--seed", "1")
+    assert not test_record.exists()

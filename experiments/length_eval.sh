@@ -2,12 +2,12 @@
 # The length study's evaluation (docs/results.md, "Training length"): evaluate.py on every
 # finished student run of experiments/grids/length.toml in $CHECKPOINTS (default
 # checkpoints/) for the seeds $SEEDS (default: the grid's, 0 1 2), then their rows into $TABLE
-# (default experiments/xeon_runs.csv, the study on the Xeon). A run of the grid not
-# finished yet is named, not evaluated.
+# (default experiments/xeon_runs.csv, seeds 0-2 of the study, from the Xeon). A run of the
+# grid not finished yet is named, not evaluated.
 #   python sweep.py experiments/grids/length.toml
 #   bash experiments/length_eval.sh
-#   python experiments/length_study.py            # reads experiments/xeon_runs.csv
-#   SEEDS="3 4" TABLE=experiments/zen5_runs.csv bash experiments/length_eval.sh   # more seeds
+#   SEEDS="3 4" TABLE=experiments/zen5_runs.csv bash experiments/length_eval.sh   # the Zen 5's
+#   python experiments/length_study.py            # reads both tables
 # (The three-machine version before it, 2026-12-04 and 05, read this script's earlier
 # output, the Xeon's share of it, which is kept as experiments/xeon_part_runs.csv.)
 set -euo pipefail

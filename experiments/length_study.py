@@ -8,10 +8,11 @@ each other, lengths against the shortest, a method's side settings in a family o
 own), and the best student's recipe: the choice on validation among the methods at the
 longest length.
 
-    python experiments/length_study.py                    # the Xeon's runs: the study
+    python experiments/length_study.py                    # the study: five seeds, two machines
+    python experiments/length_study.py --beside experiments/xeon_runs.csv   # beside seeds 0-2
     python experiments/length_study.py experiments/xeon_runs.csv \
         --beside experiments/h200_runs.csv experiments/zen1_runs.csv \
-        experiments/xeon_part_runs.csv                    # beside the three-machine version
+        experiments/xeon_part_runs.csv      # seeds 0-2 beside the three-machine version
     python experiments/length_study.py plots/results.csv --figure plots/length.png
 """
 import argparse
@@ -33,7 +34,8 @@ from report import compare_runs, family_table, one_row_per_run, without_epochs  
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
 COLUMNS = ["train_acc", "val_acc", "test_acc"]
-DEFAULT_TABLES = ["experiments/xeon_runs.csv"]  # the study on one machine (docs/results.md)
+# the study (docs/results.md): seeds 0-2 from the Xeon, seeds 3 and 4 from the Zen 5
+DEFAULT_TABLES = ["experiments/xeon_runs.csv", "experiments/zen5_runs.csv"]
 
 
 def student_runs(results):

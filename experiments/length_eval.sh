@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # The length study's evaluation (docs/results.md, "Training length"): evaluate.py on every
 # finished student run of experiments/grids/length.toml in $CHECKPOINTS (default
-# checkpoints/) for the seeds $SEEDS (default: the grid's, 0 1 2), then their rows into $TABLE
-# (default experiments/xeon_runs.csv, seeds 0-2 of the study, from the Xeon). A run of the
-# grid not finished yet is named, not evaluated.
+# checkpoints/) for the seeds $SEEDS (default: the grid's, 0 1 2), then their rows into $TABLE,
+# which must be given: the study's tables are experiments/xeon_runs.csv (seeds 0-2, the
+# Xeon's) and experiments/zen5_runs.csv (seeds 3 and 4), which length_study.py reads by
+# default, so runs of another machine go into a table of their own. A run of the grid not
+# finished yet is named, not evaluated.
 #   python sweep.py experiments/grids/length.toml
-#   bash experiments/length_eval.sh
+#   TABLE=experiments/xeon_runs.csv bash experiments/length_eval.sh
 #   SEEDS="3 4" TABLE=experiments/zen5_runs.csv bash experiments/length_eval.sh   # the Zen 5's
 #   python experiments/length_study.py            # reads both tables
+#   TABLE=runs/my_runs.csv bash experiments/length_eval.sh && \
+#       python experiments/length_study.py runs/my_runs.csv --figure runs/length.png
 # (The three-machine version before it, 2026-12-04 and 05, read this script's earlier
 # output, the Xeon's share of it, which is kept as experiments/xeon_part_runs.csv.)
 set -euo pipefail
 C=${CHECKPOINTS:-checkpoints}
 PYTHON=${PYTHON:-python}
-TABLE=${TABLE:-experiments/xeon_runs.csv}
+if [[ -z "${TABLE:-}" ]]; then
+    echo "error: set TABLE, the results table to write (experiments/xeon_runs.csv and" \
+         "experiments/zen5_runs.csv are the study's; a new machine's runs go elsewhere)" >&2
+    exit 2
+fi
 seeds=()
 if [[ -n "${SEEDS:-}" ]]; then read -ra list <<< "$SEEDS"; seeds=(--seeds "${list[@]}"); fi
 # the grid's finished student runs (a run selected on validation alone, --skip-test, and

@@ -65,17 +65,11 @@ def short_machine_names(machines):
     """{machine as evaluate.py records it: a name to print}: the name without its details
     ("AMD EPYC (2 CPUs, bf16 units: AVX512_BF16)" -> "AMD EPYC"), so that a row's "ran on"
     stays short; a machine whose short name another machine shares keeps its whole name.
-    machine_legend prints the whole names."""
+    main prints the whole names below the table."""
     machines = sorted(set(machines.dropna()))
     short = {m: re.sub(r" \(.*\)$", "", m).replace("(R)", "") for m in machines}
     taken = pd.Series(list(short.values())).value_counts()
     return {m: name if taken[name] == 1 else m for m, name in short.items()}
-
-
-def machine_legend(results):
-    """One line naming each machine of `results` in full beside its short name."""
-    names = short_machine_names(results.get("machine", pd.Series(dtype=object)))
-    return "; ".join(f"{name}: {machine}" for machine, name in names.items())
 
 
 def ran_on(runs):
@@ -378,14 +372,15 @@ def main():
               f"default): {label}  ->  {recipe}")
     results = leave_out(tables[0], args.leave_out)
     table = length_table(results)
-    machines = ", ".join(sorted(set(short_machine_names(student_runs(results).get(
-        "machine", pd.Series(dtype=object))).values()))) or "?"
+    names = short_machine_names(student_runs(results).get("machine", pd.Series(dtype=object)))
+    machines = ", ".join(sorted(set(names.values()))) or "?"
     plotting.plot_length(student_runs(results), args.figure,
                          f"the student (3.1 M MACs) by training length, error bars: std over "
                          f"seeds\nran on {machines}")
     print(table.to_markdown(index=False))
-    if legend := machine_legend(student_runs(results)):
-        print(f"\nThe machines in full: {legend}.")
+    if names:
+        print("\nThe machines in full: "
+              + "; ".join(f"{name}: {machine}" for machine, name in names.items()) + ".")
     print("\nThe distilled runs' teachers (sha256 prefix), per seed: "
           f"{teachers_by_seed(student_runs(results))}.")
     found = families(results)

@@ -23,8 +23,10 @@ of methods.py, built as train_student.py builds it, and give their time and peak
 ratios of the KD step whose teacher runs on every batch.
 """
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,9 +34,18 @@ import tempfile
 import time
 from pathlib import Path
 
+
+def temporary_folder(prefix):
+    """A folder of this process's own, removed when it exits."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed loops
-# A fresh compile cache, so "compile s" is what a first run pays, not a cache hit.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="kd-bench-inductor-"))
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    # A fresh compile cache, so "compile s" is what a first run pays, not a cache hit.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = temporary_folder("kd-bench-inductor-")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -278,7 +289,7 @@ def build_variants(args, device):
         # The warm-up round computes the teacher's logits, the timed rounds are served them,
         # as a second KD run of a seed is (kd/teacher_logits.py).
         shared = methods.build({"loss": "kd+ce"}, teacher, SharedTeacherLogits(
-            teacher, Path(tempfile.mkdtemp(prefix="kd-bench-logits-")) / "l.pt", 1))
+            teacher, Path(temporary_folder("kd-bench-logits-")) / "l.pt", 1))
         bs = BATCH_SIZE["kd"]
         variants.append(Variant("student: train, KD with shared teacher logits", training_of(
             model("student"), loader(bs), shared), args.batches * bs, student_flop, bs))

@@ -11,14 +11,14 @@ them, ema {model_state, updates} (the EMA of its weights) and method_state (the 
 and buffers of its method: a regressor, an embedding, a memory bank). A finished run
 exported by export_finished lacks TRAINING_STATE and has exported = True.
 """
-import contextlib
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 
 import torch
+
+from kd.records import replace_atomically
 
 FORMAT = "kd-cifar10/1"
 
@@ -28,24 +28,8 @@ class CheckpointError(ValueError):
 
 
 def save_atomically(obj, path):
-    """torch.save `obj` to `path` through a temporary file of this call's own beside it, then
-    one rename: a crash mid-write leaves the previous file intact, and processes storing the
-    same file at once (parallel runs sharing a teacher's stored logits or the decoded-image
-    cache) each replace it whole, where one shared temporary name let one rename the
-    other's half-written file. A failed write leaves no temporary file behind."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """torch.save `obj` to `path`, replacing it whole (kd.records.replace_atomically)."""
+    replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(ckpt, path):

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from kd.records import replace_atomically  # noqa: E402
 from kd.results import MEAN_TEACHER_VARIANTS, recipe_labels, run_variant  # noqa: E402
 
 LEGEND_ROWS = 20  # at fontsize 8 in a 4-inch-high figure
@@ -212,8 +213,9 @@ def style_axes(*axes, legend=True):
 
 def save(fig, path):
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if fig.get_layout_engine() is None:
         fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")  # legends beside the axes included
+    # Replaced whole: runs that end together each redraw the shared comparison figures.
+    replace_atomically(path, lambda tmp: fig.savefig(  # legends beside the axes included
+        tmp, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight"))
     plt.close(fig)

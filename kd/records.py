@@ -1,8 +1,10 @@
 """The run records written beside each checkpoint (config JSON, metrics CSV, test JSON), each
 replaced atomically."""
+import contextlib
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -47,12 +49,28 @@ def write_json(path, obj):
 
 
 def write_text(path, text):
-    tmp = Path(f"{path}.tmp")
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def replace_atomically(path, write):
+    """Call `write(tmp)` on a temporary file of this call's own beside `path`, then rename it
+    over `path` in one step: a crash or Ctrl-C mid-write leaves the previous file intact, and
+    processes writing the same file at once (parallel runs sharing a teacher's stored logits,
+    the decoded-image cache or a comparison figure) each replace it whole, where one shared
+    temporary name let one rename the other's half-written file. A failed write leaves no
+    temporary file behind."""
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                   suffix=".tmp")
+    os.close(handle)
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
         raise
 
 

@@ -1,8 +1,10 @@
 """Shared fixtures: small synthetic CIFAR-10 look-alikes made on the spot, in both layouts."""
+import atexit
 import importlib
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,8 +18,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-# Decoded-data caches of the synthetic sets go to a temporary folder, not the project's .cache.
+# Decoded-data caches of the synthetic sets go to a temporary folder, not the project's .cache,
+# removed when the process (each xdist worker has its own) exits.
 os.environ["KD_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd-test-cache-")
+atexit.register(shutil.rmtree, os.environ["KD_CACHE_DIR"], ignore_errors=True)
 # `pytest -n auto` runs one worker per core. Left alone, each worker's torch, and each script
 # a test starts, would use every core as well, and OpenMP threads that outnumber the cores
 # spin against each other; so each worker gets its share of the cores, and so do the

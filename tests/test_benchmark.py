@@ -101,11 +101,14 @@ def test_peak_memory_probe_runs_a_feature_step(one_thread):
     assert throughput.peak_memory_mib("kd", {"loss": "crd"}, steps=1) > 0
 
 
-def test_allocator_comparison_prints_a_row_per_step(one_thread):
+def test_allocator_comparison_prints_a_row_per_step(one_thread, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     proc = run_script("benchmarks/throughput.py", "--allocator", "--rounds", "1", "--batches", "1")
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ")][1:]
     assert rows == ["teacher", "student", "kd"]
+    assert list(tmp_path.iterdir()) == []  # its fresh compile cache removed at exit
 
 
 def test_gpu_time_per_op_group_counts_each_kernel_once():

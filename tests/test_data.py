@@ -1,5 +1,8 @@
 import hashlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +12,16 @@ from PIL import Image
 from conftest import write_image_folder, write_torchvision_layout
 from kd import data
 from kd.data import BatchLoader, DataError, load_cifar10, random_crop_flip, split_train_val
+
+
+def test_the_suites_cache_folder_is_removed_when_its_process_exits(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "import conftest, os; "
+                           "print(os.path.isdir(os.environ['KD_CACHE_DIR']))"],
+                          cwd=Path(__file__).parent, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == "True", proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_image_folder_layout_decodes_exactly(tmp_path):

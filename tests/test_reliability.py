@@ -1,9 +1,13 @@
 """Interruption, determinism, bad checkpoints and safe loading, driven from the shell."""
 import re
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 import torch
+from matplotlib.figure import Figure
+from PIL import Image
 
 from conftest import (
     ROOT,
@@ -13,7 +17,7 @@ from conftest import (
     run_script,
     write_image_folder,
 )
-from kd import engine
+from kd import engine, plotting
 from kd.checkpoints import (
     CheckpointError,
     export_finished,
@@ -21,6 +25,7 @@ from kd.checkpoints import (
     save_atomically,
     save_checkpoint,
 )
+from kd.records import write_text
 from kd.runs import teacher_identity
 from models import load_model
 
@@ -243,20 +248,66 @@ def test_overwrite_replaces_only_a_run_of_the_same_model(teacher_checkpoint, ima
     assert "not a checkpoint of this project" in line and notes.read_text() == "my notes"
 
 
-def test_two_processes_storing_one_file_at_once_each_replace_it_whole(tmp_path, monkeypatch):
-    # Parallel runs of one teacher (sweep.py on a cluster, several runs on one GPU) store the
-    # same teacher-logit file and decoded-image cache: here writer B stores the file whole
-    # while writer A is between its write and its rename.
-    target, real_save, interleaved = tmp_path / "store.pt", torch.save, []
+def save_figure(marker, path):
+    """A figure whose background's red is 50 times the marker."""
+    fig = plt.figure(facecolor=(50 * marker / 255, 0, 0))
+    fig.text(0.5, 0.5, "figure")
+    plotting.save(fig, path)
 
-    def save_then_let_b_in(obj, path, *args, **kwargs):
-        real_save(obj, path, *args, **kwargs)
+
+# Each way the project replaces a file whole: (where its inner write is, how a writer stores
+# its marker, how the marker is read back). One name shared by both writers' temporary files
+# let B rename A's; a figure written in place was left half-written by a crash.
+WRITERS = {
+    "tensors": (lambda: (torch, "save"), lambda marker, path: save_atomically(
+        {"writer": torch.tensor(marker)}, path),
+        lambda path: int(torch.load(path, weights_only=True)["writer"])),
+    "text": (lambda: (Path, "write_text"), lambda marker, path: write_text(path, str(marker)),
+             lambda path: int(path.read_text())),
+    "figure": (lambda: (Figure, "savefig"), save_figure,
+               lambda path: round(Image.open(path).getpixel((0, 0))[0] / 50)),
+}
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_two_processes_writing_one_file_at_once_each_replace_it_whole(tmp_path, monkeypatch,
+                                                                        kind):
+    # Parallel runs of one teacher (sweep.py on a cluster, several runs on one GPU) store the
+    # same teacher-logit file, decoded-image cache and comparison figures: here writer B
+    # writes the file whole while writer A is between its write and its rename.
+    where, write, read = WRITERS[kind]
+    owner, name = where()
+    target, real, interleaved = tmp_path / "store.png", getattr(owner, name), []
+
+    def write_then_let_b_in(*args, **kwargs):
+        result = real(*args, **kwargs)
         if not interleaved:
-            interleaved.append(path)
-            save_atomically({"writer": torch.tensor(2)}, target)
-    monkeypatch.setattr(torch, "save", save_then_let_b_in)
-    save_atomically({"writer": torch.tensor(1)}, target)
-    assert torch.load(target, weights_only=True)["writer"] == 1  # A's, whole, renamed last
+            interleaved.append(True)
+            write(2, target)
+        return result
+    monkeypatch.setattr(owner, name, write_then_let_b_in)
+    write(1, target)
+    monkeypatch.setattr(owner, name, real)
+    assert read(target) == 1  # A's, whole, renamed last
+    assert list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_a_write_interrupted_midway_leaves_the_previous_file(tmp_path, monkeypatch, kind):
+    where, write, read = WRITERS[kind]
+    owner, name = where()
+    target = tmp_path / "store.png"
+    write(1, target)
+
+    def write_half_then_interrupt(*args, **kwargs):
+        path = next(a for a in args if isinstance(a, (str, Path)))
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(owner, name, write_half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write(2, target)
+    monkeypatch.undo()
+    assert read(target) == 1
     assert list(tmp_path.iterdir()) == [target]
 
 

@@ -11,10 +11,11 @@ import pandas as pd
 
 
 def record_paths(out):
-    """Run records are named after the checkpoint, so runs sharing a folder never collide."""
+    """Run records are named after the checkpoint, so runs sharing a folder never collide;
+    the lock file exists while a process trains the run (kd.runs.hold_run_lock)."""
     stem = Path(out).with_suffix("")
     return {"config": Path(f"{stem}.config.json"), "metrics": Path(f"{stem}.metrics.csv"),
-            "test": Path(f"{stem}.test.json")}
+            "test": Path(f"{stem}.test.json"), "lock": Path(f"{stem}.lock")}
 
 
 def git_commit():

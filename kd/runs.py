@@ -1,5 +1,6 @@
 """Starting and resuming a run: the flags checked, fresh start / resume / extension decided,
 the data loaded, and the training state saved into and restored from a checkpoint."""
+import atexit
 import functools
 import json
 import os
@@ -9,6 +10,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import methods
 from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
@@ -61,6 +67,7 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
             raise UserError(f"{flag}: cannot create {folder} ({e.strerror})") from None
         if not os.access(folder, os.W_OK):
             raise UserError(f"{flag}: {folder} is not writable")
+    hold_run_lock(out)
     if not args.resume and out.exists():
         if not args.overwrite:
             raise UserError(f"{out} exists; pass --resume to continue or extend it, or "
@@ -90,6 +97,51 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
                         "raise --batch-size or --train-subset")
     return args, device, {"train": train, "val": val, "test": (data["test_images"],
                                                                data["test_labels"])}, ckpt
+
+
+# Checkpoint path -> the open lock file this process holds while it trains that run.
+_held_locks = {}
+
+
+def hold_run_lock(out):
+    """Refuse to train a checkpoint another process is training (two sweeps with overlapping
+    runs, a run started twice by hand): both would write the same checkpoint and records,
+    epoch by epoch, into a run that is neither. An flock on `<stem>.lock` beside it, which
+    the system drops when the process ends, however it ends; the file names the holder's
+    pid. Where the system has no flock (Windows), runs are not locked."""
+    key = Path(out).resolve()
+    if fcntl is None or key in _held_locks:
+        return
+    path = record_paths(out)["lock"]
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(f"{out} is being trained by another process (pid {holder}); "
+                            f"wait for it to end, or give another --out") from None
+        try:
+            same_file = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:  # not a file its last holder removed as this process opened it
+            break
+        handle.close()
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks[key] = handle
+    atexit.register(release_run_lock, out)
+
+
+def release_run_lock(out):
+    handle = _held_locks.pop(Path(out).resolve(), None)
+    if handle is not None:
+        Path(handle.name).unlink(missing_ok=True)  # while still held: no holder's file lost
+        handle.close()
 
 
 def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):

@@ -340,3 +340,42 @@ def test_a_run_started_over_drops_the_old_test_record_before_its_first_checkpoin
     with pytest.raises(OSError):
         run_in_process("train_teacher.py", *flags, "--overwrite", "--seed", "1")
     assert not test_record.exists()
+
+
+def test_a_run_another_process_is_training_is_refused_in_one_line(image_folder, tmp_path):
+    """Two sweeps with overlapping runs, or a run started twice: the second is refused before
+    it writes anything (here this test's process holds the run's lock, as a first run
+    would); once the first is done, the run is free again and leaves no lock file."""
+    import fcntl
+    out = tmp_path / "teacher.pt"
+    flags = ["--dry-run", "--data-root", image_folder, "--plots-dir", tmp_path, "--out", out]
+    with open(tmp_path / "teacher.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        proc = run_script("train_teacher.py", *flags, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines() == [
+            f"error: {out} is being trained by another process (pid 4242); wait for it to "
+            f"end, or give another --out"]
+        assert not out.exists()
+    (tmp_path / "teacher.lock").unlink()
+    run_in_process("train_teacher.py", *flags)  # the lock is let go when the run is done...
+    run_script("train_teacher.py", *flags, "--resume", "--epochs", "2")  # ...for another
+    assert load_checkpoint(out)["epoch"] == 2
+    assert not (tmp_path / "teacher.lock").exists()
+
+
+def test_each_epoch_records_the_threads_it_ran_with(image_folder, tmp_path):
+    out = tmp_path / "teacher.pt"
+    flags = ["--data-root", image_folder, "--plots-dir", tmp_path, "--out", out,
+             "--train-subset", "16", "--batch-size", "8", "--skip-test"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        run_in_process("train_teacher.py", *flags, "--epochs", "1")
+        torch.set_num_threads(2)
+        run_in_process("train_teacher.py", *flags, "--epochs", "2", "--resume")
+    finally:
+        torch.set_num_threads(threads)
+    assert pd.read_csv(tmp_path / "teacher.metrics.csv")["cpu_threads"].tolist() == [1, 2]

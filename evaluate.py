@@ -73,7 +73,12 @@ def cpu_speed(model, batch_size):
 
 
 def checkpoint_paths(given):
-    paths = list(dict.fromkeys(given)) or sorted(map(str, Path("checkpoints").glob("*.pt")))
+    """The checkpoints to evaluate, each file once however it is named (`a.pt`, `./a.pt`, a
+    link to it): a file twice would count as two seeds in the tables."""
+    unique = {}
+    for path in given:
+        unique.setdefault(Path(path).resolve(), path)
+    paths = list(unique.values()) or sorted(map(str, Path("checkpoints").glob("*.pt")))
     if not paths:
         raise cli.UserError("no checkpoints given and none in checkpoints/; train some "
                                "first (make all) or name the files")

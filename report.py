@@ -32,6 +32,7 @@ from kd.results import (
     MEAN_TEACHER_VARIANTS,
     PROVENANCE,
     is_second_model,
+    join_label,
     label_settings,
     seed_table,
 )
@@ -130,14 +131,24 @@ def binomial_se(accuracy, images):
     return 100 * math.sqrt(p * (1 - p) / images)
 
 
+def format_p(p):
+    """A p-value in two significant digits, or as many more as keep it on its side of LEVEL:
+    an adjusted p of 0.0496 shown as "0.05" would contradict its verdict."""
+    for digits in range(2, 17):
+        shown = f"{p:.{digits}g}"
+        if (float(shown) < LEVEL) == (p < LEVEL):
+            return shown
+    return repr(p)
+
+
 def verdict(a, b, result):
     """The verdict in words from a test's Holm-adjusted p-values."""
     if result["p_adjusted"] < LEVEL:
         side = "above" if result["diff"] > 0 else "below"
-        return f"{a} {side} {b} (adjusted p = {result['p_adjusted']:.2g})"
+        return f"{a} {side} {b} (adjusted p = {format_p(result['p_adjusted'])})"
     if result.get("tost_adjusted", math.nan) < LEVEL:
         return (f"equivalent within ±{MARGIN:g} points (TOST, adjusted p = "
-                f"{result['tost_adjusted']:.2g})")
+                f"{format_p(result['tost_adjusted'])})")
     if "no_test" in result:
         return f"no test: {result['no_test']}"
     if math.isnan(result["ci_low"]):
@@ -186,8 +197,8 @@ def family_table(tests, names):
             f"[{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
         rows.append({names[0]: f"{a} − {b}", "runs": result["runs"],
                      names[1]: f"{result['diff']:+.2f}", "95% CI": ci,
-                     "p": "" if math.isnan(result["p"]) else f"{result['p']:.2g}",
-                     "adjusted p (Holm)": "" if math.isnan(p) else f"{p:.2g}",
+                     "p": "" if math.isnan(result["p"]) else format_p(result["p"]),
+                     "adjusted p (Holm)": "" if math.isnan(p) else format_p(p),
                      "verdict": verdict(a, b, result)})
     return pd.DataFrame(rows)
 
@@ -203,12 +214,18 @@ def per_variant(results):
     return table
 
 
+def second_models(results):
+    """Which rows are a run's second model (kd.results.is_second_model), as booleans even
+    when `results` is empty: an empty Series' map is object-typed, and a frame indexed by
+    it selects columns, not rows (a report of teachers alone failed)."""
+    return results["variant"].map(is_second_model).astype(bool)
+
+
 def without_epochs(label):
     """A variant label with its `epochs=N` setting left out: the method whose training
     length varies ("kd (epochs=36, seed_x=1)" -> "kd (seed_x=1)")."""
     name, settings = label_settings(label)
-    kept = [s for s in settings if not s.startswith("epochs=")]
-    return f"{name} ({', '.join(kept)})" if kept else name
+    return join_label(name, [s for s in settings if not s.startswith("epochs=")])
 
 
 def length_runs(students):
@@ -217,7 +234,7 @@ def length_runs(students):
     none from a results.csv without an `epochs` column."""
     if "epochs" not in students:
         return students.iloc[:0]
-    raw = students[~students["variant"].map(is_second_model)]
+    raw = students[~second_models(students)]
     raw = raw.assign(method=raw["variant"].map(without_epochs))
     return raw[raw.groupby("method")["epochs"].transform("nunique") > 1]
 
@@ -288,7 +305,8 @@ def raw_vs_ema_pairs(results):
     """(v EMA, v) for every variant with an EMA of its weights (a mean-teacher run's second
     model is its teacher, `v teacher`, compared in its own section)."""
     variants = list(dict.fromkeys(results["variant"]))
-    return [(f"{v} EMA", v) for v in variants if f"{v} EMA" in variants]
+    ema = {v: join_label(f"{label_settings(v)[0]} EMA", label_settings(v)[1]) for v in variants}
+    return [(ema[v], v) for v in variants if ema[v] in variants]
 
 
 def provenance(results):
@@ -327,7 +345,7 @@ def teachers(students):
                 "not known.")
     kinds = {}
     distilled = students[students["teacher_sha256"].notna()
-                         & ~students["variant"].map(is_second_model)]
+                         & ~second_models(students)]
     for variant, runs in distilled.groupby("variant", sort=False):
         seeds = runs["teacher_seed"]
         if runs["teacher_sha256"].nunique() == 1:
@@ -390,8 +408,8 @@ def length_section(students, plots_dir):
 def write_report(results, plots_dir, predictions=None):
     seeds = sorted(results["seed"].dropna().astype(int).unique())
     students = results[results["model"] == "student"]
-    is_mean_teacher = students["variant"].str.startswith("mean-teacher")
-    raw = results[~results["variant"].map(is_second_model)]
+    is_mean_teacher = students["variant"].str.startswith("mean-teacher").astype(bool)  # as below
+    raw = results[~second_models(results)]
     key = ["seed"]
     text = [
         "# Knowledge distillation on CIFAR-10: the report of this run\n",
@@ -434,6 +452,8 @@ def read_results(path, required=RESULTS_COLUMNS):
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise cli.UserError(f"{path} is not a results.csv of evaluate.py: "
                             f"{str(e).splitlines()[0]}") from None
+    except OSError as e:
+        raise cli.UserError(f"cannot read {path} ({e.strerror})") from None
     if not text.endswith("\n"):  # evaluate.py ends every line, the last one too
         raise cli.UserError(f"{path} ends in the middle of a line: truncated? Run "
                             "evaluate.py again")

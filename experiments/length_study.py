@@ -107,16 +107,8 @@ def runs_count(n):
 
 def read_tables(paths):
     """evaluate.py tables read as one, each run once (report.one_row_per_run)."""
-    frames = []
-    for path in paths:
-        try:
-            frame = pd.read_csv(path)
-        except (OSError, pd.errors.ParserError) as e:
-            raise cli.UserError(f"{path}: cannot read it as a results table ({e})") from e
-        missing = {"weights", "variant", "epochs", *COLUMNS} - set(frame.columns)
-        if missing:
-            raise cli.UserError(f"{path}: no column(s) {', '.join(sorted(missing))}")
-        frames.append(one_row_per_run(frame, path))
+    frames = [one_row_per_run(report.read_results(
+        path, ["weights", "variant", "epochs", "seed", *COLUMNS]), path) for path in paths]
     return one_row_per_run(pd.concat(frames, ignore_index=True), "the tables")
 
 

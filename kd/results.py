@@ -109,6 +109,11 @@ def label_settings(label):
     return variant, [s for s in parts + [settings[start:]] if s]
 
 
+def join_label(variant, settings):
+    """label_settings' inverse: ("kd EMA", ["epochs=36"]) -> "kd EMA (epochs=36)"."""
+    return f"{variant} ({', '.join(settings)})" if settings else variant
+
+
 def recipe_labels(runs):
     """One label per (variant, config) in `runs`: the variant, followed by the settings in
     which its recipe differs from other runs of that variant, e.g. "kd+ce (temperature=2.0)".
@@ -119,8 +124,7 @@ def recipe_labels(runs):
         keys = sorted({key for (other_variant, _), other in zip(runs, recipes)
                        if other_variant == variant
                        for key in set(mine) | set(other) if mine.get(key) != other.get(key)})
-        settings = ", ".join(f"{key}={mine.get(key)}" for key in keys)
-        labels.append(f"{variant} ({settings})" if settings else variant)
+        labels.append(join_label(variant, [f"{key}={mine.get(key)}" for key in keys]))
     return labels
 
 

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+import evaluate
 from conftest import run_in_process, run_script, synthetic_images, write_image_folder
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
 from kd.data import CLASSES, load_cifar10, split_train_val
@@ -135,6 +136,15 @@ def test_a_subset_run_is_measured_on_its_images_and_an_old_record_still_evaluate
     row = results.loc[(str(tmp_path / "old.pt"), "raw")]
     assert pd.isna(row["teacher_seed"])
     assert row["teacher_sha256"] == old["config"]["teacher_identity"]["sha256"][:12]
+
+
+def test_a_checkpoint_named_twice_is_evaluated_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.pt").write_bytes(b"")
+    (tmp_path / "b.pt").write_bytes(b"")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "a.pt")
+    assert evaluate.checkpoint_paths(["a.pt", "b.pt", "./a.pt", "link.pt", str(tmp_path / "a.pt")]
+                                     ) == ["a.pt", "b.pt"]
 
 
 def test_bad_input_is_one_line(image_folder, tmp_path):

@@ -76,6 +76,21 @@ def test_a_table_without_its_columns_is_refused_in_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "train_acc" in proc.stderr
 
 
+@pytest.mark.parametrize("content, says", [
+    (b"", "No columns to parse"), (b"PK\x03\x04\x80\xff binary", "codec can't decode"),
+    (None, "cannot read"), ("no seed", "no column seed")])
+def test_a_file_that_is_no_table_is_refused_in_one_line(tmp_path, content, says):
+    path = tmp_path / "results.csv"
+    if content == "no seed":
+        results().drop(columns=["seed"]).to_csv(path, index=False)
+    elif content is not None:
+        path.write_bytes(content)
+    proc = subprocess.run([sys.executable, "experiments/length_study.py", path, "--figure",
+                           tmp_path / "x.png"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and says in proc.stderr, proc.stderr
+
+
 def test_methods_are_compared_with_the_student_alone_paired_by_seed():
     frame = results()
     ce = [(f"student_ce_seed{s}", "raw", "ce (epochs=12)", s, 12, 80.0, 76.0, 76.0 + s * 0.9)

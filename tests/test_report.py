@@ -25,6 +25,7 @@ from report import (  # noqa: E402
     compare_runs,
     equivalence,
     family_table,
+    format_p,
     holm,
     mcnemar,
     per_variant,
@@ -275,6 +276,31 @@ def test_raw_against_ema_leaves_out_mean_teacher_whose_ema_is_its_teacher():
     results = pd.DataFrame({"variant": ["kd", "kd EMA", "mean-teacher",
                                         "mean-teacher teacher"]})
     assert raw_vs_ema_pairs(results) == [("kd EMA", "kd")]
+
+
+def test_raw_against_ema_pairs_labels_that_carry_settings():
+    # recipe_labels puts a recipe's settings after the second model's " EMA"
+    results = pd.DataFrame({"variant": ["kd (epochs=12)", "kd EMA (epochs=12)",
+                                        "kd (epochs=36)", "kd EMA (epochs=36)"]})
+    assert raw_vs_ema_pairs(results) == [("kd EMA (epochs=12)", "kd (epochs=12)"),
+                                         ("kd EMA (epochs=36)", "kd (epochs=36)")]
+
+
+def test_a_report_of_teachers_alone_is_written(tmp_path):
+    rows = [{**row, "epochs": 30} for row in results_csv(tmp_path, [0, 1, 2])
+            if row["model"] == "teacher"]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    proc = subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "88.10 ± 0.20" in report_line((tmp_path / "report.md").read_text(), "| teacher ")
+
+
+@pytest.mark.parametrize("p, shown", [(0.0496, "0.0496"), (0.04999, "0.04999"), (0.0504, "0.05"),
+                                      (0.012345, "0.012"), (0.29, "0.29"), (1.0, "1"),
+                                      (3e-7, "3e-07")])
+def test_a_p_value_is_never_rounded_across_the_level(p, shown):
+    assert format_p(p) == shown
 
 
 def test_the_report_says_where_its_runs_came_from_and_when_they_differ():

@@ -14,6 +14,8 @@ exported by export_finished lacks TRAINING_STATE and has exported = True.
 import hashlib
 import os
 import pickle
+import re
+import sys
 import zipfile
 
 import torch
@@ -39,9 +41,26 @@ def save_checkpoint(ckpt, path):
     try:
         save_atomically({"format": FORMAT, **ckpt}, path)
     except (RuntimeError, OSError) as e:
-        reason = (getattr(e, "strerror", None) or str(e).strip().splitlines()[0])[:160]
-        raise OSError(f"cannot write checkpoint {path} ({reason}); the previous one, if "
-                      f"any, is intact") from None
+        raise OSError(f"cannot write checkpoint {path} ({write_failure(e)}); the previous "
+                      f"one, if any, is intact") from None
+
+
+def save_cache(obj, path, what):
+    """Store a cache the run does not need (the decoded images, a teacher's logits: later
+    runs read them to save time); a failed write (a full disk) is one line on stderr, and
+    the run goes on."""
+    try:
+        save_atomically(obj, path)
+    except (RuntimeError, OSError) as e:
+        print(f"warning: cannot store {what} in {path} ({write_failure(e)}); going on "
+              f"without it", file=sys.stderr)
+
+
+def write_failure(error):
+    """Why a write failed, in a few words: an OSError's reason, or the first line of
+    torch.save's RuntimeError without its C++ source location."""
+    reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+    return re.sub(r"^\[enforce fail at [^\]]*\][ .]*", "", reason)[:160]
 
 
 # What only resuming a run needs; a finished run exported without them is a third the size.

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from kd.checkpoints import save_atomically
+from kd.checkpoints import save_cache
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -60,7 +60,7 @@ def load_cifar10(root, cache_dir=CACHE_DIR):
             pass
     data = _decode_torchvision(root) if layout == "torchvision" else _decode_image_folder(root)
     data["identity"] = data_identity(data, layout)
-    save_atomically({"fingerprint": fingerprint, "data": data}, cache)
+    save_cache({"fingerprint": fingerprint, "data": data}, cache, "the decoded images")
     return data
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kd.checkpoints import CheckpointError, save_atomically
+from kd.checkpoints import CheckpointError, save_cache
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
@@ -115,6 +115,6 @@ class SharedTeacherLogits:
         width = min(len(self.batches[k][0]) for k in keys)
         fingerprints = torch.stack([self.batches[k][0][:width].cpu() for k in keys])
         logits = torch.stack([self.batches[k][1].cpu() for k in keys])
-        save_atomically({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, -1),
-                         "logits": logits.view(self.epochs, self.steps_per_epoch,
-                                               *logits.shape[1:])}, self.path)
+        save_cache({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, -1),
+                    "logits": logits.view(self.epochs, self.steps_per_epoch, *logits.shape[1:])},
+                   self.path, "the teacher's logits")

@@ -379,3 +379,32 @@ def test_each_epoch_records_the_threads_it_ran_with(image_folder, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert pd.read_csv(tmp_path / "teacher.metrics.csv")["cpu_threads"].tolist() == [1, 2]
+
+
+def test_a_cache_that_cannot_be_written_is_one_warning_and_the_run_goes_on(
+        teacher_checkpoint, tmp_path, monkeypatch, capsys):
+    """A full disk as the decoded images and the teacher's logits are stored: both are
+    caches for later runs, so the run warns in one line each and finishes (the checkpoint's
+    own write is the one a full disk must stop)."""
+    data = tmp_path / "data"  # the teacher's images at a new path: decoded afresh
+    write_image_folder(data, n_train=30, n_test=5)
+    real_save = torch.save
+
+    def full_disk_for_caches(obj, path, *args, **kwargs):
+        if "teacher_logits" in str(path) or Path(path).name.startswith(".cifar10-"):
+            real_save(obj, path, *args, **kwargs)  # part of it written, as a full disk does
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+                               "failed writing file data/0: file write failed")
+        return real_save(obj, path, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", full_disk_for_caches)
+    out = tmp_path / "student.pt"
+    run_in_process("train_student.py", "--dry-run", "--loss", "kd", "--teacher",
+                   teacher_checkpoint, "--data-root", data, "--out", out, "--plots-dir", tmp_path)
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: cannot store")]
+    assert len(warnings) == 2
+    assert "the decoded images" in warnings[0] and "the teacher's logits" in warnings[1]
+    assert all(line.endswith("(PytorchStreamWriter failed writing file data/0: file write "
+                             "failed); going on without it") for line in warnings)
+    assert load_checkpoint(out)["epoch"] == 1
+    assert not list((tmp_path / "teacher_logits").iterdir())  # no partial store left

@@ -13,10 +13,8 @@ exported by export_finished lacks TRAINING_STATE and has exported = True.
 """
 import hashlib
 import os
-import pickle
 import re
 import sys
-import zipfile
 
 import torch
 
@@ -97,8 +95,11 @@ def load_checkpoint(path, map_location="cpu"):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as e:
-        # weights_only errors are long; the line naming the refused object is the useful one.
+    except Exception as e:
+        # Any: the weights-only unpickler reads a file that is no checkpoint (a metrics CSV
+        # caught by a glob) as pickle opcodes, which raise IndexError, KeyError, ... as well
+        # as its own errors. Its errors are long; the line naming the refused object is the
+        # useful one.
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         reason = next((line for line in lines if "Unsupported global" in line), lines[0])
         raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:160]})") from None

@@ -48,7 +48,7 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
       "weights that is kept, evaluated and saved beside the model (see kd.ema.ModelEMA); 0: "
       f"none (default: {ema_decay})")
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
-      "augmentation (default: 0)")
+      "augmentation, 0 to 2**32 - 1 (default: 0)")
     a("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
       help="torch.compile the model for its training steps, in torch.compile's MODE: "
       "default (bare --compile), reduce-overhead (its forward and backward replayed as CUDA "
@@ -113,6 +113,8 @@ def check_args(args):
         raise UserError("need 0 <= --momentum < 1, --weight-decay >= 0 and 0 <= --warmup < 1")
     if not args.clip_grad_norm >= 0:
         raise UserError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
+    if not 0 <= args.seed < 2**32:  # the seeds derived from it stay in manual_seed's range
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
     problems = methods.check_flags(vars(args))

@@ -68,11 +68,19 @@ def replace_atomically(path, write):
     os.close(handle)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would keep out a group
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def current_umask():
+    """The process's umask (reading it means setting it: no call only reads it)."""
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def test_record_matches(path, run_id, epoch):

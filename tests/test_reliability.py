@@ -1,5 +1,7 @@
 """Interruption, determinism, bad checkpoints and safe loading, driven from the shell."""
+import os
 import re
+import stat
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -106,6 +108,20 @@ def test_truncated_checkpoint(teacher_checkpoint, image_folder, tmp_path):
     assert "not a readable checkpoint" in last_line(proc)
     proc = run_script("train_student.py", "--dry-run", "--teacher", bad, "--data-root",
                       image_folder, "--out", tmp_path / "s.pt", check=False)
+    assert "not a readable checkpoint" in last_line(proc)
+
+
+@pytest.mark.parametrize("content", [
+    "epoch,train_loss,train_acc\n1,2.0,25.0\n",  # a run's metrics, caught by a glob
+    "hello", '{"run_id": "x"}\n'])
+def test_a_text_file_given_as_a_checkpoint_is_one_line(tmp_path, content):
+    """torch's weights-only unpickler reads any bytes as pickle opcodes, and what they lead
+    to raises IndexError or KeyError as well as its own errors."""
+    path = tmp_path / "student.metrics.csv"
+    path.write_text(content)
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+    proc = run_script("evaluate.py", path, "--plots-dir", tmp_path, check=False)
     assert "not a readable checkpoint" in last_line(proc)
 
 
@@ -290,6 +306,19 @@ def test_two_processes_writing_one_file_at_once_each_replace_it_whole(tmp_path, 
     monkeypatch.setattr(owner, name, real)
     assert read(target) == 1  # A's, whole, renamed last
     assert list(tmp_path.iterdir()) == [target]
+
+
+@pytest.mark.parametrize("kind", WRITERS)
+def test_a_file_replaced_whole_gets_the_mode_the_umask_gives(tmp_path, kind):
+    """As a plain open() would: a group sharing a project folder on a cluster reads the
+    checkpoints, records and caches (mkstemp's 0600 kept them to their owner)."""
+    where, write, read = WRITERS[kind]
+    umask = os.umask(0o027)
+    try:
+        write(1, tmp_path / "store.png")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "store.png").stat().st_mode) == 0o640
 
 
 @pytest.mark.parametrize("kind", WRITERS)

@@ -302,11 +302,15 @@ def comparisons(caption, results, pairs, key, predictions=None):
 
 
 def raw_vs_ema_pairs(results):
-    """(v EMA, v) for every variant with an EMA of its weights (a mean-teacher run's second
-    model is its teacher, `v teacher`, compared in its own section)."""
-    variants = list(dict.fromkeys(results["variant"]))
-    ema = {v: join_label(f"{label_settings(v)[0]} EMA", label_settings(v)[1]) for v in variants}
-    return [(ema[v], v) for v in variants if ema[v] in variants]
+    """(label of the EMA, label of the raw weights) of the same runs (checkpoints), for every
+    run with an EMA of its weights (a mean-teacher run's second model is its teacher, `v
+    teacher`, compared in its own section). Matched by checkpoint, not by label: the two
+    labels' settings are told apart among different rows (a raw `kd (ema_decay=0.999)`
+    has the EMA `kd EMA` where no other run of `kd EMA` differs)."""
+    is_ema = results["variant"].map(lambda v: label_settings(v)[0].endswith(" EMA"))
+    raw = results[~second_models(results)]
+    both = raw.merge(results[is_ema.astype(bool)], on="checkpoint", suffixes=("_raw", "_ema"))
+    return list(dict.fromkeys(zip(both["variant_ema"], both["variant_raw"])))
 
 
 def provenance(results):

@@ -52,14 +52,15 @@ def parse(argv=None):
 def main():
     args, kind = parse()
     variant = run_variant(vars(args))
-    args, device, splits, ckpt = runs.prepare_run(args, *kind)
-    student = runs.initial_model("student", args, ckpt)
-    teacher = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
-                       args.ema_decay)
-    # The teacher changes every step: its logits are never stored and served.
-    method = methods.KDCE(vars(args), teacher=teacher.module)
-    engine.fit("student", method, args, device, splits, ckpt, title=f"student ({variant})",
-               model=student, ema=teacher, update_ema=not args.no_ema)
+    with runs.run_lock(args.out):  # refused while another process trains this run
+        args, device, splits, ckpt = runs.prepare_run(args, *kind)
+        student = runs.initial_model("student", args, ckpt)
+        teacher = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),
+                           args.ema_decay)
+        # The teacher changes every step: its logits are never stored and served.
+        method = methods.KDCE(vars(args), teacher=teacher.module)
+        engine.fit("student", method, args, device, splits, ckpt, title=f"student ({variant})",
+                   model=student, ema=teacher, update_ema=not args.no_ema)
     plotting.plot_ema_compare(Path(args.out).parent, Path(args.plots_dir) / "ema_compare.png")
 
 

@@ -44,13 +44,14 @@ def parse(argv=None):
 def main():
     args, kind = parse()
     method = methods.METHODS[args.loss]
-    args, device, splits, ckpt = runs.prepare_run(args, *kind)
-    teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
-    shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
-              if method.uses_teacher and method.shared_logits and not args.no_shared_logits
-              else None)
-    engine.fit("student", methods.build(args, teacher, shared, splits["train"][1]), args,
-               device, splits, ckpt, title=f"student ({run_variant(vars(args))})")
+    with runs.run_lock(args.out):  # refused while another process trains this run
+        args, device, splits, ckpt = runs.prepare_run(args, *kind)
+        teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
+        shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
+                  if method.uses_teacher and method.shared_logits and not args.no_shared_logits
+                  else None)
+        engine.fit("student", methods.build(args, teacher, shared, splits["train"][1]), args,
+                   device, splits, ckpt, title=f"student ({run_variant(vars(args))})")
     plotting.plot_compare(Path(args.out).parent, Path(args.plots_dir) / "students_compare.png")
 
 

@@ -29,12 +29,13 @@ def parse(argv=None):
 
 def main():
     args, kind = parse()
-    args, device, splits, ckpt = runs.prepare_run(args, *kind)
-    train_images, train_labels = splits["train"]
-    first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]
-    plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,
-                          Path(args.plots_dir) / "samples.png")
-    engine.fit("teacher", methods.CE({}), args, device, splits, ckpt, title="teacher")
+    with runs.run_lock(args.out):  # refused while another process trains this run
+        args, device, splits, ckpt = runs.prepare_run(args, *kind)
+        train_images, train_labels = splits["train"]
+        first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]
+        plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,
+                              Path(args.plots_dir) / "samples.png")
+        engine.fit("teacher", methods.CE({}), args, device, splits, ckpt, title="teacher")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from kd.device import autocast, machine_name
 from kd.ema import ModelEMA
 from kd.interrupts import check_interrupt, interrupts_deferred
 from kd.records import git_commit, record_paths, test_record_matches, write_json, write_records
-from kd.runs import initial_model, release_run_lock, restore_training_state, training_state
+from kd.runs import initial_model, restore_training_state, training_state
 from kd.schedule import lr_factor, make_optimizer
 from models import NUM_CLASSES, model_spec
 
@@ -138,131 +138,126 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     `<plots-dir>/<name>_curves.png` (redrawn at most every PLOT_EVERY_SECONDS, and after the
     last epoch or an interrupt). Returns the trained model.
     """
-    # The run's lock (taken by kd.runs.prepare_run) is let go when its last write is done,
-    # not when the process ends: the process may go on to start another on the run.
-    try:
-        if model is None:
-            model = initial_model(model_name, args, ckpt)
-        # channels_last: faster training steps than contiguous NCHW on the dev CPU (oneDNN;
-        # benchmarks/throughput.py times both, docs/performance.md has the figures); it is also
-        # the layout cuDNN convolutions prefer.
-        model = model.to(device, memory_format=torch.channels_last)
-        method = method.to(device)
-        if ema is None and args.ema_decay > 0:
-            ema = ModelEMA(model, args.ema_decay)
-        if ema is not None:
-            ema = ema.to(device, memory_format=torch.channels_last).eval()
-        max_batches = DRY_RUN_BATCHES if args.dry_run else None
-        train_loader = BatchLoader(*splits["train"], args.batch_size, device, shuffle=True,
-                                   augment=not args.no_augment, seed=args.seed, drop_last=True,
-                                   max_batches=max_batches, positions=True)
-        val_loader = BatchLoader(*splits["val"], 1000, device, max_batches=max_batches)
-        start_epoch, schedule_start, history = 0, 0, []
-        if ckpt is not None:
-            start_epoch, history = ckpt["epoch"], list(ckpt["history"])
-            schedule_start = ckpt["schedule_start_epoch"]
-            if (start_epoch == ckpt["epochs"] and args.epochs > start_epoch
-                    and args.schedule != "constant"):
-                # extending a finished run: a fresh cycle (docs/reliability.md); a constant
-                # schedule has none, so the run is what a straight one would be
-                schedule_start = start_epoch
-        spe = len(train_loader)
-        schedule = lambda step: lr_factor(  # noqa: E731
-            step, spe, schedule_start, args.epochs, args.schedule, args.warmup)
-        optimizer = make_optimizer([*model.parameters(), *method.parameters()], args, device)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        if ckpt is not None:
-            restore_training_state(ckpt, args.out, model, optimizer, scheduler, schedule, ema,
-                                   method)
-            note_checkpoint(args.out)
-        # The compiled module shares its parameters with `model`, which is what gets saved and
-        # evaluated (in eval mode a compiled module would compile a second graph). With
-        # reduce-overhead a GPU replays the forward and backward as CUDA graphs; the optimizer
-        # step (fused: a kernel per parameter group) and the EMA update (one lerp over its kept
-        # lists) stay outside them, so the LR and EMA decay stay host numbers that no graph
-        # captures. A new graph iteration starts at each forward (no backward pending), and each
-        # step's outputs are used before the next forward, as replays require.
-        step_model = torch.compile(model, mode=args.compile) if args.compile else model
-        paths = record_paths(args.out)
-        name = Path(args.out).stem
-        if start_epoch >= args.epochs:
-            print(f"{args.out} is already complete ({start_epoch} epochs); "
-                  + ("exported without its training state, it cannot be extended"
-                     if (ckpt or {}).get("exported") else
-                     f"pass --epochs N > {start_epoch} with --resume to extend it"))
-            if not args.skip_test and not test_record_matches(paths["test"], args.run_id,
-                                                              start_epoch):
-                test_and_record(model, ema, splits, device, args, paths["test"], name,
-                                start_epoch)
-            return model.eval()
-
-        config = {k: v for k, v in vars(args).items() if k != "default_epochs"}
-        commit, dirty = git_commit()
-        config.update(model=model_spec(model), torch_version=str(torch.__version__),
-                      git_commit=commit, git_dirty=dirty, device=str(device),
-                      machine=machine_name(device), cpu_threads=torch.get_num_threads(),
-                      schedule_start_epoch=schedule_start)
-        print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} "
-              f"training / {len(splits['val'][1]):,} validation images, epochs "
-              f"{start_epoch + 1}-{args.epochs}")
-        curves = CurvesFigure(Path(args.plots_dir) / f"{name}_curves.png", title or name)
-        after_step = (lambda: ema.update_parameters(model)) if ema and update_ema else None
-        try:
-            for epoch in range(start_epoch, args.epochs):
-                train_loader.set_epoch(epoch)
-                method.set_epoch(epoch, len(train_loader))
-                start = time.perf_counter()
-                try:
-                    train = train_one_epoch(
-                        step_model, train_loader, method, optimizer, scheduler, device,
-                        args.precision, desc=f"{name} {epoch + 1}/{args.epochs}",
-                        after_step=after_step, clip_grad_norm=args.clip_grad_norm)
-                except FloatingPointError as e:
-                    raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
-                                    f"({args.out}, epoch {epoch}) is kept") from None
-                method.end_epoch(epoch)
-                train_seconds = time.perf_counter() - start
-                val = evaluate(model, val_loader, device)
-                row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
-                       "val_loss": val["loss"], "val_acc": val["acc"],
-                       "lr": train["lr"],
-                       "epoch_seconds": time.perf_counter() - start,
-                       "images_per_second": train["images"] / train_seconds, "device": str(device),
-                       # per epoch: a run resumed with another thread count ran with both
-                       "cpu_threads": torch.get_num_threads()}
-                row.update({f"train_{k}": v for k, v in train.items()
-                            if k not in ("loss", "acc", "images", "lr")})
-                if ema is not None:
-                    ema_val = evaluate(ema, val_loader, device)
-                    row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
-                history.append(row)
-                with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
-                    # The test record measured an earlier epoch or run: gone first, so that a
-                    # failed write below never leaves it beside a new run's checkpoint.
-                    paths["test"].unlink(missing_ok=True)
-                    save_checkpoint({
-                        "model": model_spec(model), "epoch": epoch + 1, "epochs": args.epochs,
-                        "schedule_start_epoch": schedule_start, "history": history,
-                        "config": config,
-                        **training_state(model, optimizer, scheduler, ema, method)}, args.out)
-                    write_records(paths, config, history)
-                    note_checkpoint(args.out)  # before a deferred interrupt is raised
-                curves.update(history, force=epoch + 1 == args.epochs)
-                check_interrupt()
-                tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss "
-                           f"{train['loss']:.4f} acc {train['acc']:.2f}%  val loss "
-                           f"{val['loss']:.4f} acc {val['acc']:.2f}%  "
-                           + (f"EMA val acc {row['ema_val_acc']:.2f}%  " if ema is not None else "")
-                           + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
-                           f"{row['images_per_second']:.0f} img/s")
-        except KeyboardInterrupt:  # the figure shows every epoch the checkpoint holds
-            curves.update(history, force=True)
-            raise
-        if not args.skip_test:
-            test_and_record(model, ema, splits, device, args, paths["test"], name, args.epochs)
+    if model is None:
+        model = initial_model(model_name, args, ckpt)
+    # channels_last: faster training steps than contiguous NCHW on the dev CPU (oneDNN;
+    # benchmarks/throughput.py times both, docs/performance.md has the figures); it is also
+    # the layout cuDNN convolutions prefer.
+    model = model.to(device, memory_format=torch.channels_last)
+    method = method.to(device)
+    if ema is None and args.ema_decay > 0:
+        ema = ModelEMA(model, args.ema_decay)
+    if ema is not None:
+        ema = ema.to(device, memory_format=torch.channels_last).eval()
+    max_batches = DRY_RUN_BATCHES if args.dry_run else None
+    train_loader = BatchLoader(*splits["train"], args.batch_size, device, shuffle=True,
+                               augment=not args.no_augment, seed=args.seed, drop_last=True,
+                               max_batches=max_batches, positions=True)
+    val_loader = BatchLoader(*splits["val"], 1000, device, max_batches=max_batches)
+    start_epoch, schedule_start, history = 0, 0, []
+    if ckpt is not None:
+        start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+        schedule_start = ckpt["schedule_start_epoch"]
+        if (start_epoch == ckpt["epochs"] and args.epochs > start_epoch
+                and args.schedule != "constant"):
+            # extending a finished run: a fresh cycle (docs/reliability.md); a constant
+            # schedule has none, so the run is what a straight one would be
+            schedule_start = start_epoch
+    spe = len(train_loader)
+    schedule = lambda step: lr_factor(  # noqa: E731
+        step, spe, schedule_start, args.epochs, args.schedule, args.warmup)
+    optimizer = make_optimizer([*model.parameters(), *method.parameters()], args, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if ckpt is not None:
+        restore_training_state(ckpt, args.out, model, optimizer, scheduler, schedule, ema,
+                               method)
+        note_checkpoint(args.out)
+    # The compiled module shares its parameters with `model`, which is what gets saved and
+    # evaluated (in eval mode a compiled module would compile a second graph). With
+    # reduce-overhead a GPU replays the forward and backward as CUDA graphs; the optimizer
+    # step (fused: a kernel per parameter group) and the EMA update (one lerp over its kept
+    # lists) stay outside them, so the LR and EMA decay stay host numbers that no graph
+    # captures. A new graph iteration starts at each forward (no backward pending), and each
+    # step's outputs are used before the next forward, as replays require.
+    step_model = torch.compile(model, mode=args.compile) if args.compile else model
+    paths = record_paths(args.out)
+    name = Path(args.out).stem
+    if start_epoch >= args.epochs:
+        print(f"{args.out} is already complete ({start_epoch} epochs); "
+              + ("exported without its training state, it cannot be extended"
+                 if (ckpt or {}).get("exported") else
+                 f"pass --epochs N > {start_epoch} with --resume to extend it"))
+        # from the checkpoint: had their write failed after its (a full disk), they lag it
+        write_records(paths, ckpt["config"], history)
+        if not args.skip_test and not test_record_matches(paths["test"], args.run_id,
+                                                          start_epoch):
+            test_and_record(model, ema, splits, device, args, paths["test"], name,
+                            start_epoch)
         return model.eval()
-    finally:
-        release_run_lock(args.out)
+
+    config = {k: v for k, v in vars(args).items() if k != "default_epochs"}
+    commit, dirty = git_commit()
+    config.update(model=model_spec(model), torch_version=str(torch.__version__),
+                  git_commit=commit, git_dirty=dirty, device=str(device),
+                  machine=machine_name(device), cpu_threads=torch.get_num_threads(),
+                  schedule_start_epoch=schedule_start)
+    print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
+          f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
+    curves = CurvesFigure(Path(args.plots_dir) / f"{name}_curves.png", title or name)
+    after_step = (lambda: ema.update_parameters(model)) if ema and update_ema else None
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            train_loader.set_epoch(epoch)
+            method.set_epoch(epoch, len(train_loader))
+            start = time.perf_counter()
+            try:
+                train = train_one_epoch(
+                    step_model, train_loader, method, optimizer, scheduler, device, args.precision,
+                    desc=f"{name} {epoch + 1}/{args.epochs}",
+                    after_step=after_step, clip_grad_norm=args.clip_grad_norm)
+            except FloatingPointError as e:
+                raise UserError(f"{e} of epoch {epoch + 1}; stopped, the last good checkpoint "
+                                f"({args.out}, epoch {epoch}) is kept") from None
+            method.end_epoch(epoch)
+            train_seconds = time.perf_counter() - start
+            val = evaluate(model, val_loader, device)
+            row = {"epoch": epoch + 1, "train_loss": train["loss"], "train_acc": train["acc"],
+                   "val_loss": val["loss"], "val_acc": val["acc"],
+                   "lr": train["lr"],
+                   "epoch_seconds": time.perf_counter() - start,
+                   "images_per_second": train["images"] / train_seconds, "device": str(device),
+                   # per epoch: a run resumed with another thread count ran with both
+                   "cpu_threads": torch.get_num_threads()}
+            row.update({f"train_{k}": v for k, v in train.items()
+                        if k not in ("loss", "acc", "images", "lr")})
+            if ema is not None:
+                ema_val = evaluate(ema, val_loader, device)
+                row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
+            history.append(row)
+            with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
+                # The test record measured an earlier epoch or run: gone first, so that a
+                # failed write below never leaves it beside a new run's checkpoint.
+                paths["test"].unlink(missing_ok=True)
+                save_checkpoint({
+                    "model": model_spec(model), "epoch": epoch + 1, "epochs": args.epochs,
+                    "schedule_start_epoch": schedule_start, "history": history, "config": config,
+                    **training_state(model, optimizer, scheduler, ema, method)}, args.out)
+                write_records(paths, config, history)
+                note_checkpoint(args.out)  # before a deferred interrupt is raised
+            curves.update(history, force=epoch + 1 == args.epochs)
+            check_interrupt()
+            tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
+                       f"acc {train['acc']:.2f}%  val loss {val['loss']:.4f} "
+                       f"acc {val['acc']:.2f}%  "
+                       + (f"EMA val acc {row['ema_val_acc']:.2f}%  " if ema is not None else "")
+                       + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
+                       f"{row['images_per_second']:.0f} img/s")
+    except KeyboardInterrupt:  # the figure shows every epoch the checkpoint holds
+        curves.update(history, force=True)
+        raise
+    if not args.skip_test:
+        test_and_record(model, ema, splits, device, args, paths["test"], name, args.epochs)
+    return model.eval()
 
 
 def test_and_record(model, ema, splits, device, args, path, name, epoch):

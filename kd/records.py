@@ -68,11 +68,16 @@ def replace_atomically(path, write):
     os.close(handle)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would keep out a group
+        # mkstemp's 0600 would keep out a group sharing the folder; a file system without
+        # modes (vfat) refuses the call
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:  # name the file, not its stand-in
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 

@@ -1,9 +1,11 @@
 """Starting and resuming a run: the flags checked, fresh start / resume / extension decided,
 the data loaded, and the training state saved into and restored from a checkpoint."""
-import atexit
+import contextlib
 import functools
 import json
 import os
+import socket
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -61,13 +63,7 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
     for folder, flag in ((out.parent, "--out"), (Path(args.plots_dir), "--plots-dir")):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"{flag}: cannot create {folder} ({e.strerror})") from None
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"{flag}: {folder} is not writable")
-    hold_run_lock(out)
+        make_folder(folder, flag)
     if not args.resume and out.exists():
         if not args.overwrite:
             raise UserError(f"{out} exists; pass --resume to continue or extend it, or "
@@ -99,30 +95,51 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
                                                                data["test_labels"])}, ckpt
 
 
-# Checkpoint path -> the open lock file this process holds while it trains that run.
-_held_locks = {}
+@contextlib.contextmanager
+def run_lock(out):
+    """Hold the lock of the run in `out` while the block trains it: a second process given
+    the same --out (two sweeps with overlapping runs, a run started twice by hand) is
+    refused in one line, before it reads or writes anything of the run, where both would
+    write the same checkpoint and records, epoch by epoch, into a run that is neither.
 
-
-def hold_run_lock(out):
-    """Refuse to train a checkpoint another process is training (two sweeps with overlapping
-    runs, a run started twice by hand): both would write the same checkpoint and records,
-    epoch by epoch, into a run that is neither. An flock on `<stem>.lock` beside it, which
-    the system drops when the process ends, however it ends; the file names the holder's
-    pid. Where the system has no flock (Windows), runs are not locked."""
-    key = Path(out).resolve()
-    if fcntl is None or key in _held_locks:
-        return
+    An flock on `<stem>.lock` beside the checkpoint, whose text names the holder; the system
+    drops it when its process ends, however it ends, so a file left by a killed process
+    holds nothing. Windows, which has no flock, runs unlocked; where the file system refuses
+    it (Lustre mounted without it), the run goes on unlocked after a warning."""
     path = record_paths(out)["lock"]
+    make_folder(path.parent, "--out")
+    handle = acquire(path, out)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still held, so no later holder's file is removed
+            handle.close()
+
+
+def acquire(path, out):
+    """The open, flocked lock file at `path`; None where locking is not to be had."""
+    if fcntl is None:
+        return None
     while True:
-        handle = open(path, "a+")
+        try:
+            handle = open(path, "a+")
+        except PermissionError:  # a lock file another user left: flock works read-only too
+            handle = open(path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = handle.read().strip() or "a process"
             handle.close()
-            raise UserError(f"{out} is being trained by another process (pid {holder}); "
-                            f"wait for it to end, or give another --out") from None
+            raise UserError(f"{out} is being trained by another process ({holder}); wait "
+                            f"for it to end, or give another --out") from None
+        except OSError as e:
+            handle.close()
+            print(f"warning: cannot lock {path} ({e.strerror}): nothing stops a second "
+                  f"process from training {out} at the same time", file=sys.stderr)
+            return None
         try:
             same_file = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
@@ -130,18 +147,20 @@ def hold_run_lock(out):
         if same_file:  # not a file its last holder removed as this process opened it
             break
         handle.close()
-    handle.truncate(0)
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _held_locks[key] = handle
-    atexit.register(release_run_lock, out)
+    if handle.writable():
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+    return handle
 
 
-def release_run_lock(out):
-    handle = _held_locks.pop(Path(out).resolve(), None)
-    if handle is not None:
-        Path(handle.name).unlink(missing_ok=True)  # while still held: no holder's file lost
-        handle.close()
+def make_folder(folder, flag):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{flag}: cannot create {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{flag}: {folder} is not writable")
 
 
 def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):

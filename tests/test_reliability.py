@@ -1,6 +1,10 @@
 """Interruption, determinism, bad checkpoints and safe loading, driven from the shell."""
+import errno
+import fcntl
+import json
 import os
 import re
+import socket
 import stat
 from pathlib import Path
 
@@ -27,7 +31,8 @@ from kd.checkpoints import (
     save_atomically,
     save_checkpoint,
 )
-from kd.records import write_text
+from kd.cli import UserError
+from kd.records import replace_atomically, write_text
 from kd.runs import teacher_identity
 from models import load_model
 
@@ -321,6 +326,40 @@ def test_a_file_replaced_whole_gets_the_mode_the_umask_gives(tmp_path, kind):
     assert stat.S_IMODE((tmp_path / "store.png").stat().st_mode) == 0o640
 
 
+def test_a_failed_write_names_the_file_not_its_temporary_stand_in(tmp_path):
+    def full_disk(tmp):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+    with pytest.raises(OSError) as failed:
+        replace_atomically(tmp_path / "teacher.metrics.csv", full_disk)
+    assert str(failed.value) == (f"[Errno {errno.ENOSPC}] No space left on device: "
+                                 f"'{tmp_path / 'teacher.metrics.csv'}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_system_that_refuses_modes_still_gets_the_file(tmp_path, monkeypatch):
+    def refused(*args):
+        raise PermissionError(errno.EPERM, "Operation not permitted")  # vfat, some CIFS
+    monkeypatch.setattr(os, "chmod", refused)
+    write_text(tmp_path / "a.txt", "written")
+    assert (tmp_path / "a.txt").read_text() == "written"
+
+
+def test_records_that_lag_their_finished_checkpoint_catch_up_on_resume(image_folder, tmp_path):
+    """The last epoch's checkpoint written, its records not (a full disk): a --resume of
+    the finished run rewrites them from the checkpoint."""
+    out = tmp_path / "teacher.pt"
+    flags = ["--data-root", image_folder, "--plots-dir", tmp_path, "--out", out,
+             "--epochs", "2", "--train-subset", "16", "--batch-size", "8", "--skip-test"]
+    run_in_process("train_teacher.py", *flags)
+    metrics, config = tmp_path / "teacher.metrics.csv", tmp_path / "teacher.config.json"
+    whole = metrics.read_text()
+    metrics.write_text("\n".join(whole.splitlines()[:2]) + "\n")  # epoch 1 only
+    config.unlink()
+    run_in_process("train_teacher.py", *flags, "--resume")
+    assert metrics.read_text() == whole
+    assert json.loads(config.read_text())["run_id"] == load_checkpoint(out)["config"]["run_id"]
+
+
 @pytest.mark.parametrize("kind", WRITERS)
 def test_a_write_interrupted_midway_leaves_the_previous_file(tmp_path, monkeypatch, kind):
     where, write, read = WRITERS[kind]
@@ -371,28 +410,57 @@ def test_a_run_started_over_drops_the_old_test_record_before_its_first_checkpoin
     assert not test_record.exists()
 
 
-def test_a_run_another_process_is_training_is_refused_in_one_line(image_folder, tmp_path):
+def test_a_run_another_process_is_training_is_refused_in_one_line(image_folder, tmp_path,
+                                                                 monkeypatch):
     """Two sweeps with overlapping runs, or a run started twice: the second is refused before
-    it writes anything (here this test's process holds the run's lock, as a first run
-    would); once the first is done, the run is free again and leaves no lock file."""
-    import fcntl
+    it writes anything, for as long as the first trains; then the run is free again."""
+    out = tmp_path / "teacher.pt"
+    flags = ["--data-root", image_folder, "--plots-dir", tmp_path, "--out", out]
+    second = []
+
+    def start_a_second_run_mid_epoch():  # the loop's check after each step and epoch
+        if not second:
+            second.append(run_script("train_teacher.py", *flags, "--dry-run", check=False))
+    monkeypatch.setattr(engine, "check_interrupt", start_a_second_run_mid_epoch)
+    run_in_process("train_teacher.py", *flags, "--epochs", "1", "--train-subset", "16",
+                   "--batch-size", "8")
+    monkeypatch.undo()
+    assert second[0].returncode == 2
+    assert second[0].stderr.strip().splitlines() == [
+        f"error: {out} is being trained by another process (pid {os.getpid()} on "
+        f"{socket.gethostname()}); wait for it to end, or give another --out"]
+    assert load_checkpoint(out)["epoch"] == 1  # the first run's, untouched by the second
+    assert not (tmp_path / "teacher.lock").exists()
+    # A lock file left behind, as by a killed process, holds nothing.
+    (tmp_path / "teacher.lock").write_text("pid 4242 on elsewhere\n")
+    run_script("train_teacher.py", *flags, "--resume", "--epochs", "2", "--train-subset",
+               "16", "--batch-size", "8")
+    assert load_checkpoint(out)["epoch"] == 2
+
+
+def test_a_run_refused_in_this_process_lets_its_lock_go(image_folder, tmp_path):
+    """A script's main() called from Python (a test, a notebook) and refused (here: the
+    checkpoint exists) leaves the run free for the next process."""
     out = tmp_path / "teacher.pt"
     flags = ["--dry-run", "--data-root", image_folder, "--plots-dir", tmp_path, "--out", out]
-    with open(tmp_path / "teacher.lock", "w") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)
-        held.write("4242\n")
-        held.flush()
-        proc = run_script("train_teacher.py", *flags, check=False)
-        assert proc.returncode == 2
-        assert proc.stderr.strip().splitlines() == [
-            f"error: {out} is being trained by another process (pid 4242); wait for it to "
-            f"end, or give another --out"]
-        assert not out.exists()
-    # its file stays, as a killed process leaves it: it holds nothing
-    run_in_process("train_teacher.py", *flags)  # the lock is let go when the run is done...
-    run_script("train_teacher.py", *flags, "--resume", "--epochs", "2")  # ...for another
-    assert load_checkpoint(out)["epoch"] == 2
-    assert not (tmp_path / "teacher.lock").exists()
+    run_script("train_teacher.py", *flags)
+    with pytest.raises(UserError, match="exists"):
+        run_in_process("train_teacher.py", *flags)
+    run_script("train_teacher.py", *flags, "--overwrite")
+
+
+def test_where_files_cannot_be_locked_a_run_goes_on_with_a_warning(image_folder, tmp_path,
+                                                                   monkeypatch, capsys):
+    def no_flock(*args):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    monkeypatch.setattr(fcntl, "flock", no_flock)  # Lustre mounted without flock
+    out = tmp_path / "teacher.pt"
+    run_in_process("train_teacher.py", "--dry-run", "--data-root", image_folder,
+                   "--plots-dir", tmp_path, "--out", out)
+    assert f"warning: cannot lock {tmp_path / 'teacher.lock'} (Function not implemented): " \
+           f"nothing stops a second process from training {out} at the same time" \
+           in capsys.readouterr().err
+    assert load_checkpoint(out)["epoch"] == 1
 
 
 def test_each_epoch_records_the_threads_it_ran_with(image_folder, tmp_path):

@@ -18,6 +18,7 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW  # noqa: E40
 
 from conftest import ROOT  # noqa: E402
 from kd.cli import UserError  # noqa: E402
+from kd.results import recipe_labels, run_variant  # noqa: E402
 from report import (  # noqa: E402
     MARGIN,
     RESULTS_COLUMNS,
@@ -272,18 +273,20 @@ def test_the_scripts_refuse_it_in_one_line(tmp_path, script):
     assert proc.stderr.startswith(f"error: {tmp_path / 'results.csv'} is not a results.csv")
 
 
-def test_raw_against_ema_leaves_out_mean_teacher_whose_ema_is_its_teacher():
-    results = pd.DataFrame({"variant": ["kd", "kd EMA", "mean-teacher",
-                                        "mean-teacher teacher"]})
-    assert raw_vs_ema_pairs(results) == [("kd EMA", "kd")]
-
-
-def test_raw_against_ema_pairs_labels_that_carry_settings():
-    # recipe_labels puts a recipe's settings after the second model's " EMA"
-    results = pd.DataFrame({"variant": ["kd (epochs=12)", "kd EMA (epochs=12)",
-                                        "kd (epochs=36)", "kd EMA (epochs=36)"]})
-    assert raw_vs_ema_pairs(results) == [("kd EMA (epochs=12)", "kd (epochs=12)"),
-                                         ("kd EMA (epochs=36)", "kd (epochs=36)")]
+def test_raw_against_ema_pairs_each_runs_two_models_and_leaves_out_mean_teacher():
+    # recipe_labels' labels: settings after the " EMA", and told apart per label (the EMA of
+    # kd's 0.999 run needs none, as the 0-decay run has no EMA)
+    configs = [{"loss": "kd", "ema_decay": 0.999, "epochs": 12},
+               {"loss": "kd", "ema_decay": 0.999, "epochs": 36},
+               {"loss": "kd", "ema_decay": 0.0, "epochs": 12}]
+    runs = [(run_variant(c), c) for c in configs] + [(run_variant(c, ema=True), c)
+                                                     for c in configs[:2]]
+    labels = recipe_labels(runs)
+    results = pd.DataFrame({"checkpoint": ["a.pt", "b.pt", "c.pt", "a.pt", "b.pt", "m.pt",
+                                           "m.pt"],
+                            "variant": [*labels, "mean-teacher", "mean-teacher teacher"]})
+    assert raw_vs_ema_pairs(results) == [(labels[3], labels[0]), (labels[4], labels[1])]
+    assert labels[3] == "kd EMA (epochs=12)" and labels[0] == "kd (ema_decay=0.999, epochs=12)"
 
 
 def test_a_report_of_teachers_alone_is_written(tmp_path):

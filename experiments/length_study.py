@@ -5,8 +5,8 @@ run, with the machines and precisions they ran on), a figure of test accuracy (s
 and clean training accuracy (dashed) against epochs, one colour per method, the paired
 comparisons (methods against the student alone and KD alone, a method's settings against
 each other, lengths against the shortest, a method's side settings in a family of their
-own), and the best student's recipe: the choice on validation among the methods at the
-longest length.
+own), each run's EMA against its raw weights (a family of its own), and the best
+student's recipe: the choice on validation among the methods at the longest length.
 
     python experiments/length_study.py                    # the study: five seeds, two machines
     python experiments/length_study.py --beside experiments/xeon_runs.csv   # beside seeds 0-2
@@ -209,6 +209,20 @@ def setting_comparisons(results):
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
+def ema_comparisons(results):
+    """The EMA of each student run's weights against its raw weights, per method and length,
+    paired by run (seed): one Holm family of its own, apart from the study's planned ones;
+    None where no run has both."""
+    raw = student_runs(results)
+    ema = results[results["weights"] == "ema"][["run", "test_acc"]]
+    both = raw.merge(ema, on="run", suffixes=("", "_ema"))
+    tests = [(f"{method}, {epochs} epochs: EMA", "raw",
+              compare_runs(rows.assign(test_acc=rows["test_acc_ema"]), rows, ["seed"]))
+             for (method, epochs), rows in both.groupby(["method", "epochs"])
+             if len(rows) >= 2]
+    return family_table(tests, ("comparison", "difference (points)")) if tests else None
+
+
 def leave_out(results, patterns, strict=True):
     """`results` without the runs whose method (its label without the length) matches one of
     the shell-style `patterns`: the families as they were before a method joined them.
@@ -379,6 +393,10 @@ def main():
     for name, family in found:
         title = TITLES.get(name, f"{name[0].upper()}{name[1:]}, paired by seed")
         print(f"\n{title}:\n\n{family.to_markdown(index=False)}")
+    ema = ema_comparisons(results)
+    if ema is not None:
+        print("\nThe EMA of the weights against the raw weights of the same runs, per method "
+              f"and length, paired by run (a family of its own):\n\n{ema.to_markdown(index=False)}")
     if args.beside:
         other = families(leave_out(tables[1], args.leave_out, strict=False))
         print(f"\nEach comparison beside the same from {' '.join(map(str, args.beside))}:\n\n"

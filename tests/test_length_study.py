@@ -16,6 +16,7 @@ from length_study import (  # noqa: E402
     beside,
     best_recipe,
     comparisons,
+    ema_comparisons,
     families,
     gap_changes,
     leave_out,
@@ -100,6 +101,19 @@ def test_methods_are_compared_with_the_student_alone_paired_by_seed():
     assert list(family["comparison"]) == ["kd − ce"]
     assert family["runs"][0] == "3 pairs by seed"
     assert family["difference (points)"][0] == "+3.10"  # (3 + 3.1 + 3.2) / 3
+
+
+def test_each_runs_ema_is_compared_with_its_raw_weights_paired_by_run():
+    frame = results()
+    gains = (0.1, 0.3, 0.2)
+    ema = frame["weights"] == "ema"
+    frame.loc[ema, "test_acc"] = [79.0 + 0.1, 80.0 + 0.3, 81.0 + 0.2]  # seeds 0, 1, 2
+    frame = pd.concat([frame, frame[ema].assign(  # a row of the teacher's EMA: left out
+        run="teacher", variant="teacher EMA", seed=0, epochs=40, test_acc=50.0)])
+    table = ema_comparisons(frame)
+    assert list(table["comparison"]) == ["kd, 12 epochs: EMA − raw"]  # 36: one seed, no test
+    assert table["runs"][0] == "3 pairs by seed"
+    assert table["difference (points)"][0] == f"{sum(gains) / 3:+.2f}"
 
 
 def test_machines_that_share_a_short_name_keep_their_whole_names():

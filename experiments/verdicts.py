@@ -12,6 +12,7 @@ import math
 import sys
 from pathlib import Path
 
+import pandas as pd
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,6 +49,10 @@ EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
 EMA_GAINS = {"teacher": (-0.01, 0.05), "kd+ce": (-0.10, 0.06), "kd": (-0.18, 0.08),
              "dkd": (-0.05, 0.20), "dist": (-0.01, 0.23), "ce": (0.00, 0.10)}
 RUNS = 3
+# docs/results.md, "The mean-teacher family on five seeds": evaluate.py's results.csv of
+# seeds 3 and 4 (bf16, the Zen 5 of seeds 0-2) of the mean-teacher runs and the student
+# trained alone.
+SEEDS_34 = Path(__file__).with_name("seeds34_bf16.csv")
 
 
 def welch_from_summary(a, b, n=RUNS):
@@ -105,6 +110,23 @@ def tables(runs):
     return out
 
 
+def five_seed_tables(runs, seeds_34):
+    """(title, table): the bf16 mean-teacher family on seeds 0-4: PER_SEED's seeds 0-2 with
+    SEEDS_34's 3 and 4, each variant's mean ± std and per-seed accuracies, then the
+    comparisons (one Holm family, paired by seed)."""
+    seeds_34 = seeds_34[seeds_34["weights"] == "raw"]  # not the EMA teachers' rows
+    runs = pd.concat([runs[runs["precision"] == "bf16"], seeds_34[runs.columns]],
+                     ignore_index=True)
+    names = {v for pair in EMA_PAIRS for v in pair}
+    runs = runs[runs["variant"].isin(names)].sort_values("seed", kind="stable")
+    summary = seed_table(runs, ["variant"])
+    per_seed = runs.groupby("variant", sort=False)["test_acc"]
+    summary["per seed (test)"] = summary["variant"].map(per_seed.agg(
+        lambda accs: " / ".join(f"{a:.2f}" for a in accs)))
+    return [("Mean-teacher, bf16, seeds 0-4: accuracy (%)", summary),
+            ("Mean-teacher, bf16, seeds 0-4", comparison_table(runs, EMA_PAIRS, ["seed"]))]
+
+
 def method_tables(runs):
     """(title, table) per evaluation in METHOD_RUNS: each variant's test accuracy (mean ± std
     and per seed), validation and clean training accuracy and median minutes per run, then
@@ -137,7 +159,9 @@ def method_tables(runs):
 def main():
     runs = read_results(PER_SEED, ["precision", "variant", "seed", "test_acc"])
     method_runs = read_results(METHOD_RUNS, [*RESULTS_COLUMNS, "table", "weights"])
-    for title, table in tables(runs) + method_tables(method_runs):
+    seeds_34 = read_results(SEEDS_34, [*RESULTS_COLUMNS, "precision", "weights"])
+    for title, table in (tables(runs) + five_seed_tables(runs, seeds_34)
+                         + method_tables(method_runs)):
         print(f"## {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
 
 

@@ -14,6 +14,7 @@ from report import compare, equivalence  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from verdicts import (  # noqa: E402
+    five_seed_tables,
     method_tables,
     paired_from_summary,
     tables,
@@ -87,3 +88,24 @@ def test_bf16_against_fp32_is_also_pooled_per_seed_over_every_variant():
     shifts = pd.Series([0.2, -0.1, 0.05])
     half = stats.t.ppf(0.975, 2) * shifts.std() / 3 ** 0.5
     assert row["95% CI"] == f"[{0.05 - half:+.2f}, {0.05 + half:+.2f}]"
+
+
+def test_the_five_seed_mean_teacher_family_joins_seeds_3_and_4_to_the_bf16_ones():
+    def rows(precision, seeds):
+        return [{"precision": precision, "variant": variant, "seed": seed,
+                 "test_acc": base + 0.1 * seed}
+                for variant, base in (("mean-teacher", 73.0), ("mean-teacher-no-averaging", 71.0),
+                                      ("mean-teacher-no-ema", 60.0), ("ce", 75.0), ("kd", 79.0))
+                for seed in seeds]
+    runs = pd.DataFrame(rows("bf16", [0, 1, 2]) + rows("fp32", [0, 1, 2]))
+    seeds_34 = pd.DataFrame(rows("bf16", [3, 4])).assign(weights="raw", model="student")
+    teachers = seeds_34.assign(weights="ema", variant=seeds_34["variant"] + " teacher")
+    (_, summary), (_, family) = five_seed_tables(runs, pd.concat([seeds_34, teachers]))
+    assert set(summary["variant"]) == {"mean-teacher", "mean-teacher-no-averaging",
+                                       "mean-teacher-no-ema", "ce"}  # kd is in no pair
+    assert (summary["seeds"] == 5).all()
+    assert summary.set_index("variant").at["ce", "per seed (test)"] == \
+        "75.00 / 75.10 / 75.20 / 75.30 / 75.40"
+    assert (family["runs"] == "5 pairs by seed").all()
+    averaging = family.set_index("comparison").loc["mean-teacher − mean-teacher-no-averaging"]
+    assert averaging["difference (points)"] == "+2.00"

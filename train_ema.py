@@ -52,7 +52,7 @@ def parse(argv=None):
 def main():
     args, kind = parse()
     variant = run_variant(vars(args))
-    with runs.run_lock(args.out):  # refused while another process trains this run
+    with runs.run_lock(args):  # refused while another process trains this run
         args, device, splits, ckpt = runs.prepare_run(args, *kind)
         student = runs.initial_model("student", args, ckpt)
         teacher = ModelEMA(runs.initial_model("student", args, ckpt, seed=args.seed + 1),

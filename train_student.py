@@ -44,7 +44,7 @@ def parse(argv=None):
 def main():
     args, kind = parse()
     method = methods.METHODS[args.loss]
-    with runs.run_lock(args.out):  # refused while another process trains this run
+    with runs.run_lock(args):  # refused while another process trains this run
         args, device, splits, ckpt = runs.prepare_run(args, *kind)
         teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
         shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)

@@ -29,7 +29,7 @@ def parse(argv=None):
 
 def main():
     args, kind = parse()
-    with runs.run_lock(args.out):  # refused while another process trains this run
+    with runs.run_lock(args):  # refused while another process trains this run
         args, device, splits, ckpt = runs.prepare_run(args, *kind)
         train_images, train_labels = splits["train"]
         first_of_class = [int((train_labels == c).nonzero()[0]) for c in train_labels.unique()]

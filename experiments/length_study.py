@@ -211,13 +211,13 @@ def setting_comparisons(results):
 
 def ema_comparisons(results):
     """The EMA of each student run's weights against its raw weights, per method and length,
-    paired by run (seed): one Holm family of its own, apart from the study's planned ones;
+    paired by run: one Holm family of its own, apart from the study's planned ones;
     None where no run has both."""
     raw = student_runs(results)
     ema = results[results["weights"] == "ema"][["run", "test_acc"]]
     both = raw.merge(ema, on="run", suffixes=("", "_ema"))
     tests = [(f"{method}, {epochs} epochs: EMA", "raw",
-              compare_runs(rows.assign(test_acc=rows["test_acc_ema"]), rows, ["seed"]))
+              compare_runs(rows.assign(test_acc=rows["test_acc_ema"]), rows, ["run"]))
              for (method, epochs), rows in both.groupby(["method", "epochs"])
              if len(rows) >= 2]
     return family_table(tests, ("comparison", "difference (points)")) if tests else None

@@ -12,7 +12,7 @@ import pandas as pd
 
 def record_paths(out):
     """Run records are named after the checkpoint, so runs sharing a folder never collide;
-    the lock file exists while a process trains the run (kd.runs.hold_run_lock)."""
+    the lock file exists while a process trains the run (kd.runs.run_lock)."""
     stem = Path(out).with_suffix("")
     return {"config": Path(f"{stem}.config.json"), "metrics": Path(f"{stem}.metrics.csv"),
             "test": Path(f"{stem}.test.json"), "lock": Path(f"{stem}.lock")}
@@ -76,7 +76,8 @@ def replace_atomically(path, write):
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, OSError) and e.filename == tmp:  # name the file, not its stand-in
+        # name the file, not its stand-in (or nothing: a full disk fails a write or flush)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             raise OSError(e.errno, e.strerror, path) from None
         raise
 

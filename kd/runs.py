@@ -59,9 +59,7 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     """
     check_args(args)
     device = select_device(args.device)
-    out = Path(args.out)
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
+    out = check_out(args.out)
     for folder, flag in ((out.parent, "--out"), (Path(args.plots_dir), "--plots-dir")):
         make_folder(folder, flag)
     if not args.resume and out.exists():
@@ -96,8 +94,8 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
 
 
 @contextlib.contextmanager
-def run_lock(out):
-    """Hold the lock of the run in `out` while the block trains it: a second process given
+def run_lock(args):
+    """Hold the lock of the run in `args.out` while the block trains it: a second process given
     the same --out (two sweeps with overlapping runs, a run started twice by hand) is
     refused in one line, before it reads or writes anything of the run, where both would
     write the same checkpoint and records, epoch by epoch, into a run that is neither.
@@ -106,6 +104,8 @@ def run_lock(out):
     drops it when its process ends, however it ends, so a file left by a killed process
     holds nothing. Windows, which has no flock, runs unlocked; where the file system refuses
     it (Lustre mounted without it), the run goes on unlocked after a warning."""
+    check_args(args)  # a bad flag is refused before the folder is made
+    out = check_out(args.out)
     path = record_paths(out)["lock"]
     make_folder(path.parent, "--out")
     handle = acquire(path, out)
@@ -126,7 +126,12 @@ def acquire(path, out):
         try:
             handle = open(path, "a+")
         except PermissionError:  # a lock file another user left: flock works read-only too
-            handle = open(path)
+            try:
+                handle = open(path)
+            except PermissionError:
+                raise UserError(f"cannot open {path}, the lock file another user left "
+                                f"beside {out}: remove it if no process trains the run, "
+                                f"or give another --out") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -152,6 +157,13 @@ def acquire(path, out):
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
     return handle
+
+
+def check_out(out):
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
+    return out
 
 
 def make_folder(folder, flag):
@@ -216,7 +228,7 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
 
 def recorded_config(ckpt):
     """The checkpoint's config with what older runs did not record filled in as they ran."""
-    config = ckpt["config"]
+    config = dict(ckpt["config"])  # the checkpoint's own stays as it was recorded
     # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
     config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
                       else "fp32")

@@ -68,12 +68,21 @@ def test_existing_checkpoint_is_never_overwritten_by_accident(teacher_checkpoint
     (["--widths", "0", "8", "8", "8"], "--widths"),
     (["--seed", "1000000000000000"], "--seed"),  # the loader's seed * 100,003 overflowed
     (["--seed", "-1"], "--seed"),
+    (["--out", "."], "is a folder"),
 ])
 def test_bad_flags_get_one_line_errors(image_folder, tmp_path, flags, fragment):
     proc = run_script("train_teacher.py", "--data-root", image_folder, "--out",
                       tmp_path / "t.pt", "--plots-dir", tmp_path, *flags, check=False)
     assert_one_line_error(proc, fragment)
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_a_refused_command_makes_no_folder(image_folder, tmp_path):
+    out = tmp_path / "new" / "sub" / "t.pt"
+    proc = run_script("train_teacher.py", "--data-root", image_folder, "--out", out,
+                      "--lr", "-1", check=False)
+    assert_one_line_error(proc, "--lr")
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -112,7 +112,7 @@ def test_each_runs_ema_is_compared_with_its_raw_weights_paired_by_run():
         run="teacher", variant="teacher EMA", seed=0, epochs=40, test_acc=50.0)])
     table = ema_comparisons(frame)
     assert list(table["comparison"]) == ["kd, 12 epochs: EMA − raw"]  # 36: one seed, no test
-    assert table["runs"][0] == "3 pairs by seed"
+    assert table["runs"][0] == "3 pairs by run"
     assert table["difference (points)"][0] == f"{sum(gains) / 3:+.2f}"
 
 

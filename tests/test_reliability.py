@@ -336,12 +336,50 @@ def test_a_failed_write_names_the_file_not_its_temporary_stand_in(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_names_the_file_even_where_the_error_names_none(tmp_path):
+    def full_disk(tmp):  # as a write or flush fails on a full disk: no file name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError) as failed:
+        replace_atomically(tmp_path / "teacher.metrics.csv", full_disk)
+    assert str(tmp_path / "teacher.metrics.csv") in str(failed.value)
+
+
+def test_a_lock_file_no_one_may_open_is_one_line(image_folder, tmp_path, monkeypatch):
+    """Another user's lock file, left with their umask 077: not even readable (root, which
+    runs the suite, reads anything, so open() is made to refuse it)."""
+    lock, real_open = tmp_path / "teacher.lock", open
+
+    def refusing_open(path, *args, **kwargs):
+        if Path(path) == lock:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr("builtins.open", refusing_open)
+    with pytest.raises(UserError, match="the lock file another user left beside"):
+        run_in_process("train_teacher.py", "--dry-run", "--data-root", image_folder,
+                       "--plots-dir", tmp_path, "--out", tmp_path / "teacher.pt")
+
+
 def test_a_file_system_that_refuses_modes_still_gets_the_file(tmp_path, monkeypatch):
     def refused(*args):
         raise PermissionError(errno.EPERM, "Operation not permitted")  # vfat, some CIFS
     monkeypatch.setattr(os, "chmod", refused)
     write_text(tmp_path / "a.txt", "written")
     assert (tmp_path / "a.txt").read_text() == "written"
+
+
+def test_the_records_of_a_finished_run_are_rewritten_as_its_checkpoint_recorded_them(
+        image_folder, tmp_path):
+    """A run from before a setting was recorded: --resume fills it in to compare recipes,
+    but the rewritten config says what the run recorded."""
+    out = tmp_path / "teacher.pt"
+    flags = ["--dry-run", "--data-root", image_folder, "--plots-dir", tmp_path, "--out", out]
+    run_in_process("train_teacher.py", *flags)
+    ckpt = load_checkpoint(out)
+    del ckpt["config"]["precision"], ckpt["config"]["clip_grad_norm"]
+    save_checkpoint({k: v for k, v in ckpt.items() if k != "format"}, out)
+    run_in_process("train_teacher.py", *flags, "--resume")
+    config = json.loads((tmp_path / "teacher.config.json").read_text())
+    assert "precision" not in config and "clip_grad_norm" not in config
 
 
 def test_records_that_lag_their_finished_checkpoint_catch_up_on_resume(image_folder, tmp_path):

@@ -412,7 +412,8 @@ def length_section(students, plots_dir):
 def write_report(results, plots_dir, predictions=None):
     seeds = sorted(results["seed"].dropna().astype(int).unique())
     students = results[results["model"] == "student"]
-    is_mean_teacher = students["variant"].str.startswith("mean-teacher").astype(bool)  # as below
+    # as booleans, as second_models gives them
+    is_mean_teacher = students["variant"].str.startswith("mean-teacher").astype(bool)
     raw = results[~second_models(results)]
     key = ["seed"]
     text = [

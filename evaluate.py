@@ -74,10 +74,17 @@ def cpu_speed(model, batch_size):
 
 def checkpoint_paths(given):
     """The checkpoints to evaluate, each file once however it is named (`a.pt`, `./a.pt`, a
-    link to it): a file twice would count as two seeds in the tables."""
+    link to it, hard or symbolic): a file twice would count as two seeds in the tables."""
+    def identity(path):
+        try:
+            found = os.stat(path)
+        except OSError:  # said "not found" when it is loaded
+            return Path(path).resolve()
+        return found.st_dev, found.st_ino
+
     unique = {}
     for path in given:
-        unique.setdefault(Path(path).resolve(), path)
+        unique.setdefault(identity(path), path)
     paths = list(unique.values()) or sorted(map(str, Path("checkpoints").glob("*.pt")))
     if not paths:
         raise cli.UserError("no checkpoints given and none in checkpoints/; train some "

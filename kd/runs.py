@@ -163,6 +163,9 @@ def check_out(out):
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the checkpoint's file name")
+    if out.is_symlink():  # its run would lock <link>.lock, one given the target another file
+        raise UserError(f"--out {out} is a symbolic link to {os.readlink(out)}; give the "
+                        f"file itself (a save would replace the link by a file)")
     return out
 
 

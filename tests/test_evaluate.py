@@ -143,8 +143,10 @@ def test_a_checkpoint_named_twice_is_evaluated_once(tmp_path, monkeypatch):
     (tmp_path / "a.pt").write_bytes(b"")
     (tmp_path / "b.pt").write_bytes(b"")
     (tmp_path / "link.pt").symlink_to(tmp_path / "a.pt")
-    assert evaluate.checkpoint_paths(["a.pt", "b.pt", "./a.pt", "link.pt", str(tmp_path / "a.pt")]
-                                     ) == ["a.pt", "b.pt"]
+    (tmp_path / "hard.pt").hardlink_to(tmp_path / "b.pt")
+    assert evaluate.checkpoint_paths(["a.pt", "b.pt", "./a.pt", "link.pt", str(tmp_path / "a.pt"),
+                                      "hard.pt", "missing.pt", "./missing.pt"]
+                                     ) == ["a.pt", "b.pt", "missing.pt"]
 
 
 def test_bad_input_is_one_line(image_folder, tmp_path):

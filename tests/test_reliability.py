@@ -198,16 +198,21 @@ def test_a_finished_run_exported_without_its_training_state_is_the_same_teacher(
 
 @pytest.mark.parametrize("flags, fragment", [
     (["--out", "{tmp}"], "is a folder"),
+    (["--out", "{tmp}/link.pt"], "is a symbolic link to"),
     (["--train-subset", "1"], "at least 2 images"),
     (["--out", "/proc/no/teacher.pt"], "--out: cannot create"),
     (["--plots-dir", "/proc/no"], "--plots-dir: cannot create"),
 ])
 def test_more_bad_input(image_folder, tmp_path, flags, fragment):
     flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    # A link's run would lock <link>.lock and one given its target <target>.lock, and the
+    # first save replaces the link by a file.
+    (tmp_path / "link.pt").symlink_to(tmp_path / "target.pt")
     args = ["--data-root", image_folder, "--dry-run"]
     args += [] if "--out" in flags else ["--out", tmp_path / "t.pt"]
     args += [] if "--plots-dir" in flags else ["--plots-dir", tmp_path]
     assert fragment in last_line(run_script("train_teacher.py", *args, *flags, check=False))
+    assert (tmp_path / "link.pt").is_symlink()
 
 
 def test_nothing_unpickles_arbitrary_objects():

@@ -34,6 +34,7 @@ from kd.results import (
     is_second_model,
     join_label,
     label_settings,
+    markdown,
     seed_table,
 )
 
@@ -336,7 +337,7 @@ def section(title, figure, plots_dir, tables):
         if table is None:  # a line of its own
             parts.append(f"{caption}\n")
         elif not table.empty:
-            parts.append(f"{caption}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+            parts.append(f"{caption}\n\n{markdown(table)}\n")
     return "\n".join([f"## {title}\n", *parts]) if parts else ""
 
 

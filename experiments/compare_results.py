@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd import cli  # noqa: E402
-from kd.results import is_second_model, seed_table, variant_rank  # noqa: E402
+from kd.results import is_second_model, markdown, seed_table, variant_rank  # noqa: E402
 from report import compare_runs, family_table, one_row_per_run, read_results  # noqa: E402
 
 
@@ -111,11 +111,11 @@ def main():
     table = compare_results(a, b, args.names)
     if table.empty:
         raise cli.UserError("the two results have no variant in common")
-    print(table.to_markdown(index=False, disable_numparse=True))
+    print(markdown(table))
     pool = pooled(a, b, args.names)
     if pool is not None:
         print()
-        print(pool.to_markdown(index=False, disable_numparse=True))
+        print(markdown(pool))
 
 
 if __name__ == "__main__":

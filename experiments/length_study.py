@@ -29,7 +29,7 @@ from select_settings import decisions  # noqa: E402
 
 import report  # noqa: E402
 from kd import cli, plotting  # noqa: E402
-from kd.results import label_settings  # noqa: E402
+from kd.results import label_settings, markdown  # noqa: E402
 from report import compare_runs, family_table, one_row_per_run, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
@@ -383,7 +383,7 @@ def main():
     plotting.plot_length(student_runs(results), args.figure,
                          f"the student (3.1 M MACs) by training length, error bars: std over "
                          f"seeds\nran on {machines}")
-    print(table.to_markdown(index=False))
+    print(markdown(table))
     if names:
         print("\nThe machines in full: "
               + "; ".join(f"{name}: {machine}" for machine, name in names.items()) + ".")
@@ -392,19 +392,19 @@ def main():
     found = families(results)
     for name, family in found:
         title = TITLES.get(name, f"{name[0].upper()}{name[1:]}, paired by seed")
-        print(f"\n{title}:\n\n{family.to_markdown(index=False)}")
+        print(f"\n{title}:\n\n{markdown(family)}")
     ema = ema_comparisons(results)
     if ema is not None:
         print("\nThe EMA of the weights against the raw weights of the same runs, per method "
-              f"and length, paired by run (a family of its own):\n\n{ema.to_markdown(index=False)}")
+              f"and length, paired by run (a family of its own):\n\n{markdown(ema)}")
     if args.beside:
         other = families(leave_out(tables[1], args.leave_out, strict=False))
         print(f"\nEach comparison beside the same from {' '.join(map(str, args.beside))}:\n\n"
-              f"{beside(found, other).to_markdown(index=False)}")
+              f"{markdown(beside(found, other))}")
     recipes = best_recipe(results)
     print(f"\nThe best student's recipe on validation at {recipes['epochs'].max()} epochs, "
           f"mean over seeds (the test set is not read for it):\n\n"
-          f"{recipes.to_markdown(index=False)}")
+          f"{markdown(recipes)}")
     print(f"wrote {args.figure}")
 
 

@@ -20,7 +20,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kd import cli  # noqa: E402
 from kd.records import write_text  # noqa: E402
-from kd.results import is_second_model, label_settings, run_table, variant_rank  # noqa: E402
+from kd.results import (  # noqa: E402
+    is_second_model,
+    label_settings,
+    markdown,
+    run_table,
+    variant_rank,
+)
 
 MARGIN = 1.0  # points of validation accuracy within which one seed does not decide (issue 26)
 
@@ -118,7 +124,7 @@ def main():
     also = f" and {args.records}" if args.records else ""
     print(f"Validation accuracy (%) at the last epoch, mean over the seeds run; "
           f"{args.folder}{also}; the test set is not read.\n")
-    print(table.to_markdown(index=False))
+    print(markdown(table))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compare_results import pooled  # noqa: E402
 
 import methods  # noqa: E402
-from kd.results import seed_table  # noqa: E402
+from kd.results import markdown, seed_table  # noqa: E402
 from report import (  # noqa: E402
     EMA_PAIRS,
     LEVEL,
@@ -164,7 +164,7 @@ def main():
     seeds_34 = read_results(SEEDS_34, [*RESULTS_COLUMNS, "precision", "weights"])
     for title, table in (tables(runs) + five_seed_tables(runs, seeds_34)
                          + method_tables(method_runs)):
-        print(f"## {title}\n\n{table.to_markdown(index=False, disable_numparse=True)}\n")
+        print(f"## {title}\n\n{markdown(table)}\n")
 
 
 if __name__ == "__main__":

@@ -201,3 +201,9 @@ def run_table(folders):
     # Runs that differ in anything but the seed are separate variants, named by what differs.
     runs["variant"] = recipe_labels(list(zip(runs["variant"], configs)))
     return runs
+
+
+def markdown(table):
+    """`table` as a Markdown table of its cells as formatted: tabulate's number parsing
+    would print "+1.50" as "1.5" and -0.00 as "-0"."""
+    return table.to_markdown(index=False, disable_numparse=True)

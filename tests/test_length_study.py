@@ -68,6 +68,21 @@ def test_the_script_prints_the_table_and_draws_the_figure(tmp_path):
     assert figure.stat().st_size > 10_000
 
 
+def test_the_printed_differences_keep_their_sign_and_digits(tmp_path):
+    rows = []
+    for seed, (ce, kd) in enumerate(((80.0, 81.4), (80.5, 82.0), (81.0, 82.6))):
+        for method, test in (("ce", ce), ("kd", kd)):
+            rows.append((f"student_{method}_seed{seed}", "raw", method, seed, 12, 85.0, 80.0,
+                         test))
+    pd.DataFrame(rows, columns=["run", "weights", "variant", "seed", "epochs", "train_acc",
+                                "val_acc", "test_acc"]).to_csv(tmp_path / "r.csv", index=False)
+    proc = subprocess.run([sys.executable, "experiments/length_study.py", tmp_path / "r.csv",
+                           "--figure", tmp_path / "length.png"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| kd − ce"))
+    assert "| +1.50 " in row  # tabulate's number parsing printed "1.5"
+
+
 def test_a_table_without_its_columns_is_refused_in_one_line(tmp_path):
     results().drop(columns=["train_acc"]).to_csv(tmp_path / "results.csv", index=False)
     proc = subprocess.run([sys.executable, "experiments/length_study.py",

@@ -172,6 +172,14 @@ def stream_seed():
     return int(torch.randint(2 ** 62, ()))
 
 
+def to_device(tensor, device):
+    """A CPU tensor on `device` without waiting for it: a copy from pageable memory to a GPU
+    waits for the GPU's queue to drain; one from pinned memory is queued behind it."""
+    if tensor is None or device.type != "cuda":
+        return None if tensor is None else tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 class Outputs(NamedTuple):
     """A network's logits and, for a method that asks, its features (models.py)."""
     logits: torch.Tensor
@@ -216,12 +224,30 @@ class Method(nn.Module):
         # is new images, so with mixing the teacher runs on every batch.
         self.shared = shared_logits if self.shared_logits and not self.mixing else None
         if self.mixing:
-            # Its state is a buffer, so a resumed run draws what an uninterrupted one draws.
             # Drawn on a fork, so that a subclass's modules start as they do unmixed.
             with torch.random.fork_rng(devices=[]):
                 self.mix_generator = torch.Generator().manual_seed(stream_seed())
-            self.register_buffer("mix_rng", self.mix_generator.get_state())
         self.step, self.steps_per_epoch = 0, 1
+
+    # The mixing generator's state is in the state dict as "mix_rng", so a resumed run draws
+    # what an uninterrupted one draws. It is no buffer: a buffer moves to the GPU with the
+    # method, where reading and writing it every step would wait for the device.
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        if self.mixing:
+            state[kwargs.get("prefix", "") + "mix_rng"] = self.mix_generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        state_dict = dict(state_dict)
+        mix_rng = state_dict.pop("mix_rng", None)
+        if self.mixing and mix_rng is not None:
+            self.mix_generator.set_state(mix_rng.cpu())
+        elif self.mixing and strict:
+            raise RuntimeError(f"the state of {self.name} with --{self.mixing} has no mix_rng")
+        elif mix_rng is not None and strict:
+            raise RuntimeError(f"the state of {self.name} has a mix_rng but no mixing")
+        return super().load_state_dict(state_dict, strict, assign)
 
     def set_epoch(self, epoch, steps_per_epoch):
         """Called by the loop before each epoch, so warm-ups and the stored teacher logits
@@ -244,17 +270,14 @@ class Method(nn.Module):
         if not self.mixing:
             return images, labels
         generator, n = self.mix_generator, len(images)
-        generator.set_state(self.mix_rng.cpu())
         ratio = torch.rand(n, generator=generator)  # Beta(1, 1) is the uniform on [0, 1]
         partner = torch.randperm(n, generator=generator)
         centre = torch.rand(n, 2, generator=generator) if self.mixing == "cutmix" else None
-        self.mix_rng.copy_(generator.get_state())
-        device = images.device
+        ratio, partner, centre = (to_device(t, images.device) for t in (ratio, partner, centre))
         targets = F.one_hot(labels, NUM_CLASSES).float()
-        ratio, partner = ratio.to(device), partner.to(device)
         if self.mixing == "mixup":
             return mixup_batch(images, targets, ratio, partner)
-        return cutmix_batch(images, targets, ratio, partner, centre.to(device))
+        return cutmix_batch(images, targets, ratio, partner, centre)
 
     def forward(self, student, images, labels, positions):
         images, labels = self.mix(images, labels)

@@ -106,6 +106,7 @@ class Variant:
         self.name, self.run, self.images, self.flop, self.batch = name, run, images, flop, batch
         self.memory, self.vs_kd, self.may_fail = memory, vs_kd, may_fail
         self.seconds, self.warmup, self.peak_mib, self.failed = [], [], None, None
+        self.graphs_skipped = 0
 
 
 def sync(device):
@@ -123,7 +124,7 @@ def training(model, loader, method, device, precision, compile_mode=None, thread
     method = method.to(device)
     average = ModelEMA(model, EMA_DECAY) if ema else None
     after_step = (lambda: average.update_parameters(model)) if ema else None
-    step_model = torch.compile(model, mode=compile_mode) if compile_mode else model
+    step_model = engine.compiled(model, compile_mode) if compile_mode else model
     optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.01,
                                 momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -148,7 +149,7 @@ class FeaturesCE(methods.CE):
 
 def inference(model, loader, device, compile_mode=None):
     model = model.to(device, memory_format=torch.channels_last).eval()
-    model = torch.compile(model, mode=compile_mode) if compile_mode else model
+    model = engine.compiled(model, compile_mode) if compile_mode else model
     return lambda: engine.evaluate(model, loader, device)
 
 
@@ -328,10 +329,12 @@ def measure(variants, rounds, device):
             if v.failed:
                 continue
             sync(device)  # a GPU starts idle and is timed until its last kernel ends
+            skipped = cudagraph_skips() if v.may_fail else 0  # compiled rows only
             start = time.perf_counter()
             try:
                 v.run()
                 sync(device)
+                v.graphs_skipped += (cudagraph_skips() - skipped) if v.may_fail else 0
             except Exception as e:  # noqa: BLE001 (whatever the compiler raises)
                 if not v.may_fail:
                     raise
@@ -340,6 +343,17 @@ def measure(variants, rounds, device):
                 continue
             (v.seconds.append if round_ else v.warmup.append)(time.perf_counter() - start)
         print(f"round {round_}/{rounds} done", file=sys.stderr)
+
+
+def cudagraph_skips():
+    """How many graphs torch.compile's reduce-overhead mode has compiled without CUDA graphs
+    so far (an op or input it cannot capture: it warns once, then runs them unreplayed), from
+    Inductor's counters; 0 where torch has none."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def peak_memory_mib(kind, config=None, steps=3):
@@ -501,15 +515,16 @@ def profile_breakdown(kind, device, precision, peak_gflops, steps=10, config=Non
     for op, n in counter.get_flop_counts()["Global"].items():
         flop["conv" if "convolution" in str(op) else "matmul (FC)"] += n
     sync(device)
-    start = time.perf_counter()
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
+        # timed inside: the profiler's start and its event processing at exit are no step's
+        start = time.perf_counter()
         for _ in range(steps):
             step()
         sync(device)
-    step_ms = 1e3 * (time.perf_counter() - start) / steps
+        step_ms = 1e3 * (time.perf_counter() - start) / steps
     ms = {group: us / 1e3 / steps
           for group, us in self_time_by_group(prof.events(), device.type == "cuda").items()}
     idle = ("GPU idle (waiting for the host to launch kernels)" if device.type == "cuda"
@@ -595,6 +610,9 @@ def report(variants, device, precision):
     for v in variants:
         if v.failed:
             print(f"- {v.name}: failed ({v.failed})")
+        elif v.graphs_skipped:
+            print(f"- {v.name}: {v.graphs_skipped} graph(s) compiled without CUDA graphs "
+                  f"(Inductor's warning says why): its times are not the CUDA-graph path's")
     return peak_of[precision]
 
 

@@ -125,6 +125,13 @@ def evaluate(model, loader, device, num_classes=NUM_CLASSES):
             "images": seen, "confusion": confusion}
 
 
+def compiled(model, mode):
+    """torch.compile(model) in `mode`, one graph per batch shape: without dynamic=False a
+    second shape (the benchmark's teacher and student share their forward's code) turns the
+    batch size symbolic, and the graphs timed are not the ones a training run replays."""
+    return torch.compile(model, mode=mode, dynamic=False)
+
+
 def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=None,
         ema=None, update_ema=True):
     """Train `model_name` (or a given `model`) with `method` (a methods.Method, whose own
@@ -179,7 +186,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     # lists) stay outside them, so the LR and EMA decay stay host numbers that no graph
     # captures. A new graph iteration starts at each forward (no backward pending), and each
     # step's outputs are used before the next forward, as replays require.
-    step_model = torch.compile(model, mode=args.compile) if args.compile else model
+    step_model = compiled(model, args.compile) if args.compile else model
     paths = record_paths(args.out)
     name = Path(args.out).stem
     if start_epoch >= args.epochs:

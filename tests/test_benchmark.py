@@ -12,6 +12,7 @@ import methods
 from benchmarks import throughput
 from conftest import run_script
 from kd.device import resolve_precision
+from models import build_model
 
 
 @pytest.fixture
@@ -133,6 +134,43 @@ def test_gpu_time_per_op_group_counts_each_kernel_once():
                                                        "other": 20}
     assert throughput.self_time_by_group(events, on_gpu=False) == {"conv": 40, "optimizer": 15,
                                                         "other": 8}
+
+
+def test_compiled_rows_compile_what_a_training_run_compiles(monkeypatch):
+    """The teacher and the student share their forward's code, so the second one compiled
+    would turn the batch size symbolic unless shapes are static, as in a training run."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    loader = [(torch.rand(4, 3, 32, 32), torch.arange(4), None)]
+    throughput.training(build_model("student"), SimpleNamespace(
+        memory_format=torch.channels_last, __len__=lambda: 1), methods.CE({}),
+        torch.device("cpu"), "fp32", compile_mode="reduce-overhead")
+    throughput.inference(build_model("teacher"), loader, torch.device("cpu"), "reduce-overhead")
+    assert calls == [{"mode": "reduce-overhead", "dynamic": False}] * 2
+
+
+def test_a_compiled_row_whose_graphs_skip_cuda_graphs_says_so(capsys, monkeypatch):
+    """reduce-overhead quietly runs a graph it cannot capture without CUDA graphs: the row
+    that did so says its times are not the CUDA-graph path's; rows run eagerly are not
+    charged with what a compiled row skipped."""
+    skips = [0]
+    monkeypatch.setattr(throughput, "cudagraph_skips", lambda: skips[0])
+
+    def skipping():
+        skips[0] += 1
+    variants = [throughput.Variant("peak: fp32 mm", lambda: None, 8, flop=1e6),
+                throughput.Variant("peak: bf16 mm", lambda: None, 8, flop=1e6),
+                throughput.Variant("student: inference, contiguous NCHW", skipping, 8),
+                throughput.Variant("student: inference", lambda: None, 8),
+                throughput.Variant("student: inference, torch.compile reduce-overhead",
+                                   skipping, 8, may_fail=True)]
+    throughput.measure(variants, 1, torch.device("cpu"))
+    assert [v.graphs_skipped for v in variants] == [0, 0, 0, 0, 2]
+    throughput.report(variants, torch.device("cpu"), "fp32")
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
+    assert notes == ["- student: inference, torch.compile reduce-overhead: 2 graph(s) compiled "
+                     "without CUDA graphs (Inductor's warning says why): its times are not "
+                     "the CUDA-graph path's"]
 
 
 def test_a_compiled_row_that_fails_is_reported_and_the_rest_measured(capsys):

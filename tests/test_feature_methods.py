@@ -181,6 +181,26 @@ def test_mixing_leaves_the_methods_own_modules_as_they_start_without_it(loss):
         assert torch.equal(weights, mixed_state[name]), name
 
 
+def test_the_mixing_state_stays_on_the_cpu_and_travels_in_the_state_dict():
+    """No buffer holds it (a buffer follows the method to the GPU, where reading it each step
+    waits for the device); its state dict does, and loading it continues the draws."""
+    teacher = build_model("teacher").eval()
+    method = methods.build({"loss": "kd", "seed": 3, "cutmix": True}, teacher)
+    assert list(method.buffers()) == []
+    images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
+    method.mix(images, labels)
+    saved = method.state_dict()
+    following = method.mix(images, labels)
+    again = methods.build({"loss": "kd", "seed": 4, "cutmix": True}, teacher)
+    again.load_state_dict(saved)
+    for a, b in zip(following, again.mix(images, labels)):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match="has no mix_rng"):
+        again.load_state_dict({})
+    with pytest.raises(RuntimeError, match="but no mixing"):
+        methods.build({"loss": "kd"}, teacher).load_state_dict(saved)
+
+
 def test_the_mixing_stream_is_the_seeds_first_draw():
     """Recorded function-matching runs stay reproducible: the mixing generator's seed is the
     first draw of the RNG seeded with the run's seed, as when those runs were made."""

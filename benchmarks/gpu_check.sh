@@ -45,7 +45,8 @@ rm -rf "$check" && mkdir "$check" || exit 2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # A cold decoded-image cache: the pipeline's time includes decoding, as on a first run.
-export KD_CACHE_DIR=$work/cache TQDM_DISABLE=1
+# unbuffered: a stage killed at the time limit has written all it printed
+export KD_CACHE_DIR=$work/cache TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 failed=()
 check_start=$EPOCHREALTIME
 

@@ -66,6 +66,18 @@ for grid in "$@"; do
 .get('folder', ''))" "$grid") || exit 2
   folders+=("${folder:-runs/sweeps/$(basename "$grid" .toml)}")
 done
+# The records, logs and copied grids of every folder, and evaluate.py's tables: no
+# checkpoints. Packed as soon as the sweep ends, before the teachers' export and
+# evaluate.py (about 2 s a run on an H200), and on a TERM (a time limit's first signal), so
+# that a call cut short still brings the records back; packed again at the end, whole.
+archive=gpu_runs-$(date -u +%Y%m%d-%H%M%S).tar.gz
+mkdir -p "$work/results"
+pack() {  # written aside, then renamed: the archive in OUT_DIR is always whole
+  tar czf "$out/$archive.part" --exclude='*.pt' --exclude='*.png' \
+    --exclude='teacher_logits' "${folders[@]}" -C "$work" results 2>/dev/null
+  mv "$out/$archive.part" "$out/$archive"
+}
+trap 'pack; exit 143' TERM
 status=0
 read -r -a only <<< "${ONLY:-}"  # split on spaces, never globbed: sweep.py matches them
 # One pool: no slot waits for a grid to end, and a run waits only for the runs it needs.
@@ -73,6 +85,7 @@ $PYTHON sweep.py "$@" ${only[@]+--only "${only[@]}"} --runs-per-device "$RUNS" \
   --stop-after "$minutes" \
   --flags "--device $DEVICE $FLAGS" 2>&1 | tee "$out/sweeps.log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+pack
 # The finished teachers, exported without their training state (a third the size, within
 # what comes back), so that their students can be trained and checked elsewhere.
 $PYTHON - "$out" "${folders[@]}" <<'EOF' || status=1
@@ -91,18 +104,6 @@ for folder in map(Path, dict.fromkeys(sys.argv[2:])):
         except (CheckpointError, KeyError, TypeError):  # unfinished, or not a run
             continue
 EOF
-# The records, logs and copied grids of every folder, and evaluate.py's tables: no
-# checkpoints. Archived first without the tables, so that a call cut short while
-# evaluate.py runs (about 2 s a run on an H200) still brings the records back; then again
-# with them, replacing it whole.
-archive=gpu_runs-$(date -u +%Y%m%d-%H%M%S).tar.gz
-mkdir -p "$work/results"
-pack() {  # written aside, then renamed: the archive in OUT_DIR is always whole
-  tar czf "$out/$archive.part" --exclude='*.pt' --exclude='*.png' \
-    --exclude='teacher_logits' "${folders[@]}" -C "$work" results 2>/dev/null
-  mv "$out/$archive.part" "$out/$archive"
-}
-pack
 # evaluate.py on the finished runs that report a test accuracy (selection runs skip it: a
 # run's test record is written once, after its last epoch)
 finished=$($PYTHON - "${folders[@]}" <<'EOF'

@@ -111,16 +111,25 @@ def test_docs_fetch_every_wheel_sweep_py_needs_beyond_torch_s_own():
     assert {"submitit", *names("submitit") - names("torch")} <= set(command.split())
 
 
-def test_a_call_cut_short_during_evaluate_still_brings_the_records_back(image_folder,
-                                                                        tmp_path):
-    """The lent machine's time limit may end the call while evaluate.py runs: the records'
-    archive is in OUT_DIR before it starts."""
+@pytest.mark.parametrize("step, signal, code", [
+    ("evaluate.py", "KILL", -9),  # the time limit, as evaluate.py starts
+    ("-", "KILL", -9),  # as the teachers' export starts (the first inline script)
+    ("sweep.py", "TERM", 143),  # a limit's TERM, as the sweep runs: packed, then it ends
+])
+def test_a_call_cut_short_after_the_sweep_still_brings_the_records_back(image_folder,
+                                                                        tmp_path, step,
+                                                                        signal, code):
+    """The lent machine's time limit may end the call while the teachers are exported or
+    evaluate.py runs: the records' archive is in OUT_DIR before either starts; a TERM
+    during the sweep packs what the sweep leaves before the script ends."""
     (tmp_path / "a.toml").write_text(
         f'folder = "{tmp_path}/a"\nflags = {{data-root = "{image_folder}", epochs = 1, '
         f'batch-size = 32, train-subset = 64}}\n[[stage]]\nscript = "train_teacher.py"\n'
         'name = "teacher"\n')
-    python = tmp_path / "python"  # the time limit, as evaluate.py starts
-    python.write_text(f'#!/bin/sh\nif [ "$1" = evaluate.py ]; then kill -KILL $PPID; exit 1; fi\n'
+    python = tmp_path / "python"
+    then = "exit 1" if signal == "KILL" else f'exec {sys.executable} "$@"'
+    python.write_text(f'#!/bin/sh\nif [ "$1" = {step} ] && [ ! -e {tmp_path}/sent ]; then '
+                      f'touch {tmp_path}/sent; kill -{signal} $PPID; {then}; fi\n'
                       f'exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     out = tmp_path / "out"
@@ -128,12 +137,12 @@ def test_a_call_cut_short_during_evaluate_still_brings_the_records_back(image_fo
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder), str(out), "10",
                            str(tmp_path / "a.toml")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -9  # killed
+    assert proc.returncode == code, proc.stdout + proc.stderr
     archives = [p for p in out.iterdir() if p.name.startswith("gpu_runs-")]
     assert len(archives) == 1 and archives[0].name.endswith(".tar.gz"), archives
     with tarfile.open(archives[0]) as tar:
         assert any(n.endswith("a/teacher.metrics.csv") for n in tar.getnames())
-    assert (out / "a-teacher.pt").exists()
+    assert (out / "a-teacher.pt").exists() == (step == "evaluate.py")
 
 
 def test_only_the_runs_named_in_only_are_swept(image_folder, tmp_path):

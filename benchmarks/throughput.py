@@ -42,10 +42,9 @@ def temporary_folder(prefix):
     return folder
 
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bars inside the timed loops
-if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-    # A fresh compile cache, so "compile s" is what a first run pays, not a cache hit.
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = temporary_folder("kd-bench-inductor-")
+if __name__ == "__main__":  # a process that imports this module keeps its environment
+    # No progress bars inside the timed loops; tqdm reads this when it is imported.
+    os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -640,6 +639,9 @@ def main():
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
         raise cli.UserError("--rounds and --batches must be positive")
+    if args.compile and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        # A fresh compile cache, so "compile s" is what a first run pays, not a cache hit.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = temporary_folder("kd-bench-inductor-")
     device = select_device(args.device)
     args.precision = resolve_precision(args.precision, device)
     busy = os.getloadavg()[0]

@@ -1,6 +1,8 @@
 """benchmarks/throughput.py runs end to end on a small set (its numbers are not checked:
 timing belongs to the benchmark, not to the tests)."""
 import functools
+import os
+import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -10,7 +12,7 @@ import torch
 
 import methods
 from benchmarks import throughput
-from conftest import run_script
+from conftest import ROOT, run_script
 from kd.device import resolve_precision
 from models import build_model
 
@@ -102,9 +104,21 @@ def test_peak_memory_probe_runs_a_feature_step(one_thread):
     assert throughput.peak_memory_mib("kd", {"loss": "crd"}, steps=1) > 0
 
 
+def test_importing_the_benchmark_leaves_the_environment_alone():
+    """The suite imports it: a variable it set would reach every later test's scripts.
+    (Importing torchvision sets one of its own, the inductor cache's, first.)"""
+    code = ("import os, sys, torchvision; before = dict(os.environ); sys.path.insert(0, '.'); "
+            "import benchmarks.throughput; print(sorted(set(os.environ.items()) ^ "
+            "set(before.items())))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TQDM_DISABLE", "TORCHINDUCTOR_CACHE_DIR")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
 def test_allocator_comparison_prints_a_row_per_step(one_thread, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     proc = run_script("benchmarks/throughput.py", "--allocator", "--rounds", "1", "--batches", "1")
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines()
             if line.startswith("| ")][1:]

@@ -75,8 +75,11 @@ def test_no_gradient_reaches_the_teacher_logits():
 
 
 def test_stable_for_extreme_logits():
+    """Where softmax underflows to 0 (a log of it would be -inf), the loss is still the KL
+    of the exact distributions: the teacher's class 1 has log-probability 0 under it and
+    -2e4 under the student."""
     s, t = torch.tensor([[1e4, -1e4, 0.0]]), torch.tensor([[-1e4, 1e4, 0.0]])
-    assert math.isfinite(kd_only_loss(s, t, 1.0).item())
+    assert kd_only_loss(s, t, 1.0).item() == pytest.approx(2e4, rel=1e-6)
 
 
 @pytest.mark.parametrize("bad", [{"temperature": 0.0}, {"temperature": -1.0},
@@ -84,7 +87,7 @@ def test_stable_for_extreme_logits():
 def test_bad_hyperparameters_are_rejected(bad):
     args = {"temperature": 4.0, "alpha": 0.5, **bad}
     s, t, y = torch.randn(2, 10), torch.randn(2, 10), torch.randint(0, 10, (2,))
-    with pytest.raises(ValueError, match="temperature|alpha"):
+    with pytest.raises(ValueError, match=next(iter(bad))):  # the bad one named
         distillation_loss(s, t, y, **args)
     if "temperature" in bad:
         with pytest.raises(ValueError, match="temperature"):

@@ -9,7 +9,7 @@ from conftest import run_in_process, run_script
 from kd import cli, engine, runs
 from kd.checkpoints import CheckpointError, load_checkpoint
 from kd.teacher_logits import SharedTeacherLogits, fingerprint
-from models import load_model
+from models import build_model, load_model
 
 # The methods on logits; the feature methods' runs, teachers and resumes are checked in
 # tests/test_feature_methods.py.
@@ -65,7 +65,8 @@ def test_dry_run_of_each_variant(teacher_checkpoint, image_folder, tmp_path, los
                       teacher_checkpoint, "--data-root", image_folder, "--out",
                       tmp_path / f"student_{loss}_seed0.pt", "--plots-dir", tmp_path / "plots")
     assert f"student_{loss}_seed0 epoch 1/1" in proc.stdout
-    assert load_model(tmp_path / f"student_{loss}_seed0.pt", kind="student") is not None
+    student = load_model(tmp_path / f"student_{loss}_seed0.pt", kind="student")
+    assert student.state_dict().keys() == build_model("student").state_dict().keys()
     assert (tmp_path / "plots" / f"student_{loss}_seed0_curves.png").is_file()
     assert (tmp_path / "plots" / "students_compare.png").is_file()
     header = (tmp_path / f"student_{loss}_seed0.metrics.csv").read_text().splitlines()[0]

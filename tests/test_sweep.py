@@ -547,12 +547,12 @@ def test_a_job_at_its_time_limit_stops_its_training_process(tmp_path):
     """submitit ends a local job near its time limit by a signal whose handler raises in the
     job (not a KeyboardInterrupt): the training process gets its Ctrl-C too, and the job
     waits for it, instead of leaving it training unseen."""
-    saved = tmp_path / "saved"
+    saved, ready = tmp_path / "saved", tmp_path / "ready"
     child = (f"import signal, sys, time, pathlib\n"
              f"def stop(*_):\n    pathlib.Path({str(saved)!r}).write_text('saved')\n"
              f"    sys.exit(130)\n"
              f"signal.signal(signal.SIGINT, stop)\n"
-             f"print('ready', flush=True)\ntime.sleep(60)\n")
+             f"pathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)\n")
     command = sweep_module.TrainingCommand([sys.executable, "-c", child], tmp_path / "run.pid")
 
     class TimeLimit(Exception):
@@ -560,14 +560,20 @@ def test_a_job_at_its_time_limit_stops_its_training_process(tmp_path):
 
     def limit(*_):
         raise TimeLimit
+
+    def at_the_limit():  # once the child has its handler, however slowly it started
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGUSR2)
     previous = signal.signal(signal.SIGUSR2, limit)
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGUSR2))
+    timer = threading.Thread(target=at_the_limit, daemon=True)
     timer.start()
     try:
         with pytest.raises(TimeLimit):
             command()
     finally:
-        timer.cancel()
+        timer.join()
         signal.signal(signal.SIGUSR2, previous)
     assert saved.read_text() == "saved"
     assert not (tmp_path / "run.pid").exists()

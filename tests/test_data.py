@@ -99,11 +99,24 @@ def test_an_image_in_a_subfolder_of_a_class_is_seen_by_the_cache(tmp_path):
     assert second["identity"]["sha256"] != first["identity"]["sha256"]
 
 
-def test_a_link_loop_in_a_class_folder_is_skipped_as_imagefolder_skips_it(tmp_path):
+def test_a_link_loop_in_a_class_folder_neither_breaks_the_fingerprint_nor_changes_what_is_read(
+        tmp_path):
+    """A link to its own folder in train/cat: ImageFolder (os.walk, following links) reads the
+    folder again at every level until the OS refuses the path (ELOOP), and passes over the
+    rest; the data fingerprint's os.scandir walk must pass over it likewise instead of
+    raising, and the training set loaded is exactly the one ImageFolder reads. Guards against
+    _files without either of its `except OSError`."""
     root = tmp_path / "root"
     write_image_folder(root, n_train=2, n_test=1)
     (root / "train" / "cat" / "self").symlink_to(".")
+    listing = data._files(root / "train" / "cat", "train/cat")  # raises nothing
+    assert len(listing) > 2  # the loop's copies are listed as ImageFolder reads them
+    data._fingerprint(root, "imagefolder")  # raises nothing
     loaded = load_cifar10(root, cache_dir=tmp_path / "cache")
+    read = torchvision.datasets.ImageFolder(root / "train")
+    assert len(read) > 20  # the loop is followed: cat's two images count more than once
+    assert len(loaded["train_labels"]) == len(read)
+    assert loaded["train_labels"].tolist() == read.targets
     assert len(loaded["test_labels"]) == 10
 
 

@@ -4,12 +4,14 @@ import signal
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import methods
 from kd import cli, engine, interrupts, runs
 from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from kd.data import load_cifar10, split_train_val
 from kd.schedule import load_optimizer_state, lr_factor, make_optimizer
-from models import build_model
+from models import build_model, load_model
 
 
 def parse(image_folder, tmp_path, *flags, name="student"):
@@ -104,10 +106,12 @@ def test_a_caught_interrupt_does_not_stop_a_later_run(image_folder, tmp_path, mo
 
 def test_compile_flag_compiles_the_training_steps_only(image_folder, tmp_path, monkeypatch):
     """Bare --compile is torch.compile's default mode, --compile reduce-overhead its CUDA
-    graphs; either way only the training steps run compiled."""
+    graphs; either way only the training steps run compiled, with static shapes
+    (kd.engine.compiled: dynamic=False)."""
     compiled, stepped, modes = [], [], []
 
-    def fake_compile(model, mode=None):  # the wiring, without paying for a real compilation
+    def fake_compile(model, mode=None, dynamic=None):  # the wiring, without a compilation
+        assert dynamic is False
         compiled.append(model)
         modes.append(mode)
 
@@ -284,3 +288,54 @@ def test_an_extended_constant_schedule_run_is_a_straight_one(image_folder, tmp_p
     train(parse(image_folder, tmp_path, "--epochs", 1, "--schedule", "constant"))
     train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
     assert load_checkpoint(tmp_path / "student.pt")["schedule_start_epoch"] == 0
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_the_optimizer_flags_reach_the_optimizer(image_folder, tmp_path, optimizer):
+    """--momentum and --weight-decay, set away from their defaults (0.9, 5e-4), are the
+    optimizer's (Nesterov with any momentum; none at 0), in make_optimizer and in the
+    optimizer a run trained and saved. Guards against SGD built with momentum=0.9 and
+    weight_decay=0.0 whatever the flags."""
+    model = build_model("student")
+    for momentum, nesterov in ((0.5, True), (0.0, False)):
+        args = parse(image_folder, tmp_path, "--optimizer", optimizer, "--momentum", momentum,
+                     "--weight-decay", 0.01)
+        group = make_optimizer(model.parameters(), args, "cpu").param_groups[0]
+        assert group["weight_decay"] == 0.01 and group["lr"] == 0.05
+        if optimizer == "sgd":
+            assert group["momentum"] == momentum and group["nesterov"] == nesterov
+        else:
+            assert "momentum" not in group  # Adam has its betas, which no flag sets
+    train(parse(image_folder, tmp_path, "--optimizer", optimizer, "--momentum", 0.5,
+                "--weight-decay", 0.01, "--epochs", 1, "--train-subset", 64))
+    [group] = load_checkpoint(tmp_path / "student.pt")["optimizer_state"]["param_groups"]
+    assert group["weight_decay"] == 0.01
+    assert group.get("momentum") == (0.5 if optimizer == "sgd" else None)
+
+
+def loss_and_accuracy(model, images, labels):
+    """Mean cross-entropy and % right of `model` on uint8 `images`, in one forward pass,
+    without this repo's loaders or evaluate()."""
+    with torch.no_grad():
+        logits = model(images.float() / 255).double()
+    return (F.cross_entropy(logits, labels).item(),
+            100 * (logits.argmax(1) == labels).double().mean().item())
+
+
+def test_the_ema_columns_and_test_record_measure_the_ema_model(image_folder, tmp_path):
+    """ema_val_* (the last epoch's row) and ema_test_* (the test record) are the saved EMA
+    model's numbers on the validation and test images, which differ from the raw model's.
+    Guards against evaluate(model, ...) in place of evaluate(ema, ...), for either."""
+    train(parse(image_folder, tmp_path, "--epochs", 2, "--ema-decay", 0.9))
+    out = tmp_path / "student.pt"
+    row = load_checkpoint(out)["history"][-1]
+    record = json.loads((tmp_path / "student.test.json").read_text())
+    data = load_cifar10(image_folder)
+    val, test = split_train_val(data)[1], (data["test_images"], data["test_labels"])
+    ema, raw = load_model(out, ema=True), load_model(out)
+    for prefix, measured, images in (("ema_val", row, val), ("ema_test", record, test)):
+        loss, acc = loss_and_accuracy(ema, *images)
+        assert measured[f"{prefix}_loss"] == pytest.approx(loss, rel=1e-4), prefix
+        assert measured[f"{prefix}_acc"] == pytest.approx(acc), prefix
+        # the test can tell the EMA from the raw model (whose numbers are recorded beside)
+        assert loss_and_accuracy(raw, *images)[0] != pytest.approx(loss, rel=1e-3), prefix

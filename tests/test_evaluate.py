@@ -2,13 +2,14 @@
 independent count of correct predictions, and its files are written."""
 import re
 import shutil
+import subprocess
 
 import pandas as pd
 import pytest
 import torch
 
 import evaluate
-from conftest import run_in_process, run_script, synthetic_images, write_image_folder
+from conftest import ROOT, run_in_process, run_script, synthetic_images, write_image_folder
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
 from kd.data import CLASSES, load_cifar10, split_train_val
 from models import load_model
@@ -71,6 +72,22 @@ def test_results_agree_with_an_independent_count(pipeline, image_folder):
     assert (results["latency_ms"] > 0).all() and (results["images_per_s"] > 0).all()
 
 
+def test_val_acc_is_counted_on_the_validation_split_not_the_test_set(pipeline, image_folder):
+    """val_acc picks the best run (and the confusion matrix shown) without looking at test:
+    it must be measured on the images held out of training, never on the test images.
+    Guards against evaluate_all measuring val_acc on the test loader."""
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv")
+    val = split_train_val(load_cifar10(image_folder))[1]
+    told_apart = False
+    for row in results.itertuples():
+        model = load_model(row.checkpoint, ema=row.weights == "ema")
+        on_val = accuracy(model, *val)
+        assert row.val_acc == pytest.approx(on_val)
+        told_apart |= on_val != pytest.approx(row.test_acc)
+    assert told_apart  # some model scores otherwise on test: the test can tell the splits apart
+
+
 def test_tables_and_figures_are_written(pipeline):
     folder, proc = pipeline
     plots = folder / "plots"
@@ -95,8 +112,28 @@ def test_every_row_says_where_its_run_came_from(pipeline):
         assert row["train_images"] == "all"  # the fixture's runs train on every image
         assert row["precision"] == config["precision"] and row["torch"] == torch.__version__
         assert row["machine"] == config["machine"] and "bf16 units: " in row["machine"]
-        if config["git_commit"]:  # a checkout: the commit, marked when files had changed
-            assert row["commit"].startswith(config["git_commit"][:10])
+
+
+def test_every_row_names_the_commit_its_run_was_trained_at(pipeline):
+    """The runs trained in this checkout: each records a commit of this repository, and its
+    row shows it, marked when tracked files had changed. Unconditional here, so that a run
+    recording no commit (git_commit() failing quietly) cannot pass unseen. Mutation seen
+    failing: engine.fit recording (None, None) for the commit."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True)
+    if head.returncode != 0 or not head.stdout.strip():
+        pytest.skip("not run inside a git checkout: its runs record no commit")
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv", dtype=str).set_index("checkpoint")
+    for checkpoint, row in results.iterrows():
+        config = load_checkpoint(checkpoint)["config"]
+        commit = config["git_commit"]
+        assert re.fullmatch(r"[0-9a-f]{40}", commit or ""), (checkpoint, commit)
+        # a commit of this repository (HEAD may have moved on since the fixture trained)
+        assert subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"],
+                              cwd=ROOT).returncode == 0, commit
+        assert isinstance(config["git_dirty"], bool)
+        assert row["commit"] == commit[:10] + "+changes" * config["git_dirty"]
 
 
 def test_every_student_row_names_its_teacher_and_the_tables_show_train_acc(

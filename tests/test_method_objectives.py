@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_losses import reference_ce, reference_dist, reference_dkd, reference_kd
 
 import methods
-from losses import at_loss, hcl_loss, hint_loss, standardize_logits
+from losses import ContrastMemory, at_loss, hcl_loss, hint_loss, standardize_logits
 from models import build_model
 
 
@@ -91,17 +91,18 @@ def test_dist_weighs_its_relations_by_their_own_flags():
     assert parts["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
-def feature_run(config, n=4):
+def feature_run(config, n=4, step=10 ** 6, steps_per_epoch=1):
     """(parts of one forward, the method as it was before it, the student's and the
     teacher's features, images, labels, positions) on random images; the networks in eval
-    mode, so that a second forward gives the same features."""
+    mode, so that a second forward gives the same features. The forward is optimizer step
+    `step` (by default long after any warm-up)."""
     torch.manual_seed(0)
     student, teacher = build_model("student").eval(), build_model("teacher").eval()
     images = torch.rand(n, 3, 32, 32)
     labels, positions = torch.arange(n) % 10, torch.arange(n)
     method = methods.build({"seed": 0, **config}, teacher,
                            train_labels=torch.arange(64) % 10)
-    method.step, method.steps_per_epoch = 10 ** 6, 1
+    method.step, method.steps_per_epoch = step, steps_per_epoch
     before = copy.deepcopy(method)
     _, parts = method(student, images, labels, positions)
     with torch.no_grad():
@@ -134,9 +135,11 @@ def test_at_matches_the_last_map_of_each_resolution():
 
 
 def test_reviewkd_matches_the_teachers_maps_before_their_relu():
-    """Mutations: the teacher's maps after ReLU (`blocks` for `preact`), the weight dropped."""
+    """Mutations: the teacher's maps after ReLU (`blocks` for `preact`), the weight dropped,
+    the review path's width left at 64 whatever --reviewkd-mid-channels says."""
     parts, before, s, t, student, images, labels, _ = feature_run(
-        {"loss": "reviewkd", "reviewkd_weight": 3.0})
+        {"loss": "reviewkd", "reviewkd_weight": 3.0, "reviewkd_mid_channels": 32})
+    assert [stage.reduce[0].out_channels for stage in before.fusion.stages] == [32] * 3
     assert t["preact"][1] is None  # conv2 has no ReLU of its own: its block is its output
     targets = [t["blocks"][1], t["preact"][4], t["preact"][6]]
     assert not torch.equal(t["preact"][6], t["blocks"][6])  # the test can tell them apart
@@ -145,13 +148,37 @@ def test_reviewkd_matches_the_teachers_maps_before_their_relu():
     assert parts["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("step, weight", [(0, 1 / 8), (5, 6 / 8), (7, 1.0), (100, 1.0)])
+def test_reviewkd_warms_its_term_up_over_its_own_flags_epochs(step, weight):
+    """--reviewkd-warmup 2 (default 1) at 4 steps an epoch: the term's weight rises by 1/8 a
+    step, from 1/8 at the first step to 1 at the eighth, and stays there. Mutations: the
+    warm-up factor dropped, the warm-up's length left at its default whatever the flag."""
+    parts, _, _, _, student, images, labels, _ = feature_run(
+        {"loss": "reviewkd", "reviewkd_weight": 3.0, "reviewkd_warmup": 2.0},
+        step=step, steps_per_epoch=4)
+    hcl = parts["kd"].item()
+    assert hcl > 0.01  # a term large enough that its weight shows
+    expected = ce_of(student, images, labels) + weight * 3.0 * hcl
+    assert parts["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_crd_contrasts_the_hidden_layers_embeddings_at_each_images_position():
     """Mutations: the weight dropped, the positions not passed, the student's hidden layer
-    embedded by the teacher's head."""
+    embedded by the teacher's head, the temperature left at 0.07 whatever --crd-temperature
+    says (the expected term is a memory built here, at the flag's temperature, holding the
+    method's banks)."""
     parts, before, s, t, student, images, labels, positions = feature_run(
-        {"loss": "crd", "crd_weight": 0.3, "crd_k": 8})
-    crd = before.memory(before.embed_s(s["hidden"]), before.embed_t(t["hidden"]), positions)
-    expected = ce_of(student, images, labels) + 0.3 * crd.item()
+        {"loss": "crd", "crd_weight": 0.3, "crd_k": 8, "crd_temperature": 0.2})
+    embeds = before.embed_s(s["hidden"]), before.embed_t(t["hidden"])
+
+    def contrast(temperature):
+        memory = ContrastMemory(torch.arange(64) % 10, 8, temperature=temperature,
+                                momentum=0.5)
+        memory.load_state_dict(before.memory.state_dict())  # the banks, seed and draws
+        return memory(*embeds, positions).item()
+    crd = contrast(0.2)
+    assert crd != pytest.approx(contrast(0.07), rel=1e-3)  # the test can tell
+    expected = ce_of(student, images, labels) + 0.3 * crd
     assert parts["loss"].item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -29,6 +29,7 @@ from report import (  # noqa: E402
     format_p,
     holm,
     mcnemar,
+    paired_accuracy_ci,
     per_variant,
     provenance,
     raw_vs_ema_pairs,
@@ -124,6 +125,20 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_images():
     b = [True] * 60 + [True] * 3 + [False] * 25 + [False] * 12  # 25 won by a, 3 by b
     assert mcnemar(a, b) == pytest.approx(stats.binomtest(3, 28, 0.5).pvalue)
     assert mcnemar(a, a) == 1.0
+
+
+def test_the_paired_interval_is_of_the_first_models_accuracy_minus_the_seconds():
+    """10,000 images: a alone gets 300 right, b alone 30, so a - b = +2.7 points; the Wald
+    interval of a paired difference (Agresti 10.1) written out: diff ± z·sqrt((p10 + p01 -
+    diff²) / n). Guards against diff = only_b - only_a (the interval of b - a)."""
+    a = [1] * 7500 + [1] * 300 + [0] * 30 + [0] * 2170
+    b = [1] * 7500 + [0] * 300 + [1] * 30 + [0] * 2170
+    diff = (300 - 30) / 10_000
+    half = stats.norm.ppf(0.975) * math.sqrt((300 / 10_000 + 30 / 10_000 - diff ** 2) / 10_000)
+    low, high = paired_accuracy_ci(a, b)
+    assert (low, high) == pytest.approx((100 * (diff - half), 100 * (diff + half)))
+    assert 0 < low < 2.7 < high  # a above b: the interval lies above zero
+    assert paired_accuracy_ci(b, a) == pytest.approx((-high, -low))
 
 
 def test_verdicts_need_adjusted_p_and_say_equivalence_only_from_tost():

@@ -231,23 +231,27 @@ class Method(nn.Module):
 
     # The mixing generator's state is in the state dict as "mix_rng", so a resumed run draws
     # what an uninterrupted one draws. It is no buffer: a buffer moves to the GPU with the
-    # method, where reading and writing it every step would wait for the device.
-    def state_dict(self, *args, **kwargs):
-        state = super().state_dict(*args, **kwargs)
+    # method, where reading and writing it every step would wait for the device. These two
+    # hooks (BatchNorm's way with its own extra keys) serve state_dict and load_state_dict
+    # of the method and of any module holding it, strict loading included.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.mixing:
-            state[kwargs.get("prefix", "") + "mix_rng"] = self.mix_generator.get_state()
-        return state
+            destination[prefix + "mix_rng"] = self.mix_generator.get_state()
 
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        state_dict = dict(state_dict)
-        mix_rng = state_dict.pop("mix_rng", None)
-        if self.mixing and mix_rng is not None:
-            self.mix_generator.set_state(mix_rng.cpu())
-        elif self.mixing and strict:
-            raise RuntimeError(f"the state of {self.name} with --{self.mixing} has no mix_rng")
-        elif mix_rng is not None and strict:
-            raise RuntimeError(f"the state of {self.name} has a mix_rng but no mixing")
-        return super().load_state_dict(state_dict, strict, assign)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        key = prefix + "mix_rng"
+        if not self.mixing:
+            return  # a mix_rng given stays an unexpected key
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key in state_dict:
+            self.mix_generator.set_state(state_dict[key].cpu())
+        elif strict:
+            missing_keys.append(key)
 
     def set_epoch(self, epoch, steps_per_epoch):
         """Called by the loop before each epoch, so warm-ups and the stored teacher logits

@@ -25,7 +25,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from select_settings import decisions  # noqa: E402
+from select_settings import SHOWN, decisions  # noqa: E402
 
 import report  # noqa: E402
 from kd import cli, plotting  # noqa: E402
@@ -404,7 +404,7 @@ def main():
     recipes = best_recipe(results)
     print(f"\nThe best student's recipe on validation at {recipes['epochs'].max()} epochs, "
           f"mean over seeds (the test set is not read for it):\n\n"
-          f"{markdown(recipes)}")
+          f"{markdown(recipes, SHOWN)}")
     print(f"wrote {args.figure}")
 
 

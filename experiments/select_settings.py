@@ -76,6 +76,10 @@ def decisions(runs, margin=MARGIN, across=False):
                  ].reset_index(drop=True)
 
 
+# How decisions()' numbers print: accuracy to the hundredth, as everywhere; minutes to the tenth.
+SHOWN = {"val_acc": ".2f", "minutes": ".1f"}
+
+
 def without_seed(run):
     """A sweep's run name without its seed: "crd_w0.2_seed1" -> "crd_w0.2"."""
     return re.sub(r"_seed\d+$", "", run)
@@ -124,7 +128,7 @@ def main():
     also = f" and {args.records}" if args.records else ""
     print(f"Validation accuracy (%) at the last epoch, mean over the seeds run; "
           f"{args.folder}{also}; the test set is not read.\n")
-    print(markdown(table))
+    print(markdown(table, SHOWN))
 
 
 if __name__ == "__main__":

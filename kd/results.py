@@ -203,7 +203,19 @@ def run_table(folders):
     return runs
 
 
-def markdown(table):
+def markdown(table, formats=None):
     """`table` as a Markdown table of its cells as formatted: tabulate's number parsing
-    would print "+1.50" as "1.5" and -0.00 as "-0"."""
-    return table.to_markdown(index=False, disable_numparse=True)
+    would print "+1.50" as "1.5" and -0.00 as "-0". Float cells take their column's format
+    spec in `formats` ({column: ".2f"}), else print as Python prints them, to 10 decimals (5.7,
+    not 5.699999999999999); NaN is blank."""
+    formats = formats or {}
+
+    def cell(value, spec):
+        if value != value:
+            return ""
+        return format(value, spec) if spec else str(round(value, 10))
+
+    def shown(column):
+        spec = formats.get(column.name)
+        return column.map(lambda v: cell(v, spec) if isinstance(v, float) else v)
+    return table.apply(shown).to_markdown(index=False, disable_numparse=True)

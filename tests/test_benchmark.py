@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -117,6 +118,20 @@ def test_importing_the_benchmark_leaves_the_environment_alone():
     assert proc.stdout.strip() == "[]"
 
 
+def test_compiled_rows_compile_into_a_fresh_cache_unless_one_is_given(monkeypatch):
+    """Importing torchvision names Inductor's default cache, which earlier compilations
+    filled: "compile s" would time cache hits."""
+    monkeypatch.setattr(throughput, "GIVEN_COMPILE_CACHE", None)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_default")
+    throughput.use_a_fresh_compile_cache()
+    fresh = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    assert fresh.name.startswith("kd-bench-inductor-") and list(fresh.iterdir()) == []
+    monkeypatch.setattr(throughput, "GIVEN_COMPILE_CACHE", "/tmp/mine")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/mine")
+    throughput.use_a_fresh_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/tmp/mine"
+
+
 def test_allocator_comparison_prints_a_row_per_step(one_thread, tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     proc = run_script("benchmarks/throughput.py", "--allocator", "--rounds", "1", "--batches", "1")
@@ -178,7 +193,12 @@ def test_a_compiled_row_whose_graphs_skip_cuda_graphs_says_so(capsys, monkeypatc
                 throughput.Variant("student: inference", lambda: None, 8),
                 throughput.Variant("student: inference, torch.compile reduce-overhead",
                                    skipping, 8, may_fail=True)]
-    throughput.measure(variants, 1, torch.device("cpu"))
+    throughput.measure(variants, 1, torch.device("cpu"))  # a CPU compiles no CUDA graphs
+    assert [v.graphs_skipped for v in variants] == [0] * 5
+    for v in variants:
+        v.seconds, v.warmup = [], []
+    monkeypatch.setattr(throughput, "sync", lambda device: None)
+    throughput.measure(variants, 1, torch.device("cuda"))
     assert [v.graphs_skipped for v in variants] == [0, 0, 0, 0, 2]
     throughput.report(variants, torch.device("cpu"), "fp32")
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]

@@ -195,10 +195,16 @@ def test_the_mixing_state_stays_on_the_cpu_and_travels_in_the_state_dict():
     again.load_state_dict(saved)
     for a, b in zip(following, again.mix(images, labels)):
         assert torch.equal(a, b)
-    with pytest.raises(RuntimeError, match="has no mix_rng"):
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "mix_rng"'):
         again.load_state_dict({})
-    with pytest.raises(RuntimeError, match="but no mixing"):
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "mix_rng"'):
         methods.build({"loss": "kd"}, teacher).load_state_dict(saved)
+    holder, other = (nn.ModuleDict({"method": m}) for m in (method, again))  # held by a module
+    assert torch.equal(holder.state_dict()["method.mix_rng"], method.mix_generator.get_state())
+    method.mix(images, labels)
+    other.load_state_dict(holder.state_dict())
+    for a, b in zip(method.mix(images, labels), again.mix(images, labels)):
+        assert torch.equal(a, b)
 
 
 def test_the_mixing_stream_is_the_seeds_first_draw():

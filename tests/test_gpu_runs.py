@@ -133,7 +133,9 @@ def test_a_call_cut_short_after_the_sweep_still_brings_the_records_back(image_fo
                       f'exec {sys.executable} "$@"\n')
     python.chmod(0o755)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": str(python), "DEVICE": "cpu", "RUNS": "1"}
+    # TMPDIR: a killed script leaves its mktemp folder (its EXIT trap never runs)
+    env = {**os.environ, "PYTHON": str(python), "DEVICE": "cpu", "RUNS": "1",
+           "TMPDIR": str(tmp_path)}
     proc = subprocess.run(["bash", "benchmarks/gpu_runs.sh", str(image_folder), str(out), "10",
                            str(tmp_path / "a.toml")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)

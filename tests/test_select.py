@@ -7,10 +7,10 @@ import sys
 import pandas as pd
 
 from conftest import ROOT, write_run
-from kd.results import run_table
+from kd.results import markdown, run_table
 
 sys.path.insert(0, str(ROOT / "experiments"))
-from select_settings import decisions  # noqa: E402
+from select_settings import SHOWN, decisions  # noqa: E402
 
 
 def rows_by_setting(table, method):
@@ -116,3 +116,13 @@ def test_records_without_a_needed_column_are_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "experiments/select_settings.py", tmp_path,
                            "--records", records], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "no column epochs" in proc.stderr
+
+
+def test_the_printed_table_shows_accuracy_to_the_hundredth_and_minutes_to_the_tenth():
+    """Printed as formatted (no number parsing), so the script formats its floats itself: a
+    median of 5.6 and 5.8 minutes is 5.699999999999999 in floating point."""
+    table = pd.DataFrame({"method": ["crd"], "val_acc": [76.2], "minutes": [(5.6 + 5.8) / 2],
+                          "seeds": [2], "note": [float("nan")]})
+    row = markdown(table, SHOWN).splitlines()[-1]
+    assert [cell.strip() for cell in row.split("|")[1:-1]] == ["crd", "76.20", "5.7", "2", ""]
+    assert markdown(table).splitlines()[-1].split("|")[3].strip() == "5.7"  # no spec given

@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -456,6 +458,21 @@ def test_a_ctrl_c_while_a_script_imports_is_one_line(script, sig):
     proc = interrupted_run(script, ["--help"], step=1, sig=sig, at="import:pandas")
     assert proc.stderr.strip().splitlines() == ["interrupted while starting: nothing was written"]
     assert proc.returncode == 130
+
+
+def test_a_ctrl_c_while_starting_ends_the_process_even_where_a_library_catches_everything():
+    """An import that catches BaseException (seen: a Ctrl-C in the first second swallowed,
+    then the run trained to the end) cannot keep the process going past the interrupt."""
+    code = (f"import os, signal, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
+            f"sys.modules['__main__'].__file__ = {str(ROOT / 'train_teacher.py')!r}\n"
+            "import kd.startup\n"
+            "try:  # a library's import that swallows every exception\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\n"
+            "except BaseException:\n    pass\nprint('went on')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stderr.strip().splitlines() == ["interrupted while starting: nothing was written"]
+    assert proc.returncode == 130 and "went on" not in proc.stdout
 
 
 def test_a_run_started_over_drops_the_old_test_record_before_its_first_checkpoint(

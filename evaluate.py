@@ -25,6 +25,7 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_va
 from kd.device import select_device
 from kd.records import prediction_column, write_text
 from kd.results import recipe_labels, run_variant, seed_table, training_minutes, variant_rank
-from kd.runs import describe_data, recorded_identity, same_data
+from kd.runs import describe_data, make_folder, recorded_identity, same_data
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
 LATENCY_CALLS = 20  # one-image forward calls per timed run: one call is well under 1 ms
@@ -85,10 +86,15 @@ def checkpoint_paths(given):
     unique = {}
     for path in given:
         unique.setdefault(identity(path), path)
-    paths = list(unique.values()) or sorted(map(str, Path("checkpoints").glob("*.pt")))
+    if unique:
+        return list(unique.values())
+    paths = sorted(map(str, Path("checkpoints").glob("*.pt")))
     if not paths:
         raise cli.UserError("no checkpoints given and none in checkpoints/; train some "
                                "first (make all) or name the files")
+    # said, as a list that came out empty ($(sweep.py ... --finished)) lands here too
+    print(f"no checkpoints named: evaluating the {len(paths)} in checkpoints/",
+          file=sys.stderr)
     return paths
 
 
@@ -259,6 +265,8 @@ def main():
     args = parser.parse_args()
     if args.batch_size < 1:
         raise cli.UserError(f"--batch-size must be positive, got {args.batch_size}")
+    plots_dir = Path(args.plots_dir)
+    make_folder(plots_dir, "--plots-dir")  # before the models are evaluated, not after
     device = select_device(args.device)
     models = load_models(checkpoint_paths(args.checkpoints), device)
     data = load_cifar10(args.data_root)
@@ -272,8 +280,6 @@ def main():
                "train": {n: BatchLoader(*split_train_val(data, n)[0], args.batch_size, device)
                          for n in subsets}}
     results, confusions, corrects = evaluate_all(models, loaders, device, args.batch_size)
-    plots_dir = Path(args.plots_dir)
-    plots_dir.mkdir(parents=True, exist_ok=True)
     write_text(plots_dir / "results.csv", results.to_csv(index=False))
     write_text(plots_dir / "predictions.csv",
                predictions_table(results, corrects).to_csv(index=False))

@@ -37,6 +37,7 @@ from kd.results import (
     markdown,
     seed_table,
 )
+from kd.runs import make_folder
 
 # The original report (one run each), shown beside this run's figures.
 ORIGINAL = {"teacher": "54.06%", "kd+ce": "48.85%", "kd": "50.58%",
@@ -524,6 +525,7 @@ def main():
     csv = Path(args.plots_dir) / "results.csv"
     if not csv.exists():
         raise cli.UserError(f"no {csv}: run evaluate.py first (make all does)")
+    make_folder(Path(args.plots_dir), "--plots-dir")  # writable, before the report is made
     predictions = read_predictions(Path(args.plots_dir) / "predictions.csv")
     print(f"wrote {write_report(read_results(csv), args.plots_dir, predictions)}")
 

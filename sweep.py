@@ -133,13 +133,27 @@ def load_grid(path):
         raise GridError(f"{path} is not valid TOML: {e}") from None
 
 
+GRID_KEYS = ("folder", "seeds", "flags", "stage")
+STAGE_KEYS = ("script", "name", "seeds", "flags", "grid")
+
+
+def unknown_key(table, known):
+    """The first key of `table` the sweep does not read (it would be dropped unsaid), or None."""
+    return next((key for key in table if key not in known), None)
+
+
 def expand(grid, folder, seeds, extra=None):
     """The runs a grid describes, in order, each with the runs it needs."""
+    if (key := unknown_key(grid, GRID_KEYS)) is not None:
+        raise GridError(f"unknown key {key!r} (a grid takes: {', '.join(GRID_KEYS)})")
     stages = grid.get("stage")
     if not stages:
         raise GridError("the grid has no [[stage]]")
     runs = []
     for number, stage in enumerate(stages, 1):
+        if (key := unknown_key(stage, STAGE_KEYS)) is not None:
+            raise GridError(f"stage {number}: unknown key {key!r} (a stage takes: "
+                            f"{', '.join(STAGE_KEYS)})")
         script = stage.get("script")
         if script not in SCRIPTS:
             raise GridError(f"stage {number}: script must be one of {', '.join(SCRIPTS)}, "
@@ -285,6 +299,17 @@ def parsed(run):
             return script.parse(run.command()[2:])
         except SystemExit:
             raise UserError(errors.getvalue().strip().splitlines()[-1]) from None
+
+
+def refusal(run):
+    """What the run's own script would refuse in its command (argparse's line, or the range
+    and method checks every training script makes first), else None."""
+    from kd.cli import UserError, check_args
+    try:
+        check_args(parsed(run)[0])
+    except UserError as e:
+        return str(e)
+    return None
 
 
 def same(recorded, wanted):
@@ -611,6 +636,14 @@ def main():
         if reasons:
             outdated[run.label] = reasons
     todo, recheck = with_dependents(runs, todo)
+    # Asked before any job starts: a typo in a later stage would otherwise show once the
+    # stages before it have trained (a teacher: 16 minutes on a CPU).
+    refused = [(run.label, reason) for run in todo if (reason := refusal(run))]
+    if refused:
+        more = len(refused) - 1
+        sys.exit(f"error: {refused[0][0]}: {refused[0][1]}"
+                 + (f" (and {more} more run{'s' * (more != 1)} refused: --list shows their "
+                    "commands)" if more else ""))
     folders = list(dict.fromkeys(run.folder for run in runs))
     for folder in folders:
         count = sum(run.folder == folder for run in runs)

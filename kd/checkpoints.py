@@ -91,18 +91,21 @@ def weights_sha256(state_dict):
 
 def load_checkpoint(path, map_location="cpu"):
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         # Any: the weights-only unpickler reads a file that is no checkpoint (a metrics CSV
-        # caught by a glob) as pickle opcodes, which raise IndexError, KeyError, ... as well
-        # as its own errors. Its errors are long; the line naming the refused object is the
-        # useful one.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[0])
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason[:160]})") from None
+        # caught by a glob) as pickle opcodes, which raise IndexError ("pop from empty
+        # list"), KeyError ("101"), ... as well as its own errors, whose first lines advise
+        # loading unsafely. Only the line naming a refused object says something of use.
+        refused = next((line.strip() for line in str(e).splitlines()
+                        if "Unsupported global" in line), None)
+        reason = refused[:160] if refused else "not a file torch.save wrote whole"
+        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (format {FORMAT})")
     return ckpt

@@ -186,6 +186,25 @@ def test_a_checkpoint_named_twice_is_evaluated_once(tmp_path, monkeypatch):
                                      ) == ["a.pt", "b.pt", "missing.pt"]
 
 
+def test_no_checkpoint_named_evaluates_checkpoints_folder_and_says_so(tmp_path, monkeypatch,
+                                                                      capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    for name in ("b.pt", "a.pt"):
+        (tmp_path / "checkpoints" / name).write_bytes(b"")
+    assert evaluate.checkpoint_paths([]) == ["checkpoints/a.pt", "checkpoints/b.pt"]
+    assert capsys.readouterr().err == "no checkpoints named: evaluating the 2 in checkpoints/\n"
+
+
+def test_a_plots_dir_that_cannot_be_made_is_refused_before_any_work(tmp_path):
+    """It was refused only after every model was evaluated, with an errno line and exit
+    status 1; now with the training scripts' check and words, before anything is read."""
+    proc = run_script("evaluate.py", tmp_path / "missing.pt", "--plots-dir", "/proc/no",
+                      check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --plots-dir: cannot create /proc/no (No such file or directory)"], proc.stderr
+
+
 def test_bad_input_is_one_line(image_folder, tmp_path):
     for flags, fragment in (([tmp_path / "missing.pt"], "not found"),
                             ([tmp_path / "missing.pt", "--batch-size", "0"], "--batch-size")):

@@ -126,10 +126,21 @@ def test_a_text_file_given_as_a_checkpoint_is_one_line(tmp_path, content):
     to raises IndexError or KeyError as well as its own errors."""
     path = tmp_path / "student.metrics.csv"
     path.write_text(content)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
-        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"not a readable checkpoint \(not a file "
+                                              r"torch.save wrote whole\)$"):
+        load_checkpoint(path)  # not the unpickler's "101" or its advice to load unsafely
     proc = run_script("evaluate.py", path, "--plots-dir", tmp_path, check=False)
     assert "not a readable checkpoint" in last_line(proc)
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_holding_an_object_the_safe_loader_refuses_names_it(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"format": 1, "when": Path("x")}, path)
+    with pytest.raises(CheckpointError, match=r"not a readable checkpoint \(.*Unsupported "
+                                              r"global: GLOBAL pathlib"):
+        load_checkpoint(path)
 
 
 def test_checkpoint_of_another_architecture(teacher_checkpoint, image_folder, tmp_path):

@@ -116,6 +116,36 @@ def test_expand_refuses_runs_that_would_share_a_checkpoint_and_unknown_scripts()
         expand({"stage": [{**stage, "name": "{temperature}"}]}, "out", seeds=[0])
 
 
+def test_a_misspelt_key_of_a_grid_or_stage_is_refused():
+    """A key the sweep does not read would be dropped without a word: `sedes` ran seed 0
+    alone, `grdi` one run instead of a grid."""
+    stage = {"script": "train_student.py", "name": "s_{loss}_seed{seed}", "grid": {"loss": ["kd"]}}
+    with pytest.raises(GridError, match=r"unknown key 'sedes' \(a grid takes: folder, seeds, "
+                                        r"flags, stage\)"):
+        expand({"sedes": [1], "stage": [stage]}, "out", seeds=[0])
+    with pytest.raises(GridError, match=r"stage 1: unknown key 'grdi' \(a stage takes: script, "
+                                        r"name, seeds, flags, grid\)"):
+        expand({"stage": [{"script": "train_student.py", "grdi": {"loss": ["kd"]}}]}, "out",
+               seeds=[0])
+
+
+def test_a_run_its_script_would_refuse_stops_the_sweep_before_any_job_starts(image_folder,
+                                                                             tmp_path):
+    """A typo in a later stage's flags is found before the teacher trains (16 minutes on a
+    CPU), in one line naming the run and argparse's or the script's own complaint."""
+    grid = write_grid(tmp_path / "grid.toml", STAGES.replace('"kd+ce"', '"kd_ce"'), image_folder)
+    proc = sweep(grid)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "invalid choice: 'kd_ce'" in lines[0]
+    assert not (tmp_path / "sweep" / "teacher.pt").exists()
+    grid.write_text(grid.read_text().replace('"kd_ce"', '"kd+ce"').replace(
+        'epochs = 2', 'epochs = 2, lr = -1'))
+    lines = sweep(grid).stderr.strip().splitlines()
+    assert len(lines) == 1 and "--lr must be positive, got -1" in lines[0] and \
+        "and 2 more runs" in lines[0], lines
+
+
 def test_only_keeps_the_runs_a_pattern_names():
     """--only: a second seed of the close settings alone, e.g.; a pattern naming no run is
     refused in one line."""
@@ -263,7 +293,12 @@ def test_the_best_students_runs_are_the_length_studys_own():
 
 
 def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(image_folder, tmp_path):
-    stages = STAGES.replace('name = "teacher"', 'name = "teacher"\nflags = {lr = -1}') + (
+    # flags its script accepts (a sweep refuses others before it starts), data it refuses
+    bad = tmp_path / "no-ship"
+    shutil.copytree(image_folder, bad)
+    shutil.rmtree(bad / "test" / "ship")
+    stages = STAGES.replace('name = "teacher"', f'name = "teacher"\nflags = {{data-root = '
+                                                 f'"{bad}"}}') + (
         '[[stage]]\nscript = "train_student.py"\nname = "alone"\nflags = {loss = "ce"}\n')
     proc = sweep(write_grid(tmp_path / "grid.toml", stages, image_folder))
     assert proc.returncode == 1
@@ -271,7 +306,7 @@ def test_a_failed_run_is_reported_with_its_log_and_the_others_go_on(image_folder
     failed = proc.stderr.splitlines()
     assert failed[0] == "failed or not run:"
     teacher_log = next(line for line in failed if line.startswith("  teacher: ")).split(": ")[1]
-    assert "--lr must be positive" in Path(teacher_log).read_text()
+    assert "ship" in Path(teacher_log).read_text().strip().splitlines()[-1]
     assert "  student_loss=kd+ce_seed0: needs teacher" in failed
     assert "alone" in proc.stdout.split("\n\n")[1]  # the table has the run that ran
 

@@ -361,6 +361,17 @@ def unused_flags(loss):
     return tuple(flag.name for flag in all_flags() if flag not in METHODS[loss].flags)
 
 
+def ignored_flags(config):
+    """Notes on the method flags in `config` set away from their defaults that its --loss
+    does not use (DKD's beta given to a KD run): accepted, as a sweep's shared flags may
+    hold them, but no part of the run."""
+    loss = config.get("loss")
+    return [f"note: --loss {loss} does not use {flag.option} (used by "
+            f"{', '.join(flag_users(flag))}); it is ignored"
+            for flag in all_flags() if flag.name in unused_flags(loss) and not flag.suffix
+            and config.get(flag.name, flag.default) != flag.default]  # a suffix: check_flags
+
+
 def flags_before():
     """{flag: the value runs from before it existed had}, for the flags added later."""
     return {flag.name: flag.before for flag in all_flags() if flag.before is not NOT_ADDED_LATER}

@@ -44,6 +44,8 @@ def parse(argv=None):
 def main():
     args, kind = parse()
     method = methods.METHODS[args.loss]
+    for note in methods.ignored_flags(vars(args)):
+        print(note)
     with runs.run_lock(args):  # refused while another process trains this run
         args, device, splits, ckpt = runs.prepare_run(args, *kind)
         teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None

@@ -199,9 +199,19 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
         if changes:
             print(f"{out} is stale ({'; '.join(changes)}): training it again from the start")
             return None
+    lacking = [key for key in RECIPE_KEYS + tuple(recipe_keys) if key not in config]
+    if lacking:
+        raise CheckpointError(f"{out} cannot be resumed by this script: its config lacks "
+                              f"{', '.join(map(repr, lacking))}, which this script's runs "
+                              f"record (a run of another script?)")
+    # --epochs extends the run; any other setting of the command that differs is not used.
+    unused = [change for change in changed_recipe(config, args, recipe_keys, device)
+              if not change.startswith(("epochs ", "schedule_start_epoch "))]
+    if unused:
+        print(f"note: --resume continues {out} as recorded; this command's settings not used "
+              f"(recorded -> given): {'; '.join(unused)} (--restart-if-changed would start "
+              f"it over with them)")
     for key in RECIPE_KEYS + tuple(recipe_keys):
-        if key not in config:
-            raise CheckpointError(f"{out} cannot be resumed: its config lacks {key!r}")
         setattr(args, key, config[key])
     changes = changed_identity(config, args, teacher_of(args), strict=False)
     if changes:

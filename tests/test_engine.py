@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import methods
+from conftest import run_in_process
 from kd import cli, engine, interrupts, runs
 from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from kd.data import load_cifar10, split_train_val
@@ -339,3 +340,28 @@ def test_the_ema_columns_and_test_record_measure_the_ema_model(image_folder, tmp
         assert measured[f"{prefix}_acc"] == pytest.approx(acc), prefix
         # the test can tell the EMA from the raw model (whose numbers are recorded beside)
         assert loss_and_accuracy(raw, *images)[0] != pytest.approx(loss, rel=1e-3), prefix
+
+
+def test_a_resume_says_which_of_its_commands_settings_it_does_not_use(image_folder, tmp_path,
+                                                                      capsys):
+    """--resume continues the run as recorded: a setting of the command that differs (here
+    --lr) is not used, and says so; a longer --epochs extends the run and is no such
+    setting."""
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
+    capsys.readouterr()
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2, "--lr", 0.5,
+                "--train-subset", 64))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "not used" in line]
+    assert notes == [f"note: --resume continues {tmp_path / 'student.pt'} as recorded; this "
+                     "command's settings not used (recorded -> given): lr 0.05 -> 0.5 "
+                     "(--restart-if-changed would start it over with them)"]
+    assert load_checkpoint(tmp_path / "student.pt")["config"]["lr"] == 0.05
+
+
+def test_a_run_of_another_script_given_to_resume_says_so(image_folder, tmp_path):
+    """train_ema.py --resume of a student that train_student.py trained (the same model)."""
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
+    with pytest.raises(CheckpointError, match=r"cannot be resumed by this script: its config "
+                                              r"lacks 'mode', .* \(a run of another script\?\)"):
+        run_in_process("train_ema.py", "--resume", "--out", tmp_path / "student.pt",
+                       "--data-root", image_folder, "--plots-dir", tmp_path / "plots")

@@ -86,6 +86,17 @@ def kd_parts(loss, **flags):
     return parts["loss"], parts["kd"], parts["ce"]
 
 
+def test_a_flag_the_method_does_not_use_is_noted_when_set():
+    """--loss kd --dkd-beta 2 was accepted and dropped without a word."""
+    default = next(f.default for f in methods.all_flags() if f.name == "dkd_beta")
+    assert default != 2.0
+    assert methods.ignored_flags({"loss": "kd", "dkd_beta": 2.0}) == [
+        "note: --loss kd does not use --dkd-beta (used by dkd); it is ignored"]
+    assert methods.ignored_flags({"loss": "dkd", "dkd_beta": 2.0}) == []
+    assert methods.ignored_flags({"loss": "kd", "dkd_beta": default}) == []
+    assert methods.ignored_flags({"loss": "kd"}) == []
+
+
 def test_kd_and_ce_weights_replace_alpha():
     loss, kd, ce = kd_parts("kd+ce", kd_weight=9.0, ce_weight=0.1)
     assert loss.item() == pytest.approx(9 * kd.item() + 0.1 * ce.item(), rel=1e-6)

@@ -255,7 +255,7 @@ def markdown_tables(results, test_images, device, batch_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("checkpoints", nargs="*",
                         help="checkpoint files (default: every checkpoints/*.pt)")
     cli.add_data_device_args(parser)

@@ -518,7 +518,7 @@ def read_predictions(path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("--plots-dir", default="plots", help="where results.csv (from "
                         "evaluate.py) and the figures are, and report.md goes (default: plots)")
     args = parser.parse_args()

@@ -57,6 +57,7 @@ import pandas as pd
 import submitit
 from submitit.core.utils import UncompletedJobError
 
+from kd import cli
 from kd.records import git_commit, record_paths, test_record_matches
 from kd.results import run_table, seed_table, variant_rank
 
@@ -122,6 +123,12 @@ def parse_flags(text):
                                    else values)
         i += 1 + len(values)
     return settings
+
+
+def refuse(message):
+    """A bad command or grid: one line and exit status 2, as the training scripts do."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def load_grid(path):
@@ -549,7 +556,7 @@ def summary(runs, folder):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     a = parser.add_argument
     a("grids", nargs="+", metavar="GRID", help="grid files (TOML); several run as one pool, "
       "in their order, each into its own folder, a run starting once the runs it needs in "
@@ -598,13 +605,13 @@ def main():
                    "(rerun the sweep later: finished runs are skipped)")
     args = parser.parse_args()
     if args.runs_per_device < 1:
-        sys.exit(f"error: --runs-per-device must be at least 1, got {args.runs_per_device}")
+        refuse(f"--runs-per-device must be at least 1, got {args.runs_per_device}")
     if args.stop_after is not None and args.stop_after <= 0:
-        sys.exit(f"error: --stop-after must be positive, got {args.stop_after}")
+        refuse(f"--stop-after must be positive, got {args.stop_after}")
     if args.finished and not args.checkpoints:
-        sys.exit("error: --finished qualifies --checkpoints")
+        refuse("--finished qualifies --checkpoints")
     if args.folder and len(args.grids) > 1:
-        sys.exit("error: --folder takes one grid; several grids go each into its own folder")
+        refuse("--folder takes one grid; several grids go each into its own folder")
     try:
         grids = {}  # grid file -> its folder
         runs = []
@@ -616,7 +623,7 @@ def main():
                                parse_flags(args.flags)))
         runs = select(combine(runs), args.only)
     except GridError as e:
-        sys.exit(f"error: {e}")
+        refuse(str(e))
     if args.list:
         for run in runs:
             print(run.label, shlex.join(run.command()[1:]))
@@ -641,9 +648,9 @@ def main():
     refused = [(run.label, reason) for run in todo if (reason := refusal(run))]
     if refused:
         more = len(refused) - 1
-        sys.exit(f"error: {refused[0][0]}: {refused[0][1]}"
-                 + (f" (and {more} more run{'s' * (more != 1)} refused: --list shows their "
-                    "commands)" if more else ""))
+        refuse(f"{refused[0][0]}: {refused[0][1]}"
+               + (f" (and {more} more run{'s' * (more != 1)} refused: --list shows their "
+                  "commands)" if more else ""))
     folders = list(dict.fromkeys(run.folder for run in runs))
     for folder in folders:
         count = sum(run.folder == folder for run in runs)
@@ -666,7 +673,7 @@ def main():
     try:
         executors = {folder: make_executor(args, Path(folder) / "logs") for folder in folders}
     except RuntimeError as e:  # submitit's: no srun on this machine
-        sys.exit(f"error: --executor slurm: {e}")
+        refuse(f"--executor slurm: {e}")
     if args.executor == "slurm":
         jobs = submit_to_slurm(todo, executors)
         if args.no_wait:

@@ -31,7 +31,7 @@ from kd.results import run_variant
 
 def parse(argv=None):
     """The command's flags and the kind of run they ask for (runs.RunKind)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("--no-ema", action="store_true",
                         help="keep the teacher frozen at its random starting weights")
     parser.set_defaults(mode="mean-teacher")  # the one mode; named in configs and tables

@@ -23,7 +23,7 @@ from kd.teacher_logits import SharedTeacherLogits, cache_path
 
 def parse(argv=None):
     """The command's flags and the kind of run they ask for (runs.RunKind)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     methods.add_flags(parser)
     cli.add_teacher_arg(parser)
     cli.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=12,

@@ -18,7 +18,7 @@ torch_imported = time.perf_counter()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import losses  # noqa: E402, F401  (what every training script imports)
 import models  # noqa: E402, F401
-from kd import engine  # noqa: E402, F401
+from kd import cli, engine  # noqa: E402, F401
 from kd.device import resolve_precision, select_device  # noqa: E402
 
 project_imported = time.perf_counter()
@@ -44,7 +44,7 @@ def first_step_extra(kind, device, precision, steady_steps=5):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--steady-steps", type=int, default=5,
                         help="steps after the first, whose median is the steady one (default: 5)")

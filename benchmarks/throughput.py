@@ -628,7 +628,7 @@ def report(variants, device, precision):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     cli.add_data_device_args(parser)
     cli.add_precision_arg(parser)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")

@@ -95,7 +95,7 @@ def unique_seeds(results, variants, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("results", nargs=2, help="two results.csv files of evaluate.py")
     parser.add_argument("--names", nargs=2, default=("A", "B"),
                         help="what to call them in the table (default: A B)")

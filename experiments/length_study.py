@@ -355,7 +355,7 @@ def beside(mine, other):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
                         help="evaluate.py's results.csv or copies with its columns, read as "
                              f"one (default: {' '.join(DEFAULT_TABLES)})")

@@ -105,7 +105,7 @@ def add_records(runs, records, source):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
     parser.add_argument("folder", help="the selection sweep's folder (runs/select)")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help=f"points of validation accuracy within which a second seed "

@@ -1,6 +1,7 @@
 """The command line every script shares: its flags, their checks, and how errors end a run
 (one line, never a traceback)."""
 import math
+import re
 import sys
 
 import methods
@@ -99,6 +100,14 @@ def add_teacher_arg(parser):
                         help="compute the teacher's logits in this run even if an earlier run "
                              "of the same teacher, data and seed stored them (see "
                              "kd/teacher_logits.py)")
+
+
+def summary(doc):
+    """The first sentence of a script's docstring, for its --help (the first line of the
+    docstring ends mid-sentence)."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    end = re.search(r"[.?!](\s|$)", paragraph)
+    return paragraph[:end.start() + 1] if end else paragraph
 
 
 def check_args(args):

@@ -89,12 +89,14 @@ def _torchvision():
 
 
 def _download_or_fail(root):
-    existed = root.exists()
+    created = [folder for folder in (root, *root.parents) if not folder.exists()]
     try:
         _torchvision().datasets.CIFAR10(root, train=True, download=True)
     except Exception as e:  # no network, a proxy, a full disk: all end in the same advice
-        if not existed and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
+        for folder in created:  # the download's folders, deepest first, as long as empty
+            if not folder.is_dir() or any(folder.iterdir()):
+                break
+            folder.rmdir()
         raise DataError(
             f"no CIFAR-10 at {root.resolve()} (looked for {root}/cifar-10-batches-py/ and for "
             f"{root}/train/<class>/ + {root}/test/<class>/) and the download failed "

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import run_script, write_image_folder
+from conftest import ROOT, run_script, write_image_folder
+from kd import cli
 from kd.checkpoints import load_checkpoint
 from models import TeacherNet, load_model
 
@@ -109,3 +110,14 @@ def test_resume_rejects_a_checkpoint_of_another_model(teacher_checkpoint, image_
     proc = run_script("train_teacher.py", "--resume", "--data-root", image_folder, "--out",
                       out, "--plots-dir", tmp_path, check=False)
     assert_one_line_error(proc, "student")
+
+
+def test_every_scripts_help_opens_with_its_docstrings_first_sentence():
+    """Its first line ended mid-sentence ("... as jobs through")."""
+    doc = "Run a grid (seeds x settings) as jobs\nthrough submitit: here. More.\n\nDetails."
+    assert cli.summary(doc) == "Run a grid (seeds x settings) as jobs through submitit: here."
+    scripts = [*ROOT.glob("*.py"), *ROOT.glob("experiments/*.py"), *ROOT.glob("benchmarks/*.py")]
+    parsers = [p for p in scripts if "ArgumentParser(description=" in p.read_text()]
+    assert len(parsers) >= 10
+    for path in parsers:
+        assert "ArgumentParser(description=cli.summary(__doc__))" in path.read_text(), path.name

@@ -130,6 +130,19 @@ def test_the_recorded_split_hash_is_the_validation_indices_of_the_split(monkeypa
     assert data.split_sha256(200) != hashlib.sha256(held_out.numpy().tobytes()).hexdigest()
 
 
+def test_a_failed_download_leaves_none_of_the_folders_it_made(tmp_path, monkeypatch):
+    """A mistyped --data-root a/b/c: torchvision makes the folders, then the download fails."""
+    def offline(self, *args, **kwargs):
+        Path(self.root).mkdir(parents=True, exist_ok=True)
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DataError):
+        load_cifar10(tmp_path / "kept" / "a" / "b" / "c", cache_dir=tmp_path / "cache")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
 def test_missing_root_names_where_it_looked_and_both_fixes(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("network unreachable")

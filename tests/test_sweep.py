@@ -136,7 +136,7 @@ def test_a_run_its_script_would_refuse_stops_the_sweep_before_any_job_starts(ima
     grid = write_grid(tmp_path / "grid.toml", STAGES.replace('"kd+ce"', '"kd_ce"'), image_folder)
     proc = sweep(grid)
     lines = proc.stderr.strip().splitlines()
-    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # as the scripts' errors
     assert lines[0].startswith("error: ") and "invalid choice: 'kd_ce'" in lines[0]
     assert not (tmp_path / "sweep" / "teacher.pt").exists()
     grid.write_text(grid.read_text().replace('"kd_ce"', '"kd+ce"').replace(

@@ -265,10 +265,11 @@ def main():
     args = parser.parse_args()
     if args.batch_size < 1:
         raise cli.UserError(f"--batch-size must be positive, got {args.batch_size}")
+    paths = checkpoint_paths(args.checkpoints)
     plots_dir = Path(args.plots_dir)
     make_folder(plots_dir, "--plots-dir")  # before the models are evaluated, not after
     device = select_device(args.device)
-    models = load_models(checkpoint_paths(args.checkpoints), device)
+    models = load_models(paths, device)
     data = load_cifar10(args.data_root)
     check_data(models, data, args.data_root)
     _, val = split_train_val(data)

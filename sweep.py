@@ -301,11 +301,14 @@ def parsed(run):
     flag the script no longer takes is a UserError with argparse's line."""
     from kd.cli import UserError
     script = importlib.import_module(Path(run.script).stem)
-    with contextlib.redirect_stderr(io.StringIO()) as errors:
+    with contextlib.redirect_stderr(io.StringIO()) as errors, \
+            contextlib.redirect_stdout(io.StringIO()):
         try:
             return script.parse(run.command()[2:])
         except SystemExit:
-            raise UserError(errors.getvalue().strip().splitlines()[-1]) from None
+            said = errors.getvalue().strip().splitlines()
+            raise UserError(said[-1] if said else f"{run.script} ends on these flags without "
+                            f"training (--help?)") from None
 
 
 def refusal(run):
@@ -737,6 +740,7 @@ def visible_gpus():
 
 
 if __name__ == "__main__":
+    kd.startup.exit_if_interrupted()
     for _signal in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signal, interrupt)
     try:

@@ -12,10 +12,12 @@ import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is on
 
 # isort: split
 import argparse
+import contextlib
 from pathlib import Path
 
 import methods
 from kd import cli, engine, plotting, runs
+from kd.checkpoints import CheckpointError, load_checkpoint
 from kd.ema import EMA_DECAY
 from kd.results import run_variant
 from kd.teacher_logits import SharedTeacherLogits, cache_path
@@ -30,6 +32,11 @@ def parse(argv=None):
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
                         ema_decay=EMA_DECAY)
     args = parser.parse_args(argv)
+    if args.resume and "loss" not in cli.typed(argv) and Path(args.out).is_file():
+        # A bare --resume continues the run's own method, which decides below whether a
+        # teacher is part of its recipe (a student trained alone has none).
+        with contextlib.suppress(CheckpointError):  # an unreadable one says so when resumed
+            args.loss = load_checkpoint(args.out)["config"].get("loss", args.loss)
     method = methods.METHODS[args.loss]
     args.out = args.out.replace("<loss>", run_variant(vars(args))).replace("<seed>",
                                                                            str(args.seed))
@@ -43,11 +50,11 @@ def parse(argv=None):
 
 def main():
     args, kind = parse()
-    method = methods.METHODS[args.loss]
-    for note in methods.ignored_flags(vars(args)):
-        print(note)
     with runs.run_lock(args):  # refused while another process trains this run
         args, device, splits, ckpt = runs.prepare_run(args, *kind)
+        method = methods.METHODS[args.loss]  # after a --resume has restored the run's
+        for note in methods.ignored_flags(vars(args)):
+            print(note)
         teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
         shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
                   if method.uses_teacher and method.shared_logits and not args.no_shared_logits

@@ -11,6 +11,7 @@ them, ema {model_state, updates} (the EMA of its weights) and method_state (the 
 and buffers of its method: a regressor, an embedding, a memory bank). A finished run
 exported by export_finished lacks TRAINING_STATE and has exported = True.
 """
+import errno
 import hashlib
 import os
 import re
@@ -89,6 +90,11 @@ def weights_sha256(state_dict):
     return digest.hexdigest()
 
 
+# Errors of reading a file rather than of what it holds (torch reports a truncated archive
+# as an OSError too, EINVAL): another user's file, a failing disk, a file gone meanwhile.
+FILE_ERRORS = (errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT)
+
+
 def load_checkpoint(path, map_location="cpu"):
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -98,6 +104,8 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        if isinstance(e, OSError) and e.errno in FILE_ERRORS:  # the file's, not its contents'
+            raise CheckpointError(f"cannot read the checkpoint {path} ({e.strerror})") from None
         # Any: the weights-only unpickler reads a file that is no checkpoint (a metrics CSV
         # caught by a glob) as pickle opcodes, which raise IndexError ("pop from empty
         # list"), KeyError ("101"), ... as well as its own errors, whose first lines advise

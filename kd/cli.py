@@ -9,6 +9,7 @@ from kd.allocator import keep_freed_memory
 from kd.checkpoints import CheckpointError
 from kd.data import TRAIN_SIZE, DataError, default_data_root
 from kd.interrupts import install_handlers
+from kd.startup import exit_if_interrupted
 
 DRY_RUN_BATCHES = 2
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -102,6 +103,14 @@ def add_teacher_arg(parser):
                              "kd/teacher_logits.py)")
 
 
+def typed(argv=None):
+    """The flags typed on the command line (`argv`, else sys.argv's), as argparse names
+    them (--dkd-beta: dkd_beta): what a user asked for, as against a flag's default."""
+    return {token.split("=")[0][2:].replace("-", "_")
+            for token in (sys.argv[1:] if argv is None else map(str, argv))
+            if token.startswith("--")}
+
+
 def summary(doc):
     """The first sentence of a script's docstring, for its --help (the first line of the
     docstring ends mid-sentence)."""
@@ -143,6 +152,7 @@ def note_checkpoint(path):
 def run_cli(main):
     """Run a script's main(): bad input is one line on stderr and exit 2; Ctrl-C or SIGTERM
     exits 130 with the last complete checkpoint intact (it is only ever replaced atomically)."""
+    exit_if_interrupted()
     keep_freed_memory()
     install_handlers()
     try:

@@ -20,7 +20,7 @@ except ImportError:  # Windows
 
 import methods
 from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
-from kd.cli import UserError, check_args
+from kd.cli import UserError, check_args, typed
 from kd.data import VAL_SEED, DataError, load_cifar10, split_sha256, split_train_val
 from kd.device import bf16_is_native, resolve_precision, select_device
 from kd.records import record_paths
@@ -204,9 +204,11 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
         raise CheckpointError(f"{out} cannot be resumed by this script: its config lacks "
                               f"{', '.join(map(repr, lacking))}, which this script's runs "
                               f"record (a run of another script?)")
-    # --epochs extends the run; any other setting of the command that differs is not used.
+    # A flag typed on the command line that differs from the recorded recipe is not used
+    # (--epochs excepted: it extends the run). Typed, not merely defaulted: a bare --resume
+    # differs from a run's non-default recipe in every setting it was started with.
     unused = [change for change in changed_recipe(config, args, recipe_keys, device)
-              if not change.startswith(("epochs ", "schedule_start_epoch "))]
+              if change.split()[0] in typed() - {"epochs"}]
     if unused:
         print(f"note: --resume continues {out} as recorded; this command's settings not used "
               f"(recorded -> given): {'; '.join(unused)} (--restart-if-changed would start "

@@ -1,6 +1,7 @@
 import argparse
 import json
 import signal
+import sys
 
 import pytest
 import torch
@@ -343,14 +344,16 @@ def test_the_ema_columns_and_test_record_measure_the_ema_model(image_folder, tmp
 
 
 def test_a_resume_says_which_of_its_commands_settings_it_does_not_use(image_folder, tmp_path,
-                                                                      capsys):
-    """--resume continues the run as recorded: a setting of the command that differs (here
-    --lr) is not used, and says so; a longer --epochs extends the run and is no such
-    setting."""
-    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
+                                                                      capsys, monkeypatch):
+    """--resume continues the run as recorded: a flag typed that differs (here --lr) is not
+    used, and says so; a longer --epochs extends the run and is no such flag; a flag left
+    at its default is not named (the run's non-default --train-subset, --batch-size)."""
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64,
+                "--batch-size", 16))
     capsys.readouterr()
-    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2, "--lr", 0.5,
-                "--train-subset", 64))
+    flags = ["--resume", "--epochs", "2", "--lr=0.5"]
+    monkeypatch.setattr(sys, "argv", ["train_student.py", *flags])
+    train(parse(image_folder, tmp_path, *flags))
     notes = [line for line in capsys.readouterr().out.splitlines() if "not used" in line]
     assert notes == [f"note: --resume continues {tmp_path / 'student.pt'} as recorded; this "
                      "command's settings not used (recorded -> given): lr 0.05 -> 0.5 "

@@ -135,6 +135,16 @@ def test_a_text_file_given_as_a_checkpoint_is_one_line(tmp_path, content):
         load_checkpoint(tmp_path)
 
 
+def test_a_checkpoint_that_cannot_be_read_says_why(teacher_checkpoint, monkeypatch):
+    """A read error is the file's, not its contents': said as the system says it."""
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(CheckpointError, match=r"^cannot read the checkpoint .*teacher.pt "
+                                              r"\(Permission denied\)$"):
+        load_checkpoint(teacher_checkpoint)
+
+
 def test_a_checkpoint_holding_an_object_the_safe_loader_refuses_names_it(tmp_path):
     path = tmp_path / "odd.pt"
     torch.save({"format": 1, "when": Path("x")}, path)
@@ -471,19 +481,23 @@ def test_a_ctrl_c_while_a_script_imports_is_one_line(script, sig):
     assert proc.returncode == 130
 
 
-def test_a_ctrl_c_while_starting_ends_the_process_even_where_a_library_catches_everything():
-    """An import that catches BaseException (seen: a Ctrl-C in the first second swallowed,
-    then the run trained to the end) cannot keep the process going past the interrupt."""
+@pytest.mark.parametrize("then", ["cli.run_cli(lambda: print('trained'))",
+                                  "raise AttributeError('half imported')"])
+def test_a_ctrl_c_while_starting_ends_the_process_even_where_a_library_catches_everything(
+        then):
+    """An import that catches BaseException swallowed the interrupt's SystemExit (seen: a
+    Ctrl-C in the first second, then the run trained to the end, or a traceback from the
+    module it left half imported): the script still ends there, exit status 130, one line."""
     code = (f"import os, signal, sys, time\nsys.path.insert(0, {str(ROOT)!r})\n"
             f"sys.modules['__main__'].__file__ = {str(ROOT / 'train_teacher.py')!r}\n"
             "import kd.startup\n"
             "try:  # a library's import that swallows every exception\n"
             "    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(5)\n"
-            "except BaseException:\n    pass\nprint('went on')\n")
+            "except BaseException:\n    pass\nfrom kd import cli\n" + then + "\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert proc.stderr.strip().splitlines() == ["interrupted while starting: nothing was written"]
-    assert proc.returncode == 130 and "went on" not in proc.stdout
+    assert proc.returncode == 130 and "trained" not in proc.stdout
 
 
 def test_a_run_started_over_drops_the_old_test_record_before_its_first_checkpoint(

@@ -228,3 +228,14 @@ def test_a_resumed_run_over_a_two_number_store_stores_its_longer_one(tmp_path):
     stored = torch.load(path, weights_only=True)
     assert stored["fingerprints"].shape == (3, 2, 2)
     assert torch.equal(stored["fingerprints"][:2], old.view(2, 2, 2))
+
+
+def test_a_bare_resume_takes_the_runs_method_before_it_loads_a_teacher(image_folder, tmp_path,
+                                                                       capsys):
+    """`--resume --out s.pt` of a student trained alone: the method is the run's (ce, which
+    needs no teacher), not the command's default kd+ce, which loaded the default teacher."""
+    common = ["--data-root", image_folder, "--plots-dir", tmp_path, "--out", tmp_path / "s.pt"]
+    run_in_process("train_student.py", "--loss", "ce", "--epochs", "1", "--train-subset", "64",
+                   *common)
+    run_in_process("train_student.py", "--resume", "--teacher", tmp_path / "none.pt", *common)
+    assert "is already complete (1 epochs)" in capsys.readouterr().out

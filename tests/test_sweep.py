@@ -139,6 +139,8 @@ def test_a_run_its_script_would_refuse_stops_the_sweep_before_any_job_starts(ima
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr  # as the scripts' errors
     assert lines[0].startswith("error: ") and "invalid choice: 'kd_ce'" in lines[0]
     assert not (tmp_path / "sweep" / "teacher.pt").exists()
+    lines = sweep(grid, "--flags=--help").stderr.strip().splitlines()  # argparse says nothing
+    assert len(lines) == 1 and "ends on these flags without training (--help?)" in lines[0]
     grid.write_text(grid.read_text().replace('"kd_ce"', '"kd+ce"').replace(
         'epochs = 2', 'epochs = 2, lr = -1'))
     lines = sweep(grid).stderr.strip().splitlines()

@@ -21,7 +21,6 @@ mode, on the test set, the validation split and the training images its run trai
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: split
-import argparse
 import copy
 import os
 import statistics
@@ -255,7 +254,7 @@ def markdown_tables(results, test_images, device, batch_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("checkpoints", nargs="*",
                         help="checkpoint files (default: every checkpoints/*.pt)")
     cli.add_data_device_args(parser)

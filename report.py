@@ -12,7 +12,6 @@ Nothing in it is written by hand per run: every number and verdict comes from re
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: split
-import argparse
 import io
 import math
 import warnings
@@ -518,7 +517,7 @@ def read_predictions(path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("--plots-dir", default="plots", help="where results.csv (from "
                         "evaluate.py) and the figures are, and report.md goes (default: plots)")
     args = parser.parse_args()

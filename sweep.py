@@ -559,7 +559,7 @@ def summary(runs, folder):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     a = parser.add_argument
     a("grids", nargs="+", metavar="GRID", help="grid files (TOML); several run as one pool, "
       "in their order, each into its own folder, a run starting once the runs it needs in "

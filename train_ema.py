@@ -20,7 +20,6 @@ For the EMA of a run's own weights, every training script has --ema-decay.
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: split
-import argparse
 from pathlib import Path
 
 import methods
@@ -31,7 +30,7 @@ from kd.results import run_variant
 
 def parse(argv=None):
     """The command's flags and the kind of run they ask for (runs.RunKind)."""
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("--no-ema", action="store_true",
                         help="keep the teacher frozen at its random starting weights")
     parser.set_defaults(mode="mean-teacher")  # the one mode; named in configs and tables

@@ -11,7 +11,6 @@ with decoupled KD (dkd) or DIST (dist).
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: split
-import argparse
 import contextlib
 from pathlib import Path
 
@@ -25,18 +24,21 @@ from kd.teacher_logits import SharedTeacherLogits, cache_path
 
 def parse(argv=None):
     """The command's flags and the kind of run they ask for (runs.RunKind)."""
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     methods.add_flags(parser)
     cli.add_teacher_arg(parser)
     cli.add_common_args(parser, out="checkpoints/student_<loss>_seed<seed>.pt", epochs=12,
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
                         ema_decay=EMA_DECAY)
     args = parser.parse_args(argv)
-    if args.resume and "loss" not in cli.typed(argv) and Path(args.out).is_file():
+    if args.resume and not args.restart_if_changed and "loss" not in cli.typed(argv) \
+            and Path(args.out).is_file():
         # A bare --resume continues the run's own method, which decides below whether a
-        # teacher is part of its recipe (a student trained alone has none).
+        # teacher is part of its recipe (a student trained alone has none). Not with
+        # --restart-if-changed, which compares the run with the command, defaults included.
         with contextlib.suppress(CheckpointError):  # an unreadable one says so when resumed
-            args.loss = load_checkpoint(args.out)["config"].get("loss", args.loss)
+            recorded = load_checkpoint(args.out)["config"].get("loss")
+            args.loss = recorded if recorded in methods.METHODS else args.loss
     method = methods.METHODS[args.loss]
     args.out = args.out.replace("<loss>", run_variant(vars(args))).replace("<seed>",
                                                                            str(args.seed))

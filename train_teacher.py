@@ -7,7 +7,6 @@
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
 # isort: split
-import argparse
 from pathlib import Path
 
 import methods
@@ -18,7 +17,7 @@ from kd.ema import EMA_DECAY
 
 def parse(argv=None):
     """The command's flags and the kind of run they ask for (runs.RunKind)."""
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     # Recipe chosen on the validation split (experiments/grids/probe-teacher.toml and
     # probe-long-teacher.toml; the figures: docs/usage.md#training-the-teacher). No label
     # smoothing: it makes teachers distil worse (Muller et al., 2019).

@@ -6,7 +6,6 @@ one tab-separated line per stage: "start-up: <what>", seconds.
 
     python benchmarks/startup.py --device cuda
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ def first_step_extra(kind, device, precision, steady_steps=5):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--steady-steps", type=int, default=5,
                         help="steps after the first, whose median is the steady one (default: 5)")

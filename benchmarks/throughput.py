@@ -22,7 +22,6 @@ The feature methods' rows (`--kinds features`) train the student with each featu
 of methods.py, built as train_student.py builds it, and give their time and peak memory as
 ratios of the KD step whose teacher runs on every batch.
 """
-import argparse
 import atexit
 import os
 import resource
@@ -628,7 +627,7 @@ def report(variants, device, precision):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     cli.add_data_device_args(parser)
     cli.add_precision_arg(parser)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default: 5)")

@@ -12,7 +12,6 @@ version.
     python experiments/compare_results.py experiments/h200_runs.csv \
         experiments/methods_xeon.csv --names H200 Xeon
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def unique_seeds(results, variants, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("results", nargs=2, help="two results.csv files of evaluate.py")
     parser.add_argument("--names", nargs=2, default=("A", "B"),
                         help="what to call them in the table (default: A B)")

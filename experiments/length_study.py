@@ -15,7 +15,6 @@ student's recipe: the choice on validation among the methods at the longest leng
         experiments/xeon_part_runs.csv      # seeds 0-2 beside the three-machine version
     python experiments/length_study.py plots/results.csv --figure plots/length.png
 """
-import argparse
 import fnmatch
 import re
 import sys
@@ -355,7 +354,7 @@ def beside(mine, other):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
                         help="evaluate.py's results.csv or copies with its columns, read as "
                              f"one (default: {' '.join(DEFAULT_TABLES)})")

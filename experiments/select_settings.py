@@ -10,7 +10,6 @@ never read.
     python experiments/select_settings.py runs/select-e200 --across   # one recipe among all
     python experiments/select_settings.py runs/select --records experiments/select_seed0.csv
 """
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -105,7 +104,7 @@ def add_records(runs, records, source):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=cli.summary(__doc__))
+    parser = cli.parser(__doc__)
     parser.add_argument("folder", help="the selection sweep's folder (runs/select)")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help=f"points of validation accuracy within which a second seed "

@@ -1,5 +1,6 @@
 """The command line every script shares: its flags, their checks, and how errors end a run
 (one line, never a traceback)."""
+import argparse
 import math
 import re
 import sys
@@ -101,6 +102,12 @@ def add_teacher_arg(parser):
                         help="compute the teacher's logits in this run even if an earlier run "
                              "of the same teacher, data and seed stored them (see "
                              "kd/teacher_logits.py)")
+
+
+def parser(doc):
+    """A script's argument parser: its --help opens with the docstring's first sentence, and
+    flags are taken whole (no abbreviations), so that `typed` reads what was asked for."""
+    return argparse.ArgumentParser(description=summary(doc), allow_abbrev=False)
 
 
 def typed(argv=None):

@@ -4,6 +4,8 @@ import argparse
 import pytest
 import torch
 
+import train_student
+
 import methods
 from conftest import run_in_process, run_script
 from kd import cli, engine, runs
@@ -239,3 +241,10 @@ def test_a_bare_resume_takes_the_runs_method_before_it_loads_a_teacher(image_fol
                    *common)
     run_in_process("train_student.py", "--resume", "--teacher", tmp_path / "none.pt", *common)
     assert "is already complete (1 epochs)" in capsys.readouterr().out
+    # a flag is taken whole, so an abbreviation cannot pass for a flag left out
+    with pytest.raises(SystemExit):
+        train_student.parse(["--resume", "--los", "dkd", "--out", str(tmp_path / "s.pt")])
+    # --restart-if-changed compares the run with the command, its default --loss included
+    args, _ = train_student.parse(["--resume", "--restart-if-changed", "--out",
+                                   str(tmp_path / "s.pt")])
+    assert args.loss == "kd+ce"

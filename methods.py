@@ -175,8 +175,10 @@ def stream_seed():
 def to_device(tensor, device):
     """A CPU tensor on `device` without waiting for it: a copy from pageable memory to a GPU
     waits for the GPU's queue to drain; one from pinned memory is queued behind it."""
-    if tensor is None or device.type != "cuda":
-        return None if tensor is None else tensor.to(device)
+    if tensor is None:
+        return None
+    if device.type != "cuda":
+        return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
@@ -366,10 +368,12 @@ def ignored_flags(config):
     does not use (DKD's beta given to a KD run): accepted, as a sweep's shared flags may
     hold them, but no part of the run."""
     loss = config.get("loss")
+    unused = unused_flags(loss)
+    # a suffix flag set for another method is check_flags' error, not a note
     return [f"note: --loss {loss} does not use {flag.option} (used by "
             f"{', '.join(flag_users(flag))}); it is ignored"
-            for flag in all_flags() if flag.name in unused_flags(loss) and not flag.suffix
-            and config.get(flag.name, flag.default) != flag.default]  # a suffix: check_flags
+            for flag in all_flags() if flag.name in unused and not flag.suffix
+            and config.get(flag.name, flag.default) != flag.default]
 
 
 def flags_before():

@@ -277,11 +277,10 @@ def stale(run):
     sweep would run it with decides (its data, teacher or recipe, defaults included, changed
     since it ran: what make trains again); empty when it is current. Asked of the run's own
     script in this process, so a sweep skips exactly the runs make would skip."""
-    from kd.cli import UserError
     from kd.runs import stale_reasons
     try:
         return stale_reasons(*parsed(run))
-    except UserError as e:
+    except cli.UserError as e:
         return [str(e)]
 
 
@@ -299,7 +298,6 @@ def repeats(run):
 def parsed(run):
     """(args, RunKind) of the run's command, parsed by its own script in this process; a
     flag the script no longer takes is a UserError with argparse's line."""
-    from kd.cli import UserError
     script = importlib.import_module(Path(run.script).stem)
     with contextlib.redirect_stderr(io.StringIO()) as errors, \
             contextlib.redirect_stdout(io.StringIO()):
@@ -307,17 +305,16 @@ def parsed(run):
             return script.parse(run.command()[2:])
         except SystemExit:
             said = errors.getvalue().strip().splitlines()
-            raise UserError(said[-1] if said else f"{run.script} ends on these flags without "
-                            f"training (--help?)") from None
+            raise cli.UserError(said[-1] if said else f"{run.script} ends on these flags "
+                                f"without training (--help?)") from None
 
 
 def refusal(run):
     """What the run's own script would refuse in its command (argparse's line, or the range
     and method checks every training script makes first), else None."""
-    from kd.cli import UserError, check_args
     try:
-        check_args(parsed(run)[0])
-    except UserError as e:
+        cli.check_args(parsed(run)[0])
+    except cli.UserError as e:
         return str(e)
     return None
 

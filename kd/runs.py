@@ -207,8 +207,9 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
     # A flag typed on the command line that differs from the recorded recipe is not used
     # (--epochs excepted: it extends the run). Typed, not merely defaulted: a bare --resume
     # differs from a run's non-default recipe in every setting it was started with.
+    asked = typed() - {"epochs"}
     unused = [change for change in changed_recipe(config, args, recipe_keys, device)
-              if change.split()[0] in typed() - {"epochs"}]
+              if change.split()[0] in asked]
     if unused:
         print(f"note: --resume continues {out} as recorded; this command's settings not used "
               f"(recorded -> given): {'; '.join(unused)} (--restart-if-changed would start "

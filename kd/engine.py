@@ -6,6 +6,7 @@ The training objective is an argument: a methods.Method, called as
 "loss" entry is minimised; any other entries (e.g. "ce", "kd") are logged as parts.
 """
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,17 @@ class CurvesFigure:
         if due and len(history) > self.drawn_epochs:
             plotting.plot_curves(history, self.path, title=self.title)
             self.drawn_epochs, self.drawn_at = len(history), time.monotonic()
+
+    def update_as_the_run_stops(self, history):
+        """The forced update after an interrupt. A drawing that fails then is a note, never
+        the run's end: the interrupt may have landed inside the last drawing and left the
+        plotting library broken for this process, and the stop must still end in its one
+        line and exit status (the checkpoint is already whole)."""
+        try:
+            self.update(history, force=True)
+        except Exception as e:
+            print(f"note: {self.path} was not redrawn ({type(e).__name__}: {e})",
+                  file=sys.stderr)
 
 
 def train_one_epoch(model, loader, method, optimizer, scheduler, device, precision="fp32",
@@ -260,7 +272,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                        + f"lr {row['lr']:.3g}  {row['epoch_seconds']:.1f}s  "
                        f"{row['images_per_second']:.0f} img/s")
     except KeyboardInterrupt:  # the figure shows every epoch the checkpoint holds
-        curves.update(history, force=True)
+        curves.update_as_the_run_stops(history)
         raise
     if not args.skip_test:
         test_and_record(model, ema, splits, device, args, paths["test"], name, args.epochs)

@@ -11,9 +11,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from kd.records import replace_atomically  # noqa: E402
 from kd.results import MEAN_TEACHER_VARIANTS, recipe_labels, run_variant  # noqa: E402
+
+# What a first drawing would import, imported now: a Ctrl-C that lands in the import of a
+# compiled module (matplotlib's Agg renderer) leaves it unable to initialise again in this
+# process, so the figure drawn as the run stops would fail. At start-up an interrupt ends
+# the script in one line (kd.startup).
+plt.switch_backend("Agg")
+Image.preinit()  # the PNG writer and the other formats Pillow loads on a first save
 
 LEGEND_ROWS = 20  # at fontsize 8 in a 4-inch-high figure
 LEGEND_INCHES_PER_CHAR = 0.05  # a legend column's width at fontsize 8, its line included

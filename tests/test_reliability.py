@@ -57,6 +57,55 @@ def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, si
     assert not list(tmp_path.glob("*.tmp"))
 
 
+# The scripts' own start, with the run's first drawing of its curves interrupted (a real
+# SIGINT) and every later drawing failing, as when the interrupt lands in the import of
+# matplotlib's compiled Agg renderer, which then cannot initialise again in the process.
+BROKEN_DRAWING = """
+import os, runpy, signal, sys
+sys.path.insert(0, os.getcwd())
+from kd import plotting
+drawings = []
+def plot_curves(*args, **kwargs):
+    drawings.append(1)
+    if len(drawings) == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+    raise ImportError("initialization failed")
+plotting.plot_curves = plot_curves
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_an_interrupt_that_breaks_the_figure_still_ends_in_one_line(image_folder, tmp_path):
+    """The figure is redrawn as a run stops; when that fails, the stop still ends with its
+    one line and exit status 130 (a sweep's stopped job ended in a traceback, exit 1)."""
+    out = tmp_path / "s.pt"
+    proc = subprocess.run([sys.executable, "-c", BROKEN_DRAWING, "train_student.py",
+                           "--loss", "ce", "--data-root", image_folder, "--out", out,
+                           "--plots-dir", tmp_path, "--epochs", "200", "--batch-size", "32",
+                           "--train-subset", "64", "--device", "cpu"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-2:] == [
+        f"note: {tmp_path / 's_curves.png'} was not redrawn (ImportError: initialization "
+        f"failed)", f"interrupted: {out} holds the last complete epoch; rerun with --resume "
+        f"to continue"], lines[-2:]
+    assert load_checkpoint(out)["epoch"] == 1
+
+
+def test_a_drawing_imports_nothing_mid_run(tmp_path):
+    """What a first drawing needs is imported with kd.plotting, at start-up, where an
+    interrupt ends the script in one line: none of it is imported mid-run (see above)."""
+    code = ("import sys; from kd import plotting; before = set(sys.modules); "
+            "plotting.plot_curves([dict(epoch=1, train_loss=2.0, train_acc=10.0, val_loss=2.0, "
+            "val_acc=10.0, lr=0.1)], sys.argv[1], 'run'); "
+            "print(sorted(set(sys.modules) - before))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.png")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
 def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
     write_image_folder(tmp_path / "root", n_train=2, n_test=1)  # a new root: decoded afresh
     proc = interrupted_run("train_teacher.py", ["--data-root", tmp_path / "root", "--out",

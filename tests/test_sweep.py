@@ -398,7 +398,8 @@ def test_a_terminated_sweep_stops_its_running_job_too(image_folder, tmp_path, si
         proc.kill()
         subprocess.run(["pkill", "-f", str(tmp_path / "sweep")])
     logs = [log.read_text() for log in (tmp_path / "sweep" / "logs").glob("*_log.err")]
-    assert len(logs) == 1 and "\ninterrupted: " in logs[0], logs
+    assert len(logs) == 1, logs
+    assert "\ninterrupted: " in logs[0], "the job's log:\n" + logs[0]  # whole: pytest cuts a repr
 
 
 def processes_writing(folder):

@@ -64,6 +64,7 @@ from kd.results import run_table, seed_table, variant_rank
 ROOT = Path(__file__).resolve().parent
 SCRIPTS = ("train_teacher.py", "train_student.py", "train_ema.py")
 POLL_SECONDS = 2
+STOP_WAIT_SECONDS = 120  # for a stopped training process to end (a stop takes a second or two)
 
 
 class GridError(ValueError):
@@ -402,14 +403,36 @@ def pid_file(run):
 def stop_jobs(running, by_key):
     """Ctrl-C to each running local job's training process (which saves its last complete
     epoch and exits), or to the job itself while its training process has not started;
-    returns once every job has ended."""
+    returns once every job and every training process signalled have ended. A job's end is
+    not enough: a terminal's Ctrl-C reaches submitit's job controller too, which kills the
+    job's own process a second later, while the training process may still be stopping."""
+    signalled = []
     for key, (job, _, _) in running.items():
         try:
-            os.kill(int(pid_file(by_key[key]).read_text()), signal.SIGINT)
+            pid = int(pid_file(by_key[key]).read_text())
+            os.kill(pid, signal.SIGINT)
+            signalled.append(pid)
         except (OSError, ValueError):  # no pid yet, or the process has just ended
             job.cancel(check=False)
     for job, _, _ in running.values():
         job.wait()
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while signalled and time.monotonic() < deadline:
+        signalled = [pid for pid in signalled if alive(pid)]
+        time.sleep(POLL_SECONDS / 10 if signalled else 0)
+    if signalled:
+        print(f"warning: training processes {', '.join(map(str, signalled))} had not ended "
+              f"{STOP_WAIT_SECONDS} s after the stop", file=sys.stderr)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: the pid has been reused
+        return False
+    return True
 
 
 def run_here(runs, executors, gpus, per_device=1, stop_at=None):

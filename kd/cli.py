@@ -9,6 +9,7 @@ import methods
 from kd.allocator import keep_freed_memory
 from kd.checkpoints import CheckpointError
 from kd.data import TRAIN_SIZE, DataError, default_data_root
+from kd.interrupts import hold as hold_interrupts
 from kd.interrupts import install_handlers
 from kd.startup import exit_if_interrupted
 
@@ -168,6 +169,7 @@ def run_cli(main):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        hold_interrupts()
         print("\ninterrupted: " + (f"{_saved_checkpoint} holds the last complete epoch; rerun "
                                    f"with --resume to continue" if _saved_checkpoint else
                                    "no checkpoint was written"), file=sys.stderr)

@@ -50,12 +50,16 @@ class CurvesFigure:
             self.drawn_epochs, self.drawn_at = len(history), time.monotonic()
 
     def update_as_the_run_stops(self, history):
-        """The forced update after an interrupt. A drawing that fails then is a note, never
-        the run's end: the interrupt may have landed inside the last drawing and left the
-        plotting library broken for this process, and the stop must still end in its one
-        line and exit status (the checkpoint is already whole)."""
+        """The forced update after an interrupt. Further signals of the stop wait for it,
+        and a drawing that fails then is a note, never the run's end: the interrupt may have
+        landed inside the last drawing and left the plotting library broken for this
+        process, and the stop must still end in its one line and exit status (the
+        checkpoint is already whole)."""
         try:
-            self.update(history, force=True)
+            with interrupts_deferred():
+                self.update(history, force=True)
+        except KeyboardInterrupt:  # a further signal of the stop (a sweep passes it on):
+            pass  # this run is stopping already
         except Exception as e:
             print(f"note: {self.path} was not redrawn ({type(e).__name__}: {e})",
                   file=sys.stderr)

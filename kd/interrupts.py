@@ -26,6 +26,14 @@ def install_handlers():
         signal.signal(sig, _raise_interrupt)
 
 
+def hold():
+    """From here on, Ctrl-C and SIGTERM are only noted: for a process already stopping, so
+    that the further signals a stop brings (a terminal's Ctrl-C reaches a sweep, its job
+    and the run alike, and each passes it on) cannot cut its last words short."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _note_interrupt)
+
+
 def check_interrupt():
     """Raise KeyboardInterrupt if a Ctrl-C or SIGTERM came whose exception was lost: Python
     ignores exceptions raised inside finalizers (weakref callbacks, __del__), and a signal

@@ -58,40 +58,57 @@ def test_interrupt_keeps_the_last_complete_checkpoint(image_folder, tmp_path, si
 
 
 # The scripts' own start, with the run's first drawing of its curves interrupted (a real
-# SIGINT) and every later drawing failing, as when the interrupt lands in the import of
-# matplotlib's compiled Agg renderer, which then cannot initialise again in the process.
-BROKEN_DRAWING = """
+# SIGINT) and each later drawing doing THEN.
+INTERRUPTED_DRAWING = """
 import os, runpy, signal, sys
 sys.path.insert(0, os.getcwd())
 from kd import plotting
-drawings = []
+real, drawings = plotting.plot_curves, []
 def plot_curves(*args, **kwargs):
     drawings.append(1)
     if len(drawings) == 1:
         os.kill(os.getpid(), signal.SIGINT)
-    raise ImportError("initialization failed")
+    THEN
 plotting.plot_curves = plot_curves
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_an_interrupt_that_breaks_the_figure_still_ends_in_one_line(image_folder, tmp_path):
-    """The figure is redrawn as a run stops; when that fails, the stop still ends with its
-    one line and exit status 130 (a sweep's stopped job ended in a traceback, exit 1)."""
-    out = tmp_path / "s.pt"
-    proc = subprocess.run([sys.executable, "-c", BROKEN_DRAWING, "train_student.py",
-                           "--loss", "ce", "--data-root", image_folder, "--out", out,
-                           "--plots-dir", tmp_path, "--epochs", "200", "--batch-size", "32",
-                           "--train-subset", "64", "--device", "cpu"],
+def stopped_in_its_first_drawing(then, image_folder, folder):
+    """train_student.py stopped as INTERRUPTED_DRAWING does, with `then`; its stderr lines."""
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED_DRAWING.replace("THEN", then),
+                           "train_student.py", "--loss", "ce", "--data-root", image_folder,
+                           "--out", folder / "s.pt", "--plots-dir", folder, "--epochs", "200",
+                           "--batch-size", "32", "--train-subset", "64", "--device", "cpu"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert load_checkpoint(folder / "s.pt")["epoch"] == 1
+    return [line for line in proc.stderr.splitlines() if line.strip()]
+
+
+def test_an_interrupt_that_breaks_the_figure_still_ends_in_one_line(image_folder, tmp_path):
+    """The figure is redrawn as a run stops; when that fails (here as when the interrupt
+    lands in the import of matplotlib's compiled Agg renderer, which then cannot initialise
+    again in the process), the stop still ends with its one line and exit status 130: a
+    sweep's stopped job ended in a traceback, exit 1."""
+    lines = stopped_in_its_first_drawing('raise ImportError("initialization failed")',
+                                         image_folder, tmp_path)
     assert lines[-2:] == [
         f"note: {tmp_path / 's_curves.png'} was not redrawn (ImportError: initialization "
-        f"failed)", f"interrupted: {out} holds the last complete epoch; rerun with --resume "
-        f"to continue"], lines[-2:]
-    assert load_checkpoint(out)["epoch"] == 1
+        f"failed)", f"interrupted: {tmp_path / 's.pt'} holds the last complete epoch; rerun "
+        f"with --resume to continue"], lines[-2:]
+
+
+def test_a_second_signal_of_the_stop_does_not_cut_the_figure_short(image_folder, tmp_path):
+    """A terminal's Ctrl-C of a sweep reaches the run, and the sweep and its job pass it on:
+    the signals after the first wait while the run draws its figure and says its line."""
+    lines = stopped_in_its_first_drawing(
+        "os.kill(os.getpid(), signal.SIGINT); return real(*args, **kwargs)", image_folder,
+        tmp_path)
+    assert lines[-1] == (f"interrupted: {tmp_path / 's.pt'} holds the last complete epoch; "
+                         f"rerun with --resume to continue")
+    assert Image.open(tmp_path / "s_curves.png").size[0] > 0
 
 
 def test_a_drawing_imports_nothing_mid_run(tmp_path):

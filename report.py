@@ -530,4 +530,4 @@ def main():
 
 
 if __name__ == "__main__":
-    cli.run_cli(main)
+    cli.run_cli(main, trains=False)

@@ -58,6 +58,7 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from kd import cli
+from kd.interrupts import interrupts_deferred
 from kd.records import git_commit, record_paths, test_record_matches
 from kd.results import run_table, seed_table, variant_rank
 
@@ -480,8 +481,10 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     pid_file(run).unlink(missing_ok=True)
                     executor.update_parameters(gpus_per_node=0 if slot is None else 1,
                                                visible_gpus=() if slot is None else (slot,))
-                    job = executor.submit(job_function(run, threads))
-                    running[run.key] = (job, slot, time.time())
+                    # a stop that comes as the job starts must find it among those to stop
+                    with interrupts_deferred():
+                        job = executor.submit(job_function(run, threads))
+                        running[run.key] = (job, slot, time.time())
                     print(f" started  {run.label}  (log: {job.paths.stdout})", flush=True)
             time.sleep(POLL_SECONDS if running else 0)
     except KeyboardInterrupt:  # stop the jobs too: each saves its last complete epoch

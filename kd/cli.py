@@ -157,9 +157,10 @@ def note_checkpoint(path):
     _saved_checkpoint = path
 
 
-def run_cli(main):
+def run_cli(main, trains=True):
     """Run a script's main(): bad input is one line on stderr and exit 2; Ctrl-C or SIGTERM
-    exits 130 with the last complete checkpoint intact (it is only ever replaced atomically)."""
+    exits 130, a training script's (`trains`) with the last complete checkpoint intact (it
+    is only ever replaced atomically) and a line that says where it is."""
     exit_if_interrupted()
     keep_freed_memory()
     install_handlers()
@@ -170,9 +171,10 @@ def run_cli(main):
         sys.exit(2)
     except KeyboardInterrupt:
         hold_interrupts()
-        print("\ninterrupted: " + (f"{_saved_checkpoint} holds the last complete epoch; rerun "
-                                   f"with --resume to continue" if _saved_checkpoint else
-                                   "no checkpoint was written"), file=sys.stderr)
+        print("\ninterrupted" + (": " + (
+            f"{_saved_checkpoint} holds the last complete epoch; rerun with --resume to "
+            f"continue" if _saved_checkpoint else "no checkpoint was written") if trains
+            else ""), file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # a full disk or a vanished folder mid-run: say what, not where
         print(f"error: {e}", file=sys.stderr)

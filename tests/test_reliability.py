@@ -132,6 +132,16 @@ def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
     assert not (tmp_path / "t.pt").exists()
 
 
+def test_an_interrupt_of_a_script_that_trains_nothing_says_no_more(teacher_checkpoint,
+                                                                     image_folder, tmp_path):
+    """evaluate.py writes no checkpoint: its stop does not talk of one."""
+    proc = interrupted_run("evaluate.py", [teacher_checkpoint, "--data-root", image_folder,
+                                           "--plots-dir", tmp_path], step=1, sig="SIGINT",
+                           at="kd.engine.evaluate")
+    assert proc.stderr.splitlines()[-1] == "interrupted"
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_interrupt_while_the_first_checkpoint_is_written_says_it_was_kept(image_folder,
                                                                            tmp_path):
     """The write defers the signal until checkpoint and records agree; the message then

@@ -467,6 +467,31 @@ def test_a_stop_returns_once_the_training_processes_themselves_have_ended(tmp_pa
         os.kill(stopping.pid, 0)
 
 
+def test_a_stop_as_a_job_starts_stops_that_job_too(tmp_path):
+    """A Ctrl-C that lands while submitit starts a job (its controller already running)
+    still finds the job among those to stop; it would otherwise train on unseen."""
+    cancelled = []
+
+    class StartingJob(FinishedJob):
+        def done(self):
+            return False
+
+        def cancel(self, check=True):
+            cancelled.append(self)
+
+    class InterruptedAsItSubmits(Executor):
+        def submit(self, function):
+            job = StartingJob()
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # as the signal would
+            return job
+
+    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
+                          command=lambda: ["true"])
+    with pytest.raises(KeyboardInterrupt):
+        sweep_module.run_here([run], {str(tmp_path): InterruptedAsItSubmits()}, gpus=[])
+    assert len(cancelled) == 1  # no training process yet: the job itself is stopped
+
+
 def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_path,
                                                                           monkeypatch):
     """At --stop-after, a run whose job ended since the last look is done: the sweep's table

@@ -429,9 +429,7 @@ def stop_jobs(running, by_key):
 def alive(pid):
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: the pid has been reused
+    except (ProcessLookupError, PermissionError):  # gone (another user's: pid reused)
         return False
     return True
 

@@ -157,6 +157,15 @@ def note_checkpoint(path):
     _saved_checkpoint = path
 
 
+def stopped_line(trains):
+    if not trains:
+        return "interrupted"
+    if _saved_checkpoint:
+        return (f"interrupted: {_saved_checkpoint} holds the last complete epoch; rerun with "
+                f"--resume to continue")
+    return "interrupted: no checkpoint was written"
+
+
 def run_cli(main, trains=True):
     """Run a script's main(): bad input is one line on stderr and exit 2; Ctrl-C or SIGTERM
     exits 130, a training script's (`trains`) with the last complete checkpoint intact (it
@@ -171,10 +180,7 @@ def run_cli(main, trains=True):
         sys.exit(2)
     except KeyboardInterrupt:
         hold_interrupts()
-        print("\ninterrupted" + (": " + (
-            f"{_saved_checkpoint} holds the last complete epoch; rerun with --resume to "
-            f"continue" if _saved_checkpoint else "no checkpoint was written") if trains
-            else ""), file=sys.stderr)
+        print("\n" + stopped_line(trains), file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # a full disk or a vanished folder mid-run: say what, not where
         print(f"error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@ records beside it, and an interrupt is never lost."""
 import contextlib
 import signal
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _interrupt_requested = False
 
 
@@ -22,7 +23,7 @@ def install_handlers():
     _interrupt_requested = False
     # SIGINT explicitly too: a shell starts background jobs with SIGINT ignored, and Python
     # then keeps ignoring it; a signal sent to this process on purpose should stop it cleanly.
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _raise_interrupt)
 
 
@@ -30,7 +31,7 @@ def hold():
     """From here on, Ctrl-C and SIGTERM are only noted: for a process already stopping, so
     that the further signals a stop brings (a terminal's Ctrl-C reaches a sweep, its job
     and the run alike, and each passes it on) cannot cut its last words short."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _note_interrupt)
 
 
@@ -49,7 +50,7 @@ def interrupts_deferred():
     """Hold Ctrl-C and SIGTERM until the block ends (then raise KeyboardInterrupt), so that
     an interrupt cannot fall between writing a checkpoint and the records beside it."""
     handlers = {sig: signal.signal(sig, _note_interrupt)
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in STOP_SIGNALS}
     try:
         yield
     finally:

@@ -15,11 +15,15 @@
 # SEEDS="0 1 2"      seeds to run (default 0): a teacher per seed, and each seed's students
 #                    distil from their own seed's teacher (teacher.pt for seed 0,
 #                    teacher_seed<s>.pt else), so the spread over seeds covers both
+# PY=python3         use this interpreter and the packages it has (requirements.txt) instead
+#                    of making .venv: an existing environment, a machine without a network
 # Safe to rerun: a finished stage is skipped, an interrupted one resumes, and one whose
 # recipe (a changed default), data or teacher changed is trained again from the start.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# the stages' prerequisite: .venv, set up, unless PY names another interpreter
+SETUP = $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/installed)
 SEEDS ?= 0
 LOSSES := kd+ce kd ce
 CKPT ?= checkpoints
@@ -49,7 +53,7 @@ $(VENV)/installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-teacher: $(VENV)/installed
+teacher: $(SETUP)
 	@set -e; for s in $(SEEDS); do \
 	  $(call stage,train_teacher.py,$(TEACHER),--seed $$s); done
 
@@ -59,7 +63,7 @@ students: teacher
 	    --loss $$loss --seed $$s --teacher $(TEACHER)); \
 	done; done
 
-ema: $(VENV)/installed
+ema: $(SETUP)
 	@set -e; for s in $(SEEDS); do \
 	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher_seed$$s.pt,--seed $$s); \
 	  $(call stage,train_ema.py,$(CKPT)/ema_mean-teacher-no-ema_seed$$s.pt,--no-ema --seed $$s); \
@@ -74,16 +78,16 @@ report: evaluate
 	$(PY) report.py --plots-dir $(PLOTS)
 
 BEST_GRID := experiments/grids/best.toml
-best: $(VENV)/installed
+best: $(SETUP)
 	$(PY) sweep.py $(BEST_GRID)
 	$(PY) evaluate.py $$($(PY) sweep.py $(BEST_GRID) --checkpoints) --plots-dir runs/best
 	$(PY) report.py --plots-dir runs/best
 
-test: $(VENV)/installed
-	$(VENV)/bin/ruff check .
+test: $(SETUP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -n auto tests
 
-bench: $(VENV)/installed
+bench: $(SETUP)
 	$(PY) benchmarks/throughput.py --compile --profile
 	$(PY) benchmarks/throughput.py --allocator
 

@@ -36,6 +36,7 @@ from kd import cli, engine, plotting
 from kd.checkpoints import load_checkpoint
 from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
 from kd.device import select_device
+from kd.interrupts import check_interrupt
 from kd.records import prediction_column, write_text
 from kd.results import recipe_labels, run_variant, seed_table, training_minutes, variant_rank
 from kd.runs import describe_data, make_folder, recorded_identity, same_data
@@ -141,6 +142,7 @@ def evaluate_all(models, loaders, device, batch_size):
     the training images that run trained on}."""
     rows, confusions, corrects, costs = [], [], [], {}
     for path, weights, model, info in tqdm(models, desc="evaluating", unit="model"):
+        check_interrupt()  # a Ctrl-C whose exception a finalizer swallowed stops here
         config = info["config"]
         test, correct = evaluate_test(model, loaders["test"], device)
         val = engine.evaluate(model, loaders["val"], device)

@@ -9,8 +9,8 @@ import methods
 from kd.allocator import keep_freed_memory
 from kd.checkpoints import CheckpointError
 from kd.data import TRAIN_SIZE, DataError, default_data_root
+from kd.interrupts import check_interrupt, install_handlers
 from kd.interrupts import hold as hold_interrupts
-from kd.interrupts import install_handlers
 from kd.startup import exit_if_interrupted
 
 DRY_RUN_BATCHES = 2
@@ -175,6 +175,7 @@ def run_cli(main, trains=True):
     install_handlers()
     try:
         main()
+        check_interrupt()  # one a finalizer swallowed: the user still asked to stop
     except (UserError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,6 @@ import contextlib
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -58,20 +57,20 @@ def replace_atomically(path, write):
     over `path` in one step: a crash or Ctrl-C mid-write leaves the previous file intact, and
     processes writing the same file at once (parallel runs sharing a teacher's stored logits,
     the decoded-image cache or a comparison figure) each replace it whole, where one shared
-    temporary name let one rename the other's half-written file. A failed write leaves no
-    temporary file behind."""
+    temporary name let one rename the other's half-written file. A failed or interrupted
+    write leaves no temporary file behind."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                   suffix=".tmp")
-    os.close(handle)
+    # Named here and created by `write` itself, not by tempfile.mkstemp: its file exists
+    # before its name reaches this frame (a Ctrl-C in between left it behind), and its mode
+    # 0600 needed a chmod by the umask, which can only be read by setting it (a Ctrl-C
+    # between the two calls left the process's umask at the stand-in's). The process id and
+    # 64 random bits keep concurrent writers' names apart.
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                               f"{os.urandom(8).hex()}.tmp")
     try:
         write(tmp)
-        # mkstemp's 0600 would keep out a group sharing the folder; a file system without
-        # modes (vfat) refuses the call
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -80,13 +79,6 @@ def replace_atomically(path, write):
         if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             raise OSError(e.errno, e.strerror, path) from None
         raise
-
-
-def current_umask():
-    """The process's umask (reading it means setting it: no call only reads it)."""
-    umask = os.umask(0o077)
-    os.umask(umask)
-    return umask
 
 
 def test_record_matches(path, run_id, epoch):

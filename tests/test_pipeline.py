@@ -57,3 +57,15 @@ def test_best_sweeps_the_frozen_recipe_then_evaluates_its_runs_alone():
         "python evaluate.py $(python sweep.py experiments/grids/best.toml --checkpoints) "
         "--plots-dir runs/best",
         "python report.py --plots-dir runs/best"]
+
+
+def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
+    """`make test PY=python3`: an existing environment (or a machine without a network)
+    runs the stages and the suite with its own packages."""
+    own = subprocess.run(["make", "-n", "-B", "all", "test", "PY=python3"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert "venv" not in own and "pip" not in own
+    assert "python3 -m ruff check ." in own and "python3 train_teacher.py" in own
+    default = subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+    assert "-m venv .venv" in default and ".venv/bin/python -m ruff check ." in default

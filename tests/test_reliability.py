@@ -142,6 +142,26 @@ def test_an_interrupt_of_a_script_that_trains_nothing_says_no_more(teacher_check
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("script", ["evaluate.py", "report.py"])
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_a_script_that_trains_nothing(
+        script, teacher_checkpoint, image_folder, tmp_path):
+    """Python drops the KeyboardInterrupt of a signal that lands in a finalizer; the noted
+    interrupt still stops evaluate.py before its next model, and any script before it says
+    it is done."""
+    if script == "evaluate.py":
+        flags, at = [teacher_checkpoint, "--data-root", image_folder], "kd.engine.evaluate"
+    else:
+        run_script("evaluate.py", teacher_checkpoint, "--data-root", image_folder,
+                   "--plots-dir", tmp_path)
+        flags, at = [], "kd.results.markdown"
+    proc = interrupted_run(script, [*flags, "--plots-dir", tmp_path], step=1, sig="SIGINT",
+                           at=f"lost:{at}")
+    assert "Exception ignored" in proc.stderr  # the signal's exception was indeed lost
+    assert proc.stderr.splitlines()[-1] == "interrupted"
+    if script == "evaluate.py":  # stopped before the teacher's EMA weights, the second model
+        assert not (tmp_path / "results.csv").exists()
+
+
 def test_an_interrupt_while_the_first_checkpoint_is_written_says_it_was_kept(image_folder,
                                                                            tmp_path):
     """The write defers the signal until checkpoint and records agree; the message then
@@ -453,6 +473,47 @@ def test_a_file_replaced_whole_gets_the_mode_the_umask_gives(tmp_path, kind):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "store.png").stat().st_mode) == 0o640
+
+
+def test_a_ctrl_c_anywhere_in_a_replacement_leaves_the_file_whole_and_nothing_else(tmp_path):
+    """A Ctrl-C lands between two lines of Python: here, in turn, before each line that
+    replacing a file runs (its own and the libraries' it calls). Each time the file is the
+    old one or the new one whole, no temporary file is left, and the process's umask is as
+    it was (a stop's last figure is written after the interrupt)."""
+    target = tmp_path / "teacher.metrics.csv"
+    write_text(target, "old")
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def interrupt_at(line):
+        seen = 0
+
+        def tracer(frame, event, arg):
+            nonlocal seen
+            if event == "line":
+                seen += 1
+                if seen == line:
+                    raise KeyboardInterrupt  # Python unsets the tracer: one interrupt
+            return tracer
+        return tracer
+
+    line = 0
+    while True:
+        line += 1
+        sys.settrace(interrupt_at(line))
+        try:
+            write_text(target, "new")
+        except KeyboardInterrupt:
+            pass
+        else:
+            break  # past the last line: nothing left to interrupt
+        finally:
+            sys.settrace(None)
+        assert [p.name for p in tmp_path.iterdir()] == [target.name], f"line {line}"
+        assert target.read_text() in ("old", "new"), f"line {line}"
+        current = os.umask(umask)
+        assert current == umask, f"line {line}: umask {current:o}"
+    assert line > 10 and target.read_text() == "new"
 
 
 def test_a_failed_write_names_the_file_not_its_temporary_stand_in(tmp_path):

@@ -365,19 +365,25 @@ class TrainingCommand:
         env = dict(os.environ)
         if self.threads and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(self.threads)
-        with subprocess.Popen(self.command, cwd=ROOT, env=env) as process:
-            self.pid_file.write_text(str(process.pid))
-            try:
-                code = process.wait()
-            except BaseException as stop:  # cancelled (Ctrl-C), or submitit's signal at the
-                # job's time limit: the run saves its last complete epoch, then stops
-                if process.poll() is None:
-                    process.send_signal(signal.SIGINT)
-                code = process.wait()
-                if not isinstance(stop, KeyboardInterrupt):
-                    raise
-            finally:
-                self.pid_file.unlink(missing_ok=True)
+        process = None
+        try:
+            # a Ctrl-C before the pid file names the process reaches this job instead
+            # (stop_jobs): it waits until the process can be passed it
+            with interrupts_deferred():
+                process = subprocess.Popen(self.command, cwd=ROOT, env=env)
+                self.pid_file.write_text(str(process.pid))
+            code = process.wait()
+        except BaseException as stop:  # cancelled (Ctrl-C), or submitit's signal at the
+            # job's time limit: the run saves its last complete epoch, then stops
+            if process is None:
+                raise
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+            code = process.wait()
+            if not isinstance(stop, KeyboardInterrupt):
+                raise
+        finally:
+            self.pid_file.unlink(missing_ok=True)
         if code:
             raise subprocess.CalledProcessError(code, self.command)
 

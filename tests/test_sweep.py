@@ -663,6 +663,33 @@ def test_a_job_at_its_time_limit_stops_its_training_process(tmp_path):
     assert not (tmp_path / "run.pid").exists()
 
 
+def test_a_ctrl_c_as_a_job_starts_its_training_process_reaches_that_process(tmp_path,
+                                                                           monkeypatch):
+    """A stop in the moment after the training process starts, before its pid file names
+    it, reaches the job (stop_jobs cancels a job without one): the job passes it on and
+    waits, where it left the run training on, unseen."""
+    started, popen = [], subprocess.Popen
+
+    def start_then_ctrl_c(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGINT)
+        return started[-1]
+    monkeypatch.setattr(subprocess, "Popen", start_then_ctrl_c)
+    command = sweep_module.TrainingCommand(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run.pid")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises((KeyboardInterrupt, subprocess.CalledProcessError)) as stopped:
+            command()
+        assert stopped.type is subprocess.CalledProcessError  # the run's own exit, waited for
+        assert started[0].poll() is not None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if started and started[0].poll() is None:
+            started[0].kill()
+    assert not (tmp_path / "run.pid").exists()
+
+
 def test_a_pid_file_left_by_an_earlier_process_is_not_signalled(tmp_path, monkeypatch):
     """A pid file left behind (a machine restarted mid-run) is removed before the run's job
     starts, so that a stop in the moment before the new job writes its own pid signals no

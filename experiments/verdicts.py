@@ -49,10 +49,11 @@ EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
 EMA_GAINS = {"teacher": (-0.01, 0.05), "kd+ce": (-0.10, 0.06), "kd": (-0.18, 0.08),
              "dkd": (-0.05, 0.20), "dist": (-0.01, 0.23), "ce": (0.00, 0.10)}
 RUNS = 3
-# docs/results.md, "The mean-teacher family on five seeds": evaluate.py's results.csv of
-# seeds 3 and 4 (bf16, the Zen 5 of seeds 0-2) of the mean-teacher runs and the student
-# trained alone.
-SEEDS_34 = Path(__file__).with_name("seeds34_bf16.csv")
+# docs/results.md, "The mean-teacher family on five seeds" (bf16, fp32): evaluate.py's
+# results.csv of seeds 3 and 4 (the Zen 5 model of seeds 0-2) of the mean-teacher runs and
+# the student trained alone, one file per precision.
+SEEDS_34 = [Path(__file__).with_name(f"seeds34_{precision}.csv")
+            for precision in ("bf16", "fp32")]
 
 
 def welch_from_summary(a, b, n=RUNS):
@@ -111,18 +112,22 @@ def tables(runs):
 
 
 def five_seed_tables(runs, seeds_34):
-    """(title, table): the bf16 mean-teacher family on seeds 0-4: PER_SEED's seeds 0-2 with
-    SEEDS_34's 3 and 4, each variant's mean ± std and per-seed accuracies, then the
-    comparisons (one Holm family, paired by seed)."""
+    """(title, table) per precision SEEDS_34 holds: the mean-teacher family on seeds 0-4,
+    PER_SEED's seeds 0-2 with SEEDS_34's 3 and 4 of that precision, each variant's mean ±
+    std and per-seed accuracies, then the comparisons (one Holm family, paired by seed)."""
     seeds_34 = seeds_34[seeds_34["weights"] == "raw"]  # not the EMA teachers' rows
-    runs = pd.concat([runs[runs["precision"] == "bf16"], seeds_34[runs.columns]],
-                     ignore_index=True)
     names = {v for pair in EMA_PAIRS for v in pair}
-    runs = runs[runs["variant"].isin(names)]
-    summary = seed_table(runs, ["variant"])
-    summary["per seed (test)"] = summary["variant"].map(per_seed_accuracies(runs))
-    return [("Mean-teacher, bf16, seeds 0-4: accuracy (%)", summary),
-            ("Mean-teacher, bf16, seeds 0-4", comparison_table(runs, EMA_PAIRS, ["seed"]))]
+    out = []
+    for precision, later in seeds_34.groupby("precision", sort=False):
+        both = pd.concat([runs[runs["precision"] == precision], later[runs.columns]],
+                         ignore_index=True)
+        both = both[both["variant"].isin(names)]
+        summary = seed_table(both, ["variant"])
+        summary["per seed (test)"] = summary["variant"].map(per_seed_accuracies(both))
+        out += [(f"Mean-teacher, {precision}, seeds 0-4: accuracy (%)", summary),
+                (f"Mean-teacher, {precision}, seeds 0-4",
+                 comparison_table(both, EMA_PAIRS, ["seed"]))]
+    return out
 
 
 def per_seed_accuracies(runs):
@@ -161,7 +166,8 @@ def method_tables(runs):
 def main():
     runs = read_results(PER_SEED, ["precision", "variant", "seed", "test_acc"])
     method_runs = read_results(METHOD_RUNS, [*RESULTS_COLUMNS, "table", "weights"])
-    seeds_34 = read_results(SEEDS_34, [*RESULTS_COLUMNS, "precision", "weights"])
+    seeds_34 = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
+                          for path in SEEDS_34 if path.exists()], ignore_index=True)
     for title, table in (tables(runs) + five_seed_tables(runs, seeds_34)
                          + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")

@@ -90,7 +90,7 @@ def test_bf16_against_fp32_is_also_pooled_per_seed_over_every_variant():
     assert row["95% CI"] == f"[{0.05 - half:+.2f}, {0.05 + half:+.2f}]"
 
 
-def test_the_five_seed_mean_teacher_family_joins_seeds_3_and_4_to_the_bf16_ones():
+def test_the_five_seed_mean_teacher_family_joins_seeds_3_and_4_to_their_precisions_runs():
     def rows(precision, seeds):
         return [{"precision": precision, "variant": variant, "seed": seed,
                  "test_acc": base + 0.1 * seed}
@@ -98,9 +98,17 @@ def test_the_five_seed_mean_teacher_family_joins_seeds_3_and_4_to_the_bf16_ones(
                                       ("mean-teacher-no-ema", 60.0), ("ce", 75.0), ("kd", 79.0))
                 for seed in seeds]
     runs = pd.DataFrame(rows("bf16", [0, 1, 2]) + rows("fp32", [0, 1, 2]))
-    seeds_34 = pd.DataFrame(rows("bf16", [3, 4])).assign(weights="raw", model="student")
+    seeds_34 = pd.DataFrame(rows("bf16", [3, 4]) + rows("fp32", [3, 4])).assign(
+        weights="raw", model="student")
+    seeds_34.loc[seeds_34["precision"] == "fp32", "test_acc"] -= 1  # told apart below
     teachers = seeds_34.assign(weights="ema", variant=seeds_34["variant"] + " teacher")
-    (_, summary), (_, family) = five_seed_tables(runs, pd.concat([seeds_34, teachers]))
+    tables = five_seed_tables(runs, pd.concat([seeds_34, teachers]))
+    assert [title for title, _ in tables] == [
+        "Mean-teacher, bf16, seeds 0-4: accuracy (%)", "Mean-teacher, bf16, seeds 0-4",
+        "Mean-teacher, fp32, seeds 0-4: accuracy (%)", "Mean-teacher, fp32, seeds 0-4"]
+    assert tables[2][1].set_index("variant").at["ce", "per seed (test)"] == \
+        "75.00 / 75.10 / 75.20 / 74.30 / 74.40"
+    (_, summary), (_, family) = tables[:2]
     assert set(summary["variant"]) == {"mean-teacher", "mean-teacher-no-averaging",
                                        "mean-teacher-no-ema", "ce"}  # kd is in no pair
     assert (summary["seeds"] == 5).all()

@@ -38,7 +38,8 @@ PER_SEED = Path(__file__).with_name("per_seed.csv")
 METHOD_RUNS = Path(__file__).with_name("methods_xeon.csv")
 # EMA weights, mean and std of 3 seeds (bf16, fp32), as evaluate.py gave them: the table of
 # docs/results.md's "bf16 against fp32" in commit df72e0c (its per-seed values were not kept,
-# so the section now quotes the verdicts alone).
+# so the section now quotes the verdicts alone). The bf16 KD + CE, KD and ce EMA values are
+# those of RERUN's rows too (tests/test_verdicts.py checks them).
 EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
                "kd+ce EMA": ((78.96, 0.16), (78.58, 0.15)),
                "kd EMA": ((78.97, 0.17), (78.99, 0.18)),
@@ -54,6 +55,14 @@ RUNS = 3
 # the student trained alone, one file per precision.
 SEEDS_34 = [Path(__file__).with_name(f"seeds34_{precision}.csv")
             for precision in ("bf16", "fp32")]
+
+
+# docs/results.md, "The bf16 runs, run again": evaluate.py's results.csv of the ten-seed and
+# methods runs of seeds 0-9 of the bf16 pipeline (the seed-0 teacher, KD + CE and KD on ten
+# seeds, the other methods and the student alone on three), trained again from the grids
+# and code of commit 722c855 on a Zen 5: their validation and EMA rows were not kept.
+RERUN = Path(__file__).with_name("rerun722c855_bf16.csv")
+TEN_SEEDS = ("kd+ce", "kd")
 
 
 def welch_from_summary(a, b, n=RUNS):
@@ -136,6 +145,29 @@ def per_seed_accuracies(runs):
     return per_seed["test_acc"].agg(lambda accs: " / ".join(f"{a:.2f}" for a in accs))
 
 
+def rerun_tables(runs, rerun):
+    """(title, table): whether the run again gave each run's test accuracy that PER_SEED
+    records (bf16; to the hundredth, as it was recorded), per variant; then KD + CE and KD
+    alone on ten seeds with their validation accuracy, which only the run again kept."""
+    raw = rerun[rerun["weights"] == "raw"]
+    recorded = runs[runs["precision"] == "bf16"][["variant", "seed", "test_acc"]]
+    both = raw.merge(recorded, on=["variant", "seed"], how="left", suffixes=("", "_recorded"))
+    both["same"] = both["test_acc"].round(2) == both["test_acc_recorded"]
+    both["off"] = (both["test_acc"] - both["test_acc_recorded"]).abs()
+    same = both.groupby("variant", sort=False).agg(
+        seeds=("seed", "count"), recorded=("test_acc_recorded", "count"),
+        same=("same", "sum"), largest_difference=("off", "max")).reset_index()
+    same["test accuracy as recorded"] = [f"{n} of {m}" for n, m in
+                                         zip(same.pop("same"), same.pop("recorded"))]
+    same["largest difference (points)"] = same.pop("largest_difference").map("{:.2f}".format)
+    ten = raw[raw["variant"].isin(TEN_SEEDS)]
+    summary = seed_table(ten, ["variant"]).merge(
+        seed_table(ten, ["variant"], "val_acc").drop(columns="seeds"), on="variant")
+    summary["per seed (test)"] = summary["variant"].map(per_seed_accuracies(ten))
+    return [("bf16 runs again (commit 722c855): each run's test accuracy", same),
+            ("KD alone against KD + CE, bf16, ten seeds (run again): accuracy (%)", summary)]
+
+
 def method_tables(runs):
     """(title, table) per evaluation in METHOD_RUNS: each variant's test accuracy (mean ± std
     and per seed), validation and clean training accuracy and median minutes per run, then
@@ -168,8 +200,9 @@ def main():
     method_runs = read_results(METHOD_RUNS, [*RESULTS_COLUMNS, "table", "weights"])
     seeds_34 = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
                           for path in SEEDS_34 if path.exists()], ignore_index=True)
+    rerun = read_results(RERUN, [*RESULTS_COLUMNS, "weights", "val_acc"])
     for title, table in (tables(runs) + five_seed_tables(runs, seeds_34)
-                         + method_tables(method_runs)):
+                         + rerun_tables(runs, rerun) + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")
 
 

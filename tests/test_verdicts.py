@@ -14,9 +14,12 @@ from report import compare, equivalence  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from verdicts import (  # noqa: E402
+    EMA_SUMMARY,
+    RERUN,
     five_seed_tables,
     method_tables,
     paired_from_summary,
+    rerun_tables,
     tables,
     welch_from_summary,
 )
@@ -117,3 +120,36 @@ def test_the_five_seed_mean_teacher_family_joins_seeds_3_and_4_to_their_precisio
     assert (family["runs"] == "5 pairs by seed").all()
     averaging = family.set_index("comparison").loc["mean-teacher − mean-teacher-no-averaging"]
     assert averaging["difference (points)"] == "+2.00"
+
+
+def test_a_run_again_is_checked_run_by_run_and_gives_the_ten_seeds_validation():
+    recorded = pd.DataFrame(
+        [{"precision": p, "variant": v, "seed": seed, "test_acc": acc}
+         for p in ("bf16", "fp32") for v, accs in (("kd+ce", (78.89, 79.24, 78.77)),
+                                                   ("kd", (78.98, 79.19, 79.34)))
+         for seed, acc in enumerate(accs)])
+    again = recorded[recorded["precision"] == "bf16"].drop(columns="precision").assign(
+        weights="raw", val_acc=80.0)
+    again.loc[(again["variant"] == "kd+ce") & (again["seed"] == 2), "test_acc"] = 78.70
+    again["val_acc"] += again["seed"]
+    ema = again.assign(weights="ema", variant=again["variant"] + " EMA", test_acc=10.0)
+    (_, same), (_, ten) = rerun_tables(recorded, pd.concat([again, ema]))
+    same = same.set_index("variant")
+    assert same.loc["kd+ce", "test accuracy as recorded"] == "2 of 3"
+    assert same.loc["kd+ce", "largest difference (points)"] == "0.07"
+    assert same.loc["kd", "test accuracy as recorded"] == "3 of 3"
+    assert same.loc["kd", "largest difference (points)"] == "0.00"
+    ten = ten.set_index("variant")
+    assert ten.loc["kd", "val_acc"] == "81.00 ± 1.00"
+    assert ten.loc["kd+ce", "per seed (test)"] == "78.89 / 79.24 / 78.70"
+
+
+def test_the_bf16_ema_means_verdicts_types_in_are_those_of_the_runs_again():
+    """The bf16 side of three typed-in EMA summaries, against the rows of the same runs
+    trained again (experiments/rerun722c855_bf16.csv, seeds 0-2)."""
+    again = pd.read_csv(RERUN)
+    again = again[(again["weights"] == "ema") & (again["seed"] < 3)]
+    for variant in ("kd+ce EMA", "kd EMA", "ce EMA"):
+        accs = again.loc[again["variant"] == variant, "test_acc"]
+        assert len(accs) == 3
+        assert (round(accs.mean(), 2), round(accs.std(), 2)) == EMA_SUMMARY[variant][0]

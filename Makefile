@@ -23,7 +23,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # the stages' prerequisite: .venv, set up, unless PY names another interpreter
-SETUP = $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/installed)
+SETUP = $(if $(filter $(abspath $(VENV))/bin/%,$(abspath $(PY))),$(VENV)/installed)
 SEEDS ?= 0
 LOSSES := kd+ce kd ce
 CKPT ?= checkpoints

@@ -142,7 +142,6 @@ def evaluate_all(models, loaders, device, batch_size):
     the training images that run trained on}."""
     rows, confusions, corrects, costs = [], [], [], {}
     for path, weights, model, info in tqdm(models, desc="evaluating", unit="model"):
-        check_interrupt()  # a Ctrl-C whose exception a finalizer swallowed stops here
         config = info["config"]
         test, correct = evaluate_test(model, loaders["test"], device)
         val = engine.evaluate(model, loaders["val"], device)
@@ -171,6 +170,7 @@ def evaluate_all(models, loaders, device, batch_size):
         if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
             tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
                        f"{info['epochs']})")
+        check_interrupt()  # a Ctrl-C whose exception a finalizer swallowed: stop, write nothing
     results = pd.DataFrame(rows)
     results["teacher_seed"] = results["teacher_seed"].astype("Int64")  # 1, not 1.0, beside blanks
     # Runs that differ in anything but the seed are separate variants, named by what differs.

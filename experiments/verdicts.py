@@ -149,9 +149,10 @@ def rerun_tables(runs, rerun):
     """(title, table): whether the run again gave each run's test accuracy that PER_SEED
     records (bf16; to the hundredth, as it was recorded), per variant; then KD + CE and KD
     alone on ten seeds with their validation accuracy, which only the run again kept."""
-    raw = rerun[rerun["weights"] == "raw"]
+    raw = rerun[(rerun["weights"] == "raw") & (rerun["precision"] == "bf16")]
     recorded = runs[runs["precision"] == "bf16"][["variant", "seed", "test_acc"]]
-    both = raw.merge(recorded, on=["variant", "seed"], how="left", suffixes=("", "_recorded"))
+    both = raw.merge(recorded, on=["variant", "seed"], how="left", suffixes=("", "_recorded"),
+                     validate="one_to_one")
     both["same"] = both["test_acc"].round(2) == both["test_acc_recorded"]
     both["off"] = (both["test_acc"] - both["test_acc_recorded"]).abs()
     same = both.groupby("variant", sort=False).agg(
@@ -199,8 +200,8 @@ def main():
     runs = read_results(PER_SEED, ["precision", "variant", "seed", "test_acc"])
     method_runs = read_results(METHOD_RUNS, [*RESULTS_COLUMNS, "table", "weights"])
     seeds_34 = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
-                          for path in SEEDS_34 if path.exists()], ignore_index=True)
-    rerun = read_results(RERUN, [*RESULTS_COLUMNS, "weights", "val_acc"])
+                          for path in SEEDS_34], ignore_index=True)
+    rerun = read_results(RERUN, [*RESULTS_COLUMNS, "weights", "val_acc", "precision"])
     for title, table in (tables(runs) + five_seed_tables(runs, seeds_34)
                          + rerun_tables(runs, rerun) + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")

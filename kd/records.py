@@ -1,6 +1,5 @@
 """The run records written beside each checkpoint (config JSON, metrics CSV, test JSON), each
 replaced atomically."""
-import contextlib
 import json
 import os
 import subprocess
@@ -73,8 +72,13 @@ def replace_atomically(path, write):
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(OSError):
+        # A plain try, not contextlib.suppress, whose Python-level __enter__ is a point where
+        # CPython runs signal handlers: a second Ctrl-C (a sweep's stop reaches a run up to
+        # three times) is then handled only once the stand-in is removed.
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
         # name the file, not its stand-in (or nothing: a full disk fails a write or flush)
         if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             raise OSError(e.errno, e.strerror, path) from None

@@ -69,3 +69,6 @@ def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
     default = subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout
     assert "-m venv .venv" in default and ".venv/bin/python -m ruff check ." in default
+    spelled = subprocess.run(["make", "-n", "-B", "test", "PY=./.venv/bin/python3"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert "-m venv .venv" in spelled  # the venv's interpreter, however it is written

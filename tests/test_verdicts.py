@@ -128,7 +128,7 @@ def test_a_run_again_is_checked_run_by_run_and_gives_the_ten_seeds_validation():
          for p in ("bf16", "fp32") for v, accs in (("kd+ce", (78.89, 79.24, 78.77)),
                                                    ("kd", (78.98, 79.19, 79.34)))
          for seed, acc in enumerate(accs)])
-    again = recorded[recorded["precision"] == "bf16"].drop(columns="precision").assign(
+    again = recorded[recorded["precision"] == "bf16"].assign(
         weights="raw", val_acc=80.0)
     again.loc[(again["variant"] == "kd+ce") & (again["seed"] == 2), "test_acc"] = 78.70
     again["val_acc"] += again["seed"]

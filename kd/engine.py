@@ -206,12 +206,13 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     paths = record_paths(args.out)
     name = Path(args.out).stem
     if start_epoch >= args.epochs:
-        print(f"{args.out} is already complete ({start_epoch} epochs)" + (
-            "; exported without its training state, it cannot be extended"
-            if (ckpt or {}).get("exported") else
-            # make and sweep.py rerun finished stages this way: the advice is for a person
-            "" if args.restart_if_changed else
-            f"; pass --epochs N > {start_epoch} with --resume to extend it"))
+        if (ckpt or {}).get("exported"):
+            advice = "; exported without its training state, it cannot be extended"
+        elif args.restart_if_changed:  # make and sweep.py rerun finished stages this way
+            advice = ""
+        else:
+            advice = f"; pass --epochs N > {start_epoch} with --resume to extend it"
+        print(f"{args.out} is already complete ({start_epoch} epochs){advice}")
         # from the checkpoint: had their write failed after its (a full disk), they lag it
         write_records(paths, ckpt["config"], history)
         if not args.skip_test and not test_record_matches(paths["test"], args.run_id,

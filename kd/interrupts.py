@@ -30,9 +30,9 @@ def install_handlers():
 def hold():
     """From here on, Ctrl-C and SIGTERM are only noted: for a process already stopping, so
     that the further signals a stop brings (a terminal's Ctrl-C reaches a sweep, its job
-    and the run alike, and each passes it on) cannot cut its last words short."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _note_interrupt)
+    and the run alike, and each passes it on) cannot cut its last words short. Returns the
+    handlers it replaced."""
+    return {sig: signal.signal(sig, _note_interrupt) for sig in STOP_SIGNALS}
 
 
 def check_interrupt():
@@ -49,8 +49,7 @@ def check_interrupt():
 def interrupts_deferred():
     """Hold Ctrl-C and SIGTERM until the block ends (then raise KeyboardInterrupt), so that
     an interrupt cannot fall between writing a checkpoint and the records beside it."""
-    handlers = {sig: signal.signal(sig, _note_interrupt)
-                for sig in STOP_SIGNALS}
+    handlers = hold()
     try:
         yield
     finally:

@@ -62,13 +62,13 @@ def test_best_sweeps_the_frozen_recipe_then_evaluates_its_runs_alone():
 def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
     """`make test PY=python3`: an existing environment (or a machine without a network)
     runs the stages and the suite with its own packages."""
-    own = subprocess.run(["make", "-n", "-B", "all", "test", "PY=python3"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    def every_command(*make_args):  # -B: as if nothing were up to date, .venv included
+        return subprocess.run(["make", "-n", "-B", *make_args], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout
+    own = every_command("all", "test", "PY=python3")
     assert "venv" not in own and "pip" not in own
     assert "python3 -m ruff check ." in own and "python3 train_teacher.py" in own
-    default = subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
+    default = every_command("test")
     assert "-m venv .venv" in default and ".venv/bin/python -m ruff check ." in default
-    spelled = subprocess.run(["make", "-n", "-B", "test", "PY=./.venv/bin/python3"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+    spelled = every_command("test", "PY=./.venv/bin/python3")
     assert "-m venv .venv" in spelled  # the venv's interpreter, however it is written

@@ -58,7 +58,7 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from kd import cli
-from kd.interrupts import interrupts_deferred
+from kd.interrupts import STOP_SIGNALS, interrupts_deferred
 from kd.records import git_commit, record_paths, test_record_matches
 from kd.results import run_table, seed_table, variant_rank
 
@@ -368,8 +368,10 @@ class TrainingCommand:
         process = None
         try:
             # a Ctrl-C before the pid file names the process reaches this job instead
-            # (stop_jobs): it waits until the process can be passed it
-            with interrupts_deferred():
+            # (stop_jobs), as may submitit's time-limit signal: each waits until the process
+            # can be passed a Ctrl-C (submitit's private _usr_sig: the signal its job's
+            # handler is set for, USR2 unless SUBMITIT_PREEMPT_SIGNAL names another)
+            with interrupts_deferred((*STOP_SIGNALS, submitit.JobEnvironment._usr_sig())):
                 process = subprocess.Popen(self.command, cwd=ROOT, env=env)
                 self.pid_file.write_text(str(process.pid))
             code = process.wait()

@@ -148,20 +148,25 @@ def check_args(args):
         raise UserError("; ".join(problems))
 
 
-# The checkpoint this process has written or is resuming, for the message after a Ctrl-C.
+# The checkpoint this process has written or is resuming, and its epochs, for the message
+# after a Ctrl-C.
 _saved_checkpoint = None
 
 
-def note_checkpoint(path):
+def note_checkpoint(path, epoch, epochs):
     global _saved_checkpoint
-    _saved_checkpoint = path
+    _saved_checkpoint = (path, epoch, epochs)
 
 
 def stopped_line(trains):
     if not trains:
         return "interrupted"
     if _saved_checkpoint:
-        return (f"interrupted: {_saved_checkpoint} holds the last complete epoch; rerun with "
+        path, epoch, epochs = _saved_checkpoint
+        if epoch >= epochs:  # stopped after training: the rerun tests it if it was not
+            return (f"interrupted: {path} is complete ({epoch} of {epochs} epochs); rerun "
+                    f"with --resume to finish what was left (its test record)")
+        return (f"interrupted: {path} holds the last complete epoch; rerun with "
                 f"--resume to continue")
     return "interrupted: no checkpoint was written"
 

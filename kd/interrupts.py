@@ -45,14 +45,49 @@ def check_interrupt():
         raise KeyboardInterrupt
 
 
+class _Deferral:
+    """Stands in for the handlers of some signals while a block runs: a signal that comes is
+    noted, and once the block is over each goes to the handler it would have met."""
+
+    def __init__(self):
+        self.handlers, self.arrived, self.over = {}, [], False
+
+    def __call__(self, signum, frame):
+        if self.over:  # between the block's end and its own handler being back
+            self.give_on(signum)
+        elif signum not in self.arrived:  # twice is once, as for a pending signal
+            self.arrived.append(signum)
+
+    def give_on(self, signum):
+        handler = self.handlers[signum]
+        if handler in (_raise_interrupt, _note_interrupt):
+            _note_interrupt(signum, None)  # raised once by check_interrupt, which spends it
+        elif callable(handler):  # another's: submitit's at a job's time limit, an outer deferral
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        # SIG_IGN: ignored, as it would have been (a submitit job's SIGTERM)
+
+    def end(self):
+        self.over = True
+        for sig, handler in self.handlers.items():
+            signal.signal(sig, handler)
+        for sig in self.arrived:
+            self.give_on(sig)
+
+
 @contextlib.contextmanager
-def interrupts_deferred():
-    """Hold Ctrl-C and SIGTERM until the block ends (then raise KeyboardInterrupt), so that
-    an interrupt cannot fall between writing a checkpoint and the records beside it."""
-    handlers = hold()
+def interrupts_deferred(signals=STOP_SIGNALS):
+    """Hold `signals` (Ctrl-C and SIGTERM unless told) until the block ends, so that an
+    interrupt cannot fall between writing a checkpoint and the records beside it. Each that
+    came then goes to the handler it would have met: this module's raise KeyboardInterrupt
+    once, another's (submitit's, whose job ignores SIGTERM) does what it would have done."""
+    deferral = _Deferral()
     try:
+        for sig in signals:
+            deferral.handlers[sig] = signal.signal(sig, deferral)
         yield
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        deferral.end()
     check_interrupt()

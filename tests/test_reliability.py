@@ -175,6 +175,22 @@ def test_an_interrupt_while_the_first_checkpoint_is_written_says_it_was_kept(ima
     assert load_checkpoint(out)["epoch"] == 1
 
 
+def test_an_interrupt_after_the_last_epoch_says_the_run_is_complete(image_folder, tmp_path):
+    """A stop as the finished run is tested: its checkpoint holds every epoch, so the line
+    says so instead of "to continue", and the rerun it advises writes the test record."""
+    out = tmp_path / "teacher.pt"
+    flags = ["--data-root", image_folder, "--out", out, "--plots-dir", tmp_path, "--epochs",
+             "1", "--batch-size", "8", "--train-subset", "16"]
+    proc = interrupted_run("train_teacher.py", flags, step=1, sig="SIGINT",
+                           at="kd.engine.test_and_record")
+    assert proc.stderr.splitlines()[-1] == (
+        f"interrupted: {out} is complete (1 of 1 epochs); rerun with --resume to finish "
+        f"what was left (its test record)")
+    assert not (tmp_path / "teacher.test.json").exists()
+    run_script("train_teacher.py", *flags, "--resume")
+    assert (tmp_path / "teacher.test.json").exists()
+
+
 def test_resume_after_a_real_interrupt_matches_an_uninterrupted_run(image_folder, tmp_path):
     flags = ["--loss", "ce", "--epochs", "4", "--batch-size", "8", "--train-subset", "32",
              "--data-root", image_folder, "--plots-dir", tmp_path]

@@ -690,6 +690,39 @@ def test_a_ctrl_c_as_a_job_starts_its_training_process_reaches_that_process(tmp_
     assert not (tmp_path / "run.pid").exists()
 
 
+def test_the_time_limit_signal_as_a_job_starts_reaches_its_training_process(tmp_path,
+                                                                          monkeypatch):
+    """submitit's time-limit signal in the moment after the training process starts, before
+    the job holds it: the job's handler still runs, after the process is held, and the job
+    stops that process and waits for it, where it left it training on, unseen."""
+    class TimeLimit(Exception):
+        pass
+
+    def limit(*_):
+        raise TimeLimit
+    started, popen = [], subprocess.Popen
+
+    def start_then_time_limit(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGUSR2)
+        for _ in range(1000):  # the handler's turn, before the process is returned
+            pass
+        return started[-1]
+    monkeypatch.setattr(subprocess, "Popen", start_then_time_limit)
+    command = sweep_module.TrainingCommand(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run.pid")
+    previous = signal.signal(signal.SIGUSR2, limit)
+    try:
+        with pytest.raises(TimeLimit):
+            command()
+        assert started[0].poll() is not None
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        if started and started[0].poll() is None:
+            started[0].kill()
+    assert not (tmp_path / "run.pid").exists()
+
+
 def test_a_pid_file_left_by_an_earlier_process_is_not_signalled(tmp_path, monkeypatch):
     """A pid file left behind (a machine restarted mid-run) is removed before the run's job
     starts, so that a stop in the moment before the new job writes its own pid signals no

@@ -11,6 +11,7 @@ from kd.checkpoints import CheckpointError
 from kd.data import TRAIN_SIZE, DataError, default_data_root
 from kd.interrupts import check_interrupt, install_handlers
 from kd.interrupts import hold as hold_interrupts
+from kd.records import test_record_matches
 from kd.startup import exit_if_interrupted
 
 DRY_RUN_BATCHES = 2
@@ -148,26 +149,27 @@ def check_args(args):
         raise UserError("; ".join(problems))
 
 
-# The checkpoint this process has written or is resuming, and its epochs, for the message
-# after a Ctrl-C.
+# The checkpoint this process has written or is resuming, for the message after a Ctrl-C.
 _saved_checkpoint = None
 
 
-def note_checkpoint(path, epoch, epochs):
+def note_checkpoint(path, epoch, epochs, test_record=None):
+    """`test_record`: (its path, the run's id) for a run tested once trained, else None."""
     global _saved_checkpoint
-    _saved_checkpoint = (path, epoch, epochs)
+    _saved_checkpoint = (path, epoch, epochs, test_record)
 
 
 def stopped_line(trains):
     if not trains:
         return "interrupted"
     if _saved_checkpoint:
-        path, epoch, epochs = _saved_checkpoint
-        if epoch >= epochs:  # stopped after training: the rerun tests it if it was not
-            return (f"interrupted: {path} is complete ({epoch} of {epochs} epochs); rerun "
-                    f"with --resume to finish what was left (its test record)")
-        return (f"interrupted: {path} holds the last complete epoch; rerun with "
-                f"--resume to continue")
+        path, epoch, epochs, test_record = _saved_checkpoint
+        if epoch < epochs:
+            return (f"interrupted: {path} holds the last complete epoch; rerun with "
+                    f"--resume to continue")
+        untested = test_record is not None and not test_record_matches(*test_record, epoch)
+        return (f"interrupted: {path} is complete ({epoch} of {epochs} epochs)"
+                + "; rerun with --resume to write its test record" * untested)
     return "interrupted: no checkpoint was written"
 
 

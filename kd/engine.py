@@ -194,7 +194,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     if ckpt is not None:
         restore_training_state(ckpt, args.out, model, optimizer, scheduler, schedule, ema,
                                method)
-        note_checkpoint(args.out, start_epoch, args.epochs)
+        note_checkpoint(args.out, start_epoch, args.epochs, awaited_test_record(args))
     # The compiled module shares its parameters with `model`, which is what gets saved and
     # evaluated (in eval mode a compiled module would compile a second graph). With
     # reduce-overhead a GPU replays the forward and backward as CUDA graphs; the optimizer
@@ -269,7 +269,7 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                     "schedule_start_epoch": schedule_start, "history": history, "config": config,
                     **training_state(model, optimizer, scheduler, ema, method)}, args.out)
                 write_records(paths, config, history)
-                note_checkpoint(args.out, epoch + 1, args.epochs)  # before a deferred interrupt
+                note_checkpoint(args.out, epoch + 1, args.epochs, awaited_test_record(args))
             curves.update(history, force=epoch + 1 == args.epochs)
             check_interrupt()
             tqdm.write(f"{name} epoch {epoch + 1}/{args.epochs}  train loss {train['loss']:.4f} "
@@ -284,6 +284,11 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
     if not args.skip_test:
         test_and_record(model, ema, splits, device, args, paths["test"], name, args.epochs)
     return model.eval()
+
+
+def awaited_test_record(args):
+    """For the message after a Ctrl-C: the test record a finished run writes, and its id."""
+    return None if args.skip_test else (record_paths(args.out)["test"], args.run_id)
 
 
 def test_and_record(model, ema, splits, device, args, path, name, epoch):

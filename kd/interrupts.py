@@ -45,6 +45,20 @@ def check_interrupt():
         raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _blocked(signals):
+    """Block `signals` for this thread while the block runs, where the platform can (not on
+    Windows): one that comes meanwhile waits, and then goes to the handler in place."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _Deferral:
     """Stands in for the handlers of some signals while a block runs: a signal that comes is
     noted, and once the block is over each goes to the handler it would have met."""
@@ -53,7 +67,7 @@ class _Deferral:
         self.handlers, self.arrived, self.over = {}, [], False
 
     def __call__(self, signum, frame):
-        if self.over:  # between the block's end and its own handler being back
+        if self.over:  # left in place by a stop while the handlers went back
             self.give_on(signum)
         elif signum not in self.arrived:  # twice is once, as for a pending signal
             self.arrived.append(signum)
@@ -67,14 +81,28 @@ class _Deferral:
         elif handler == signal.SIG_DFL:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
-        # SIG_IGN: ignored, as it would have been (a submitit job's SIGTERM)
+        # SIG_IGN: ignored, as it would have been
 
     def end(self):
-        self.over = True
-        for sig, handler in self.handlers.items():
-            signal.signal(sig, handler)
-        for sig in self.arrived:
-            self.give_on(sig)
+        """Put every handler back, then give on each signal that came. The signals wait
+        meanwhile (blocked), and an exception of a handler given one comes after the rest
+        are given theirs (submitit's time-limit handler ends its job by one): no stand-in
+        is left in place and no held signal is dropped."""
+        stop = None
+        with _blocked(self.handlers):
+            self.over = True
+            for sig, handler in self.handlers.items():
+                try:
+                    signal.signal(sig, handler)
+                except BaseException as e:  # a handler already back, given a signal
+                    stop = stop or e
+            for sig in self.arrived:
+                try:
+                    self.give_on(sig)
+                except BaseException as e:
+                    stop = stop or e
+        if stop is not None:
+            raise stop
 
 
 @contextlib.contextmanager
@@ -82,11 +110,13 @@ def interrupts_deferred(signals=STOP_SIGNALS):
     """Hold `signals` (Ctrl-C and SIGTERM unless told) until the block ends, so that an
     interrupt cannot fall between writing a checkpoint and the records beside it. Each that
     came then goes to the handler it would have met: this module's raise KeyboardInterrupt
-    once, another's (submitit's, whose job ignores SIGTERM) does what it would have done."""
+    once, another's (submitit's, which only logs a SIGTERM) does what it would have done."""
     deferral = _Deferral()
     try:
-        for sig in signals:
-            deferral.handlers[sig] = signal.signal(sig, deferral)
+        for sig in dict.fromkeys(signals):  # a signal named twice: its handler kept once
+            # kept before the stand-in goes in: a stop in between still puts it back
+            deferral.handlers[sig] = signal.getsignal(sig)
+            signal.signal(sig, deferral)
         yield
     finally:
         deferral.end()

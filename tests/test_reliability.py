@@ -184,10 +184,22 @@ def test_an_interrupt_after_the_last_epoch_says_the_run_is_complete(image_folder
     proc = interrupted_run("train_teacher.py", flags, step=1, sig="SIGINT",
                            at="kd.engine.test_and_record")
     assert proc.stderr.splitlines()[-1] == (
-        f"interrupted: {out} is complete (1 of 1 epochs); rerun with --resume to finish "
-        f"what was left (its test record)")
+        f"interrupted: {out} is complete (1 of 1 epochs); rerun with --resume to write its "
+        f"test record")
     assert not (tmp_path / "teacher.test.json").exists()
     run_script("train_teacher.py", *flags, "--resume")
+    assert (tmp_path / "teacher.test.json").exists()
+
+
+def test_an_interrupt_after_the_test_record_leaves_nothing_to_do(image_folder, tmp_path):
+    """A stop once the run is tested (a Ctrl-C whose exception a finalizer dropped, raised
+    as the script ends) advises nothing."""
+    out = tmp_path / "teacher.pt"
+    proc = interrupted_run("train_teacher.py", [
+        "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path, "--epochs", "1",
+        "--batch-size", "8", "--train-subset", "16"], step=1, sig="SIGINT",
+        at="kd.cli.check_interrupt")
+    assert proc.stderr.splitlines()[-1] == f"interrupted: {out} is complete (1 of 1 epochs)"
     assert (tmp_path / "teacher.test.json").exists()
 
 

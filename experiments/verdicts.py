@@ -43,9 +43,7 @@ METHOD_RUNS = Path(__file__).with_name("methods_xeon.csv")
 EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
                "kd+ce EMA": ((78.96, 0.16), (78.58, 0.15)),
                "kd EMA": ((78.97, 0.17), (78.99, 0.18)),
-               "ce EMA": ((75.82, 0.14), (75.86, 0.17)),
-               "mean-teacher teacher": ((73.03, 0.21), (73.06, 0.34)),
-               "mean-teacher-no-ema teacher": ((10.54, 0.39), (10.54, 0.39))}
+               "ce EMA": ((75.82, 0.14), (75.86, 0.17))}
 # docs/results.md, "Raw against EMA weights": fp32, EMA − raw per run, mean and std of 3.
 EMA_GAINS = {"teacher": (-0.01, 0.05), "kd+ce": (-0.10, 0.06), "kd": (-0.18, 0.08),
              "dkd": (-0.05, 0.20), "dist": (-0.01, 0.23), "ce": (0.00, 0.10)}
@@ -63,6 +61,13 @@ SEEDS_34 = [Path(__file__).with_name(f"seeds34_{precision}.csv")
 # and code of commit 722c855 on a Zen 5: their validation and EMA rows were not kept.
 RERUN = Path(__file__).with_name("rerun722c855_bf16.csv")
 TEN_SEEDS = ("kd+ce", "kd")
+# docs/results.md, "The mean-teacher runs of seeds 0-2, run again": evaluate.py's results.csv
+# of the nine mean-teacher runs of seeds 0-2 per precision, trained again on a Zen 5: the
+# per-seed values of their EMA teachers, of which the first results kept a summary only.
+MEAN_TEACHER_AGAIN = [Path(__file__).with_name(f"mt012_{precision}.csv")
+                      for precision in ("bf16", "fp32")]
+# the EMA teachers of the mean-teacher runs (the no-averaging run's is its student)
+EMA_TEACHERS = ("mean-teacher teacher", "mean-teacher-no-ema teacher")
 
 
 def welch_from_summary(a, b, n=RUNS):
@@ -95,8 +100,10 @@ def by_variant(runs):
     return {v: rows for v, rows in runs.groupby("variant", sort=False)}
 
 
-def tables(runs):
-    """(title, table) for every family docs/results.md states verdicts on."""
+def tables(runs, again):
+    """(title, table) for every family docs/results.md states verdicts on; `again`: the
+    mean-teacher runs trained again (MEAN_TEACHER_AGAIN), whose EMA teachers join the bf16
+    − fp32 family paired by seed."""
     precisions = {p: by_variant(rows) for p, rows in runs.groupby("precision", sort=False)}
     names = ["comparison", "difference (points)"]
     out = []
@@ -108,8 +115,11 @@ def tables(runs):
     bf16, fp32 = precisions["bf16"], precisions["fp32"]
     tests = [("bf16", "fp32", compare_runs(bf16[v], fp32[v], ["seed"])) for v in fp32]
     tests += [("bf16", "fp32", welch_from_summary(*ab)) for ab in EMA_SUMMARY.values()]
+    teachers = {p: by_variant(rows) for p, rows in again.groupby("precision", sort=False)}
+    tests += [("bf16", "fp32", compare_runs(teachers["bf16"][v], teachers["fp32"][v], ["seed"]))
+              for v in EMA_TEACHERS]
     table = family_table(tests, ["variant", "bf16 − fp32 (points)"])
-    table["variant"] = list(fp32) + list(EMA_SUMMARY)
+    table["variant"] = list(fp32) + list(EMA_SUMMARY) + list(EMA_TEACHERS)
     out.append(("bf16 against fp32", table))
     fp32_runs, bf16_runs = (runs[runs["precision"] == p] for p in ("fp32", "bf16"))
     table = pooled(fp32_runs, bf16_runs, ("fp32", "bf16"))
@@ -145,28 +155,51 @@ def per_seed_accuracies(runs):
     return per_seed["test_acc"].agg(lambda accs: " / ".join(f"{a:.2f}" for a in accs))
 
 
-def rerun_tables(runs, rerun):
-    """(title, table): whether the run again gave each run's test accuracy that PER_SEED
-    records (bf16; to the hundredth, as it was recorded), per variant; then KD + CE and KD
-    alone on ten seeds with their validation accuracy, which only the run again kept."""
-    raw = rerun[(rerun["weights"] == "raw") & (rerun["precision"] == "bf16")]
-    recorded = runs[runs["precision"] == "bf16"][["variant", "seed", "test_acc"]]
-    both = raw.merge(recorded, on=["variant", "seed"], how="left", suffixes=("", "_recorded"),
-                     validate="one_to_one")
+def as_recorded(raw, runs):
+    """Per precision and variant: how many of the runs in `raw` (trained again) gave the test
+    accuracy `runs` (PER_SEED) records for them, to the hundredth, as it was recorded."""
+    keys = ["precision", "variant", "seed"]
+    both = raw.merge(runs[[*keys, "test_acc"]], on=keys, how="left",
+                     suffixes=("", "_recorded"), validate="one_to_one")
     both["same"] = both["test_acc"].round(2) == both["test_acc_recorded"]
     both["off"] = (both["test_acc"] - both["test_acc_recorded"]).abs()
-    same = both.groupby("variant", sort=False).agg(
+    same = both.groupby(["precision", "variant"], sort=False).agg(
         seeds=("seed", "count"), recorded=("test_acc_recorded", "count"),
         same=("same", "sum"), largest_difference=("off", "max")).reset_index()
     same["test accuracy as recorded"] = [f"{n} of {m}" for n, m in
                                          zip(same.pop("same"), same.pop("recorded"))]
     same["largest difference (points)"] = same.pop("largest_difference").map("{:.2f}".format)
+    return same
+
+
+def rerun_tables(runs, rerun):
+    """(title, table): whether the run again gave each run's test accuracy that PER_SEED
+    records (bf16; to the hundredth, as it was recorded), per variant; then KD + CE and KD
+    alone on ten seeds with their validation accuracy, which only the run again kept."""
+    raw = rerun[(rerun["weights"] == "raw") & (rerun["precision"] == "bf16")]
+    same = as_recorded(raw, runs).drop(columns="precision")
     ten = raw[raw["variant"].isin(TEN_SEEDS)]
     summary = seed_table(ten, ["variant"]).merge(
         seed_table(ten, ["variant"], "val_acc").drop(columns="seeds"), on="variant")
     summary["per seed (test)"] = summary["variant"].map(per_seed_accuracies(ten))
     return [("bf16 runs again (commit 722c855): each run's test accuracy", same),
             ("KD alone against KD + CE, bf16, ten seeds (run again): accuracy (%)", summary)]
+
+
+def mean_teacher_again_tables(runs, again):
+    """(title, table): whether the mean-teacher runs trained again gave each run's recorded
+    test accuracy (the condition for using their EMA teachers), then those teachers' mean ±
+    std and per-seed accuracies per precision."""
+    raw = again[again["weights"] == "raw"]
+    teachers = again[again["variant"].isin(EMA_TEACHERS)]
+    summary = seed_table(teachers, ["precision", "variant"])
+    per_seed = {(precision, variant): per_seed_accuracies(rows)[variant] for
+                (precision, variant), rows in teachers.groupby(["precision", "variant"])}
+    summary["per seed (test)"] = [per_seed[key] for key in
+                                  zip(summary["precision"], summary["variant"])]
+    return [("Mean-teacher runs of seeds 0-2 again: each run's test accuracy",
+             as_recorded(raw, runs)),
+            ("Mean-teacher runs of seeds 0-2 again: their EMA teachers (%)", summary)]
 
 
 def method_tables(runs):
@@ -202,8 +235,11 @@ def main():
     seeds_34 = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
                           for path in SEEDS_34], ignore_index=True)
     rerun = read_results(RERUN, [*RESULTS_COLUMNS, "weights", "val_acc", "precision"])
-    for title, table in (tables(runs) + five_seed_tables(runs, seeds_34)
-                         + rerun_tables(runs, rerun) + method_tables(method_runs)):
+    again = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
+                       for path in MEAN_TEACHER_AGAIN], ignore_index=True)
+    for title, table in (tables(runs, again) + mean_teacher_again_tables(runs, again)
+                         + five_seed_tables(runs, seeds_34) + rerun_tables(runs, rerun)
+                         + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")
 
 

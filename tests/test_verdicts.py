@@ -15,8 +15,12 @@ from report import compare, equivalence  # noqa: E402
 sys.path.insert(0, str(ROOT / "experiments"))
 from verdicts import (  # noqa: E402
     EMA_SUMMARY,
+    EMA_TEACHERS,
+    MEAN_TEACHER_AGAIN,
+    PER_SEED,
     RERUN,
     five_seed_tables,
+    mean_teacher_again_tables,
     method_tables,
     paired_from_summary,
     rerun_tables,
@@ -74,6 +78,46 @@ def test_the_methods_table_summarises_raw_weights_and_pairs_students_by_seed():
     assert alone["difference (points)"].tolist() == ["-0.60"]
 
 
+def ema_teachers(shifts):
+    """The EMA teachers' rows of mean-teacher runs of seeds 0-2, bf16 − fp32 = shifts."""
+    return pd.DataFrame([{"precision": precision, "variant": variant, "seed": seed,
+                          "weights": "ema", "test_acc": base + seed
+                          + (shift if precision == "bf16" else 0.0)}
+                         for variant, base in zip(EMA_TEACHERS, (73.0, 10.5))
+                         for seed, shift in enumerate(shifts)
+                         for precision in ("bf16", "fp32")])
+
+
+def test_the_ema_teachers_of_runs_again_join_bf16_against_fp32_paired_by_seed():
+    rows = [{"precision": precision, "variant": "kd", "seed": seed, "test_acc": 79.0 + seed}
+            for seed in range(3) for precision in ("fp32", "bf16")]
+    _, table = tables(pd.DataFrame(rows), ema_teachers([0.1, 0.2, 0.3]))[-3]
+    table = table.set_index("variant")
+    assert list(table.index) == ["kd", *EMA_SUMMARY, *EMA_TEACHERS]
+    for variant in EMA_TEACHERS:
+        assert table.at[variant, "runs"] == "3 pairs by seed"
+        assert table.at[variant, "bf16 − fp32 (points)"] == "+0.20"
+    assert table.at["kd+ce EMA", "runs"].endswith("(Welch, from mean ± std)")
+
+
+def test_runs_again_are_checked_against_their_record_and_their_teachers_summarised():
+    recorded = pd.DataFrame([{"precision": p, "variant": "mean-teacher", "seed": seed,
+                              "test_acc": 73.0 + seed} for p in ("bf16", "fp32")
+                             for seed in range(3)])
+    raw = recorded.assign(weights="raw")
+    raw.loc[(raw["precision"] == "fp32") & (raw["seed"] == 1), "test_acc"] = 74.03
+    (_, same), (_, teachers) = mean_teacher_again_tables(
+        recorded, pd.concat([raw, ema_teachers([0.1, 0.2, 0.3])]))
+    same = same.set_index("precision")
+    assert same.at["bf16", "test accuracy as recorded"] == "3 of 3"
+    assert same.at["fp32", "test accuracy as recorded"] == "2 of 3"
+    assert same.at["fp32", "largest difference (points)"] == "0.03"
+    teachers = teachers.set_index(["precision", "variant"])
+    assert teachers.at[("bf16", "mean-teacher teacher"), "per seed (test)"] == \
+        "73.10 / 74.20 / 75.30"
+    assert teachers.at[("fp32", "mean-teacher-no-ema teacher"), "test_acc"] == "11.50 ± 1.00"
+
+
 def test_bf16_against_fp32_is_also_pooled_per_seed_over_every_variant():
     """Over every variant both precisions ran, each seed's mean, paired by seed: the
     precision's shift of a seed's runs, whatever it is, counts once per seed."""
@@ -83,7 +127,7 @@ def test_bf16_against_fp32_is_also_pooled_per_seed_over_every_variant():
             for seed, shift in enumerate((0.2, -0.1, 0.05))
             for precision in ("fp32", "bf16")]
     rows.append({"precision": "bf16", "variant": "kd", "seed": 3, "test_acc": 90.0})  # unpaired
-    title, table = tables(pd.DataFrame(rows))[-2]
+    title, table = tables(pd.DataFrame(rows), ema_teachers([0.1, 0.2, 0.3]))[-2]
     assert title == "bf16 against fp32, every variant pooled per seed"
     row = table.iloc[0]
     assert row["pooled"] == "3 variants, 9 runs a side, each seed's mean"
@@ -153,3 +197,17 @@ def test_the_bf16_ema_means_verdicts_types_in_are_those_of_the_runs_again():
         accs = again.loc[again["variant"] == variant, "test_acc"]
         assert len(accs) == 3
         assert (round(accs.mean(), 2), round(accs.std(), 2)) == EMA_SUMMARY[variant][0]
+
+
+def test_the_mean_teacher_runs_again_give_every_recorded_number():
+    """experiments/mt012_*.csv: each run's test accuracy as experiments/per_seed.csv records
+    it, and the EMA teachers' mean ± std as the summary verdicts.py typed in before them
+    (the table of commit df72e0c)."""
+    again = pd.concat(map(pd.read_csv, MEAN_TEACHER_AGAIN), ignore_index=True)
+    (_, same), (_, teachers) = mean_teacher_again_tables(pd.read_csv(PER_SEED), again)
+    assert len(same) == 6 and (same["test accuracy as recorded"] == "3 of 3").all()
+    assert dict(zip(zip(teachers["precision"], teachers["variant"]), teachers["test_acc"])) == {
+        ("bf16", "mean-teacher teacher"): "73.03 ± 0.21",
+        ("fp32", "mean-teacher teacher"): "73.06 ± 0.34",
+        ("bf16", "mean-teacher-no-ema teacher"): "10.54 ± 0.39",
+        ("fp32", "mean-teacher-no-ema teacher"): "10.54 ± 0.39"}

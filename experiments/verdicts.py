@@ -1,8 +1,9 @@
 """The verdicts README and docs/results.md state, recomputed with report.py's rules from the
 numbers docs/results.md records (the runs are not in the repository): the per-seed test
-accuracies of experiments/per_seed.csv, paired by seed; where only a summary was kept (the
-EMA weights' mean ± std, the raw-against-EMA differences' mean and std), tests from that
-summary, as each table says.
+accuracies of experiments/per_seed.csv, paired by seed; for EMA weights, of which only a
+summary was kept (mean ± std, the raw-against-EMA differences' mean and std), the rows of
+the same runs trained again where every run gave its recorded accuracy, else tests from
+that summary, as each table says.
 
     python experiments/verdicts.py
 
@@ -38,13 +39,15 @@ PER_SEED = Path(__file__).with_name("per_seed.csv")
 METHOD_RUNS = Path(__file__).with_name("methods_xeon.csv")
 # EMA weights, mean and std of 3 seeds (bf16, fp32), as evaluate.py gave them: the table of
 # docs/results.md's "bf16 against fp32" in commit df72e0c (its per-seed values were not kept,
-# so the section now quotes the verdicts alone). The bf16 KD + CE, KD and ce EMA values are
-# those of RERUN's rows too (tests/test_verdicts.py checks them).
+# so the section now quotes the verdicts alone). Where runs trained again give the rows of
+# both precisions (trusted_rows), they are compared instead; tests/test_verdicts.py checks
+# that the rows give these summaries.
 EMA_SUMMARY = {"teacher EMA": ((87.95, 0.19), (87.82, 0.29)),
                "kd+ce EMA": ((78.96, 0.16), (78.58, 0.15)),
                "kd EMA": ((78.97, 0.17), (78.99, 0.18)),
                "ce EMA": ((75.82, 0.14), (75.86, 0.17))}
-# docs/results.md, "Raw against EMA weights": fp32, EMA − raw per run, mean and std of 3.
+# docs/results.md, "Raw against EMA weights": fp32, EMA − raw per run, mean and std of 3;
+# rows trained again replace them as for EMA_SUMMARY.
 EMA_GAINS = {"teacher": (-0.01, 0.05), "kd+ce": (-0.10, 0.06), "kd": (-0.18, 0.08),
              "dkd": (-0.05, 0.20), "dist": (-0.01, 0.23), "ce": (0.00, 0.10)}
 RUNS = 3
@@ -68,6 +71,11 @@ MEAN_TEACHER_AGAIN = [Path(__file__).with_name(f"mt012_{precision}.csv")
                       for precision in ("bf16", "fp32")]
 # the EMA teachers of the mean-teacher runs (the no-averaging run's is its student)
 EMA_TEACHERS = ("mean-teacher teacher", "mean-teacher-no-ema teacher")
+# docs/results.md, "The fp32 teacher and students, run again": evaluate.py's results.csv of
+# the fp32 seed-0 teacher and its students of seeds 0-2, trained again on a Zen 5.
+FP32_AGAIN = Path(__file__).with_name("fp32_again.csv")
+# the EMA models of the bf16 − fp32 family, from rows where both precisions have them
+EMA_MODELS = (*EMA_SUMMARY, *EMA_TEACHERS)
 
 
 def welch_from_summary(a, b, n=RUNS):
@@ -100,10 +108,16 @@ def by_variant(runs):
     return {v: rows for v, rows in runs.groupby("variant", sort=False)}
 
 
+def seeds_0_2(rows, precision, variant):
+    return rows[(rows["precision"] == precision) & (rows["variant"] == variant)
+                & (rows["seed"] < RUNS)]
+
+
 def tables(runs, again):
-    """(title, table) for every family docs/results.md states verdicts on; `again`: the
-    mean-teacher runs trained again (MEAN_TEACHER_AGAIN), whose EMA teachers join the bf16
-    − fp32 family paired by seed."""
+    """(title, table) for every family docs/results.md states verdicts on; `again`: the rows
+    of runs trained again that may stand for a kept summary (trusted_rows), each EMA model
+    with RUNS seeds of them compared from them (paired by seed), the others from their
+    summary."""
     precisions = {p: by_variant(rows) for p, rows in runs.groupby("precision", sort=False)}
     names = ["comparison", "difference (points)"]
     out = []
@@ -114,18 +128,22 @@ def tables(runs, again):
             out.append((f"{title}, {precision}", family_table(tests, names)))
     bf16, fp32 = precisions["bf16"], precisions["fp32"]
     tests = [("bf16", "fp32", compare_runs(bf16[v], fp32[v], ["seed"])) for v in fp32]
-    tests += [("bf16", "fp32", welch_from_summary(*ab)) for ab in EMA_SUMMARY.values()]
-    teachers = {p: by_variant(rows) for p, rows in again.groupby("precision", sort=False)}
-    tests += [("bf16", "fp32", compare_runs(teachers["bf16"][v], teachers["fp32"][v], ["seed"]))
-              for v in EMA_TEACHERS]
+    for v in EMA_MODELS:
+        a, b = (seeds_0_2(again, p, v) for p in ("bf16", "fp32"))
+        tests.append(("bf16", "fp32", compare_runs(a, b, ["seed"]) if len(a) == len(b) == RUNS
+                      else welch_from_summary(*EMA_SUMMARY[v])))
     table = family_table(tests, ["variant", "bf16 − fp32 (points)"])
-    table["variant"] = list(fp32) + list(EMA_SUMMARY) + list(EMA_TEACHERS)
+    table["variant"] = list(fp32) + list(EMA_MODELS)
     out.append(("bf16 against fp32", table))
     fp32_runs, bf16_runs = (runs[runs["precision"] == p] for p in ("fp32", "bf16"))
     table = pooled(fp32_runs, bf16_runs, ("fp32", "bf16"))
     if table is not None:
         out.append(("bf16 against fp32, every variant pooled per seed", table))
-    tests = [(f"{v} EMA", v, paired_from_summary(*gain)) for v, gain in EMA_GAINS.items()]
+    tests = []
+    for v, gain in EMA_GAINS.items():
+        ema, raw = seeds_0_2(again, "fp32", f"{v} EMA"), seeds_0_2(again, "fp32", v)
+        tests.append((f"{v} EMA", v, compare_runs(ema, raw, ["seed"])
+                      if len(ema) == len(raw) == RUNS else paired_from_summary(*gain)))
     out.append(("EMA against raw weights, fp32", family_table(tests, names)))
     return out
 
@@ -155,13 +173,30 @@ def per_seed_accuracies(runs):
     return per_seed["test_acc"].agg(lambda accs: " / ".join(f"{a:.2f}" for a in accs))
 
 
-def as_recorded(raw, runs):
-    """Per precision and variant: how many of the runs in `raw` (trained again) gave the test
-    accuracy `runs` (PER_SEED) records for them, to the hundredth, as it was recorded."""
+def matched(raw, runs):
+    """The runs in `raw` (trained again), each with the test accuracy `runs` (PER_SEED)
+    records for it and whether it gave that, to the hundredth, as it was recorded."""
     keys = ["precision", "variant", "seed"]
     both = raw.merge(runs[[*keys, "test_acc"]], on=keys, how="left",
                      suffixes=("", "_recorded"), validate="one_to_one")
     both["same"] = both["test_acc"].round(2) == both["test_acc_recorded"]
+    return both
+
+
+def trusted_rows(runs, again):
+    """The rows of `again` (evaluate.py's, raw and EMA, of runs trained again) of the runs
+    whose precision and variant gave every test accuracy `runs` records: docs/results.md's
+    rule for the rows that may stand for a kept summary."""
+    both = matched(again[again["weights"] == "raw"], runs)
+    good = both.groupby(["precision", "variant"])["same"].transform("all")
+    keys = ["checkpoint", "precision"]
+    return again.merge(both.loc[good, keys], on=keys)
+
+
+def as_recorded(raw, runs):
+    """Per precision and variant: how many of the runs in `raw` (trained again) gave the test
+    accuracy `runs` (PER_SEED) records for them (matched)."""
+    both = matched(raw, runs)
     both["off"] = (both["test_acc"] - both["test_acc_recorded"]).abs()
     same = both.groupby(["precision", "variant"], sort=False).agg(
         seeds=("seed", "count"), recorded=("test_acc_recorded", "count"),
@@ -186,20 +221,19 @@ def rerun_tables(runs, rerun):
             ("KD alone against KD + CE, bf16, ten seeds (run again): accuracy (%)", summary)]
 
 
-def mean_teacher_again_tables(runs, again):
-    """(title, table): whether the mean-teacher runs trained again gave each run's recorded
-    test accuracy (the condition for using their EMA teachers), then those teachers' mean ±
-    std and per-seed accuracies per precision."""
+def again_tables(name, runs, again, ema_models):
+    """(title, table): whether the runs `name` trained again gave each run's recorded test
+    accuracy (the condition for using their EMA rows), then the EMA models `ema_models`'
+    mean ± std and per-seed accuracies per precision."""
     raw = again[again["weights"] == "raw"]
-    teachers = again[again["variant"].isin(EMA_TEACHERS)]
-    summary = seed_table(teachers, ["precision", "variant"])
+    ema = again[again["variant"].isin(ema_models)]
+    summary = seed_table(ema, ["precision", "variant"])
     per_seed = {(precision, variant): per_seed_accuracies(rows)[variant] for
-                (precision, variant), rows in teachers.groupby(["precision", "variant"])}
+                (precision, variant), rows in ema.groupby(["precision", "variant"])}
     summary["per seed (test)"] = [per_seed[key] for key in
                                   zip(summary["precision"], summary["variant"])]
-    return [("Mean-teacher runs of seeds 0-2 again: each run's test accuracy",
-             as_recorded(raw, runs)),
-            ("Mean-teacher runs of seeds 0-2 again: their EMA teachers (%)", summary)]
+    return [(f"{name} again: each run's test accuracy", as_recorded(raw, runs)),
+            (f"{name} again: EMA weights (%)", summary)]
 
 
 def method_tables(runs):
@@ -235,9 +269,16 @@ def main():
     seeds_34 = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
                           for path in SEEDS_34], ignore_index=True)
     rerun = read_results(RERUN, [*RESULTS_COLUMNS, "weights", "val_acc", "precision"])
-    again = pd.concat([read_results(path, [*RESULTS_COLUMNS, "precision", "weights"])
-                       for path in MEAN_TEACHER_AGAIN], ignore_index=True)
-    for title, table in (tables(runs, again) + mean_teacher_again_tables(runs, again)
+    columns = [*RESULTS_COLUMNS, "precision", "weights"]
+    mean_teacher = pd.concat([read_results(path, columns) for path in MEAN_TEACHER_AGAIN],
+                             ignore_index=True)
+    fp32 = read_results(FP32_AGAIN, columns)
+    again = trusted_rows(runs, pd.concat([rerun, mean_teacher, fp32], ignore_index=True))
+    for title, table in (tables(runs, again)
+                         + again_tables("Mean-teacher runs of seeds 0-2", runs, mean_teacher,
+                                        EMA_TEACHERS)
+                         + again_tables("fp32 teacher and students", runs, fp32,
+                                        [f"{v} EMA" for v in EMA_GAINS])
                          + five_seed_tables(runs, seeds_34) + rerun_tables(runs, rerun)
                          + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")

@@ -14,17 +14,20 @@ from report import compare, equivalence  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "experiments"))
 from verdicts import (  # noqa: E402
+    EMA_GAINS,
     EMA_SUMMARY,
     EMA_TEACHERS,
+    FP32_AGAIN,
     MEAN_TEACHER_AGAIN,
     PER_SEED,
     RERUN,
+    again_tables,
     five_seed_tables,
-    mean_teacher_again_tables,
     method_tables,
     paired_from_summary,
     rerun_tables,
     tables,
+    trusted_rows,
     welch_from_summary,
 )
 
@@ -106,8 +109,9 @@ def test_runs_again_are_checked_against_their_record_and_their_teachers_summaris
                              for seed in range(3)])
     raw = recorded.assign(weights="raw")
     raw.loc[(raw["precision"] == "fp32") & (raw["seed"] == 1), "test_acc"] = 74.03
-    (_, same), (_, teachers) = mean_teacher_again_tables(
-        recorded, pd.concat([raw, ema_teachers([0.1, 0.2, 0.3])]))
+    (_, same), (_, teachers) = again_tables(
+        "Mean-teacher runs", recorded, pd.concat([raw, ema_teachers([0.1, 0.2, 0.3])]),
+        EMA_TEACHERS)
     same = same.set_index("precision")
     assert same.at["bf16", "test accuracy as recorded"] == "3 of 3"
     assert same.at["fp32", "test accuracy as recorded"] == "2 of 3"
@@ -116,6 +120,41 @@ def test_runs_again_are_checked_against_their_record_and_their_teachers_summaris
     assert teachers.at[("bf16", "mean-teacher teacher"), "per seed (test)"] == \
         "73.10 / 74.20 / 75.30"
     assert teachers.at[("fp32", "mean-teacher-no-ema teacher"), "test_acc"] == "11.50 ± 1.00"
+
+
+def test_rows_stand_for_a_summary_only_where_every_run_gave_its_recorded_accuracy():
+    """A variant with one run off its record keeps its summary: none of its rows, raw or
+    EMA, is trusted; the EMA row of a run goes with its raw one."""
+    recorded = pd.DataFrame([{"precision": "fp32", "variant": v, "seed": seed,
+                              "test_acc": base + seed} for v, base in (("kd", 79.0), ("ce", 75.0))
+                             for seed in range(3)])
+    raw = recorded.assign(weights="raw",
+                          checkpoint=recorded["variant"] + recorded["seed"].astype(str))
+    raw.loc[(raw["variant"] == "ce") & (raw["seed"] == 2), "test_acc"] = 77.01
+    ema = raw.assign(weights="ema", variant=raw["variant"] + " EMA",
+                     test_acc=raw["test_acc"] - 0.1)
+    kept = trusted_rows(recorded, pd.concat([raw, ema], ignore_index=True))
+    assert sorted(kept["variant"].unique()) == ["kd", "kd EMA"]
+    assert len(kept) == 6
+
+
+def test_ema_gains_come_from_rows_where_every_seed_has_them(monkeypatch):
+    rows = [{"precision": precision, "variant": variant, "seed": seed, "weights": weights,
+             "test_acc": 79.0 + seed + (0.1 * seed if weights == "ema" else 0.0)}
+            for precision in ("bf16", "fp32") for seed in range(3)
+            for variant, weights in (("kd", "raw"), ("kd EMA", "ema"))]
+    runs = pd.DataFrame([r for r in rows if r["weights"] == "raw"])
+    again = pd.concat([pd.DataFrame(rows), ema_teachers([0.1, 0.2, 0.3])])
+    title, table = tables(runs, again)[-1]
+    assert title == "EMA against raw weights, fp32"
+    table = table.set_index("comparison")
+    assert table.at["kd EMA − kd", "runs"] == "3 pairs by seed"
+    assert table.at["kd EMA − kd", "difference (points)"] == "+0.10"
+    assert table.at["kd+ce EMA − kd+ce", "runs"].endswith("(from the differences' mean and std)")
+    _, both = tables(runs, again)[-3]
+    both = both.set_index("variant")
+    assert both.at["kd EMA", "runs"] == "3 pairs by seed"
+    assert both.at["kd+ce EMA", "runs"].endswith("(Welch, from mean ± std)")
 
 
 def test_bf16_against_fp32_is_also_pooled_per_seed_over_every_variant():
@@ -204,10 +243,27 @@ def test_the_mean_teacher_runs_again_give_every_recorded_number():
     it, and the EMA teachers' mean ± std as the summary verdicts.py typed in before them
     (the table of commit df72e0c)."""
     again = pd.concat(map(pd.read_csv, MEAN_TEACHER_AGAIN), ignore_index=True)
-    (_, same), (_, teachers) = mean_teacher_again_tables(pd.read_csv(PER_SEED), again)
+    (_, same), (_, teachers) = again_tables("Mean-teacher runs", pd.read_csv(PER_SEED),
+                                            again, EMA_TEACHERS)
     assert len(same) == 6 and (same["test accuracy as recorded"] == "3 of 3").all()
     assert dict(zip(zip(teachers["precision"], teachers["variant"]), teachers["test_acc"])) == {
         ("bf16", "mean-teacher teacher"): "73.03 ± 0.21",
         ("fp32", "mean-teacher teacher"): "73.06 ± 0.34",
         ("bf16", "mean-teacher-no-ema teacher"): "10.54 ± 0.39",
         ("fp32", "mean-teacher-no-ema teacher"): "10.54 ± 0.39"}
+
+
+def test_the_fp32_runs_again_give_every_recorded_number():
+    """experiments/fp32_again.csv: each run's test accuracy as per_seed.csv records it, and the
+    fp32 EMA summaries and EMA − raw gains verdicts.py types in, from its rows."""
+    again = pd.read_csv(FP32_AGAIN)
+    (_, same), _ = again_tables("fp32", pd.read_csv(PER_SEED), again, [])
+    assert len(same) == 6 and (same["test accuracy as recorded"] ==
+                               same["seeds"].map("{0} of {0}".format)).all()
+    by_variant = {v: rows.set_index("seed")["test_acc"] for v, rows in again.groupby("variant")}
+    for variant in ("kd+ce EMA", "kd EMA", "ce EMA"):
+        accs = by_variant[variant]
+        assert (round(accs.mean(), 2), round(accs.std(), 2)) == EMA_SUMMARY[variant][1]
+    for variant in ("kd+ce", "kd", "dkd", "dist", "ce"):
+        gains = by_variant[f"{variant} EMA"] - by_variant[variant]
+        assert (round(gains.mean(), 2) + 0.0, round(gains.std(), 2)) == EMA_GAINS[variant]

@@ -369,9 +369,8 @@ class TrainingCommand:
         try:
             # a Ctrl-C before the pid file names the process reaches this job instead
             # (stop_jobs), as may submitit's time-limit signal: each waits until the process
-            # can be passed a Ctrl-C (submitit's private _usr_sig: the signal its job's
-            # handler is set for, USR2 unless SUBMITIT_PREEMPT_SIGNAL names another)
-            with interrupts_deferred((*STOP_SIGNALS, submitit.JobEnvironment._usr_sig())):
+            # can be passed a Ctrl-C
+            with interrupts_deferred((*STOP_SIGNALS, time_limit_signal())):
                 process = subprocess.Popen(self.command, cwd=ROOT, env=env)
                 self.pid_file.write_text(str(process.pid))
             code = process.wait()
@@ -388,6 +387,13 @@ class TrainingCommand:
             self.pid_file.unlink(missing_ok=True)
         if code:
             raise subprocess.CalledProcessError(code, self.command)
+
+
+def time_limit_signal():
+    """The signal submitit's job gets at its time limit: USR2 unless SUBMITIT_PREEMPT_SIGNAL
+    names another, as submitit's private JobEnvironment._usr_sig says where it has it."""
+    usr_sig = getattr(submitit.JobEnvironment, "_usr_sig", None)
+    return usr_sig() if usr_sig is not None else signal.SIGUSR2
 
 
 def job_function(run, threads=None):

@@ -723,6 +723,12 @@ def test_the_time_limit_signal_as_a_job_starts_reaches_its_training_process(tmp_
     assert not (tmp_path / "run.pid").exists()
 
 
+def test_the_time_limit_signal_is_submitits_and_usr2_without_its_private_helper(monkeypatch):
+    assert sweep_module.time_limit_signal() == sweep_module.submitit.JobEnvironment._usr_sig()
+    monkeypatch.delattr(sweep_module.submitit.JobEnvironment, "_usr_sig")
+    assert sweep_module.time_limit_signal() == signal.SIGUSR2
+
+
 def test_a_pid_file_left_by_an_earlier_process_is_not_signalled(tmp_path, monkeypatch):
     """A pid file left behind (a machine restarted mid-run) is removed before the run's job
     starts, so that a stop in the moment before the new job writes its own pid signals no

@@ -663,30 +663,42 @@ def test_a_job_at_its_time_limit_stops_its_training_process(tmp_path):
     assert not (tmp_path / "run.pid").exists()
 
 
+@contextlib.contextmanager
+def signalled_as_it_starts(tmp_path, monkeypatch, sig, handler):
+    """A job's command (a minute's sleep) that gets `sig`, handled by `handler`, in the
+    moment after its training process starts, before its pid file names it: yields (the
+    command, the processes it started); kills any still running after."""
+    started, popen = [], subprocess.Popen
+
+    def start_then_signal(*args, **kwargs):
+        started.append(popen(*args, **kwargs))
+        os.kill(os.getpid(), sig)
+        for _ in range(1000):  # the handler's turn, before the process is returned
+            pass
+        return started[-1]
+    monkeypatch.setattr(subprocess, "Popen", start_then_signal)
+    command = sweep_module.TrainingCommand(
+        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run.pid")
+    previous = signal.signal(sig, handler)
+    try:
+        yield command, started
+    finally:
+        signal.signal(sig, previous)
+        if started and started[0].poll() is None:
+            started[0].kill()
+
+
 def test_a_ctrl_c_as_a_job_starts_its_training_process_reaches_that_process(tmp_path,
                                                                            monkeypatch):
     """A stop in the moment after the training process starts, before its pid file names
     it, reaches the job (stop_jobs cancels a job without one): the job passes it on and
     waits, where it left the run training on, unseen."""
-    started, popen = [], subprocess.Popen
-
-    def start_then_ctrl_c(*args, **kwargs):
-        started.append(popen(*args, **kwargs))
-        os.kill(os.getpid(), signal.SIGINT)
-        return started[-1]
-    monkeypatch.setattr(subprocess, "Popen", start_then_ctrl_c)
-    command = sweep_module.TrainingCommand(
-        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run.pid")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with signalled_as_it_starts(tmp_path, monkeypatch, signal.SIGINT,
+                                signal.default_int_handler) as (command, started):
         with pytest.raises((KeyboardInterrupt, subprocess.CalledProcessError)) as stopped:
             command()
         assert stopped.type is subprocess.CalledProcessError  # the run's own exit, waited for
         assert started[0].poll() is not None
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if started and started[0].poll() is None:
-            started[0].kill()
     assert not (tmp_path / "run.pid").exists()
 
 
@@ -700,26 +712,11 @@ def test_the_time_limit_signal_as_a_job_starts_reaches_its_training_process(tmp_
 
     def limit(*_):
         raise TimeLimit
-    started, popen = [], subprocess.Popen
-
-    def start_then_time_limit(*args, **kwargs):
-        started.append(popen(*args, **kwargs))
-        os.kill(os.getpid(), signal.SIGUSR2)
-        for _ in range(1000):  # the handler's turn, before the process is returned
-            pass
-        return started[-1]
-    monkeypatch.setattr(subprocess, "Popen", start_then_time_limit)
-    command = sweep_module.TrainingCommand(
-        [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "run.pid")
-    previous = signal.signal(signal.SIGUSR2, limit)
-    try:
+    with signalled_as_it_starts(tmp_path, monkeypatch, signal.SIGUSR2,
+                                limit) as (command, started):
         with pytest.raises(TimeLimit):
             command()
         assert started[0].poll() is not None
-    finally:
-        signal.signal(signal.SIGUSR2, previous)
-        if started and started[0].poll() is None:
-            started[0].kill()
     assert not (tmp_path / "run.pid").exists()
 
 

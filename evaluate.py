@@ -38,7 +38,15 @@ from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_va
 from kd.device import select_device
 from kd.interrupts import check_interrupt
 from kd.records import prediction_column, write_text
-from kd.results import recipe_labels, run_variant, seed_table, training_minutes, variant_rank
+from kd.results import (
+    join_label,
+    label_settings,
+    recipe_labels,
+    run_variant,
+    seed_table,
+    training_minutes,
+    variant_rank,
+)
 from kd.runs import describe_data, make_folder, recorded_identity, same_data
 from models import IMAGE_SHAPE, count_macs, model_from_checkpoint, model_spec
 
@@ -167,19 +175,31 @@ def evaluate_all(models, loaders, device, batch_size):
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])
         corrects.append(correct)
-        if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
-            tqdm.write(f"note: {path} is an unfinished run (epoch {info['epoch']} of "
-                       f"{info['epochs']})")
+        if stopped := unfinished(info):
+            tqdm.write(f"note: {path}: {stopped}, labelled apart from the finished runs")
         check_interrupt()  # a Ctrl-C whose exception a finalizer swallowed: stop, write nothing
     results = pd.DataFrame(rows)
     results["teacher_seed"] = results["teacher_seed"].astype("Int64")  # 1, not 1.0, beside blanks
     # Runs that differ in anything but the seed are separate variants, named by what differs.
     results["variant"] = recipe_labels([(variant, info["config"]) for variant, (*_, info)
                                         in zip(results["variant"], models)])
+    # An unfinished run shares its recipe with its finished seeds: labelled apart, so that
+    # report.py does not pool it into their mean ± std, tests or training lengths.
+    for i, (*_, info) in enumerate(models):
+        if stopped := unfinished(info):
+            variant, settings = label_settings(results.at[i, "variant"])
+            results.at[i, "variant"] = join_label(variant, [*settings, stopped])
     order = sorted(results.index, key=lambda i: (variant_rank(results.at[i, "variant"]),
                                                  results.at[i, "checkpoint"]))
     return (results.loc[order].reset_index(drop=True), [confusions[i] for i in order],
             [corrects[i] for i in order])
+
+
+def unfinished(info):
+    """"unfinished: epoch 3 of 40" for a run stopped before its last epoch, else None."""
+    if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
+        return f"unfinished: epoch {info['epoch']} of {info['epochs']}"
+    return None
 
 
 def predictions_table(results, corrects):

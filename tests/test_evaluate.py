@@ -224,6 +224,26 @@ def test_a_bare_checkpoint_is_evaluated_as_its_model(teacher_checkpoint, image_f
     assert list(results["variant"]) == ["teacher"] and results["seed"].isna().all()
 
 
+def test_an_unfinished_run_is_labelled_apart_from_the_finished_runs_of_its_recipe(
+        teacher_checkpoint, image_folder, tmp_path):
+    """A run stopped before its last epoch shared its finished seeds' label, so report.py
+    pooled it into their mean ± std and paired tests (and its length into the length
+    study); now its label says it is unfinished and how far it got."""
+    ckpt = load_checkpoint(teacher_checkpoint)
+    save_checkpoint(ckpt, tmp_path / "finished.pt")
+    save_checkpoint({**ckpt, "epoch": ckpt["epochs"] - 1}, tmp_path / "unfinished.pt")
+    proc = run_script("evaluate.py", tmp_path / "finished.pt", tmp_path / "unfinished.pt",
+                      "--data-root", image_folder, "--plots-dir", tmp_path)
+    results = pd.read_csv(tmp_path / "results.csv").set_index(["checkpoint", "weights"])
+    stopped = f"unfinished: epoch {ckpt['epochs'] - 1} of {ckpt['epochs']}"
+    assert results.at[(str(tmp_path / "finished.pt"), "raw"), "variant"] == "teacher"
+    assert results.at[(str(tmp_path / "unfinished.pt"), "raw"), "variant"] == \
+        f"teacher ({stopped})"
+    assert results.at[(str(tmp_path / "unfinished.pt"), "ema"), "variant"] == \
+        f"teacher EMA ({stopped})"
+    assert f"unfinished.pt: {stopped}, labelled apart" in proc.stdout
+
+
 def test_predictions_say_which_test_images_each_model_got_right(pipeline, image_folder):
     folder, _ = pipeline
     results = pd.read_csv(folder / "plots" / "results.csv")

@@ -88,9 +88,9 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
             logits, losses = method(model, images, labels, positions)
         loss = losses["loss"]
         if step % sync_every == 0:
-            # Before the step, so on the CPU a NaN never reaches the weights. On a GPU it may
-            # for up to sync_every - 1 steps, but never a checkpoint: the epoch's sum is
-            # checked before it is saved.
+            # Before the step, so on the CPU a NaN loss never reaches the weights. On a GPU it
+            # may for up to sync_every - 1 steps, but never a checkpoint: the epoch's sum is
+            # checked, and fit checks the weights before they are saved.
             value = loss.item()
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss ({value}) at step {step + 1}")
@@ -259,6 +259,12 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
             if ema is not None:
                 ema_val = evaluate(ema, val_loader, device)
                 row.update(ema_val_loss=ema_val["loss"], ema_val_acc=ema_val["acc"])
+            # A finite loss can still have a NaN gradient: on an epoch's last step nothing
+            # reads the loss again, so the weights (and EMA) are checked through their
+            # validation loss, which a non-finite weight or BatchNorm statistic makes NaN.
+            if not all(map(math.isfinite, (val["loss"], row.get("ema_val_loss", 0.0)))):
+                raise UserError(f"non-finite weights after epoch {epoch + 1}; stopped, the last "
+                                f"good checkpoint ({args.out}, epoch {epoch}) is kept")
             history.append(row)
             with interrupts_deferred():  # checkpoint and records always agree, no *.tmp left
                 # The test record measured an earlier epoch or run: gone first, so that a

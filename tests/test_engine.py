@@ -181,6 +181,31 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_folder, 
     assert all(torch.equal(before["model_state"][k], v) for k, v in after["model_state"].items())
 
 
+def test_weights_made_non_finite_by_an_epochs_last_step_never_reach_a_checkpoint(
+        image_folder, tmp_path):
+    """The loss is read before each step: a finite loss whose gradient is NaN, on an epoch's
+    last step, left NaN weights (and EMA) that were evaluated and saved as the checkpoint
+    the next error called the last good one."""
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--schedule", "constant"))
+    before = load_checkpoint(tmp_path / "student.pt")
+    steps = 270 // 32  # per epoch
+
+    class PoisonLastStep(methods.CE):
+        calls = 0
+
+        def loss(self, student, *rest):
+            losses = super().loss(student, *rest)
+            PoisonLastStep.calls += 1
+            if PoisonLastStep.calls == steps:  # sqrt's gradient at 0 is inf, times 0: NaN
+                losses["loss"] = losses["loss"] + (student.logits * 0).abs().sqrt().sum()
+            return losses
+    with pytest.raises(cli.UserError, match="non-finite .* epoch 2.*epoch 1\\) is kept"):
+        train(parse(image_folder, tmp_path, "--resume", "--epochs", 2), PoisonLastStep({}))
+    after = load_checkpoint(tmp_path / "student.pt")
+    assert PoisonLastStep.calls == steps and after["epoch"] == 1
+    assert all(torch.equal(before["model_state"][k], v) for k, v in after["model_state"].items())
+
+
 def test_checkpoint_round_trip_and_atomic_write(tmp_path):
     ckpt = {"model": {"name": "student", "arch_args": {"widths": [8, 16]}},
             "model_state": {"w": torch.randn(3)}, "epoch": 2, "config": {"lr": 0.1, "x": None}}

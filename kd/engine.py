@@ -212,7 +212,8 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
             advice = ""
         else:
             advice = f"; pass --epochs N > {start_epoch} with --resume to extend it"
-        print(f"{args.out} is already complete ({start_epoch} epochs){advice}")
+        print(f"{args.out} is already complete ({start_epoch} epoch{'s' * (start_epoch != 1)})"
+              f"{advice}")
         # from the checkpoint: had their write failed after its (a full disk), they lag it
         write_records(paths, ckpt["config"], history)
         if not args.skip_test and not test_record_matches(paths["test"], args.run_id,

@@ -58,6 +58,8 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     happens here, before anything is written.
     """
     check_args(args)
+    if args.dry_run:  # one epoch, whatever --epochs says, also on --resume (no extension)
+        args.epochs = 1
     device = select_device(args.device)
     out = check_out(args.out)
     for folder, flag in ((out.parent, "--out"), (Path(args.plots_dir), "--plots-dir")):
@@ -80,8 +82,8 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     if ckpt is None:
         args.precision = resolve_precision(args.precision, device)
         args.run_id = uuid.uuid4().hex[:12]
-        if args.epochs is None or args.dry_run:
-            args.epochs = 1 if args.dry_run else args.default_epochs
+        if args.epochs is None:
+            args.epochs = args.default_epochs
     train, val = split_train_val(data, args.train_subset)
     if args.train_subset is not None and args.train_subset > len(train[1]):
         raise UserError(f"--train-subset {args.train_subset} exceeds the {len(train[1])} "
@@ -374,7 +376,7 @@ def changed_recipe(config, args, recipe_keys, device):
         del asked["precision"]
     else:
         asked["precision"] = resolve_precision(args.precision, device)
-    asked["epochs"] = args.epochs or (1 if args.dry_run else args.default_epochs)
+    asked["epochs"] = 1 if args.dry_run else args.epochs or args.default_epochs  # as prepare_run
     asked["widths"] = args.widths
     # A run extended past its planned epochs trained a second cycle on top (engine.fit):
     # what asks for its length asks for one cycle.

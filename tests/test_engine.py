@@ -282,6 +282,19 @@ def test_an_extended_run_is_stale_for_a_command_that_asks_for_a_straight_one(ima
     assert changes == ["schedule_start_epoch 1 -> 0"]
 
 
+def test_a_dry_run_is_current_for_the_command_that_made_it(image_folder, tmp_path):
+    """A dry run trains 1 epoch whatever --epochs says; asked again with the same flags it
+    was stale ("epochs 1 -> 3"), so --restart-if-changed started it over every time, and
+    --resume extended it to 3 epochs."""
+    flags = ["--dry-run", "--epochs", 3]
+    train(parse(image_folder, tmp_path, *flags))
+    ckpt = load_checkpoint(tmp_path / "student.pt")
+    args = parse(image_folder, tmp_path, *flags, "--resume", "--restart-if-changed")
+    assert runs.changed_recipe(ckpt["config"], args, (), torch.device("cpu")) == []
+    train(parse(image_folder, tmp_path, *flags, "--resume", "--restart-if-changed"))
+    assert load_checkpoint(tmp_path / "student.pt")["epoch"] == 1  # not extended to 3
+
+
 def test_a_finished_run_tested_again_records_the_epoch_its_weights_are_from(image_folder,
                                                                            tmp_path):
     """--resume with fewer --epochs than a finished run has (it says so, and trains nothing)

@@ -80,7 +80,7 @@ def test_make_restarts_a_stage_whose_teacher_or_recipe_changed(two_teachers, ima
     again = ["--resume", "--restart-if-changed", "--lr", "0.05"]  # as make's stage does
     done = student(image_folder, tmp_path, *again).stdout
     # a rerun of make names each finished stage in one line, without advice on extending it
-    assert "is already complete (1 epochs)\n" in done and "--epochs" not in done
+    assert "is already complete (1 epoch)\n" in done and "--epochs" not in done
     # a flag the run's loss does not use (DKD's beta for KD) does not make it stale
     assert "already complete" in student(image_folder, tmp_path, *again, "--dkd-beta", "2").stdout
     first_id = load_checkpoint(tmp_path / "student.pt")["config"]["run_id"]

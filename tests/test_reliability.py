@@ -329,7 +329,7 @@ def test_a_finished_run_exported_without_its_training_state_is_the_same_teacher(
     weights = out.read_bytes()
     done = run_script("train_teacher.py", "--resume", "--restart-if-changed", "--dry-run",
                       "--data-root", image_folder, "--out", out, "--plots-dir", tmp_path)
-    assert "is already complete (1 epochs); exported without its training state" in done.stdout
+    assert "is already complete (1 epoch); exported without its training state" in done.stdout
     assert "stale" not in done.stdout and out.read_bytes() == weights
     assert (tmp_path / "exported.test.json").exists()
     refused = run_script("train_teacher.py", "--resume", "--epochs", "2", "--data-root",

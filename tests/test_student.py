@@ -240,7 +240,7 @@ def test_a_bare_resume_takes_the_runs_method_before_it_loads_a_teacher(image_fol
     run_in_process("train_student.py", "--loss", "ce", "--epochs", "1", "--train-subset", "64",
                    *common)
     run_in_process("train_student.py", "--resume", "--teacher", tmp_path / "none.pt", *common)
-    assert ("is already complete (1 epochs); pass --epochs N > 1 with --resume to extend it"
+    assert ("is already complete (1 epoch); pass --epochs N > 1 with --resume to extend it"
             in capsys.readouterr().out)
     # a flag is taken whole, so an abbreviation cannot pass for a flag left out
     with pytest.raises(SystemExit):

@@ -110,10 +110,11 @@ def dist_loss(student_logits, teacher_logits, temperature, beta, gamma):
 # --------------------------------------------------------------------------------------------
 # Feature-based distillation: pure losses and their trainable modules.
 #
-# Each takes feature maps (N, C, H, W) and computes in float32. The teacher's tensors are
-# detached, so no gradient reaches the teacher (CRD's teacher embedding is the exception:
-# its head is trained, see ContrastMemory). methods.py's fitnet, at, reviewkd and crd
-# train with them.
+# Each takes feature maps (N, C, H, W). The losses compute in float32; the trainable modules
+# (FitNet's regressor, ReviewKD's fusions, CRD's embedding heads) run in the step's
+# precision, bf16 under autocast, as the networks do. The teacher's tensors are detached, so
+# no gradient reaches the teacher (CRD's teacher embedding is the exception: its head is
+# trained, see ContrastMemory). methods.py's fitnet, at, reviewkd and crd train with them.
 # --------------------------------------------------------------------------------------------
 
 
@@ -220,7 +221,7 @@ class HintRegressor(torch.nn.Module):
         if t_size is not None and tuple(f_s.shape[-2:]) != tuple(t_size):
             raise ValueError(f"HintRegressor maps equal spatial sizes; the student's is "
                              f"{tuple(f_s.shape[-2:])}, the teacher's {tuple(t_size)}")
-        return F.relu(self.bn(self.conv(f_s.float())))
+        return F.relu(self.bn(self.conv(f_s)))
 
 
 def hint_loss(regressed_s, f_t):
@@ -258,7 +259,7 @@ class AttentionFusion(torch.nn.Module):
             torch.nn.init.kaiming_uniform_(conv.weight, a=1)
 
     def forward(self, x, deeper=None):
-        x = self.reduce(x.float())
+        x = self.reduce(x)
         if self.attention is not None:
             if deeper is None:
                 raise ValueError("this stage fuses a deeper map; none was given")
@@ -307,7 +308,7 @@ class Embed(torch.nn.Module):
         self.linear = torch.nn.Linear(in_features, dim)
 
     def forward(self, f):
-        return F.normalize(self.linear(f.float().flatten(1)), dim=1)
+        return F.normalize(self.linear(f.flatten(1)), dim=1)
 
 
 def nce_loss(scores, n_data, eps=1e-7):
@@ -405,7 +406,7 @@ class ContrastMemory(torch.nn.Module):
             contrast_index = self.draw_contrast_index(index)
         device = self.memory_s.device
         index, contrast_index = index.to(device), contrast_index.to(device)
-        with torch.autocast(device.type, enabled=False):  # exp(·/0.07) needs float32 scores
+        with torch.autocast(device.type, enabled=False):  # exp(·/0.07): float32 scores
             embed_s, embed_t = embed_s.float(), embed_t.float()
             # All n_data scores, then the 1 + k wanted: a (N, n_data) product is far smaller
             # than the (N, 1 + k, dim) rows a gather of the bank would copy.

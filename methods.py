@@ -620,7 +620,8 @@ class ReviewKD(FeatureMethod):
     student's three blocks (32x32, 16x16, 8x8, as they come out) pair with the teacher's
     conv2 (32x32, which has no ReLU of its own), conv4 and conv6 (before ReLU), the last map at
     each resolution. The fused maps are `reviewkd_mid_channels` wide: by default 64, the
-    authors' rule (their CIFAR code's min(512, the student's deepest stage width)); the review
+    authors' rule at the default widths (their CIFAR code's min(512, the student's deepest
+    stage width); with other --widths it stays 64 unless set); the review
     path's multiply-adds grow linearly with it (docs/performance.md). The paper's extra 1x1
     stage (the pooled features) is left out."""
     name = "reviewkd"

@@ -65,7 +65,10 @@ def compare(a, b, paired=False):
         raise ValueError(f"paired runs need as many of each, got {len(a)} and {len(b)}")
     diff = float(np.mean(a - b) if paired else a.mean() - b.mean())
     if min(len(a), len(b)) < 2:
-        return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}
+        # one run a side: compare_runs may still compare them image by image (McNemar)
+        fewer = {} if len(a) == len(b) == 1 else \
+            {"no_test": f"{len(a)} and {len(b)} runs, fewer than 2 on one side"}
+        return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, **fewer}
     if not varies(a, b, paired):
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
                 "no_test": "the runs' differences do not vary"}
@@ -174,7 +177,8 @@ def compare_runs(a, b, key, predictions=None):
         return result
     result = compare(a["test_acc"], b["test_acc"])
     why = "" if unique else f": a {' and '.join(key)} twice on one side"  # pairs ambiguous
-    result["runs"] = f"{len(a)} and {len(b)}, unpaired (Welch{why})"
+    result["runs"] = f"{len(a)} and {len(b)}, unpaired" + (
+        f" (Welch{why})" if min(len(a), len(b)) >= 2 else "")
     columns = [prediction_column(run["checkpoint"], run.get("weights", "raw"))
                for run in (a.iloc[0], b.iloc[0])] \
         if predictions is not None and len(a) == len(b) == 1 else []

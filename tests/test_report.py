@@ -243,6 +243,18 @@ def test_the_report_says_whose_teacher_each_variants_students_learned_from(tmp_p
     assert "3 pairs by seed" in report_line(report, "| kd+ce − ce")
 
 
+def test_one_run_against_several_is_no_test_in_its_own_words():
+    """1 run against 3 was called "one run a side and no per-image predictions", which
+    is neither: McNemar needs one run a side, Welch two."""
+    one, three = (pd.DataFrame({"seed": seeds, "test_acc": [76.0 + s for s in seeds],
+                                "checkpoint": [f"{s}.pt" for s in seeds]})
+                  for seeds in ([5], [0, 1, 2]))
+    result = compare_runs(one, three, ["seed"])
+    table = family_table([("a", "b", result)], ["comparison", "difference (points)"])
+    assert table["verdict"].iloc[0] == "no test: 1 and 3 runs, fewer than 2 on one side"
+    assert result["runs"] == "1 and 3, unpaired"  # no Welch test was made
+
+
 def test_one_seed_is_compared_image_by_image_when_the_predictions_are_there(tmp_path):
     rows = results_csv(tmp_path, [0])
     subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)

@@ -17,14 +17,23 @@ REFERENCE = Path(__file__).with_name("cpu_reference.csv")
 # Student's t, 97.5% quantile, by degrees of freedom: typed in from a table, as the GPU
 # machine has no scipy; the reference has a few seeds per variant (3: 2 degrees of freedom).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-         9: 2.262, 10: 2.228}
+         9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131,
+         16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t_975(df):
+    """T_975 at `df`, or at the largest tabled df below it: the quantile falls with df, so
+    an interval between tabled values is a little wider than exact, never narrower."""
+    return T_975[max(d for d in T_975 if d <= df)]
 
 
 def prediction_interval(values):
     """The 95% prediction interval of one more run, from the seeds' `values` (normal model):
-    mean ± t(0.975, n - 1) * std * sqrt(1 + 1/n)."""
+    mean ± t(0.975, n - 1) * std * sqrt(1 + 1/n); None from fewer than 2 seeds."""
+    if len(values) < 2:
+        return None
     n, mean, std = len(values), statistics.mean(values), statistics.stdev(values)
-    half = T_975[n - 1] * std * math.sqrt(1 + 1 / n)
+    half = t_975(n - 1) * std * math.sqrt(1 + 1 / n)
     return mean - half, mean + half
 
 
@@ -52,6 +61,9 @@ def accuracy_rows(results, reference):
         seeds = reference.get(variant)
         if seeds is None:
             lines.append(f"| {variant} | {acc:.2f} | (no CPU reference) | | |")
+            continue
+        if len(seeds) < 2:
+            lines.append(f"| {variant} | {acc:.2f} | {seeds[0]:.2f} (1) | (one seed: none) | |")
             continue
         low, high = prediction_interval(seeds)
         lines.append(f"| {variant} | {acc:.2f} | {statistics.mean(seeds):.2f} ± "

@@ -3,6 +3,7 @@ a .tar.gz of the data as it travels to a GPU machine: every stage runs and leave
 in one archive of safe names, and the summary; and the summary's prediction interval."""
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -10,7 +11,7 @@ import tarfile
 import pandas as pd
 import pytest
 
-from benchmarks.gpu_summary import cuda_tests_outcome, prediction_interval
+from benchmarks.gpu_summary import accuracy_rows, cuda_tests_outcome, prediction_interval
 from conftest import ROOT, like_the_gpu_machine
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -70,6 +71,14 @@ def test_the_prediction_interval_is_t_based_and_widens_with_few_seeds():
     assert (low, high) == pytest.approx((86.985, 88.902), abs=1e-3)
     assert prediction_interval([1.0, 3.0]) == pytest.approx((2 - 12.706 * 2 ** 0.5 * 1.5 ** 0.5,
                                                              2 + 12.706 * 2 ** 0.5 * 1.5 ** 0.5))
+    # one seed gives none; 12 and 40 seeds (df 11, 39: 39 is between tables, so df 30's)
+    assert prediction_interval([87.9]) is None
+    twelve, forty = [float(i % 2) for i in range(12)], [float(i % 2) for i in range(40)]
+    s12, s40 = statistics.stdev(twelve), statistics.stdev(forty)
+    assert prediction_interval(twelve)[1] == pytest.approx(0.5 + 2.201 * s12 * (13 / 12) ** 0.5)
+    assert prediction_interval(forty)[1] == pytest.approx(0.5 + 2.042 * s40 * (41 / 40) ** 0.5)
+    assert accuracy_rows([{"variant": "kd", "test_acc": "79.1"}], {"kd": [78.9]})[-1] == \
+        "| kd | 79.10 | 78.90 (1) | (one seed: none) | |"
 
 
 def test_gpu_check_runs_on_after_a_failing_stage_and_says_which(tmp_path):

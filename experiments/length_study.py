@@ -145,8 +145,12 @@ def comparisons(results, epochs):
     runs = student_runs(results)
     runs = runs[(runs["epochs"] == epochs) & ~runs["method"].isin(side_settings(runs))]
     by_method = {method: rows for method, rows in runs.groupby("method") if len(rows) >= 2}
+    pairs = method_pairs(list(by_method))
+    # a second setting of a baseline ("kd (temperature=2.0)") is both a method against it
+    # and a setting of it: tested once
+    pairs += [(a, b) for a, b in setting_pairs(by_method) if (b, a) not in pairs]
     tests = [(method, other, compare_runs(by_method[method], by_method[other], ["seed"]))
-             for method, other in method_pairs(list(by_method)) + setting_pairs(by_method)]
+             for method, other in pairs]
     if not tests:
         return None
     return family_table(tests, ("comparison", "difference (points)"))

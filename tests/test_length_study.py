@@ -297,6 +297,19 @@ def test_two_settings_of_one_method_at_every_length_are_compared_in_its_family()
     assert setting_comparisons(pd.concat([frame, twelve])) is None  # no side setting left
 
 
+def test_a_second_setting_of_a_baseline_is_compared_with_it_once():
+    """KD at a second temperature is a method against the baseline KD and a setting of KD:
+    it was tested twice (with opposite signs), which made Holm's family one test larger."""
+    rows = [(f"student_{name}_seed{s}", "raw", f"{label} (epochs=36)" if "(" not in label
+             else label.replace(")", ", epochs=36)"), s, 36, 87.0, 82.0, base + 0.3 * s * s)
+            for name, label, base in (("ce", "ce", 80.0), ("kd", "kd", 83.0),
+                                      ("kd_t2", "kd (temperature=2.0)", 82.0))
+            for s in range(3)]
+    family = comparisons(pd.DataFrame(rows, columns=results().columns), 36)
+    pairs = [frozenset(c.split(" − ")) for c in family["comparison"]]
+    assert len(pairs) == len(set(pairs)) == 3, list(family["comparison"])
+
+
 def test_a_method_left_out_gives_the_families_as_they_were_before_it_joined():
     frame = dkd_two_settings()
     twelve = frame[frame["variant"].str.contains("8.0")].assign(

@@ -173,7 +173,8 @@ def compare_runs(a, b, key, predictions=None):
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
         result["tost"] = equivalence(x, y)
-        result["runs"] = f"{len(both)} pairs by {' and '.join(key)}"
+        result["runs"] = f"{len(both)} pairs by {' and '.join(key)}" + (
+            f" (of {len(a)} and {len(b)} runs)" if len(both) < max(len(a), len(b)) else "")
         return result
     result = compare(a["test_acc"], b["test_acc"])
     why = "" if unique else f": a {' and '.join(key)} twice on one side"  # pairs ambiguous

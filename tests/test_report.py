@@ -63,7 +63,7 @@ def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict(
                          "checkpoint": "h"})
     low = pd.DataFrame({"seed": [0, 1, 2, 3], "test_acc": LOW + [90.0], "checkpoint": "l"})
     paired = compare_runs(high, low, ["seed"])
-    assert paired["runs"] == "3 pairs by seed"  # seed 3 has no partner
+    assert paired["runs"] == "3 pairs by seed (of 3 and 4 runs)"  # seed 3 has no partner
     assert paired["diff"] == pytest.approx(0.3)
     table = family_table([("ema", "raw", paired)], ["comparison", "difference"])
     assert table.at[0, "verdict"].startswith("ema above raw (adjusted p = ")
@@ -241,6 +241,14 @@ def test_the_report_says_whose_teacher_each_variants_students_learned_from(tmp_p
             "seeds; kd: one teacher (seed 0), ± over student seeds only.") in report
     # ce has no teacher: it still pairs with kd+ce by seed
     assert "3 pairs by seed" in report_line(report, "| kd+ce − ce")
+
+
+def test_runs_without_a_partner_are_counted_in_the_runs_column():
+    """Ten seeds against three pair on three: the other seven were left out unsaid."""
+    ten, three = (pd.DataFrame({"seed": range(n), "test_acc": [76.0 + s * s for s in range(n)]})
+                  for n in (10, 3))
+    assert compare_runs(ten, three, ["seed"])["runs"] == "3 pairs by seed (of 10 and 3 runs)"
+    assert compare_runs(ten[:3], three, ["seed"])["runs"] == "3 pairs by seed"
 
 
 def test_one_run_against_several_is_no_test_in_its_own_words():

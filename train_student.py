@@ -57,7 +57,8 @@ def main():
         method = methods.METHODS[args.loss]  # after a --resume has restored the run's
         for note in methods.ignored_flags(vars(args)):
             print(note)
-        teacher = runs.load_teacher(args.teacher, device) if method.uses_teacher else None
+        teacher = (runs.load_teacher(args.teacher, device, args.teacher_identity)
+                   if method.uses_teacher else None)
         shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
                   if method.uses_teacher and method.shared_logits and not args.no_shared_logits
                   else None)

@@ -412,6 +412,7 @@ def teacher_identity(path, data_identity):
         return None
     ckpt = load_checkpoint(path)
     model_from_checkpoint(ckpt, path, kind="teacher")  # a teacher whose weights fit, or one line
+    check_finished(ckpt, path)
     history = ckpt.get("history") or [{}]
     config = ckpt.get("config")  # None in a bare checkpoint: seed and recipe unknown
     teacher_data = (config or {}).get("data_identity")
@@ -444,13 +445,23 @@ def check_overwrite(out, model_name, args):
                         f"{model_name}; give another --out")
 
 
-def load_teacher(path, device):
-    """The trained teacher of a finished run, in eval mode, frozen, ready for KD."""
+def check_finished(teacher_ckpt, path):
+    if teacher_ckpt.get("epoch", 0) < teacher_ckpt.get("epochs", 0):
+        raise UserError(f"{path} is an unfinished run (epoch {teacher_ckpt['epoch']} of "
+                        f"{teacher_ckpt['epochs']}); finish it with train_teacher.py --resume")
+
+
+def load_teacher(path, device, identity):
+    """The trained teacher of a finished run, in eval mode, frozen, ready for KD: the one
+    whose `identity` (teacher_identity's) the run recorded, or one line. The file is read
+    again here, and a teacher replaced in between (a sweep's teacher job finishing) would
+    otherwise be distilled from under the other's name, its logits stored under it too."""
     ckpt = load_checkpoint(path, map_location=device)
     teacher = model_from_checkpoint(ckpt, path, device, kind="teacher")
-    if ckpt.get("epoch", 0) < ckpt.get("epochs", 0):
-        raise UserError(f"{path} is an unfinished run (epoch {ckpt['epoch']} of "
-                        f"{ckpt['epochs']}); finish it with train_teacher.py --resume")
+    check_finished(ckpt, path)
+    if weights_sha256(ckpt["model_state"]) != identity["sha256"]:
+        raise UserError(f"{path} changed while this run started (its weights are not the "
+                        f"ones checked and recorded); start the run again")
     return teacher.requires_grad_(False).to(memory_format=torch.channels_last)
 
 

@@ -10,7 +10,9 @@ import torch
 import train_student
 
 from conftest import run_in_process, run_script, write_image_folder
+from kd import runs
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
+from kd.cli import UserError
 from kd.device import resolve_precision
 from kd.records import record_paths
 from kd.results import recipe, recipe_sha256
@@ -61,6 +63,34 @@ def test_a_student_records_its_teacher_and_data(two_teachers, image_folder, tmp_
     assert config["data_identity"] == {**ckpt["config"]["data_identity"]}
     assert config["data_identity"]["layout"] == "imagefolder"
     assert {"git_commit", "git_dirty", "run_id"} <= set(config)
+
+
+def test_a_teacher_replaced_as_a_student_starts_is_refused(two_teachers, image_folder,
+                                                           tmp_path, monkeypatch):
+    """The teacher is read for its identity, then again for its weights: replaced in
+    between (a sweep's teacher job finishing), the student recorded one teacher and distilled
+    from (and stored logits under the name of) the other."""
+    teacher, other = two_teachers
+    prepare = runs.prepare_run
+
+    def prepare_then_replace(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        shutil.copy(other, teacher)
+        return prepared
+    monkeypatch.setattr(runs, "prepare_run", prepare_then_replace)
+    with pytest.raises(UserError, match=f"{teacher} changed while this run started"):
+        run_in_process("train_student.py", "--loss", "kd", "--dry-run", "--teacher", teacher,
+                       "--data-root", image_folder, "--out", tmp_path / "student.pt",
+                       "--plots-dir", tmp_path)
+
+
+def test_an_unfinished_teacher_is_refused_before_it_is_recorded(teacher_checkpoint):
+    ckpt = load_checkpoint(teacher_checkpoint)
+    identity = ckpt["config"]["data_identity"]
+    path = teacher_checkpoint.parent / "unfinished_teacher.pt"
+    save_checkpoint({**ckpt, "epochs": ckpt["epoch"] + 1}, path)
+    with pytest.raises(UserError, match="unfinished run .*train_teacher.py --resume"):
+        runs.teacher_identity(path, identity)
 
 
 def test_resuming_a_student_whose_teacher_changed_is_refused(two_teachers, image_folder,

@@ -51,9 +51,20 @@ def write_text(path, text):
     replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def flush_to_disk(path):
+    """os.fsync of a file or (POSIX) folder by its name (a file opened for writing, which
+    Windows' fsync needs)."""
+    fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def replace_atomically(path, write):
     """Call `write(tmp)` on a temporary file of this call's own beside `path`, then rename it
-    over `path` in one step: a crash or Ctrl-C mid-write leaves the previous file intact, and
+    over `path` in one step: a crash (of the process or the machine) or a Ctrl-C mid-write
+    leaves the previous file intact, and
     processes writing the same file at once (parallel runs sharing a teacher's stored logits,
     the decoded-image cache or a comparison figure) each replace it whole, where one shared
     temporary name let one rename the other's half-written file. A failed or interrupted
@@ -70,6 +81,9 @@ def replace_atomically(path, write):
                                f"{os.urandom(8).hex()}.tmp")
     try:
         write(tmp)
+        # On disk before the rename, and the rename on disk after it: without them a crash of
+        # the machine (not of the process) may leave the new name on an empty file.
+        flush_to_disk(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         # A plain try, not contextlib.suppress, whose Python-level __enter__ is a point where
@@ -83,6 +97,11 @@ def replace_atomically(path, write):
         if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
             raise OSError(e.errno, e.strerror, path) from None
         raise
+    try:  # the rename itself; a folder cannot be opened for this on Windows
+        if os.name == "posix":
+            flush_to_disk(folder)
+    except OSError:  # best effort: some file systems refuse a folder's fsync
+        pass
 
 
 def test_record_matches(path, run_id, epoch):

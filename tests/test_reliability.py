@@ -4,6 +4,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -560,6 +561,22 @@ def test_a_full_disk_names_the_file_even_where_the_error_names_none(tmp_path):
     with pytest.raises(OSError) as failed:
         replace_atomically(tmp_path / "teacher.metrics.csv", full_disk)
     assert str(tmp_path / "teacher.metrics.csv") in str(failed.value)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fds through /proc")
+def test_a_write_is_on_disk_before_its_rename_and_the_rename_after_it(tmp_path, monkeypatch):
+    """Atomic against a crash of the process only, before: a crash of the machine could
+    leave the new name on a file whose data never reached the disk."""
+    synced, fsync = [], os.fsync
+
+    def recorded(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+    monkeypatch.setattr(os, "fsync", recorded)
+    write_text(tmp_path / "a.txt", "x")
+    assert len(synced) == 2, synced
+    assert re.fullmatch(rf"{tmp_path}/\.a\.txt\.\d+\.[0-9a-f]{{16}}\.tmp", synced[0])
+    assert synced[1] == str(tmp_path)
 
 
 def test_a_lock_file_no_one_may_open_is_one_line(image_folder, tmp_path, monkeypatch):

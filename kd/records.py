@@ -64,11 +64,10 @@ def flush_to_disk(path):
 def replace_atomically(path, write):
     """Call `write(tmp)` on a temporary file of this call's own beside `path`, then rename it
     over `path` in one step: a crash (of the process or the machine) or a Ctrl-C mid-write
-    leaves the previous file intact, and
-    processes writing the same file at once (parallel runs sharing a teacher's stored logits,
-    the decoded-image cache or a comparison figure) each replace it whole, where one shared
-    temporary name let one rename the other's half-written file. A failed or interrupted
-    write leaves no temporary file behind."""
+    leaves the previous file intact, and processes writing the same file at once (parallel
+    runs sharing a teacher's stored logits, the decoded-image cache or a comparison figure)
+    each replace it whole, where one shared temporary name let one rename the other's
+    half-written file. A failed or interrupted write leaves no temporary file behind."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)

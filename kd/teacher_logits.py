@@ -7,7 +7,9 @@ passes, about half of its time on a CPU. The first complete run of a seed stores
 computed (dtype included), in <checkpoint folder>/teacher_logits/<key>.pt; a later run with
 the same key serves them instead, so it ends with bit-identical weights. The key covers what
 the logits depend on: the teacher's weights, the data, the seed, batch size, subset,
-augmentation, precision and device type. Not the run's length: epoch e's batches are the
+augmentation, precision, and the kernels: device type, torch version and machine
+(kd.device.machine_name; CPUs of one model name and bf16 units, e.g. "AMD EPYC" of two
+generations, share a key). Not the run's length: epoch e's batches are the
 same in a run of any length (the loader draws them from the seed and e), so a longer run is
 served the epochs stored and computes the rest, and then stores them all. Each stored
 batch carries a fingerprint of its images, checked against the batch being trained: a
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from kd.checkpoints import CheckpointError, save_cache
+from kd.device import machine_name
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
@@ -27,8 +30,11 @@ KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "
 
 def cache_path(args, device):
     """Where the logits of this run's teacher, data and batches are (or will be) stored."""
+    # torch and the machine name the kernels, whose bits a served run must share: a torch
+    # upgrade, or a cluster's checkpoint folder shared by two GPU models, stores apart.
     key = {"teacher": args.teacher_identity["sha256"], "data": args.data_identity["sha256"],
-           "device": device.type, **{name: getattr(args, name) for name in KEY_SETTINGS}}
+           "device": device.type, "torch": torch.__version__, "machine": machine_name(device),
+           **{name: getattr(args, name) for name in KEY_SETTINGS}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(args.out).parent / "teacher_logits" / f"{digest}.pt"
 

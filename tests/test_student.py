@@ -1,5 +1,6 @@
 """train_student.py: the teacher is left untouched, and the variants differ by the loss alone."""
 import argparse
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,9 +9,9 @@ import train_student
 
 import methods
 from conftest import run_in_process, run_script
-from kd import cli, engine, runs
+from kd import cli, engine, runs, teacher_logits
 from kd.checkpoints import CheckpointError, load_checkpoint
-from kd.teacher_logits import SharedTeacherLogits, fingerprint
+from kd.teacher_logits import SharedTeacherLogits, cache_path, fingerprint
 from models import build_model, load_model
 
 # The methods on logits; the feature methods' runs, teachers and resumes are checked in
@@ -168,6 +169,23 @@ def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
     longer = torch.load(stored[0], weights_only=True)  # the longer run's store replaced it
     assert longer["fingerprints"].shape[:2] == (3, 2)
     assert torch.equal(longer["logits"][:2], store["logits"])
+
+
+def test_logits_are_stored_apart_per_torch_version_and_machine(monkeypatch):
+    """Served logits must be the ones this run would compute: other kernels (a torch
+    upgrade, a checkpoint folder shared by a cluster's A100 and H100 nodes) give other
+    bits, which were served under one key."""
+    args = SimpleNamespace(teacher_identity={"sha256": "t"}, data_identity={"sha256": "d"},
+                           out="runs/student.pt", seed=0, batch_size=128, train_subset=None,
+                           no_augment=False, dry_run=False, precision="bf16")
+    cpu = torch.device("cpu")
+    first = cache_path(args, cpu)
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "__version__", "9.9.9")
+        assert cache_path(args, cpu) != first
+    assert cache_path(args, cpu) == first
+    monkeypatch.setattr(teacher_logits, "machine_name", lambda device: "another CPU")
+    assert cache_path(args, cpu) != first
 
 
 def test_a_batch_rearranged_within_its_images_has_another_fingerprint():

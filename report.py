@@ -395,12 +395,15 @@ def rules(results, predictions):
         "distil from; the students' `Teachers:` line says whether a variant's ± is over "
         "student seeds only (one teacher) or over teacher and student seeds (each its own "
         "seed's teacher); a mean-teacher run's teacher is its own EMA: one seed covers both. "
-        + one_run + " Each table of "
-        f"comparisons is one family: its p-values are Holm-adjusted, and a verdict says "
+        + one_run + " In each table of "
+        f"comparisons the differences' p-values are one Holm-adjusted family, and the "
+        f"equivalences' another; a verdict says "
         f"\"A above B\" only at adjusted p < {LEVEL}; \"equivalent within ±{MARGIN:g} "
-        f"points\" only from a paired two one-sided test (TOST, margin fixed in report.py, "
-        f"Holm-adjusted over the table) at p < {LEVEL}; anything else is \"unresolved\", "
-        "with its interval: not a finding of no difference.\n")
+        f"points\" only from a paired two one-sided test (TOST, margin fixed in report.py) "
+        f"at adjusted p < {LEVEL} (unadjusted, that is the {100 - 200 * LEVEL:g}% interval "
+        f"inside the margin, so the {100 - 100 * LEVEL:g}% interval shown may reach past "
+        f"it); anything "
+        "else is \"unresolved\", with its interval: not a finding of no difference.\n")
 
 
 def length_section(students, plots_dir):

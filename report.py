@@ -70,8 +70,10 @@ def compare(a, b, paired=False):
             {"no_test": f"{len(a)} and {len(b)} runs, fewer than 2 on one side"}
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, **fewer}
     if not varies(a, b, paired):
+        same = paired and np.array_equal(a, b)
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
-                "no_test": "the runs' differences do not vary"}
+                "no_test": "identical in every pair" if same else
+                "the runs' differences do not vary"}
     with warnings.catch_warnings():
         # scipy warns of "precision loss" on a side whose runs all agree (e.g. two seeds at
         # 75.00%): its variance is 0 exactly, and Welch's test of the other side's spread holds.

@@ -251,6 +251,13 @@ def test_runs_without_a_partner_are_counted_in_the_runs_column():
     assert compare_runs(ten[:3], three, ["seed"])["runs"] == "3 pairs by seed"
 
 
+def test_runs_identical_in_every_pair_say_so():
+    """The same weights in both (a frozen teacher in bf16 and fp32): "the differences do
+    not vary" was true, and said less than that there is no difference at all."""
+    result = compare([10.95, 10.48, 10.18], [10.95, 10.48, 10.18], paired=True)
+    assert result["no_test"] == "identical in every pair"
+
+
 def test_one_run_against_several_is_no_test_in_its_own_words():
     """1 run against 3 was called "one run a side and no per-image predictions", which
     is neither: McNemar needs one run a side, Welch two."""

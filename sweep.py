@@ -138,6 +138,8 @@ def load_grid(path):
         return tomllib.loads(Path(path).read_text())
     except OSError as e:
         raise GridError(f"cannot read the grid {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise GridError(f"{path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise GridError(f"{path} is not valid TOML: {e}") from None
 
@@ -151,10 +153,28 @@ def unknown_key(table, known):
     return next((key for key in table if key not in known), None)
 
 
+def check_types(table, where):
+    """A grid's or a stage's seeds, flags and name as the sweep reads them (a wrong type
+    was a traceback); `seed` set anywhere but `seeds` (its runs would all train that seed,
+    named for others) is refused."""
+    seeds = table.get("seeds", [])
+    if not isinstance(seeds, list) or not all(type(s) is int for s in seeds):
+        raise GridError(f"{where}seeds must be a list of integers, got {seeds!r}")
+    if not isinstance(table.get("flags", {}), dict):
+        raise GridError(f"{where}flags must be a table, got {table['flags']!r}")
+    if "seed" in table.get("flags", {}):
+        raise GridError(f"{where}flags set 'seed': seeds come from `seeds`")
+    if not isinstance(table.get("name", ""), str):
+        raise GridError(f"{where}name must be a string, got {table['name']!r}")
+
+
 def expand(grid, folder, seeds, extra=None):
     """The runs a grid describes, in order, each with the runs it needs."""
     if (key := unknown_key(grid, GRID_KEYS)) is not None:
         raise GridError(f"unknown key {key!r} (a grid takes: {', '.join(GRID_KEYS)})")
+    check_types(grid, "")
+    if "seed" in (extra or {}):
+        raise GridError("--flags sets 'seed': seeds come from --seeds")
     stages = grid.get("stage")
     if not stages:
         raise GridError("the grid has no [[stage]]")
@@ -163,16 +183,24 @@ def expand(grid, folder, seeds, extra=None):
         if (key := unknown_key(stage, STAGE_KEYS)) is not None:
             raise GridError(f"stage {number}: unknown key {key!r} (a stage takes: "
                             f"{', '.join(STAGE_KEYS)})")
+        check_types(stage, f"stage {number}: ")
         script = stage.get("script")
         if script not in SCRIPTS:
             raise GridError(f"stage {number}: script must be one of {', '.join(SCRIPTS)}, "
                             f"got {script!r}")
         subgrids = stage.get("grid", [{}])
         subgrids = [subgrids] if isinstance(subgrids, dict) else subgrids
+        if not isinstance(subgrids, list) or not all(isinstance(g, dict) for g in subgrids):
+            raise GridError(f"stage {number}: grid must be a table or a list of tables")
         for subgrid in subgrids:
             for key, values in subgrid.items():
                 if not isinstance(values, list) or not values:
                     raise GridError(f"stage {number}: grid {key!r} must be a non-empty list")
+            if "seed" in subgrid:
+                raise GridError(f"stage {number}: grid axis 'seed': seeds come from `seeds`")
+            if overridden := sorted(set(extra or {}) & set(subgrid)):
+                raise GridError(f"--flags sets {overridden[0]!r}, an axis of stage {number}: "
+                                f"its runs would all train that value, named for others")
             axes = list(subgrid)
             default_name = "_".join([Path(script).stem.removeprefix("train_")]
                                     + [f"{axis}={{{axis}}}" for axis in axes] + ["seed{seed}"])
@@ -183,14 +211,21 @@ def expand(grid, folder, seeds, extra=None):
                     fill = {"folder": folder, "seed": seed, "teacher": teacher_name(seed)}
                     settings = {**grid.get("flags", {}), **stage.get("flags", {}), **combo,
                                 **(extra or {}), "seed": seed}
-                    settings = {key: value.format(**fill) if isinstance(value, str) else value
-                                for key, value in settings.items()}
+                    try:
+                        settings = {key: value.format(**fill) if isinstance(value, str)
+                                    else value for key, value in settings.items()}
+                    except (KeyError, IndexError, ValueError) as e:
+                        raise GridError(f"stage {number}: a flag's value cannot be filled: "
+                                        f"{e} (it may name {', '.join(fill)})") from None
                     try:
                         name = template.format(**{**fill, **{k: name_part(v)
                                                              for k, v in combo.items()}})
                     except (KeyError, IndexError, ValueError) as e:
                         raise GridError(f"stage {number}: name {template!r} cannot be "
                                         f"filled: {e}") from None
+                    if "/" in name:
+                        raise GridError(f"stage {number}: run name {name!r} holds a '/': it "
+                                        f"names a checkpoint in {folder}")
                     runs.append(Run(name, script, settings, folder))
     names = [run.name for run in runs]
     twice = sorted({name for name in names if names.count(name) > 1})
@@ -242,10 +277,11 @@ def teacher_name(seed):
 
 
 def name_part(value):
-    """A grid value as it appears in a run's name: [32, 64] -> 32-64, True -> true."""
+    """A grid value as it appears in a run's name: [32, 64] -> 32-64, True -> true, a path
+    ckpt/teacher.pt -> ckpt-teacher.pt (a name holds no folder)."""
     if isinstance(value, list):
         return "-".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    return (str(value).lower() if isinstance(value, bool) else str(value)).replace("/", "-")
 
 
 def finished(run):

@@ -2,6 +2,7 @@
 executor (skip, resume, failures), and the sbatch files the SLURM executor would submit."""
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ pytest.importorskip("submitit")
 import sweep as sweep_module  # noqa: E402
 from conftest import ROOT, interrupted_run, run_script  # noqa: E402
 from kd.checkpoints import load_checkpoint, weights_sha256  # noqa: E402
-from sweep import GridError, combine, expand, parse_flags, select  # noqa: E402
+from sweep import GridError, combine, expand, load_grid, parse_flags, select  # noqa: E402
 
 
 def sweep(*flags, env=None):
@@ -127,6 +128,41 @@ def test_a_misspelt_key_of_a_grid_or_stage_is_refused():
                                         r"name, seeds, flags, grid\)"):
         expand({"stage": [{"script": "train_student.py", "grdi": {"loss": ["kd"]}}]}, "out",
                seeds=[0])
+
+
+STAGE = {"script": "train_student.py", "name": "s_{loss}_seed{seed}", "grid": {"loss": ["kd"]}}
+
+
+@pytest.mark.parametrize("grid, extra, says", [
+    # a traceback before
+    ({"seeds": 3, "stage": [STAGE]}, None, "seeds must be a list of integers"),
+    ({"seeds": ["0"], "stage": [STAGE]}, None, "seeds must be a list of integers"),
+    ({"flags": "x", "stage": [STAGE]}, None, "flags must be a table"),
+    ({"stage": [{**STAGE, "grid": [1]}]}, None, "stage 1: grid must be a table"),
+    ({"stage": [{**STAGE, "name": 5}]}, None, "stage 1: name must be a string"),
+    ({"stage": [{**STAGE, "flags": {"plots-dir": "p/{x}"}}]}, None, "cannot be filled"),
+    # runs silently other than their names said
+    ({"stage": [{**STAGE, "grid": {"seed": [0, 1]}}]}, None, "'seed'"),
+    ({"stage": [{**STAGE, "flags": {"seed": 3}}]}, None, "'seed'"),
+    ({"stage": [STAGE]}, {"loss": "ce"}, "--flags sets 'loss', an axis of stage 1"),
+    # a path among the values: a name with a folder in it failed every run as it started
+    ({"stage": [{"script": "train_student.py", "grid": {"teacher": ["ckpt/teacher.pt"]}}]},
+     None, None),
+])
+def test_a_grid_that_cannot_run_as_it_reads_is_refused_in_one_line(grid, extra, says):
+    if says is None:
+        [run] = expand(grid, "out", seeds=[0], extra=extra)
+        assert "/" not in run.name and run.name == "student_teacher=ckpt-teacher.pt_seed0"
+        return
+    with pytest.raises(GridError, match=re.escape(says)):
+        expand(grid, "out", seeds=[0], extra=extra)
+
+
+def test_a_grid_file_that_is_not_text_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_bytes(b"\xff\xfe[[stage]]")
+    with pytest.raises(GridError, match="is not UTF-8 text"):
+        load_grid(path)
 
 
 def test_a_run_its_script_would_refuse_stops_the_sweep_before_any_job_starts(image_folder,

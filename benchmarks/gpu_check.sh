@@ -14,7 +14,8 @@
 # benchmark.md, summary.md), and summary.md, which is also printed at the end (device,
 # torch, minutes per stage, images/s per run, test accuracies beside the CPU's seeds from
 # benchmarks/cpu_reference.csv). Only letters, digits, '.', '_' and '-' in those names.
-# Until the end the files are in OUT_DIR/check/, so a check cut short leaves what it made.
+# Until the end the files are in OUT_DIR/check/; a TERM (a time limit) packs them as the end
+# does, and a KILL leaves them there.
 # Checkpoints stay in a temporary folder, removed at the end, unless CHECKPOINTS names a
 # folder to keep them in (later runs on the same machine distil from its teacher). Every
 # stage runs even if one before it failed;
@@ -65,16 +66,43 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # stage NAME COMMAND...: run it, log to NAME.log (NAME with '+' as 'p': kd+ce -> kdpce), record
 # its wall time and any failure
+# (in the background, waited for: a TERM reaches the trap at once, not when the stage ends)
+current=
 stage() {
   local name=$1 start=$EPOCHREALTIME
   shift
   echo "== $name" >&2
-  if ! "$@" > "$check/${name//+/p}.log" 2>&1; then
+  "$@" > "$check/${name//+/p}.log" 2>&1 &
+  current=$!
+  if ! wait "$current"; then
     failed+=("$name")
     echo "   FAILED, see $check/${name//+/p}.log" >&2
   fi
+  current=
   printf '%s\t%s\n' "$name" "$(since "$start")" >> "$check/timings.tsv"
 }
+
+# The summary and one archive of everything, its name and the output folder's other names
+# of safe letters only: at the end, or on a TERM (a time limit's first signal), so that a
+# check cut short still brings back what it made, packed.
+finish() {
+  printf 'check\t%s\n' "$(since "$check_start")" >> "$check/timings.tsv"
+  $PYTHON benchmarks/gpu_summary.py "$check" > "$check/summary.md" 2>&1 || failed+=(summary)
+  cp "$check/summary.md" "$out/summary.md"
+  archive=gpu_check-$(date -u +%Y%m%d-%H%M%S)-${PARTS// /-}.tar.gz
+  tar czf "$out/$archive" -C "$out" check && rm -rf "$check"
+  cat "$out/summary.md"
+}
+stopped() {  # the stage running gets the TERM too (it saves and stops), then the rest is packed
+  echo "stopped (TERM): packing what was made" >&2
+  if [ -n "$current" ]; then
+    kill -TERM "$current" 2>/dev/null
+    wait "$current"
+  fi
+  finish
+  exit 143
+}
+trap stopped TERM
 
 if part tests; then
   # -v: each test's outcome as it ends, so a check cut short still says which passed
@@ -109,15 +137,7 @@ if part benchmark; then
     $BENCH_FLAGS
   grep -v '^round ' "$check/benchmark.log" > "$check/benchmark.md"
 fi
-printf 'check\t%s\n' "$(since "$check_start")" >> "$check/timings.tsv"
-
-$PYTHON benchmarks/gpu_summary.py "$check" > "$check/summary.md" 2>&1 || failed+=(summary)
-cp "$check/summary.md" "$out/summary.md"
-# One archive of everything, its name and the output folder's other names of safe letters only.
-archive=gpu_check-$(date -u +%Y%m%d-%H%M%S)-${PARTS// /-}.tar.gz
-tar czf "$out/$archive" -C "$out" check && rm -rf "$check"
-
-cat "$out/summary.md"
+finish
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]}" >&2
   exit 1

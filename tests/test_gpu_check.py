@@ -3,10 +3,12 @@ a .tar.gz of the data as it travels to a GPU machine: every stage runs and leave
 in one archive of safe names, and the summary; and the summary's prediction interval."""
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
 import tarfile
+import time
 
 import pandas as pd
 import pytest
@@ -116,3 +118,29 @@ def test_the_summary_gives_the_cuda_tests_outcome_even_when_cut_short():
     assert cuda_tests_outcome(head + "tests/test_cuda.py::test_c ") == [
         "cuda tests: cut short after 2 (1 passed)",
         "- tests/test_cuda.py::test_b FAILED                  [ 10%]"]
+
+
+def test_a_check_stopped_by_its_time_limit_packs_what_it_made(tmp_path):
+    """Stopped mid-stage (a TERM, the time limit's first signal), the check left loose
+    files under OUT_DIR/check, names with '+' and folders too deep to come back among them,
+    and no summary; now it stops the stage and packs, as at its end."""
+    python = tmp_path / "python"  # pytest "runs" until stopped; the summary is the real one
+    python.write_text(f'#!/bin/bash\n[ "$1" = -m ] && exec sleep 60\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    check = subprocess.Popen(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(out)],
+                             cwd=ROOT, env={**os.environ, "PYTHON": str(python), "PARTS": "tests"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(200):  # until the stage has started
+        if (out / "check" / "tests.log").exists():
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    check.send_signal(signal.SIGTERM)  # the shell alone: the trap must stop the stage
+    _, stderr = check.communicate(timeout=30)
+    assert check.returncode == 143, stderr
+    [archive] = out.glob("gpu_check-*-tests.tar.gz")
+    assert sorted(p.name for p in out.iterdir()) == [archive.name, "summary.md"]
+    with tarfile.open(archive) as packed:
+        assert {"check/tests.log", "check/timings.tsv", "check/summary.md"} <= set(
+            packed.getnames())

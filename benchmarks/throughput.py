@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 
 def temporary_folder(prefix):
@@ -68,6 +69,7 @@ from kd.data import (  # noqa: E402
 )
 from kd.device import autocast, machine_name, resolve_precision, select_device  # noqa: E402
 from kd.ema import EMA_DECAY, ModelEMA  # noqa: E402
+from kd.schedule import make_optimizer  # noqa: E402
 from kd.teacher_logits import SharedTeacherLogits  # noqa: E402
 from models import (  # noqa: E402
     IMAGE_SHAPE,
@@ -79,6 +81,9 @@ from models import (  # noqa: E402
 
 # train_teacher.py's and train_student.py's; "kd" is a student step distilling from a teacher
 BATCH_SIZE = {"teacher": 128, "student": 256, "kd": 256}
+# The training scripts' optimizer (kd.schedule.make_optimizer: fused on a GPU), at the
+# teacher's momentum and weight decay; the LR stays constant here.
+RECIPE = SimpleNamespace(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4)
 OTHER_PRECISION = {"fp32": "bf16", "bf16": "fp32"}
 # The peak references' sizes per device type, (matmul size, conv batch): one call takes far
 # longer than launching it.
@@ -125,8 +130,7 @@ def training(model, loader, method, device, precision, compile_mode=None, thread
     average = ModelEMA(model, EMA_DECAY) if ema else None
     after_step = (lambda: average.update_parameters(model)) if ema else None
     step_model = engine.compiled(model, compile_mode) if compile_mode else model
-    optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.01,
-                                momentum=0.9, nesterov=True)
+    optimizer = make_optimizer([*model.parameters(), *method.parameters()], RECIPE, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
     def run():
@@ -401,8 +405,7 @@ def synthetic_step(kind, device="cpu", precision="fp32", config=None):
         memory_format=torch.channels_last)
     positions = torch.randperm(TRAIN_SIZE, device=device)[:BATCH_SIZE[kind]]
     labels = train_labels.to(device)[positions]
-    optimizer = torch.optim.SGD([*model.parameters(), *method.parameters()], lr=0.01,
-                                momentum=0.9)
+    optimizer = make_optimizer([*model.parameters(), *method.parameters()], RECIPE, device)
 
     def step():
         with autocast(torch.device(device), precision):

@@ -15,6 +15,7 @@ import methods
 from benchmarks import throughput
 from conftest import ROOT, run_script
 from kd.device import resolve_precision
+from kd.schedule import make_optimizer
 from models import build_model
 
 
@@ -176,6 +177,22 @@ def test_compiled_rows_compile_what_a_training_run_compiles(monkeypatch):
         torch.device("cpu"), "fp32", compile_mode="reduce-overhead")
     throughput.inference(build_model("teacher"), loader, torch.device("cpu"), "reduce-overhead")
     assert calls == [{"mode": "reduce-overhead", "dynamic": False}] * 2
+
+
+def test_the_timed_and_profiled_steps_use_the_training_scripts_optimizer(monkeypatch):
+    """They built a plain SGD, without weight decay (and on a GPU the foreach step where the
+    scripts run a fused one), so the rows did not time the pipeline's step."""
+    built = []
+
+    def recorded(parameters, args, device):
+        built.append((args.optimizer, args.momentum, args.weight_decay, torch.device(device)))
+        return make_optimizer(parameters, args, device)
+    monkeypatch.setattr(throughput, "make_optimizer", recorded)
+    throughput.training(build_model("student"), SimpleNamespace(
+        memory_format=torch.channels_last, __len__=lambda: 1), methods.CE({}),
+        torch.device("cpu"), "fp32")
+    throughput.synthetic_step("student")
+    assert built == [("sgd", 0.9, 5e-4, torch.device("cpu"))] * 2
 
 
 def test_a_compiled_row_whose_graphs_skip_cuda_graphs_says_so(capsys, monkeypatch):

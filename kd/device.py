@@ -3,6 +3,7 @@ precision of the training steps, and the backend settings that go with them."""
 import contextlib
 import os
 import platform
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,8 +32,15 @@ def select_device(name):
 def ieee_fp32():
     """fp32 convolutions and matmuls in full fp32 on CUDA, no TF32. Through the
     fp32_precision settings where torch has them (2.9 and later): there the allow_tf32
-    setters warn, once per CUDA process, that they are to be deprecated."""
+    setters warn (2.9-2.11 at least, once per CUDA process) that they are to be
+    deprecated."""
     if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        # The legacy cuDNN flag too, first: inductor's conv templates (--compile max-autotune)
+        # still read it, and its getter raises after the new API alone set the conv's ("a mix
+        # of the legacy and new APIs"). Its setter's deprecation warning is not shown.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.fp32_precision = "ieee"
         torch.backends.cudnn.conv.fp32_precision = "ieee"
     else:

@@ -15,7 +15,7 @@ from kd import engine
 from kd.checkpoints import load_checkpoint
 from kd.cli import UserError
 from kd.data import BatchLoader
-from kd.device import cpu_bf16_units, resolve_precision, select_device
+from kd.device import cpu_bf16_units, ieee_fp32, resolve_precision, select_device
 from kd.ema import ModelEMA
 from kd.schedule import lr_factor
 from models import build_model, load_model
@@ -49,6 +49,21 @@ def test_cpu_bf16_units_and_auto(monkeypatch, amx, avx512_bf16, units):
             monkeypatch.setattr(torch.cpu, probe, lambda present=present: present)
     assert cpu_bf16_units() == units
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if units else "fp32")
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cudnn, "conv"), reason="torch before 2.9")
+def test_fp32_settings_leave_the_legacy_cudnn_flag_readable():
+    """inductor's conv templates (--compile max-autotune on a GPU) read
+    torch.backends.cudnn.allow_tf32, which raised once the new API alone had set the conv
+    precision ("a mix of the legacy and new APIs"). The settings are global: put back."""
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = torch.backends.cudnn.allow_tf32, matmul.fp32_precision
+    try:
+        ieee_fp32()
+        assert torch.backends.cudnn.allow_tf32 is False
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    finally:
+        torch.backends.cudnn.allow_tf32, matmul.fp32_precision = before
 
 
 def test_bf16_on_a_gpu_without_it_is_one_clear_error(monkeypatch):

@@ -45,7 +45,7 @@ all: report
 
 quick:
 	$(MAKE) all CKPT=runs/quick/checkpoints PLOTS=runs/quick/plots \
-	  FLAGS="--train-subset 5000 --epochs 3"
+	  FLAGS="--train-subset 5000 --epochs 3 $(FLAGS)"
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

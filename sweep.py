@@ -394,10 +394,13 @@ class TrainingCommand:
     interrupts it directly and waits for it to save."""
 
     def __init__(self, command, pid_file, threads=None):
+        """`command`: the argument list, or a function giving it as the job starts (a job
+        requeued after a preemption resumes the checkpoint its first attempt saved)."""
         self.command, self.pid_file, self.threads = command, Path(pid_file), threads
 
     def __call__(self):
-        print(f"command: {shlex.join(self.command)}", flush=True)
+        command = self.command() if callable(self.command) else self.command
+        print(f"command: {shlex.join(command)}", flush=True)
         env = dict(os.environ)
         if self.threads and "OMP_NUM_THREADS" not in env:
             env["OMP_NUM_THREADS"] = str(self.threads)
@@ -407,7 +410,7 @@ class TrainingCommand:
             # (stop_jobs), as may submitit's time-limit signal: each waits until the process
             # can be passed a Ctrl-C
             with interrupts_deferred((*STOP_SIGNALS, time_limit_signal())):
-                process = subprocess.Popen(self.command, cwd=ROOT, env=env)
+                process = subprocess.Popen(command, cwd=ROOT, env=env)
                 self.pid_file.write_text(str(process.pid))
             code = process.wait()
         except BaseException as stop:  # cancelled (Ctrl-C), or submitit's signal at the
@@ -422,7 +425,7 @@ class TrainingCommand:
         finally:
             self.pid_file.unlink(missing_ok=True)
         if code:
-            raise subprocess.CalledProcessError(code, self.command)
+            raise subprocess.CalledProcessError(code, command)
 
 
 def time_limit_signal():
@@ -433,7 +436,7 @@ def time_limit_signal():
 
 
 def job_function(run, threads=None):
-    return TrainingCommand(run.command(), pid_file(run), threads)
+    return TrainingCommand(run.command, pid_file(run), threads)
 
 
 def threads_per_run(runs_at_once):
@@ -698,6 +701,9 @@ def main():
         runs = select(combine(runs), args.only)
     except GridError as e:
         refuse(str(e))
+    if Path.cwd().resolve() != ROOT and not all(Path(run.folder).is_absolute() for run in runs):
+        refuse(f"the runs' folders are relative to the repository, where their jobs run: run "
+               f"sweep.py from {ROOT}, or give the grid an absolute folder")
     if args.list:
         for run in runs:
             print(run.label, shlex.join(run.command()[1:]))

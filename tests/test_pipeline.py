@@ -49,6 +49,14 @@ def test_quick_uses_its_own_folders_and_a_subset():
     assert "report.py --plots-dir runs/quick/plots" in plan
 
 
+def test_quick_keeps_the_flags_given_to_it():
+    """make quick FLAGS="--precision fp32" ran in bf16: the sub-make's own FLAGS won."""
+    train_lines = [line for line in planned("quick", "FLAGS=--precision fp32").splitlines()
+                   if "python train_" in line]
+    assert train_lines and all("--precision fp32" in line and "--train-subset 5000" in line
+                               for line in train_lines)
+
+
 def test_best_sweeps_the_frozen_recipe_then_evaluates_its_runs_alone():
     # (under `make test` a nested make also prints its "Entering/Leaving directory" lines)
     plan = [line for line in planned("best").splitlines() if line.startswith("python ")]

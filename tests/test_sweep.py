@@ -794,3 +794,31 @@ def test_two_sweeps_started_in_one_second_keep_both_grid_copies(tmp_path, monkey
     monkeypatch.setattr(sweep_module.os, "getpid", lambda: 1)
     sweep_module.save_grid(grid, tmp_path)
     assert len(list((tmp_path / "sweeps").glob("*_grid.toml"))) == 2
+
+
+def test_a_requeued_job_builds_its_command_as_it_starts(tmp_path, capfd):
+    """The command was fixed at submission: a job requeued after a preemption, its run's
+    checkpoint saved by then, started it again without --resume, which the script refuses
+    ("exists; pass --resume")."""
+    script = tmp_path / "ok.py"
+    script.write_text("")
+    run = sweep_module.Run("s", str(script), {}, str(tmp_path))
+    (tmp_path / "logs").mkdir()
+    job = sweep_module.job_function(run)
+    (tmp_path / "s.pt").write_bytes(b"")  # the first attempt saved an epoch
+    job()
+    [line] = [line for line in capfd.readouterr().out.splitlines() if line.startswith("command:")]
+    assert line.endswith("--resume --restart-if-changed"), line
+
+
+def test_a_sweep_of_relative_folders_from_outside_the_repository_is_refused(tmp_path):
+    """Its jobs run in the repository, where the folders are; from elsewhere the sweep
+    looked for their checkpoints in the wrong place (finished runs run again, then refused:
+    "exists; pass --resume")."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('folder = "runs/elsewhere"\n[[stage]]\nscript = "train_teacher.py"\n')
+    proc = subprocess.run([sys.executable, ROOT / "sweep.py", grid, "--list"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: the runs' folders are relative to the repository, where their jobs run: "
+        f"run sweep.py from {ROOT}, or give the grid an absolute folder"], proc.stderr

@@ -380,7 +380,8 @@ def make_executor(args, logs):
         timeout_min=args.time_min, name=args.job_name, slurm_partition=args.partition,
         gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
         mem_gb=args.mem_gb, slurm_array_parallelism=args.array_parallelism,
-        slurm_additional_parameters=dict(args.sbatch))
+        # a job whose needed job failed is cancelled, not left pending for ever
+        slurm_additional_parameters={"kill-on-invalid-dep": "yes", **dict(args.sbatch)})
     return executor
 
 
@@ -564,18 +565,24 @@ def with_dependents(runs, todo):
 
 
 def job_outcome(job, started=None):
-    """("done", minutes) or ("FAILED", the log that says why) of a finished job."""
+    """("done", minutes), ("FAILED", the log that says why) or, for a SLURM job cancelled
+    because a run it needs failed (kill-on-invalid-dep), ("not run", why) of a finished
+    job."""
     try:
         job.result()
     except UncompletedJobError:
+        if str(getattr(job, "state", "")).startswith("CANCELLED"):
+            return "not run", "a run it needs failed"
         return "FAILED", str(job.paths.stderr)
     return "done", f"{(time.time() - started) / 60:.1f} min" if started else ""
 
 
 def submit_to_slurm(runs, executors):
-    """One job array per depth of dependency (teachers, then the students that need them) and
-    folder, each held by SLURM until the arrays it needs have succeeded (afterok). Returns
-    (run, job) pairs."""
+    """One job array per depth of dependency (teachers, then the students that need them),
+    folder and set of needs, each held by SLURM until the jobs its runs need have succeeded
+    (afterok; a seed's students wait for that seed's teacher alone), and cancelled by SLURM
+    if one of them fails (kill-on-invalid-dep, set in make_executor). Returns (run, job)
+    pairs."""
     by_key, depth, jobs = {run.key: run for run in runs}, {}, {}
 
     def depth_of(run):  # a need may come later in a pool of grids; one not here is finished
@@ -587,18 +594,21 @@ def submit_to_slurm(runs, executors):
         depth_of(run)
     for level in sorted(set(depth.values())):
         for folder, executor in executors.items():
-            batch = [run for run in runs if depth[run.key] == level and run.folder == folder]
-            if not batch:
-                continue
-            needs = sorted({jobs[need].job_id for run in batch for need in run.needs
-                            if need in jobs})
-            executor.update_parameters(
-                slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
-            with executor.batch():
-                submitted = [executor.submit(job_function(run)) for run in batch]
-            for run, job in zip(batch, submitted):
-                jobs[run.key] = job
-                print(f"submitted  {run.label}  (job {job.job_id}, log: {job.paths.stdout})")
+            arrays = {}  # the job ids its runs need -> the runs
+            for run in runs:
+                if depth[run.key] == level and run.folder == folder:
+                    needs = tuple(sorted({jobs[need].job_id for need in run.needs
+                                          if need in jobs}))
+                    arrays.setdefault(needs, []).append(run)
+            for needs, batch in arrays.items():
+                executor.update_parameters(
+                    slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
+                with executor.batch():
+                    submitted = [executor.submit(job_function(run)) for run in batch]
+                for run, job in zip(batch, submitted):
+                    jobs[run.key] = job
+                    print(f"submitted  {run.label}  (job {job.job_id}, log: "
+                          f"{job.paths.stdout})")
     return [(run, jobs[run.key]) for run in runs]
 
 

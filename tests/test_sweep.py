@@ -639,6 +639,43 @@ def test_slurm_holds_a_run_listed_before_the_run_it_needs():
     assert student_dependency == f"afterok:{jobs['checkpoints/teacher_seed1'].job_id}"
 
 
+def test_slurm_holds_each_run_for_its_own_needs_only_and_drops_those_a_failure_strands():
+    """One array per level held for the union of its runs' needs: one failed teacher held
+    every seed's students, pending for ever (SLURM's default), and the sweep waited on
+    them. Now each array waits for what its runs need, and a job whose need failed is
+    cancelled by SLURM (kill-on-invalid-dep) and reported as not run."""
+    teacher = {"script": "train_teacher.py", "name": "{teacher}"}
+    student = {"script": "train_student.py", "name": "kd_seed{seed}",
+               "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
+    runs = expand({"stage": [teacher, student]}, "checkpoints", seeds=[0, 1])
+
+    class Executor:  # records what submitit's would be given
+        def __init__(self):
+            self.dependency, self.submitted, self.counter = None, [], iter(range(700, 800))
+
+        def update_parameters(self, slurm_dependency=None):
+            self.dependency = slurm_dependency
+
+        def batch(self):
+            return contextlib.nullcontext()
+
+        def submit(self, function):
+            job = SimpleNamespace(job_id=str(next(self.counter)),
+                                  paths=SimpleNamespace(stdout="log"))
+            self.submitted.append((self.dependency, job.job_id))
+            return job
+
+    executor = Executor()
+    jobs = dict((run.label, job.job_id) for run, job in
+                sweep_module.submit_to_slurm(runs, {"checkpoints": executor}))
+    held = {job_id: dependency for dependency, job_id in executor.submitted}
+    assert held[jobs["kd_seed0"]] == f"afterok:{jobs['teacher']}"
+    assert held[jobs["kd_seed1"]] == f"afterok:{jobs['teacher_seed1']}"
+    cancelled = SimpleNamespace(state="CANCELLED", result=lambda: (_ for _ in ()).throw(
+        sweep_module.UncompletedJobError("cancelled")), paths=SimpleNamespace(stderr="log"))
+    assert sweep_module.job_outcome(cancelled) == ("not run", "a run it needs failed")
+
+
 def test_a_finished_student_is_checked_again_after_its_teacher_runs_again(image_folder,
                                                                          tmp_path):
     """A teacher whose recipe changed is trained again in the sweep; its finished student,

@@ -37,7 +37,7 @@ TEACHER = $(CKPT)/teacher$$([ $$s = 0 ] || echo _seed$$s).pt
 stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --restart-if-changed --out "$(2)" $(3) \
           $(RUN_FLAGS); \
         else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
-RUN_FLAGS = --plots-dir $(PLOTS) $(FLAGS)
+RUN_FLAGS = --plots-dir "$(PLOTS)" $(FLAGS)
 
 .PHONY: all quick teacher students ema evaluate report best test bench clean-venv
 
@@ -60,7 +60,7 @@ teacher: $(SETUP)
 students: teacher
 	@set -e; for s in $(SEEDS); do for loss in $(LOSSES); do \
 	  $(call stage,train_student.py,$(CKPT)/student_$${loss}_seed$$s.pt,\
-	    --loss $$loss --seed $$s --teacher $(TEACHER)); \
+	    --loss $$loss --seed $$s --teacher "$(TEACHER)"); \
 	done; done
 
 ema: $(SETUP)
@@ -72,10 +72,10 @@ ema: $(SETUP)
 	done
 
 evaluate: students ema
-	$(PY) evaluate.py $(CKPT)/*.pt --plots-dir $(PLOTS)
+	$(PY) evaluate.py "$(CKPT)"/*.pt --plots-dir "$(PLOTS)"
 
 report: evaluate
-	$(PY) report.py --plots-dir $(PLOTS)
+	$(PY) report.py --plots-dir "$(PLOTS)"
 
 BEST_GRID := experiments/grids/best.toml
 best: $(SETUP)

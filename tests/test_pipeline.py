@@ -20,8 +20,8 @@ def test_all_runs_teacher_students_ema_then_evaluate_and_report():
     assert "for s in 0 1" in plan
     # an existing stage is resumed, or trained again if its recipe, data or teacher changed
     assert plan.count("--resume --restart-if-changed") == 1 + 1 + 3  # teacher, students, EMA
-    assert "evaluate.py checkpoints/*.pt --plots-dir plots" in plan
-    assert "report.py --plots-dir plots" in plan
+    assert 'evaluate.py "checkpoints"/*.pt --plots-dir "plots"' in plan
+    assert 'report.py --plots-dir "plots"' in plan
 
 
 def test_each_seeds_students_distil_from_that_seeds_teacher(tmp_path):
@@ -38,15 +38,28 @@ def test_each_seeds_students_distil_from_that_seeds_teacher(tmp_path):
         assert flags[flags.index("--teacher") + 1] == teachers[seed != "0"], flags
 
 
+def test_folders_with_spaces_stay_one_argument(tmp_path):
+    """CKPT="my runs" split into three arguments (--teacher, --plots-dir and evaluate.py's
+    checkpoints unquoted)."""
+    args = tmp_path / "args"  # stands in for python: one line per argument
+    args.write_text('#!/bin/sh\nfor a in "$@"; do echo "[$a]"; done\n')
+    args.chmod(0o755)
+    folder = tmp_path / "my runs"
+    lines = subprocess.run(["make", "-s", "students", "SEEDS=0", f"PY={args}",
+                            f"CKPT={folder}", f"PLOTS={folder}/plots", "-o", ".venv/installed"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert f"[{folder}/teacher.pt]" in lines and f"[{folder}/plots]" in lines, lines
+
+
 def test_quick_uses_its_own_folders_and_a_subset():
     plan = planned("quick")
     train_lines = [line for line in plan.splitlines() if "python train_" in line]
     assert len(train_lines) == 1 + 1 + 3  # teacher, the students' loop, the three EMA runs
     for line in train_lines:
-        assert "--train-subset 5000" in line and "--plots-dir runs/quick/plots" in line
+        assert "--train-subset 5000" in line and '--plots-dir "runs/quick/plots"' in line
     assert "checkpoints/" not in plan.replace("runs/quick/checkpoints/", "")
-    assert "evaluate.py runs/quick/checkpoints/*.pt --plots-dir runs/quick/plots" in plan
-    assert "report.py --plots-dir runs/quick/plots" in plan
+    assert 'evaluate.py "runs/quick/checkpoints"/*.pt --plots-dir "runs/quick/plots"' in plan
+    assert 'report.py --plots-dir "runs/quick/plots"' in plan
 
 
 def test_quick_keeps_the_flags_given_to_it():

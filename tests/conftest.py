@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,18 @@ from kd.data import CLASSES  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA device; skipped (and reported as "
                             "skipped) where there is none")
+
+
+@pytest.fixture(autouse=True)
+def stop_signal_handlers_put_back():
+    """Ctrl-C's and SIGTERM's handlers as each test found them: one a test leaves (a script's
+    main run in this process installs its own) reached the next test of the same worker,
+    which then depended on the order xdist gave it."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if handler is not None:  # None: one not set from Python, which cannot be put back
+            signal.signal(sig, handler)
 
 
 def pytest_collection_modifyitems(config, items):

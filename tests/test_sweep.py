@@ -523,6 +523,9 @@ def test_a_stop_as_a_job_starts_stops_that_job_too(tmp_path):
 
     run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
                           command=lambda: ["true"])
+    # sweep.main's handler, set here: with whatever the process had (ignored, in a shell's
+    # background job), the stop never came and the sweep waited on the job for ever
+    signal.signal(signal.SIGINT, sweep_module.interrupt)
     with pytest.raises(KeyboardInterrupt):
         sweep_module.run_here([run], {str(tmp_path): InterruptedAsItSubmits()}, gpus=[])
     assert len(cancelled) == 1  # no training process yet: the job itself is stopped

@@ -74,6 +74,11 @@ EMA_TEACHERS = ("mean-teacher teacher", "mean-teacher-no-ema teacher")
 # docs/results.md, "The fp32 teacher and students, run again": evaluate.py's results.csv of
 # the fp32 seed-0 teacher and its students of seeds 0-2, trained again on a Zen 5.
 FP32_AGAIN = Path(__file__).with_name("fp32_again.csv")
+# docs/results.md, "The teachers of seeds 1 and 2, run again": evaluate.py's results.csv of
+# those teachers per precision, trained again on a Zen 5; with seed 0's of RERUN (bf16) and
+# FP32_AGAIN, the per-seed values of the teacher's EMA.
+TEACHERS_AGAIN = [Path(__file__).with_name(f"teachers12_{precision}.csv")
+                  for precision in ("bf16", "fp32")]
 # the EMA models of the bf16 − fp32 family, from rows where both precisions have them
 EMA_MODELS = (*EMA_SUMMARY, *EMA_TEACHERS)
 
@@ -273,12 +278,18 @@ def main():
     mean_teacher = pd.concat([read_results(path, columns) for path in MEAN_TEACHER_AGAIN],
                              ignore_index=True)
     fp32 = read_results(FP32_AGAIN, columns)
-    again = trusted_rows(runs, pd.concat([rerun, mean_teacher, fp32], ignore_index=True))
+    teachers = pd.concat([read_results(path, columns) for path in TEACHERS_AGAIN],
+                         ignore_index=True)
+    again = pd.concat([rerun, mean_teacher, fp32, teachers], ignore_index=True)
+    all_teachers = again[again["model"] == "teacher"]
+    again = trusted_rows(runs, again)
     for title, table in (tables(runs, again)
                          + again_tables("Mean-teacher runs of seeds 0-2", runs, mean_teacher,
                                         EMA_TEACHERS)
                          + again_tables("fp32 teacher and students", runs, fp32,
-                                        [f"{v} EMA" for v in EMA_GAINS])
+                                        [f"{v} EMA" for v in EMA_GAINS if v != "teacher"])
+                         + again_tables("Teachers of seeds 0-2", runs, all_teachers,
+                                        ["teacher EMA"])
                          + five_seed_tables(runs, seeds_34) + rerun_tables(runs, rerun)
                          + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")

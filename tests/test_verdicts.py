@@ -21,6 +21,7 @@ from verdicts import (  # noqa: E402
     MEAN_TEACHER_AGAIN,
     PER_SEED,
     RERUN,
+    TEACHERS_AGAIN,
     again_tables,
     five_seed_tables,
     method_tables,
@@ -267,3 +268,22 @@ def test_the_fp32_runs_again_give_every_recorded_number():
     for variant in ("kd+ce", "kd", "dkd", "dist", "ce"):
         gains = by_variant[f"{variant} EMA"] - by_variant[variant]
         assert (round(gains.mean(), 2) + 0.0, round(gains.std(), 2)) == EMA_GAINS[variant]
+
+
+def test_the_teachers_run_again_give_every_recorded_number():
+    """experiments/teachers12_*.csv with seed 0 of the earlier reruns (RERUN's bf16 teacher,
+    FP32_AGAIN's): each teacher's test accuracy as per_seed.csv records it, and the teacher
+    EMA's mean ± std per precision and fp32 EMA − raw gain that verdicts.py typed in."""
+    again = pd.concat(map(pd.read_csv, [RERUN, FP32_AGAIN, *TEACHERS_AGAIN]), ignore_index=True)
+    teachers = again[again["model"] == "teacher"]
+    (_, same), _ = again_tables("Teachers", pd.read_csv(PER_SEED), teachers, ["teacher EMA"])
+    assert len(same) == 2 and (same["test accuracy as recorded"] == "3 of 3").all()
+    for index, (precision, rows) in enumerate(teachers.groupby("precision")):
+        by_variant = {v: group.set_index("seed")["test_acc"]
+                      for v, group in rows.groupby("variant")}
+        ema = by_variant["teacher EMA"]
+        assert list(ema.sort_index().index) == [0, 1, 2]
+        assert (round(ema.mean(), 2), round(ema.std(), 2)) == EMA_SUMMARY["teacher EMA"][index]
+        if precision == "fp32":
+            gains = ema - by_variant["teacher"]
+            assert (round(gains.mean(), 2) + 0.0, round(gains.std(), 2)) == EMA_GAINS["teacher"]

@@ -175,8 +175,6 @@ def evaluate_all(models, loaders, device, batch_size):
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])
         corrects.append(correct)
-        if stopped := unfinished(info):
-            tqdm.write(f"note: {path}: {stopped}, labelled apart from the finished runs")
         check_interrupt()  # a Ctrl-C whose exception a finalizer swallowed: stop, write nothing
     results = pd.DataFrame(rows)
     results["teacher_seed"] = results["teacher_seed"].astype("Int64")  # 1, not 1.0, beside blanks
@@ -185,10 +183,11 @@ def evaluate_all(models, loaders, device, batch_size):
                                         in zip(results["variant"], models)])
     # An unfinished run shares its recipe with its finished seeds: labelled apart, so that
     # report.py does not pool it into their mean ± std, tests or training lengths.
-    for i, (*_, info) in enumerate(models):
+    for i, (path, _, _, info) in enumerate(models):
         if stopped := unfinished(info):
             variant, settings = label_settings(results.at[i, "variant"])
             results.at[i, "variant"] = join_label(variant, [*settings, stopped])
+            print(f"note: {path}: {stopped}, labelled apart from the finished runs")
     order = sorted(results.index, key=lambda i: (variant_rank(results.at[i, "variant"]),
                                                  results.at[i, "checkpoint"]))
     return (results.loc[order].reset_index(drop=True), [confusions[i] for i in order],

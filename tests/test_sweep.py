@@ -607,6 +607,24 @@ def test_the_documented_grids_expand(text):
     assert runs and len({run.name for run in runs}) == len(runs)
 
 
+class SlurmExecutor:
+    """Records what submitit's SLURM executor would be given: each job's dependency."""
+
+    def __init__(self):
+        self.dependency, self.submitted, self.counter = None, [], iter(range(700, 800))
+
+    def update_parameters(self, slurm_dependency=None):
+        self.dependency = slurm_dependency
+
+    def batch(self):
+        return contextlib.nullcontext()
+
+    def submit(self, function):
+        job = SimpleNamespace(job_id=str(next(self.counter)), paths=SimpleNamespace(stdout="log"))
+        self.submitted.append((self.dependency, job.job_id))
+        return job
+
+
 def test_slurm_holds_a_run_listed_before_the_run_it_needs():
     """Two grids pooled, the selection's student first and the study's teacher after it:
     the student's array still waits for the teacher's (a need later in the pool once
@@ -618,26 +636,10 @@ def test_slurm_holds_a_run_listed_before_the_run_it_needs():
                     expand({"stage": [teacher]}, "checkpoints", seeds=[1])])
     assert [run.label for run in runs] == ["runs/select/kd_seed1", "checkpoints/teacher_seed1"]
 
-    class Executor:  # records what submitit's would be given
-        def __init__(self):
-            self.dependency, self.submitted, self.counter = None, [], iter(range(700, 800))
-
-        def update_parameters(self, slurm_dependency=None):
-            self.dependency = slurm_dependency
-
-        def batch(self):
-            return contextlib.nullcontext()
-
-        def submit(self, function):
-            job = SimpleNamespace(job_id=str(next(self.counter)),
-                                  paths=SimpleNamespace(stdout="log"))
-            self.submitted.append((function.command, self.dependency, job.job_id))
-            return job
-
-    executors = {"runs/select": Executor(), "checkpoints": Executor()}
+    executors = {"runs/select": SlurmExecutor(), "checkpoints": SlurmExecutor()}
     jobs = dict((run.label, job) for run, job in sweep_module.submit_to_slurm(runs, executors))
-    (teacher_command, teacher_dependency, _), = executors["checkpoints"].submitted
-    (student_command, student_dependency, _), = executors["runs/select"].submitted
+    (teacher_dependency, _), = executors["checkpoints"].submitted
+    (student_dependency, _), = executors["runs/select"].submitted
     assert teacher_dependency is None
     assert student_dependency == f"afterok:{jobs['checkpoints/teacher_seed1'].job_id}"
 
@@ -652,23 +654,7 @@ def test_slurm_holds_each_run_for_its_own_needs_only_and_drops_those_a_failure_s
                "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
     runs = expand({"stage": [teacher, student]}, "checkpoints", seeds=[0, 1])
 
-    class Executor:  # records what submitit's would be given
-        def __init__(self):
-            self.dependency, self.submitted, self.counter = None, [], iter(range(700, 800))
-
-        def update_parameters(self, slurm_dependency=None):
-            self.dependency = slurm_dependency
-
-        def batch(self):
-            return contextlib.nullcontext()
-
-        def submit(self, function):
-            job = SimpleNamespace(job_id=str(next(self.counter)),
-                                  paths=SimpleNamespace(stdout="log"))
-            self.submitted.append((self.dependency, job.job_id))
-            return job
-
-    executor = Executor()
+    executor = SlurmExecutor()
     jobs = dict((run.label, job.job_id) for run, job in
                 sweep_module.submit_to_slurm(runs, {"checkpoints": executor}))
     held = {job_id: dependency for dependency, job_id in executor.submitted}

@@ -22,8 +22,12 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# the stages' prerequisite: .venv, set up, unless PY names another interpreter
-SETUP = $(if $(filter $(abspath $(VENV))/bin/%,$(abspath $(PY))),$(VENV)/installed)
+# the stages' prerequisite: .venv, set up, unless PY names another interpreter. make splits
+# words at spaces, so paths are compared with their spaces as '?' (a clone in "my projects/")
+space := $(subst ,, )
+absolute = $(abspath $(if $(filter /%,$(1)),$(1),$(subst $(space),?,$(CURDIR))/$(1)))
+SETUP = $(if $(filter $(call absolute,$(VENV))/bin/%,$(call absolute,$(subst $(space),?,$(PY)))),\
+          $(VENV)/installed)
 SEEDS ?= 0
 LOSSES := kd+ce kd ce
 CKPT ?= checkpoints
@@ -47,10 +51,10 @@ quick:
 	$(MAKE) all CKPT=runs/quick/checkpoints PLOTS=runs/quick/plots \
 	  FLAGS="--train-subset 5000 --epochs 3 $(FLAGS)"
 
-$(VENV)/installed: requirements.txt
+$(VENV)/installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
 teacher: $(SETUP)

@@ -93,3 +93,35 @@ def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
     assert "-m venv .venv" in default and ".venv/bin/python -m ruff check ." in default
     spelled = every_command("test", "PY=./.venv/bin/python3")
     assert "-m venv .venv" in spelled  # the venv's interpreter, however it is written
+
+
+def test_a_clone_in_a_folder_with_a_space_keeps_the_given_interpreter(tmp_path):
+    """make split the clone's absolute path at the space, so "/tmp/my" matched itself and
+    PY=python3 got a venv made and pip upgraded and requirements installed into python3."""
+    clone = tmp_path / "my clone"
+    clone.mkdir()
+    for name in ("Makefile", "requirements.txt", "constraints.txt"):
+        (clone / name).write_text((ROOT / name).read_text())
+    def every_command(*make_args):
+        return subprocess.run(["make", "-n", "-B", "test", *make_args], cwd=clone,
+                              capture_output=True, text=True, check=True).stdout
+    own = every_command("PY=python3")
+    assert "venv" not in own and "pip" not in own, own
+    assert "-m venv .venv" in every_command()
+    assert "-m venv .venv" in every_command(f"PY={clone}/.venv/bin/python")
+
+
+def test_every_requirement_is_pinned_within_its_bound():
+    """make's .venv installs requirements.txt under constraints.txt: a requirement without a
+    pin there would install whatever is newest, and a pin outside its bound fails the install."""
+    from packaging.requirements import Requirement
+
+    def entries(name):
+        lines = (line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines())
+        return [Requirement(line) for line in lines if line]
+    pins = {r.name.lower(): r.specifier for r in entries("constraints.txt")}
+    assert all(str(spec).startswith("==") for spec in pins.values()), pins
+    for requirement in entries("requirements.txt"):
+        pin = pins.get(requirement.name.lower())
+        assert pin is not None, f"{requirement.name} is not in constraints.txt"
+        assert requirement.specifier.contains(str(pin).removeprefix("=="))

@@ -428,6 +428,15 @@ class TrainingCommand:
         if code:
             raise subprocess.CalledProcessError(code, command)
 
+    def checkpoint(self, *args, **kwargs):
+        """submitit's hook at the job's time limit or a preemption: the job is requeued (on
+        SLURM, or by the local executor), its command built anew as it starts, so it
+        resumes the last complete epoch its training process saved; the process itself is
+        stopped as the job exits (above). Without it a timed-out job was not requeued.
+        submitit gives up after the executor's max_num_timeout time limits."""
+        return submitit.helpers.DelayedSubmission(
+            TrainingCommand(self.command, self.pid_file, self.threads))
+
 
 def time_limit_signal():
     """The signal submitit's job gets at its time limit: USR2 unless SUBMITIT_PREEMPT_SIGNAL

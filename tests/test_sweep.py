@@ -750,6 +750,28 @@ def signalled_as_it_starts(tmp_path, monkeypatch, sig, handler):
             started[0].kill()
 
 
+def test_a_job_at_its_time_limit_is_requeued_and_resumes(tmp_path):
+    """A job timed out was not requeued ("timed-out and not checkpointable"): the rest of its
+    run waited for someone to run the sweep again. Now it is requeued (here by submitit's
+    local executor, as on SLURM) and its second attempt builds its command anew. The
+    training process stands in as a file: the first attempt's saves it, then waits to be
+    stopped; the second's finds it."""
+    saved = tmp_path / "saved"
+    child = (f"import pathlib, signal, sys, time\n"
+             f"saved = pathlib.Path({str(saved)!r})\n"
+             f"if saved.exists():\n    sys.exit(0)\n"
+             f"signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
+             f"saved.touch()\ntime.sleep(60)\n")
+    executor = sweep_module.submitit.LocalExecutor(folder=tmp_path / "logs")
+    # the time-limit signal 3 s into a 6 s limit
+    executor.update_parameters(timeout_min=0.1, signal_delay_s=3)
+    job = executor.submit(sweep_module.TrainingCommand([sys.executable, "-c", child],
+                                                       tmp_path / "run.pid"))
+    job.result()  # raised UncompletedJobError: timed out, not requeued
+    assert saved.exists()
+    assert Path(job.paths.stdout).read_text().count("command: ") == 2  # the two attempts
+
+
 def test_a_ctrl_c_as_a_job_starts_its_training_process_reaches_that_process(tmp_path,
                                                                            monkeypatch):
     """A stop in the moment after the training process starts, before its pid file names

@@ -7,7 +7,8 @@ passes, about half of its time on a CPU. The first complete run of a seed stores
 computed (dtype included), in <checkpoint folder>/teacher_logits/<key>.pt; a later run with
 the same key serves them instead, so it ends with bit-identical weights. The key covers what
 the logits depend on: the teacher's weights, the data, the seed, batch size, subset,
-augmentation, precision, and the kernels: device type, torch version and machine
+augmentation, precision, the models' code (models.py: a forward edited under the same
+weights), and the kernels: device type, torch version and machine
 (kd.device.machine_name; CPUs of one model name and bf16 units, e.g. "AMD EPYC" of two
 generations, share a key). Not the run's length: epoch e's batches are the
 same in a run of any length (the loader draws them from the seed and e), so a longer run is
@@ -26,6 +27,8 @@ from kd.device import machine_name
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
+# The teacher's forward: its weights' identity does not change when it is edited.
+MODELS_FILE = Path(__file__).resolve().parent.parent / "models.py"
 
 
 def cache_path(args, device):
@@ -33,6 +36,7 @@ def cache_path(args, device):
     # torch and the machine name the kernels, whose bits a served run must share: a torch
     # upgrade, or a cluster's checkpoint folder shared by two GPU models, stores apart.
     key = {"teacher": args.teacher_identity["sha256"], "data": args.data_identity["sha256"],
+           "models": hashlib.sha256(MODELS_FILE.read_bytes()).hexdigest(),
            "device": device.type, "torch": torch.__version__, "machine": machine_name(device),
            **{name: getattr(args, name) for name in KEY_SETTINGS}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

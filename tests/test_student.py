@@ -188,6 +188,23 @@ def test_logits_are_stored_apart_per_torch_version_and_machine(monkeypatch):
     assert cache_path(args, cpu) != first
 
 
+def test_logits_are_stored_apart_per_version_of_the_models_code(monkeypatch, tmp_path):
+    """An edit to the teacher's forward that keeps its weights' names and shapes (and so
+    its identity) was served the old forward's logits: the fingerprints check only the
+    inputs."""
+    args = SimpleNamespace(teacher_identity={"sha256": "t"}, data_identity={"sha256": "d"},
+                           out="runs/student.pt", seed=0, batch_size=128, train_subset=None,
+                           no_augment=False, dry_run=False, precision="bf16")
+    cpu = torch.device("cpu")
+    first = cache_path(args, cpu)
+    copy = tmp_path / "models.py"
+    copy.write_text(teacher_logits.MODELS_FILE.read_text())
+    monkeypatch.setattr(teacher_logits, "MODELS_FILE", copy)
+    assert cache_path(args, cpu) == first
+    copy.write_text(copy.read_text().replace("def forward(", "def forward(  ", 1))
+    assert cache_path(args, cpu) != first
+
+
 def test_a_batch_rearranged_within_its_images_has_another_fingerprint():
     """A flip keeps every image's pixel sum: a pipeline whose flips changed must still be
     caught serving stored logits."""

@@ -6,9 +6,10 @@ to deploy would: accuracy, parameters, MACs, CPU latency and throughput.
 
 Each model is rebuilt from its checkpoint alone and evaluated without augmentation, in eval
 mode, on the test set, the validation split and the training images its run trained on
-(`train_acc`: does it underfit?). An EMA run (train_ema.py) gives two rows: its student
-(weights `raw`) and its EMA model (weights `ema`: for mean-teacher, its teacher, named
-`<variant> teacher`). Writes, in --plots-dir:
+(`train_acc`: does it underfit?). A run that kept an EMA of its weights (every script by
+default) gives two rows: its model (weights `raw`) and its EMA (weights `ema`; for a
+mean-teacher run, train_ema.py, that is its teacher, named `<variant> teacher`). Writes,
+in --plots-dir:
   results.csv             one row per model, per-class test accuracies and the teacher a
                           student learned from included
   predictions.csv         per test image (rows, in the test set's order) and model (columns

@@ -15,7 +15,8 @@ BatchNorm statistics) on the student's own augmented batch, where Tarvainen and 
 it in training mode on a second, differently noised view: here the teacher's weights are
 all that differs between the variants compared. Student and teacher are evaluated every
 epoch.
-For the EMA of a run's own weights, every training script has --ema-decay.
+Here --ema-decay sets the teacher's decay; in the other scripts it sets the EMA kept of a
+run's own weights.
 """
 import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is one line)
 
@@ -38,7 +39,9 @@ def parse(argv=None):
         flag.add_to(parser, ["mean-teacher"])
     cli.add_common_args(parser, out="checkpoints/ema_<variant>_seed<seed>.pt", epochs=12,
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
-                        ema_decay=EMA_DECAY)
+                        ema_decay=EMA_DECAY,
+                        ema_help="the teacher, the EMA of the student's weights, evaluated and "
+                                 "saved beside it; 0: the teacher is the current student")
     args = parser.parse_args(argv)
     if args.no_ema and args.ema_decay == 0:
         raise cli.UserError("--no-ema (a frozen teacher) and --ema-decay 0 (the teacher is the "

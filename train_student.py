@@ -1,6 +1,7 @@
-"""Train the 2-conv StudentNet with one of the methods in methods.py: distilled from the
-teacher (kd+ce), from the teacher's soft targets alone (kd), alone on the labels (ce), or
-with decoupled KD (dkd) or DIST (dist).
+"""Train the 2-conv StudentNet with one of the methods in methods.py (--loss): distilled from
+the teacher (kd+ce), from the teacher's soft targets alone (kd), alone on the labels (ce);
+the logit methods dkd and dist; the feature methods fitnet, at, reviewkd and crd; with
+--mixup or --cutmix, function matching. --help lists each method's flags.
 
     python train_student.py --loss kd+ce     # -> checkpoints/student_kd+ce_seed0.pt
     python train_student.py --loss kd

@@ -24,7 +24,9 @@ class UserError(ValueError):
     """Bad input from the command line: reported in one line, never as a traceback."""
 
 
-def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule, ema_decay):
+def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule, ema_decay,
+                    ema_help="the EMA of the weights that is kept, evaluated and saved beside "
+                             "the model (see kd.ema.ModelEMA); 0: none"):
     """The flags every training script shares; the keyword arguments are its defaults."""
     add_data_device_args(parser)
     a = parser.add_argument
@@ -49,9 +51,8 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
     a("--clip-grad-norm", type=float, default=0.0, metavar="MAX",
       help="rescale each step's gradient (model and method together) to an L2 norm of at "
            "most MAX (torch.nn.utils.clip_grad_norm_); 0: no clipping (default: 0)")
-    a("--ema-decay", type=float, default=ema_decay, help="decay per step of the EMA of the "
-      "weights that is kept, evaluated and saved beside the model (see kd.ema.ModelEMA); 0: "
-      f"none (default: {ema_decay})")
+    a("--ema-decay", type=float, default=ema_decay,
+      help=f"decay per step of {ema_help} (default: {ema_decay})")
     a("--seed", type=int, default=0, help="seed for initial weights, data order and "
       "augmentation, 0 to 2**32 - 1 (default: 0)")
     a("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",

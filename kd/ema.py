@@ -3,7 +3,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 
 # The decay every training script keeps its EMA with by default, chosen on the validation
-# split (README, EMA).
+# split (docs/results.md, EMA).
 EMA_DECAY = 0.995
 
 

@@ -10,7 +10,7 @@ student's recipe: the choice on validation among the methods at the longest leng
 
     python experiments/length_study.py                    # the study: five seeds, two machines
     python experiments/length_study.py --beside experiments/xeon_runs.csv   # beside seeds 0-2
-    python experiments/length_study.py experiments/xeon_runs.csv \
+    python experiments/length_study.py experiments/xeon_runs.csv --figure /tmp/length.png \
         --beside experiments/h200_runs.csv experiments/zen1_runs.csv \
         experiments/xeon_part_runs.csv      # seeds 0-2 beside the three-machine version
     python experiments/length_study.py plots/results.csv --figure plots/length.png
@@ -141,9 +141,15 @@ def side_settings(runs):
     return set(lengths.index[lengths < most])
 
 
-def comparisons(results, epochs):
+def planned_runs(results):
+    """The student runs of the study's planned comparisons: side settings left out."""
     runs = student_runs(results)
-    runs = runs[(runs["epochs"] == epochs) & ~runs["method"].isin(side_settings(runs))]
+    return runs[~runs["method"].isin(side_settings(runs))]
+
+
+def comparisons(results, epochs):
+    runs = planned_runs(results)
+    runs = runs[runs["epochs"] == epochs]
     by_method = {method: rows for method, rows in runs.groupby("method") if len(rows) >= 2}
     pairs = method_pairs(list(by_method))
     # a second setting of a baseline ("kd (temperature=2.0)") is both a method against it
@@ -174,7 +180,7 @@ def gap_changes(results):
     seed, the difference at each longer length against the one at the shortest, paired by
     seed where both lengths have it on at least two seeds (one Holm family); None where
     no pair has. A gap that looks smaller at 96 epochs than at 12 is a finding only here."""
-    runs = student_runs(results)
+    runs = planned_runs(results)
     accuracy = runs.set_index(["method", "epochs", "seed"])["test_acc"]
     tests = []
     for method, baseline in method_pairs(sorted(runs["method"].unique())):
@@ -186,15 +192,16 @@ def gap_changes(results):
 def length_comparisons(results):
     """Each method at every longer length against its shortest, paired by seed, where both
     lengths have at least two seeds (one Holm family); None where none has."""
-    tests = [test for method, rows in student_runs(results).groupby("method")
+    tests = [test for method, rows in planned_runs(results).groupby("method")
              for test in against_shortest(f"{method} ", rows)]
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 
 def setting_comparisons(results):
     """Each side setting (side_settings) at its lengths against its method's other settings
-    and against the baselines (BASELINES), paired by seed where both have at least two
-    seeds: one Holm family; None where no method has a side setting."""
+    and against the baselines (BASELINES), and at its longer lengths against its shortest,
+    paired by seed where both have at least two seeds: one Holm family; None where no
+    method has a side setting."""
     runs = student_runs(results)
     side = side_settings(runs)
     tests = []
@@ -209,6 +216,8 @@ def setting_comparisons(results):
             tests += [(setting, f"{other} at {epochs} epochs",
                        compare_runs(by_method[setting], by_method[other], ["seed"]))
                       for other in others]
+    for setting, rows in runs[runs["method"].isin(side)].groupby("method"):
+        tests += against_shortest(f"{setting} ", rows)
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 

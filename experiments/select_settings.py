@@ -2,7 +2,7 @@
 (experiments/grids/select.toml): per method, each setting's validation accuracy at its last
 epoch (the mean over the seeds it has run), the best one, and the settings within --margin
 points of it, which a second seed decides (issue 26). Runs that stopped short of the
-sweep's length (diverged, or still running) are listed and never chosen. The test set is
+sweep's length (diverged, or still running) are listed and never counted. The test set is
 never read.
 
     python experiments/select_settings.py runs/select    # also writes runs/select/selection.csv
@@ -34,39 +34,62 @@ def decisions(runs, margin=MARGIN, across=False):
     """One row per method and setting of `runs` (kd.results.run_table's rows; EMA rows left
     out): seeds, mean validation accuracy, minutes per run and the decision: `chosen`,
     `within <d> of the best: decide on a second seed` (while either has one seed), `below`,
-    `only setting`, or `incomplete (epoch k of n)`. With `across`, one choice among all
-    the runs' recipes, whatever their method (the best student's recipe, issue 26): the
-    method is then "any" and the setting the whole recipe."""
+    `tied at the best: not decided`, `only setting`, or `incomplete (epoch k of n)`. Only
+    runs that reached the sweep's length (the epochs its runs were started for) count; a
+    setting's seeds still short of it are named in its decision. With `across`, one choice
+    among all the runs' recipes, whatever their method (the best student's recipe, issue
+    26): the method is then "any" and the setting the whole recipe."""
     runs = runs[~runs["variant"].map(is_second_model)]
-    budget = runs["epochs"].max()
+    # records from elsewhere (and evaluate.py's tables) have no planned length: their epochs
+    planned = runs["planned_epochs"] if "planned_epochs" in runs else runs["epochs"]
+    budget = int(planned.fillna(runs["epochs"]).max())
     parts = runs["variant"].map(label_settings)
     runs = runs.assign(method=parts.str[0],
                        setting=parts.map(lambda p: ", ".join(p[1]) or "default"))
     if across:
         runs = runs.assign(method="any", setting=runs["variant"])
-    table = runs.groupby(["method", "setting", "variant"], sort=False).agg(
-        seeds=("seed", "nunique"), val_acc=("val_acc", "mean"), epochs=("epochs", "min"),
-        minutes=("minutes", "median")).reset_index()
+    settings = []
+    for (method, setting, variant), group in runs.groupby(["method", "setting", "variant"],
+                                                          sort=False):
+        finished, short = group[group["epochs"] >= budget], group[group["epochs"] < budget]
+        shown = finished if len(finished) else short
+        waiting = short["seed"].nunique() if len(finished) else 0
+        settings.append({
+            "method": method, "setting": setting, "variant": variant,
+            "seeds": shown["seed"].nunique(), "val_acc": shown["val_acc"].mean(),
+            "epochs": shown["epochs"].min(), "minutes": shown["minutes"].median(),
+            "finished": len(finished) > 0,
+            "unfinished": (f" ({waiting} seed{'s' if waiting > 1 else ''} unfinished: epoch "
+                           f"{short['epochs'].min()} of {budget}, not counted)"
+                           if waiting else "")})
+    table = pd.DataFrame(settings)
     table["decision"] = ""
     for _, rows in table.groupby("method", sort=False):
-        complete = rows[rows["epochs"] == budget]
+        complete = rows[rows["finished"]]
         for i in rows.index.difference(complete.index):
             table.at[i, "decision"] = f"incomplete (epoch {table.at[i, 'epochs']} of {budget})"
         if complete.empty:
             continue
-        best = complete["val_acc"].idxmax()
         if len(rows) == 1:
-            table.at[best, "decision"] = "only setting"
+            table.at[complete.index[0], "decision"] = "only setting"
             continue
-        table.at[best, "decision"] = "chosen"
-        for i in complete.index.drop(best):
-            gap = complete.at[best, "val_acc"] - complete.at[i, "val_acc"]
+        top = complete["val_acc"].max()
+        # means of accuracies in steps of 0.02 points tie: exact up to float rounding
+        tied = complete.index[(top - complete["val_acc"]).abs() < 1e-9]
+        best = tied[0]
+        for i in complete.index.difference(tied):
+            gap = top - complete.at[i, "val_acc"]
             undecided = gap <= margin and min(complete.at[i, "seeds"],
-                                              complete.at[best, "seeds"]) < 2
+                                              complete.loc[tied, "seeds"].min()) < 2
             table.at[i, "decision"] = (f"within {gap:.2f} of the best: decide on a second seed"
                                        if undecided else "below")
-        if (table.loc[complete.index, "decision"].str.startswith("within")).any():
+        if len(tied) > 1:
+            table.loc[tied, "decision"] = "tied at the best: not decided"
+        elif (table.loc[complete.index, "decision"].str.startswith("within")).any():
             table.at[best, "decision"] = "best so far: decide on a second seed"
+        else:
+            table.at[best, "decision"] = "chosen"
+    table["decision"] += table["unfinished"]
     order = table["variant"].map(variant_rank)
     table = table.assign(rank=order).sort_values(["rank", "val_acc"], ascending=[True, False],
                                                  kind="stable")

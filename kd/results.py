@@ -177,6 +177,7 @@ def run_table(folders):
                 "run": Path(stem).name, "model": config["model"]["name"], "variant": variant,
                 "widths": " ".join(map(str, config["model"]["arch_args"]["widths"])),
                 "images": config["train_subset"] or TRAIN_SIZE, "epochs": int(last["epoch"]),
+                "planned_epochs": config.get("epochs"),  # what the run was started for
                 "batch": config["batch_size"], "lr": config["lr"], "wd": config["weight_decay"],
                 # T and alpha only where the run's loss uses them
                 "T": None if "temperature" in unused else config.get("temperature"),

@@ -215,7 +215,7 @@ def write_run(folder, name, loss, seed, test_acc, val_acc=50.0, tested_epoch=2, 
     config = {"run_id": name, "model": {"name": "student", "arch_args": {"widths": [32, 64]}},
               "loss": loss, "temperature": 4.0, "alpha": 0.9, "seed": seed,
               "train_subset": None, "batch_size": 256, "lr": 0.1, "weight_decay": 5e-4,
-              **recipe}
+              "epochs": 2, **recipe}
     (folder / f"{name}.config.json").write_text(json.dumps(config))
     pd.DataFrame([{"epoch": 1, "val_acc": val_acc - 5, "val_loss": 1.0, "epoch_seconds": 30,
                    "images_per_second": 100},

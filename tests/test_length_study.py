@@ -283,6 +283,25 @@ def test_a_side_setting_leaves_the_studys_own_comparisons_as_they_were():
     assert family.equals(without)
 
 
+def test_a_side_setting_at_two_lengths_leaves_the_families_across_lengths_as_they_were():
+    """A side setting run at two lengths (fewer than its method's three) entered "longer
+    against shorter" and "change of lead", re-weighing (Holm) the study's planned tests
+    there; its own longer against shorter belongs with its other side comparisons."""
+    frame = dkd_two_settings()
+    def runs_of(variant, epochs, shift):
+        rows = frame[frame["variant"] == variant]
+        return rows.assign(run=rows["run"] + f"_e{epochs}", epochs=epochs,
+                           variant=variant.replace("epochs=36", f"epochs={epochs}"),
+                           test_acc=rows["test_acc"] + shift + 0.2 * rows["seed"] ** 2)
+    study = pd.concat([frame, runs_of("dkd (dkd_warmup=1.0, epochs=36)", 96, 1.0),
+                       runs_of("kd (epochs=36)", 12, -2.0), runs_of("kd (epochs=36)", 96, 0.5)])
+    joined = pd.concat([study, runs_of("dkd (dkd_warmup=8.0, epochs=36)", 12, -1.5)])
+    assert length_comparisons(joined).equals(length_comparisons(study))
+    assert gap_changes(joined).equals(gap_changes(study))
+    assert "dkd (dkd_warmup=8.0) 36 epochs − 12 epochs" in set(
+        setting_comparisons(joined)["comparison"])
+
+
 def test_two_settings_of_one_method_at_every_length_are_compared_in_its_family():
     """DKD at two settings, both at 12 and 36 epochs: both are the study's methods, each
     against the baselines, and against each other (once) in each length's family."""

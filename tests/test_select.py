@@ -126,3 +126,54 @@ def test_the_printed_table_shows_accuracy_to_the_hundredth_and_minutes_to_the_te
     row = markdown(table, SHOWN).splitlines()[-1]
     assert [cell.strip() for cell in row.split("|")[1:-1]] == ["crd", "76.20", "5.7", "2", ""]
     assert markdown(table).splitlines()[-1].split("|")[3].strip() == "5.7"  # no spec given
+
+
+def stop_after_first_epoch(folder, name):
+    metrics = pd.read_csv(folder / f"{name}.metrics.csv")
+    metrics.iloc[:1].to_csv(folder / f"{name}.metrics.csv", index=False)
+
+
+def test_a_seed_still_running_is_not_counted_and_decides_nothing_yet(tmp_path):
+    """A setting's unfinished seed entered its mean (a half-trained run's accuracy), the
+    setting was called incomplete, and its rival was chosen meanwhile."""
+    write_run(tmp_path, "crd_w0.2_seed0", "crd", 0, None, val_acc=77.1, crd_weight=0.2)
+    write_run(tmp_path, "crd_w0.2_seed1", "crd", 1, None, val_acc=77.0, crd_weight=0.2)
+    stop_after_first_epoch(tmp_path, "crd_w0.2_seed1")
+    for seed, acc in enumerate([76.0, 76.2]):
+        write_run(tmp_path, f"crd_w0.8_seed{seed}", "crd", seed, None, val_acc=acc,
+                  crd_weight=0.8)
+    table = decisions(run_table([tmp_path])).set_index("setting")
+    assert dict(table["decision"]) == {
+        "crd_weight=0.2": "best so far: decide on a second seed (1 seed unfinished: epoch 1 "
+                          "of 2, not counted)",
+        "crd_weight=0.8": "within 1.00 of the best: decide on a second seed"}
+    assert table.at["crd_weight=0.2", "val_acc"] == 77.1
+    assert table.at["crd_weight=0.2", "seeds"] == 1
+
+
+def test_nothing_is_chosen_before_any_run_has_finished(tmp_path):
+    """The sweep's length was guessed as the longest any run had reached: a run at epoch 1
+    of 2 was chosen over runs that had not got that far."""
+    write_run(tmp_path, "at_w100", "at", 0, None, val_acc=70.0, at_weight=100.0)
+    write_run(tmp_path, "at_w1000", "at", 0, None, val_acc=72.0, at_weight=1000.0)
+    for name in ("at_w100", "at_w1000"):
+        stop_after_first_epoch(tmp_path, name)
+    table = decisions(run_table([tmp_path]))
+    assert set(table["decision"]) == {"incomplete (epoch 1 of 2)"}
+
+
+def test_a_tie_at_the_best_chooses_neither_whatever_the_order(tmp_path):
+    """Validation accuracy moves in steps of 0.02 points, so means tie: the first row was
+    chosen and the other called below, at a gap of 0.00."""
+    for seed in range(2):
+        for name, weight, acc in (("a", 10.0, 71.0 + seed), ("b", 100.0, 72.0 - seed)):
+            write_run(tmp_path, f"fitnet_{name}_seed{seed}", "fitnet", seed, None,
+                      val_acc=acc, fitnet_weight=weight)
+    write_run(tmp_path, "fitnet_c_seed0", "fitnet", 0, None, val_acc=60.0, fitnet_weight=1.0)
+    runs = run_table([tmp_path])
+    for order in (runs, runs.iloc[::-1]):
+        table = decisions(order).set_index("setting")
+        assert dict(table["decision"]) == {
+            "fitnet_weight=10.0": "tied at the best: not decided",
+            "fitnet_weight=100.0": "tied at the best: not decided",
+            "fitnet_weight=1.0": "below"}

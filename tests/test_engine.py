@@ -149,14 +149,108 @@ def test_extending_a_finished_run_starts_a_fresh_cycle(image_folder, tmp_path):
                                                                        0.2))
 
 
-def test_the_lr_column_is_the_lr_of_each_epochs_last_step(image_folder, tmp_path):
-    train(parse(image_folder, tmp_path, "--epochs", 3))
+@pytest.mark.parametrize("warmup", [0.2, 0.5])  # the default, and --warmup reaching the steps
+def test_the_lr_column_is_the_lr_of_each_epochs_last_step(image_folder, tmp_path, warmup):
+    train(parse(image_folder, tmp_path, "--epochs", 3, "--warmup", warmup))
     history = load_checkpoint(tmp_path / "student.pt")["history"]
     steps = 270 // 32  # per epoch
-    expected = [0.05 * lr_factor((e + 1) * steps - 1, steps, 0, 3, "onecycle", 0.2)
+    expected = [0.05 * lr_factor((e + 1) * steps - 1, steps, 0, 3, "onecycle", warmup)
                 for e in range(3)]
     assert [row["lr"] for row in history] == pytest.approx(expected)
     assert history[-1]["lr"] > 0  # not the LR after the last step, which is always 0
+
+
+class RecordingCE(methods.CE):
+    """Cross-entropy that keeps each step's images, positions and loss, per epoch."""
+
+    def __init__(self):
+        super().__init__({})
+        self.epochs = []
+
+    def set_epoch(self, epoch, steps_per_epoch):
+        super().set_epoch(epoch, steps_per_epoch)
+        self.epochs.append([])
+
+    def forward(self, student, images, labels, positions):
+        logits, parts = super().forward(student, images, labels, positions)
+        self.epochs[-1].append((images.detach().clone(), positions.clone(),
+                                parts["loss"].item()))
+        return logits, parts
+
+    def images_by_position(self, epoch):
+        return {int(p): image for images, positions, _ in self.epochs[epoch]
+                for p, image in zip(positions, images)}
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_each_epoch_draws_its_own_order_and_views_unless_no_augment(image_folder, tmp_path,
+                                                                     augment):
+    """Without the loader's set_epoch every epoch replayed epoch 0's order and crops, and
+    without --no-augment reaching the loader its runs were augmented all the same: no
+    test compared two epochs."""
+    method = RecordingCE()
+    train(parse(image_folder, tmp_path, "--epochs", 2, *([] if augment else ["--no-augment"])),
+          method)
+    orders = [torch.cat([positions for _, positions, _ in epoch]) for epoch in method.epochs]
+    assert not torch.equal(orders[0], orders[1])
+    first, second = method.images_by_position(0), method.images_by_position(1)
+    same = [torch.equal(first[p], second[p]) for p in first.keys() & second.keys()]
+    assert len(same) > 100
+    if augment:
+        assert sum(same) < len(same) / 2
+    else:
+        assert all(same)
+
+
+def test_the_training_columns_are_the_means_over_the_epochs_images(image_folder, tmp_path):
+    """The history's train_loss is the mean of the steps' losses (equal batches, drop_last):
+    dropping the per-batch weight made it a batch size smaller, unseen."""
+    method = RecordingCE()
+    train(parse(image_folder, tmp_path, "--epochs", 2), method)
+    history = load_checkpoint(tmp_path / "student.pt")["history"]
+    for row, epoch in zip(history, method.epochs, strict=True):
+        losses = [loss for _, _, loss in epoch]
+        assert row["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+
+
+def test_the_curves_figure_is_drawn_with_every_epoch_at_the_end(image_folder, tmp_path,
+                                                                 monkeypatch):
+    """A run faster than the redraw interval drew its figure after epoch 1 only: the last
+    epoch forces it."""
+    drawn = []
+    monkeypatch.setattr(engine.plotting, "plot_curves",
+                        lambda history, path, title: drawn.append(len(history)))
+    train(parse(image_folder, tmp_path, "--epochs", 3))
+    assert drawn[0] == 1 and drawn[-1] == 3  # epoch 2 as well on a machine slower than 30 s
+
+
+def test_a_non_finite_loss_on_a_step_not_read_stops_the_epoch():
+    """On a GPU the loss is read every sync_every steps; a NaN in between is caught by the
+    epoch's sum, naming the last step read."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), None)
+               for _ in range(6)]
+
+    class NaNValueAtStep2(methods.CE):  # a NaN loss value whose gradient is finite
+        steps = 0
+
+        def loss(self, student, teacher, labels, positions):
+            self.steps += 1
+            parts = super().loss(student, teacher, labels, positions)
+            if self.steps == 2:
+                parts["loss"] = parts["loss"] + torch.tensor(float("nan"))
+            return parts
+    model = build_model("student")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(FloatingPointError, match="non-finite loss after step 6"):
+        engine.train_one_epoch(model, batches, NaNValueAtStep2({}), optimizer, scheduler,
+                               torch.device("cpu"), sync_every=5)
+
+
+def test_clip_grad_norm_reaches_the_training_steps(image_folder, tmp_path):
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--clip-grad-norm", 1e-3))
+    assert load_checkpoint(tmp_path / "student.pt")["history"][0]["train_clipped"] == 1.0
 
 
 def test_interrupted_run_must_finish_before_it_is_extended(image_folder, tmp_path):
@@ -301,10 +395,41 @@ def test_a_finished_run_tested_again_records_the_epoch_its_weights_are_from(imag
     tests it when its test record is missing: the record names the checkpoint's epoch,
     which the tables match it by."""
     train(parse(image_folder, tmp_path, "--epochs", 2))
+    run_id = load_checkpoint(tmp_path / "student.pt")["config"]["run_id"]
     test_record = tmp_path / "student.test.json"
     test_record.unlink()
     train(parse(image_folder, tmp_path, "--resume", "--epochs", 1))
     assert json.loads(test_record.read_text())["epoch"] == 2
+    # under the run's own id, which the tables match its test record by
+    assert json.loads(test_record.read_text())["run_id"] == run_id
+    assert json.loads((tmp_path / "student.config.json").read_text())["run_id"] == run_id
+
+
+def test_a_checkpoint_from_before_runs_recorded_their_data_resumes_with_a_note(
+        image_folder, tmp_path, capsys):
+    """It cannot be checked: a plain --resume continues it, saying so; --restart-if-changed
+    (make, sweeps) counts it as changed and starts it over, recording its data."""
+    out = tmp_path / "student.pt"
+    train(parse(image_folder, tmp_path, "--epochs", 1))
+    old = load_checkpoint(out)
+    del old["config"]["data_identity"]
+    save_checkpoint(old, out)
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    assert "(it predates that); resuming unchecked" in capsys.readouterr().out
+    resumed = load_checkpoint(out)
+    assert resumed["epoch"] == 2 and len(resumed["history"]) == 2
+    save_checkpoint(old, out)
+    train(parse(image_folder, tmp_path, "--resume", "--restart-if-changed", "--epochs", 2))
+    again = load_checkpoint(out)
+    assert "data_identity" in again["config"] and again["config"]["run_id"] != \
+        old["config"]["run_id"]
+
+
+def test_a_finished_run_already_tested_is_not_tested_again(image_folder, tmp_path,
+                                                           monkeypatch):
+    train(parse(image_folder, tmp_path, "--epochs", 1))
+    monkeypatch.setattr(engine, "test_and_record", lambda *_, **__: pytest.fail("tested"))
+    train(parse(image_folder, tmp_path, "--resume", "--restart-if-changed", "--epochs", 1))
 
 
 def test_a_resumed_optimizer_steps_with_the_kernels_its_device_chose():

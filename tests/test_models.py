@@ -97,6 +97,14 @@ def test_models_normalise_inside():
     model = StudentNet().eval()
     assert torch.allclose(model.mean.flatten(), torch.tensor([0.4914, 0.4822, 0.4465]))
     assert {"mean", "std"} <= set(model.state_dict())
+    # the forward uses them: the network on images normalised by hand, mean 0 and std 1
+    images = torch.rand(4, 3, 32, 32)
+    by_hand = (images - model.mean) / model.std
+    with torch.no_grad():
+        normalised = model(images)
+        model.mean.zero_()
+        model.std.fill_(1.0)
+        assert torch.allclose(model(by_hand), normalised, atol=1e-5)
 
 
 def test_load_model_rebuilds_from_the_file_alone(tmp_path):

@@ -124,6 +124,18 @@ def test_a_drawing_imports_nothing_mid_run(tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
+def test_a_resumed_run_stopped_in_its_first_new_epoch_names_its_checkpoint(image_folder,
+                                                                          tmp_path):
+    """The checkpoint it resumed is whole: the stop's line said none had been written."""
+    out = tmp_path / "teacher.pt"
+    flags = ["--data-root", image_folder, "--out", out, "--plots-dir", tmp_path,
+             "--batch-size", "8", "--train-subset", "16"]
+    run_script("train_teacher.py", *flags, "--epochs", "1")
+    proc = interrupted_run("train_teacher.py", [*flags, "--resume", "--epochs", "200"], step=1)
+    assert f"{out} holds the last complete epoch" in proc.stderr.splitlines()[-1]
+    assert load_checkpoint(out)["epoch"] == 1
+
+
 def test_interrupt_before_any_checkpoint_says_none_was_written(tmp_path):
     write_image_folder(tmp_path / "root", n_train=2, n_test=1)  # a new root: decoded afresh
     proc = interrupted_run("train_teacher.py", ["--data-root", tmp_path / "root", "--out",

@@ -234,11 +234,16 @@ def test_the_report_says_whose_teacher_each_variants_students_learned_from(tmp_p
     rows.loc[kdce, "teacher_sha256"] = [f"{seed}" * 12 for seed in rows.loc[kdce, "seed"]]
     kd = rows[kdce].assign(variant="kd", teacher_seed=0, teacher_sha256="0" * 12,
                            checkpoint=rows[kdce]["checkpoint"].str.replace("kd+ce", "kd"))
-    pd.concat([rows, kd]).to_csv(tmp_path / "results.csv", index=False)
+    shifted = (rows.loc[kdce, "seed"] + 1) % 3  # each from another seed's teacher
+    dkd = rows[kdce].assign(variant="dkd", teacher_seed=shifted.values,
+                            teacher_sha256=[f"{seed}" * 12 for seed in shifted],
+                            checkpoint=rows[kdce]["checkpoint"].str.replace("kd+ce", "dkd"))
+    pd.concat([rows, kd, dkd]).to_csv(tmp_path / "results.csv", index=False)
     subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
     report = (tmp_path / "report.md").read_text()
     assert ("Teachers: kd+ce: each run its own seed's teacher, ± over teacher and student "
-            "seeds; kd: one teacher (seed 0), ± over student seeds only.") in report
+            "seeds; kd: one teacher (seed 0), ± over student seeds only; dkd: 3 teachers, not "
+            "paired by seed, ± over both.") in report
     # ce has no teacher: it still pairs with kd+ce by seed
     assert "3 pairs by seed" in report_line(report, "| kd+ce − ce")
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import methods
 from conftest import run_in_process
@@ -147,6 +148,21 @@ def test_extending_a_finished_run_starts_a_fresh_cycle(image_folder, tmp_path):
     # the new cycle ended too: its last step ran at the cycle's last, smallest LR
     assert ckpt["history"][1]["lr"] == pytest.approx(0.05 * lr_factor(15, 8, 1, 2, "onecycle",
                                                                        0.2))
+
+
+def test_an_extended_runs_first_step_takes_its_new_cycles_lr(image_folder, tmp_path):
+    """The scheduler restored holds the old cycle's last LR (0 at its end): the first step
+    of the extension must already run at the new cycle's."""
+    train(parse(image_folder, tmp_path, "--epochs", 1))
+    lrs = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: lrs.append(optimizer.param_groups[0]["lr"]))
+    try:
+        train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    finally:
+        handle.remove()
+    steps = 270 // 32
+    assert lrs[0] == pytest.approx(0.05 * lr_factor(steps, steps, 1, 2, "onecycle", 0.2))
 
 
 @pytest.mark.parametrize("warmup", [0.2, 0.5])  # the default, and --warmup reaching the steps

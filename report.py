@@ -164,24 +164,32 @@ def verdict(a, b, result):
 
 def compare_runs(a, b, key, predictions=None):
     """Compare the runs `a` and `b` (results rows): paired on `key` (the columns that make two
-    runs share initialisation and batches) where at least two runs of each match there and
-    no side has a key twice, else Welch's over all of them (its label says which); one run a
-    side: McNemar's test on `predictions`."""
+    runs share initialisation and batches) where at least two keys match, else Welch's over
+    all of them (its label says which); one run a side: McNemar's test on `predictions`.
+    Runs of one key on one side (a seed run on two machines) are not independent replicates:
+    they are averaged into one value, for the pairs and for Welch's test alike."""
     a, b = a.dropna(subset=["test_acc"]), b.dropna(subset=["test_acc"])
-    a_keyed, b_keyed = a.dropna(subset=key), b.dropna(subset=key)
-    unique = not (a_keyed.duplicated(key).any() or b_keyed.duplicated(key).any())
-    both = a_keyed.merge(b_keyed, on=key) if unique else a[:0]
+    keyed = [runs.dropna(subset=key) for runs in (a, b)]
+    twice = any(runs.duplicated(key).any() for runs in keyed)
+    per_key = [runs.groupby(key, as_index=False)["test_acc"].mean() for runs in keyed]
+    both = per_key[0].merge(per_key[1], on=key)
+    averaged = f"runs of one {' and '.join(key)} averaged" if twice else ""
     if len(both) >= 2:
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
         result["tost"] = equivalence(x, y)
+        notes = [f"of {len(a)} and {len(b)} runs"] if len(both) < max(len(a), len(b)) else []
+        notes += [averaged] if averaged else []
         result["runs"] = f"{len(both)} pairs by {' and '.join(key)}" + (
-            f" (of {len(a)} and {len(b)} runs)" if len(both) < max(len(a), len(b)) else "")
+            f" ({'; '.join(notes)})" if notes else "")
         return result
-    result = compare(a["test_acc"], b["test_acc"])
-    why = "" if unique else f": a {' and '.join(key)} twice on one side"  # pairs ambiguous
+    # one value per key, and every run without one
+    values = [pd.concat([means["test_acc"], runs.loc[runs[key].isna().any(axis=1), "test_acc"]])
+              for means, runs in zip(per_key, (a, b))]
+    result = compare(*values)
     result["runs"] = f"{len(a)} and {len(b)}, unpaired" + (
-        f" (Welch{why})" if min(len(a), len(b)) >= 2 else "")
+        f" (Welch{'; ' + averaged if averaged else ''})"
+        if min(len(v) for v in values) >= 2 else "")
     columns = [prediction_column(run["checkpoint"], run.get("weights", "raw"))
                for run in (a.iloc[0], b.iloc[0])] \
         if predictions is not None and len(a) == len(b) == 1 else []
@@ -393,7 +401,8 @@ def rules(results, predictions):
         "Each comparison gives the difference in points with its 95% t-interval "
         "(unadjusted), paired on the per-seed differences where both variants have runs of "
         "the same seed (those share initialisation and batch order; the `runs` column says "
-        "how many pairs), Welch's otherwise. Students pair by seed whatever teacher they "
+        "how many pairs; a seed's runs on one side, from two machines say, are averaged "
+        "into one value), Welch's otherwise. Students pair by seed whatever teacher they "
         "distil from; the students' `Teachers:` line says whether a variant's ± is over "
         "student seeds only (one teacher) or over teacher and student seeds (each its own "
         "seed's teacher); a mean-teacher run's teacher is its own EMA: one seed covers both. "

@@ -72,10 +72,16 @@ def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict(
     assert welch["runs"] == "3 and 3, unpaired (Welch)"
     verdict = family_table([("ema", "raw", welch)], ["comparison", "difference"]).at[0, "verdict"]
     assert verdict.startswith("unresolved: 95% CI [-")
-    # A seed run twice on one side (two machines' runs, say): no pairing, and the label says why
+    # A seed run twice on one side (two machines' runs, say) shares its initialisation and
+    # batches: not two replicates (Welch's test counted them so), but one, their mean
     twice = compare_runs(pd.concat([high, high.iloc[:1].assign(test_acc=HIGH[2] + 0.1)]),
                          low.iloc[:3], ["seed"])
-    assert twice["runs"] == "4 and 3, unpaired (Welch: a seed twice on one side)"
+    assert twice["runs"] == "3 pairs by seed (of 4 and 3 runs; runs of one seed averaged)"
+    assert twice["diff"] == pytest.approx(0.3 + 0.05 / 3)
+    unpaired = compare_runs(pd.concat([high, high.iloc[:1]]).assign(seed=[5, 6, 7, 5]),
+                            low.iloc[:3], ["seed"])
+    assert unpaired["runs"] == "4 and 3, unpaired (Welch; runs of one seed averaged)"
+    assert unpaired["diff"] == welch["diff"]
     unseeded = compare_runs(high.assign(seed=float("nan")), low.iloc[:3], ["seed"])
     assert unseeded["runs"] == "3 and 3, unpaired (Welch)"  # no seed recorded: none twice
 

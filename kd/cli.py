@@ -61,7 +61,9 @@ def add_common_args(parser, *, out, epochs, batch_size, lr, optimizer, schedule,
       "graphs on a GPU) or max-autotune (off by default; docs/performance.md and docs/gpu.md "
       "say what each gains)")
     a("--train-subset", type=int, default=None, metavar="N",
-      help=f"train on the first N training images only (default: all {TRAIN_SIZE:,})")
+      help=f"train on the first N training images only, in the fixed shuffled order the "
+      f"validation split is drawn from: a random draw, not class-balanced (default: all "
+      f"{TRAIN_SIZE:,})")
     a("--out", default=out, help=f"checkpoint path; run records are written beside it "
       f"(default: {out})")
     a("--resume", action="store_true", help="continue the run in --out from its last epoch, "

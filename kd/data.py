@@ -54,7 +54,8 @@ def load_cifar10(root, cache_dir=CACHE_DIR):
             cached = torch.load(cache, weights_only=True)
             if cached.get("fingerprint") == fingerprint:
                 data = cached["data"]
-                data.setdefault("identity", data_identity(data, layout))  # an older cache
+                if "identity" not in data:  # an older cache
+                    data["identity"] = data_identity(data, layout)
                 return data
         except Exception:  # a stale or truncated cache is rebuilt, never trusted
             pass

@@ -63,8 +63,11 @@ def test_cache_is_reused_and_kept_out_of_the_data_root(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the cache")
     monkeypatch.setattr(data, "_decode_image_folder", no_decoding)
+    # nor hashed again: the cache holds the identity (the full set's hash cost twice the load)
+    monkeypatch.setattr(data, "data_identity", no_decoding)
     second = load_cifar10(root, cache_dir=tmp_path / "cache")
     assert torch.equal(first["train_images"], second["train_images"])
+    assert second["identity"] == first["identity"]
 
 
 def test_an_image_rewritten_in_place_is_decoded_again(tmp_path):

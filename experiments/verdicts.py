@@ -79,6 +79,9 @@ FP32_AGAIN = Path(__file__).with_name("fp32_again.csv")
 # FP32_AGAIN, the per-seed values of the teacher's EMA.
 TEACHERS_AGAIN = [Path(__file__).with_name(f"teachers12_{precision}.csv")
                   for precision in ("bf16", "fp32")]
+# docs/performance.md, "Timed again": evaluate.py's results.csv of one seed of `make all`,
+# timed on a fresh clone of commit 73dfb69 on a Zen 5 (its runs' minutes are README's).
+MAKE_ALL = Path(__file__).with_name("make_all_73dfb69.csv")
 # the EMA models of the bf16 − fp32 family, from rows where both precisions have them
 EMA_MODELS = (*EMA_SUMMARY, *EMA_TEACHERS)
 
@@ -241,6 +244,17 @@ def again_tables(name, runs, again, ema_models):
             (f"{name} again: EMA weights (%)", summary)]
 
 
+def pipeline_table(runs, pipeline):
+    """(title, table): whether the timed `make all` gave each run's recorded test accuracy,
+    with its minutes of training."""
+    raw = pipeline[pipeline["weights"] == "raw"]
+    same = as_recorded(raw, runs).drop(columns=["precision", "seeds"])
+    same["minutes"] = same["variant"].map(
+        raw.groupby("variant")["train_minutes"].first().round(1))
+    return [("make all, seed 0, bf16, timed at commit 73dfb69: each run's test accuracy",
+             same)]
+
+
 def method_tables(runs):
     """(title, table) per evaluation in METHOD_RUNS: each variant's test accuracy (mean ± std
     and per seed), validation and clean training accuracy and median minutes per run, then
@@ -291,6 +305,7 @@ def main():
                          + again_tables("Teachers of seeds 0-2", runs, all_teachers,
                                         ["teacher EMA"])
                          + five_seed_tables(runs, seeds_34) + rerun_tables(runs, rerun)
+                         + pipeline_table(runs, read_results(MAKE_ALL, columns))
                          + method_tables(method_runs)):
         print(f"## {title}\n\n{markdown(table)}\n")
 

@@ -23,10 +23,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # the stages' prerequisite: .venv, set up, unless PY names another interpreter. make splits
-# words at spaces, so paths are compared with their spaces as '?' (a clone in "my projects/")
+# words at spaces and filter reads '%' as a wildcard, so paths are compared with both as '?'
+# (a clone in "my projects/" or "50%/")
 space := $(subst ,, )
-absolute = $(abspath $(if $(filter /%,$(1)),$(1),$(subst $(space),?,$(CURDIR))/$(1)))
-SETUP = $(if $(filter $(call absolute,$(VENV))/bin/%,$(call absolute,$(subst $(space),?,$(PY)))),\
+plain = $(subst %,?,$(subst $(space),?,$(1)))
+absolute = $(abspath $(if $(filter /%,$(1)),$(1),$(call plain,$(CURDIR))/$(1)))
+SETUP = $(if $(filter $(call absolute,$(VENV))/bin/%,$(call absolute,$(call plain,$(PY)))),\
           $(VENV)/installed)
 SEEDS ?= 0
 LOSSES := kd+ce kd ce

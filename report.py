@@ -187,6 +187,9 @@ def compare_runs(a, b, key, predictions=None):
     values = [pd.concat([means["test_acc"], runs.loc[runs[key].isna().any(axis=1), "test_acc"]])
               for means, runs in zip(per_key, (a, b))]
     result = compare(*values)
+    if averaged and min(len(v) for v in values) < 2:  # no McNemar either: runs were averaged
+        result["no_test"] = (f"{len(values[0])} and {len(values[1])} seeds ({averaged}), "
+                             f"fewer than 2 on one side")
     result["runs"] = f"{len(a)} and {len(b)}, unpaired" + (
         f" (Welch{'; ' + averaged if averaged else ''})"
         if min(len(v) for v in values) >= 2 else "")

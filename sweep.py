@@ -411,7 +411,7 @@ class TrainingCommand:
             # (stop_jobs), as may submitit's time-limit signal: each waits until the process
             # can be passed a Ctrl-C
             with interrupts_deferred((*STOP_SIGNALS, time_limit_signal())):
-                process = subprocess.Popen(command, cwd=ROOT, env=env)
+                process = subprocess.Popen(ignoring_time_limit(command), cwd=ROOT, env=env)
                 self.pid_file.write_text(str(process.pid))
             code = process.wait()
         except BaseException as stop:  # cancelled (Ctrl-C), or submitit's signal at the
@@ -436,6 +436,20 @@ class TrainingCommand:
         submitit gives up after the executor's max_num_timeout time limits."""
         return submitit.helpers.DelayedSubmission(
             TrainingCommand(self.command, self.pid_file, self.threads))
+
+
+# Execs the command with one signal ignored, a disposition that survives exec (a handler
+# would not); a Popen preexec_fn would run Python between fork and exec, unsafe with threads.
+IGNORE_THEN_EXEC = ("import os, signal, sys; signal.signal(int(sys.argv[1]), signal.SIG_IGN); "
+                    "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def ignoring_time_limit(command):
+    """`command` started with the time-limit signal ignored. SLURM sends it (submitit's
+    --signal=USR2@90) to every process of the job step, the training process too, whose
+    default action for it is to die mid-epoch, maybe between its checkpoint and records;
+    the job stops it with a Ctrl-C instead (above), which it saves and exits on."""
+    return [sys.executable, "-c", IGNORE_THEN_EXEC, str(int(time_limit_signal())), *command]
 
 
 def time_limit_signal():

@@ -35,22 +35,25 @@ def decisions(runs, margin=MARGIN, across=False):
     out): seeds, mean validation accuracy, minutes per run and the decision: `chosen`,
     `within <d> of the best: decide on a second seed` (while either has one seed), `below`,
     `tied at the best: not decided`, `only setting`, or `incomplete (epoch k of n)`. Only
-    runs that reached the sweep's length (the epochs its runs were started for) count; a
-    setting's seeds still short of it are named in its decision. With `across`, one choice
-    among all the runs' recipes, whatever their method (the best student's recipe, issue
-    26): the method is then "any" and the setting the whole recipe."""
+    runs that reached their method's length (the most epochs any of its runs was started
+    for) count; a setting's seeds still short of it are named in its decision. With
+    `across`, one choice among all the runs' recipes, whatever their method (the best
+    student's recipe, issue 26): the method is then "any" and the setting the whole
+    recipe."""
     runs = runs[~runs["variant"].map(is_second_model)]
     # records from elsewhere (and evaluate.py's tables) have no planned length: their epochs
     planned = runs["planned_epochs"] if "planned_epochs" in runs else runs["epochs"]
-    budget = int(planned.fillna(runs["epochs"]).max())
     parts = runs["variant"].map(label_settings)
-    runs = runs.assign(method=parts.str[0],
+    runs = runs.assign(method=parts.str[0], planned=planned.fillna(runs["epochs"]),
                        setting=parts.map(lambda p: ", ".join(p[1]) or "default"))
     if across:
         runs = runs.assign(method="any", setting=runs["variant"])
+    # a method's length: one of its runs started longer holds back that method alone
+    budgets = runs.groupby("method")["planned"].max().astype(int)
     settings = []
     for (method, setting, variant), group in runs.groupby(["method", "setting", "variant"],
                                                           sort=False):
+        budget = budgets[method]
         finished, short = group[group["epochs"] >= budget], group[group["epochs"] < budget]
         shown = finished if len(finished) else short
         waiting = short["seed"].nunique() if len(finished) else 0
@@ -67,7 +70,8 @@ def decisions(runs, margin=MARGIN, across=False):
     for _, rows in table.groupby("method", sort=False):
         complete = rows[rows["finished"]]
         for i in rows.index.difference(complete.index):
-            table.at[i, "decision"] = f"incomplete (epoch {table.at[i, 'epochs']} of {budget})"
+            table.at[i, "decision"] = (f"incomplete (epoch {table.at[i, 'epochs']} of "
+                                       f"{budgets[table.at[i, 'method']]})")
         if complete.empty:
             continue
         if len(rows) == 1:

@@ -1,6 +1,8 @@
 """The Makefile pipeline: stages in order, and the quick variant kept apart from the real one."""
 import subprocess
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -95,10 +97,12 @@ def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
     assert "-m venv .venv" in spelled  # the venv's interpreter, however it is written
 
 
-def test_a_clone_in_a_folder_with_a_space_keeps_the_given_interpreter(tmp_path):
+@pytest.mark.parametrize("folder", ["my clone", "50% done"])
+def test_a_clone_in_a_folder_with_a_space_keeps_the_given_interpreter(tmp_path, folder):
     """make split the clone's absolute path at the space, so "/tmp/my" matched itself and
-    PY=python3 got a venv made and pip upgraded and requirements installed into python3."""
-    clone = tmp_path / "my clone"
+    PY=python3 got a venv made and pip upgraded and requirements installed into python3; a
+    '%' in the path was filter's wildcard, and the default got no venv."""
+    clone = tmp_path / folder
     clone.mkdir()
     for name in ("Makefile", "requirements.txt", "constraints.txt"):
         (clone / name).write_text((ROOT / name).read_text())
@@ -115,13 +119,14 @@ def test_every_requirement_is_pinned_within_its_bound():
     """make's .venv installs requirements.txt under constraints.txt: a requirement without a
     pin there would install whatever is newest, and a pin outside its bound fails the install."""
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     def entries(name):
         lines = (line.split("#")[0].strip() for line in (ROOT / name).read_text().splitlines())
         return [Requirement(line) for line in lines if line]
-    pins = {r.name.lower(): r.specifier for r in entries("constraints.txt")}
+    pins = {canonicalize_name(r.name): r.specifier for r in entries("constraints.txt")}
     assert all(str(spec).startswith("==") for spec in pins.values()), pins
     for requirement in entries("requirements.txt"):
-        pin = pins.get(requirement.name.lower())
+        pin = pins.get(canonicalize_name(requirement.name))
         assert pin is not None, f"{requirement.name} is not in constraints.txt"
         assert requirement.specifier.contains(str(pin).removeprefix("=="))

@@ -82,6 +82,12 @@ def test_runs_pair_by_seed_whatever_their_order_and_pairing_decides_the_verdict(
                             low.iloc[:3], ["seed"])
     assert unpaired["runs"] == "4 and 3, unpaired (Welch; runs of one seed averaged)"
     assert unpaired["diff"] == welch["diff"]
+    # averaged to one seed a side: no test, in words that count seeds, not runs
+    one = compare_runs(pd.concat([high.iloc[:1], high.iloc[:1]]), low.iloc[:1].assign(seed=9),
+                       ["seed"])
+    verdict = family_table([("a", "b", one)], ["comparison", "difference"]).at[0, "verdict"]
+    assert verdict == ("no test: 1 and 1 seeds (runs of one seed averaged), fewer than 2 on "
+                       "one side")
     unseeded = compare_runs(high.assign(seed=float("nan")), low.iloc[:3], ["seed"])
     assert unseeded["runs"] == "3 and 3, unpaired (Welch)"  # no seed recorded: none twice
 

@@ -177,3 +177,17 @@ def test_a_tie_at_the_best_chooses_neither_whatever_the_order(tmp_path):
             "fitnet_weight=10.0": "tied at the best: not decided",
             "fitnet_weight=100.0": "tied at the best: not decided",
             "fitnet_weight=1.0": "below"}
+
+
+def test_a_run_started_longer_holds_back_its_own_method_only(tmp_path):
+    """The length was the folder's longest: one run extended to 4 epochs made every method's
+    settings incomplete."""
+    write_run(tmp_path, "kd_T2", "kd", 0, None, val_acc=73.0, temperature=2.0)
+    write_run(tmp_path, "kd_T4", "kd", 0, None, val_acc=76.0, temperature=4.0)
+    write_run(tmp_path, "at_w100", "at", 0, None, val_acc=70.0, at_weight=100.0, epochs=4)
+    write_run(tmp_path, "at_w1000", "at", 0, None, val_acc=72.0, at_weight=1000.0)
+    table = decisions(run_table([tmp_path])).set_index("setting")
+    assert dict(table["decision"]) == {
+        "temperature=4.0": "chosen", "temperature=2.0": "below",
+        "at_weight=100.0, epochs=4": "incomplete (epoch 2 of 4)",
+        "at_weight=1000.0, epochs=2": "incomplete (epoch 2 of 4)"}

@@ -711,6 +711,9 @@ def test_a_job_at_its_time_limit_stops_its_training_process(tmp_path):
         deadline = time.monotonic() + 60
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        # SLURM signals every process of the job step: the training process too, which died
+        # of it (its default action) before the job's Ctrl-C could reach it
+        os.kill(int((tmp_path / "run.pid").read_text()), signal.SIGUSR2)
         os.kill(os.getpid(), signal.SIGUSR2)
     previous = signal.signal(signal.SIGUSR2, limit)
     timer = threading.Thread(target=at_the_limit, daemon=True)
@@ -763,8 +766,9 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes(tmp_path):
              f"signal.signal(signal.SIGINT, lambda *_: sys.exit(130))\n"
              f"saved.touch()\ntime.sleep(60)\n")
     executor = sweep_module.submitit.LocalExecutor(folder=tmp_path / "logs")
-    # the time-limit signal 3 s into a 6 s limit
-    executor.update_parameters(timeout_min=0.1, signal_delay_s=3)
+    # the time-limit signal 12 s into a 30 s limit: after the job's start-up (it imports
+    # torch) has put submitit's handler in place, on a loaded machine too
+    executor.update_parameters(timeout_min=0.5, signal_delay_s=18)
     job = executor.submit(sweep_module.TrainingCommand([sys.executable, "-c", child],
                                                        tmp_path / "run.pid"))
     job.result()  # raised UncompletedJobError: timed out, not requeued

@@ -181,12 +181,18 @@ def gap_changes(results):
     seed where both lengths have it on at least two seeds (one Holm family); None where
     no pair has. A gap that looks smaller at 96 epochs than at 12 is a finding only here."""
     runs = planned_runs(results)
+    tests = lead_changes(runs, method_pairs(sorted(runs["method"].unique())))
+    return family_table(tests, ("comparison", "difference (points)")) if tests else None
+
+
+def lead_changes(runs, pairs):
+    """gap_changes' tests of (method, baseline) `pairs` among `runs`."""
     accuracy = runs.set_index(["method", "epochs", "seed"])["test_acc"]
     tests = []
-    for method, baseline in method_pairs(sorted(runs["method"].unique())):
+    for method, baseline in pairs:
         gaps = (accuracy[method] - accuracy[baseline]).dropna().reset_index()
         tests += against_shortest(f"{method} − {baseline}: ", gaps)
-    return family_table(tests, ("comparison", "difference (points)")) if tests else None
+    return tests
 
 
 def length_comparisons(results):
@@ -199,9 +205,10 @@ def length_comparisons(results):
 
 def setting_comparisons(results):
     """Each side setting (side_settings) at its lengths against its method's other settings
-    and against the baselines (BASELINES), and at its longer lengths against its shortest,
-    paired by seed where both have at least two seeds: one Holm family; None where no
-    method has a side setting."""
+    and against the baselines (BASELINES), at its longer lengths against its shortest, and
+    its lead over each baseline there against its lead at its shortest, paired by seed
+    where both have at least two seeds: one Holm family; None where no method has a side
+    setting."""
     runs = student_runs(results)
     side = side_settings(runs)
     tests = []
@@ -218,6 +225,9 @@ def setting_comparisons(results):
                       for other in others]
     for setting, rows in runs[runs["method"].isin(side)].groupby("method"):
         tests += against_shortest(f"{setting} ", rows)
+    methods = set(runs["method"])
+    tests += lead_changes(runs, [(setting, baseline) for setting in sorted(side)
+                                 for baseline in BASELINES if baseline in methods])
     return family_table(tests, ("comparison", "difference (points)")) if tests else None
 
 

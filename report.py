@@ -173,26 +173,27 @@ def compare_runs(a, b, key, predictions=None):
     twice = any(runs.duplicated(key).any() for runs in keyed)
     per_key = [runs.groupby(key, as_index=False)["test_acc"].mean() for runs in keyed]
     both = per_key[0].merge(per_key[1], on=key)
-    averaged = f"runs of one {' and '.join(key)} averaged" if twice else ""
+    by = " and ".join(key)
+    averaged = f"runs of one {by} averaged" if twice else ""
     if len(both) >= 2:
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
         result["tost"] = equivalence(x, y)
         notes = [f"of {len(a)} and {len(b)} runs"] if len(both) < max(len(a), len(b)) else []
         notes += [averaged] if averaged else []
-        result["runs"] = f"{len(both)} pairs by {' and '.join(key)}" + (
+        result["runs"] = f"{len(both)} pairs by {by}" + (
             f" ({'; '.join(notes)})" if notes else "")
         return result
     # one value per key, and every run without one
     values = [pd.concat([means["test_acc"], runs.loc[runs[key].isna().any(axis=1), "test_acc"]])
               for means, runs in zip(per_key, (a, b))]
     result = compare(*values)
-    if averaged and min(len(v) for v in values) < 2:  # no McNemar either: runs were averaged
+    fewest = min(map(len, values))
+    if averaged and fewest < 2:  # no McNemar either: runs were averaged
         result["no_test"] = (f"{len(values[0])} and {len(values[1])} seeds ({averaged}), "
                              f"fewer than 2 on one side")
     result["runs"] = f"{len(a)} and {len(b)}, unpaired" + (
-        f" (Welch{'; ' + averaged if averaged else ''})"
-        if min(len(v) for v in values) >= 2 else "")
+        f" (Welch{'; ' + averaged if averaged else ''})" if fewest >= 2 else "")
     columns = [prediction_column(run["checkpoint"], run.get("weights", "raw"))
                for run in (a.iloc[0], b.iloc[0])] \
         if predictions is not None and len(a) == len(b) == 1 else []

@@ -18,6 +18,11 @@ def rows_by_setting(table, method):
     return dict(zip(rows["setting"], rows["decision"]))
 
 
+def stop_after_first_epoch(folder, name):
+    metrics = pd.read_csv(folder / f"{name}.metrics.csv")
+    metrics.iloc[:1].to_csv(folder / f"{name}.metrics.csv", index=False)
+
+
 def test_the_best_setting_is_chosen_and_a_close_one_left_to_a_second_seed(tmp_path):
     # write_run's runs are 2 epochs long; val_acc is the last epoch's
     write_run(tmp_path, "fitnet_w10", "fitnet", 0, None, val_acc=70.0, fitnet_weight=10.0)
@@ -28,8 +33,7 @@ def test_the_best_setting_is_chosen_and_a_close_one_left_to_a_second_seed(tmp_pa
     write_run(tmp_path, "kd", "kd", 0, None, val_acc=73.0)
     # DKD at beta 8 stopped after epoch 1 (diverged): its records end there
     write_run(tmp_path, "dkd_b8", "dkd", 0, None, val_acc=75.0, dkd_beta=8.0)
-    metrics = pd.read_csv(tmp_path / "dkd_b8.metrics.csv")
-    metrics.iloc[:1].to_csv(tmp_path / "dkd_b8.metrics.csv", index=False)
+    stop_after_first_epoch(tmp_path, "dkd_b8")
     write_run(tmp_path, "dkd_b8_clip", "dkd", 0, None, val_acc=71.0, dkd_beta=8.0,
               clip_grad_norm=5.0)
     proc = subprocess.run([sys.executable, "experiments/select_settings.py", tmp_path],
@@ -126,11 +130,6 @@ def test_the_printed_table_shows_accuracy_to_the_hundredth_and_minutes_to_the_te
     row = markdown(table, SHOWN).splitlines()[-1]
     assert [cell.strip() for cell in row.split("|")[1:-1]] == ["crd", "76.20", "5.7", "2", ""]
     assert markdown(table).splitlines()[-1].split("|")[3].strip() == "5.7"  # no spec given
-
-
-def stop_after_first_epoch(folder, name):
-    metrics = pd.read_csv(folder / f"{name}.metrics.csv")
-    metrics.iloc[:1].to_csv(folder / f"{name}.metrics.csv", index=False)
 
 
 def test_a_seed_still_running_is_not_counted_and_decides_nothing_yet(tmp_path):

@@ -171,14 +171,18 @@ def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
     assert torch.equal(longer["logits"][:2], store["logits"])
 
 
+def cache_args():
+    """A student run's settings, as cache_path reads them."""
+    return SimpleNamespace(teacher_identity={"sha256": "t"}, data_identity={"sha256": "d"},
+                           out="runs/student.pt", seed=0, batch_size=128, train_subset=None,
+                           no_augment=False, dry_run=False, precision="bf16")
+
+
 def test_logits_are_stored_apart_per_torch_version_and_machine(monkeypatch):
     """Served logits must be the ones this run would compute: other kernels (a torch
     upgrade, a checkpoint folder shared by a cluster's A100 and H100 nodes) give other
     bits, which were served under one key."""
-    args = SimpleNamespace(teacher_identity={"sha256": "t"}, data_identity={"sha256": "d"},
-                           out="runs/student.pt", seed=0, batch_size=128, train_subset=None,
-                           no_augment=False, dry_run=False, precision="bf16")
-    cpu = torch.device("cpu")
+    args, cpu = cache_args(), torch.device("cpu")
     first = cache_path(args, cpu)
     with monkeypatch.context() as patch:
         patch.setattr(torch, "__version__", "9.9.9")
@@ -192,10 +196,7 @@ def test_logits_are_stored_apart_per_version_of_the_models_code(monkeypatch, tmp
     """An edit to the teacher's forward that keeps its weights' names and shapes (and so
     its identity) was served the old forward's logits: the fingerprints check only the
     inputs."""
-    args = SimpleNamespace(teacher_identity={"sha256": "t"}, data_identity={"sha256": "d"},
-                           out="runs/student.pt", seed=0, batch_size=128, train_subset=None,
-                           no_augment=False, dry_run=False, precision="bf16")
-    cpu = torch.device("cpu")
+    args, cpu = cache_args(), torch.device("cpu")
     first = cache_path(args, cpu)
     copy = tmp_path / "models.py"
     copy.write_text(teacher_logits.MODELS_FILE.read_text())

@@ -433,7 +433,11 @@ class TrainingCommand:
         SLURM, or by the local executor), its command built anew as it starts, so it
         resumes the last complete epoch its training process saved; the process itself is
         stopped as the job exits (above). Without it a timed-out job was not requeued.
-        submitit gives up after the executor's max_num_timeout time limits."""
+        submitit gives up after the executor's max_num_timeout time limits. A job the sweep
+        has stopped (`stop_jobs`) is not requeued: its time limit may come in the same
+        moment as the stop."""
+        if stop_marker(self.pid_file).exists():
+            return None
         return submitit.helpers.DelayedSubmission(
             TrainingCommand(self.command, self.pid_file, self.threads))
 
@@ -478,6 +482,11 @@ def pid_file(run):
     return Path(run.folder) / "logs" / f"{run.name}.pid"
 
 
+def stop_marker(pid_file):
+    """The file that tells a job the sweep has stopped it, beside its pid file."""
+    return pid_file.with_suffix(".stopped")
+
+
 def stop_jobs(running, by_key):
     """Ctrl-C to each running local job's training process (which saves its last complete
     epoch and exits), or to the job itself while its training process has not started;
@@ -486,6 +495,8 @@ def stop_jobs(running, by_key):
     job's own process a second later, while the training process may still be stopping."""
     signalled = []
     for key, (job, _, _) in running.items():
+        with contextlib.suppress(OSError):  # no logs folder yet: no job there to requeue
+            stop_marker(pid_file(by_key[key])).touch()
         try:
             pid = int(pid_file(by_key[key]).read_text())
             os.kill(pid, signal.SIGINT)
@@ -554,6 +565,7 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     # one left by a process before (a machine restarted mid-run) must not be
                     # signalled by a stop that comes before this job writes its own
                     pid_file(run).unlink(missing_ok=True)
+                    stop_marker(pid_file(run)).unlink(missing_ok=True)  # a stop of before
                     executor.update_parameters(gpus_per_node=0 if slot is None else 1,
                                                visible_gpus=() if slot is None else (slot,))
                     # a stop that comes as the job starts must find it among those to stop

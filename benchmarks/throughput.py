@@ -563,6 +563,13 @@ def rss_kib(field):
     return int(line.split()[1])
 
 
+def row_precision(name, precision):
+    """The arithmetic of a row's work: inference is evaluation's, always fp32; a training
+    row in the other precision says so in its name."""
+    other = OTHER_PRECISION[precision]
+    return "fp32" if ": inference" in name else other if name.endswith(f", {other}") else precision
+
+
 def report(variants, device, precision):
     timed = [v for v in variants if not v.failed]
     peaks = {v.name: v.flop / statistics.median(v.seconds) / 1e9
@@ -592,7 +599,7 @@ def report(variants, device, precision):
             gflops = v.flop * v.images / seconds / 1e9
             row.update({"GFLOP/image": round(v.flop / 1e9, 4), "GFLOP/s": round(gflops, 1),
                         "% of peak": round(100 * gflops / peak_of[
-                            other if v.name.endswith(f", {other}") else precision], 1)})
+                            row_precision(v.name, precision)], 1)})
         if v.name.endswith(": train"):
             row["speed vs tutorial"] = round(tutorial[kind] / per_image, 2)
             row["data share %"] = round(100 * data_only[kind] / seconds, 1)
@@ -613,8 +620,8 @@ def report(variants, device, precision):
           f"{torch.__version__}, {precision} training ('{other}' rows: the same step in "
           f"{other}), median of {rounds} interleaved rounds; peaks: " +
           ", ".join(f"{name[6:]} {gflops:.0f} GFLOP/s" for name, gflops in peaks.items()) +
-          f"; '% of peak' refers to the faster of each precision ({precision} "
-          f"{peak_of[precision]:.0f}, {other} {peak_of[other]:.0f} GFLOP/s)" +
+          f"; '% of peak' refers to the faster of each row's precision (inference: fp32; "
+          f"{precision} {peak_of[precision]:.0f}, {other} {peak_of[other]:.0f} GFLOP/s)" +
           ("; 'peak MiB': what a few training steps add to a fresh process's RSS over its "
            "model, method and batch (CPU)" if "peak MiB" in table else "") +
           (f"; 'time vs KD step' (per image) and 'memory vs KD step' (peak MiB): cost ratios "

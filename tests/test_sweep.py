@@ -531,6 +531,28 @@ def test_a_stop_as_a_job_starts_stops_that_job_too(tmp_path):
     assert len(cancelled) == 1  # no training process yet: the job itself is stopped
 
 
+def test_a_stopped_job_is_not_requeued_by_its_time_limit(tmp_path):
+    """A stop (--stop-after or Ctrl-C) and the job's time-limit signal in the same moment:
+    submitit asks the job's checkpoint() whether to requeue it, which said yes, and the run
+    trained on after the sweep had said it stopped. A run the sweep starts again is
+    requeued at its time limit as before."""
+    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
+                          command=lambda: ["true"])
+    sweep_module.pid_file(run).parent.mkdir()
+    job = sweep_module.job_function(run)
+    assert job.checkpoint() is not None
+    sweep_module.stop_jobs({"a": (FinishedJob(), None, time.time())}, {"a": run})
+    assert job.checkpoint() is None
+    started = []
+
+    class Starting(Executor):
+        def submit(self, function):
+            started.append(function.checkpoint())
+            return super().submit(function)
+    sweep_module.run_here([run], {str(tmp_path): Starting()}, gpus=[])
+    assert started[0] is not None
+
+
 def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_path,
                                                                           monkeypatch):
     """At --stop-after, a run whose job ended since the last look is done: the sweep's table

@@ -24,8 +24,8 @@
 # Environment: PYTHON (default python3), DEVICE (default cuda), FLAGS added to every
 # training command (FLAGS=--dry-run: a smoke run of this script), BENCH_FLAGS added to the
 # benchmark's (default --profile), STARTUP_FLAGS to benchmarks/startup.py's, PARTS: which
-# parts to run (default "tests pipeline benchmark"; two calls, PARTS=pipeline and then
-# PARTS="tests benchmark", split a check that a machine's time limit cuts short).
+# parts to run, in that order (default "tests pipeline benchmark"; two calls, PARTS=pipeline
+# and then PARTS="benchmark tests", split a check that a machine's time limit cuts short).
 set -uo pipefail
 export LC_ALL=C  # a decimal point in $EPOCHREALTIME
 if [ $# -ne 2 ]; then
@@ -34,13 +34,19 @@ if [ $# -ne 2 ]; then
 fi
 cd "$(dirname "$0")/.."
 data=$1
-out=$(mkdir -p "$2" && cd "$2" && pwd)
 PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 FLAGS=${FLAGS:-}
 BENCH_FLAGS=${BENCH_FLAGS:---profile}
 STARTUP_FLAGS=${STARTUP_FLAGS:-}
 PARTS=${PARTS:-tests pipeline benchmark}
+for part in $PARTS; do
+  case $part in
+    tests|pipeline|benchmark) ;;
+    *) echo "PARTS: unknown part '$part' (the parts: tests pipeline benchmark)" >&2; exit 2 ;;
+  esac
+done
+out=$(mkdir -p "$2" && cd "$2" && pwd)
 check=$out/check
 rm -rf "$check" && mkdir "$check" || exit 2
 work=$(mktemp -d)
@@ -56,13 +62,14 @@ if [[ $data == *.tar.gz ]]; then
   data=$(find "$work/data" -mindepth 1 -maxdepth 1 -type d | head -1)
 fi
 { nvidia-smi -L 2>&1 || true
-  $PYTHON -c "import torch; print('torch', torch.__version__, '| CUDA', torch.version.cuda,
+  $PYTHON -c "import torch, torchvision, importlib.util as u, importlib.metadata as m
+print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| triton',
+m.version('triton') if u.find_spec('triton') else 'none', '| CUDA', torch.version.cuda,
 '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
   git rev-parse HEAD 2>/dev/null || true; } > "$check/gpu.txt" 2>&1
 printf 'stage\tseconds\n' > "$check/timings.tsv"
 
 since() { awk -v start="$1" -v now="$EPOCHREALTIME" 'BEGIN { printf "%.1f", now - start }'; }
-part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # stage NAME COMMAND...: run it, log to NAME.log (NAME with '+' as 'p': kd+ce -> kdpce), record
 # its wall time and any failure
@@ -104,11 +111,11 @@ stopped() {  # the stage running gets the TERM too (it saves and stops), then th
 }
 trap stopped TERM
 
-if part tests; then
+tests() {
   # -v: each test's outcome as it ends, so a check cut short still says which passed
   stage tests $PYTHON -m pytest -v -rfE -m cuda -p no:cacheprovider tests
-fi
-if part pipeline; then
+}
+pipeline() {
   # What each of the pipeline's processes pays before its steady steps, by part (imports,
   # the CUDA context, cuDNN's algorithm search), measured once in a process of its own.
   stage startup $PYTHON benchmarks/startup.py --device "$DEVICE" $STARTUP_FLAGS
@@ -131,12 +138,18 @@ if part pipeline; then
   printf 'pipeline\t%s\n' "$(since "$pipeline_start")" >> "$check/timings.tsv"
   cp "$check/plots/results.md" "$check/plots/results.csv" "$check/" 2>/dev/null
   mkdir -p "$check/runs" && cp "$ck"/*.json "$ck"/*.csv "$check/runs/" 2>/dev/null
-fi
-if part benchmark; then
+}
+benchmark() {
   stage benchmark $PYTHON benchmarks/throughput.py --device "$DEVICE" --data-root "$data" \
     $BENCH_FLAGS
   grep -v '^round ' "$check/benchmark.log" > "$check/benchmark.md"
-fi
+}
+
+# in the order PARTS names them: the part a call is for first, where a time limit may cut
+# the last one short (a benchmark cut short keeps only the rounds it finished)
+for part in $PARTS; do
+  $part
+done
 finish
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]}" >&2

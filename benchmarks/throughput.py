@@ -328,6 +328,23 @@ def peak_variants(device, precision):
 
 
 def measure(variants, rounds, device):
+    """Times `rounds` interleaved rounds of the variants, after a warm-up round; returns how
+    many it timed. A Ctrl-C or TERM (a time limit) keeps the rounds every row finished and
+    returns their number (none: the interrupt goes on), so that the table still comes."""
+    try:
+        measure_rounds(variants, rounds, device)
+    except KeyboardInterrupt:
+        done = min((len(v.seconds) for v in variants if not v.failed), default=0)
+        if not done:
+            raise
+        for v in variants:
+            del v.seconds[done:]  # a round cut short: dropped from every row alike
+        print(f"interrupted: the {done} timed rounds that finished", file=sys.stderr)
+        return done
+    return rounds
+
+
+def measure_rounds(variants, rounds, device):
     for round_ in range(rounds + 1):  # round 0 warms up (allocations, oneDNN kernels, compile)
         for v in variants:
             if v.failed:
@@ -677,7 +694,9 @@ def main():
               allocator_comparison(args.rounds, steps=args.batches).to_markdown(index=False))
         return
     variants = build_variants(args, device)
-    measure(variants, args.rounds, device)
+    if measure(variants, args.rounds, device) < args.rounds:
+        report(variants, device, args.precision)
+        raise KeyboardInterrupt  # an interrupted run's exit, after the table of what it timed
     if device.type == "cpu" and Path("/proc/self/clear_refs").exists():
         for v in variants:
             if v.memory:

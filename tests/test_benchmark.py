@@ -119,6 +119,36 @@ def test_inference_rows_are_shares_of_the_fp32_peak_whatever_the_training_precis
     assert (gflops, share) == (200.0, 50.0)  # of fp32's 400 GFLOP/s, not bf16's 1
 
 
+def test_an_interrupted_benchmark_keeps_the_rounds_that_finished(monkeypatch, capsys):
+    """The table came only after every round: a time limit's TERM (gpu_check.sh's stop)
+    lost every measurement. Now the rounds all rows finished are kept, a round cut short is
+    dropped from every row (the rows stay interleaved alike), and none finished is none."""
+    calls = []
+
+    def step():
+        calls.append(1)
+        if len(calls) == 11:  # the third timed round (after the warm-up), its second row
+            raise KeyboardInterrupt
+    variants = [throughput.Variant(name, step, images=1) for name in ("a", "b", "c")]
+    assert throughput.measure(variants, 5, torch.device("cpu")) == 2
+    assert [len(v.seconds) for v in variants] == [2, 2, 2]
+    calls.clear()
+    variants = [throughput.Variant(name, step, images=1) for name in "abcdefgh"]
+    with pytest.raises(KeyboardInterrupt):  # in the warm-up round
+        throughput.measure(variants, 5, torch.device("cpu"))
+
+    # the script prints the table of the rounds kept, then exits as interrupted
+    calls.clear()
+    monkeypatch.setattr(throughput, "build_variants", lambda args, device: [
+        throughput.Variant("teacher: inference", step, images=1, flop=1e6),
+        *(throughput.Variant(f"peak: {p} mm", step, images=1, flop=1e6) for p in ("fp32", "bf16"))])
+    monkeypatch.setattr(sys, "argv", ["throughput.py", "--device", "cpu", "--rounds", "5"])
+    with pytest.raises(KeyboardInterrupt):
+        throughput.main()
+    out = capsys.readouterr().out
+    assert "median of 2 interleaved rounds" in out and "| teacher: inference " in out
+
+
 def test_peak_memory_probe_runs_a_feature_step(one_thread):
     """The probe the table's peak memory comes from, in its fresh process, on the feature
     step with the most state of its own: CRD, its memory bank at CIFAR-10's size."""

@@ -59,6 +59,7 @@ def test_gpu_check_runs_every_stage(image_folder, tmp_path):
     summary = (out / "summary.md").read_text()
     assert summary == (check / "summary.md").read_text() and summary in proc.stdout
     assert "torch" in summary and "| pipeline |" in summary and "| check |" in summary
+    assert "| torchvision " in summary and "| triton " in summary  # the versions that ran
     assert re.search(r"^cuda tests: \d+ skipped, \d+ deselected in ", summary, re.M), summary
     assert "cpu context" in summary and re.search(r"^\| teacher \| [\d,]+ \|$", summary, re.M)
     teacher = r"^\| teacher \| [\d.]+ \| 87\.94 ± 0\.19 \(3\) \| 86\.98 - 88\.90 \| (yes|NO) \|$"
@@ -91,6 +92,23 @@ def test_gpu_check_runs_on_after_a_failing_stage_and_says_which(tmp_path):
     assert "failed: tests startup teacher student_kd+ce" in proc.stderr
     assert "benchmark summary" in proc.stderr  # the summary too, and the archive is still made
     assert [p.suffixes for p in (tmp_path / "out").glob("gpu_check-*")] == [[".tar", ".gz"]]
+
+
+def test_the_parts_run_in_the_order_parts_names_them_and_a_misspelt_one_is_refused(tmp_path):
+    """The parts ran tests first whatever PARTS said: a call cut short by its time limit
+    lost the benchmark it was for (its table comes at its end). A part not known was
+    silently skipped."""
+    env = {**os.environ, "PYTHON": "false", "PARTS": "benchmark tests"}  # stages fail at once
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "failed: benchmark tests" in proc.stderr
+    env["PARTS"] = "tests benchmarks"
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(tmp_path / "x")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("PARTS: unknown part 'benchmarks' (the parts: tests "
+                                   "pipeline benchmark)")
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_cuda_tests_are_collected_without_what_the_gpu_machine_lacks(tmp_path):

@@ -487,6 +487,12 @@ def stop_marker(pid_file):
     return pid_file.with_suffix(".stopped")
 
 
+def forget_stop(run):
+    """Before a run's job starts, locally or on SLURM: a stop of an earlier sweep must not
+    keep this job from being requeued at its time limit."""
+    stop_marker(pid_file(run)).unlink(missing_ok=True)
+
+
 def stop_jobs(running, by_key):
     """Ctrl-C to each running local job's training process (which saves its last complete
     epoch and exits), or to the job itself while its training process has not started;
@@ -565,7 +571,7 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     # one left by a process before (a machine restarted mid-run) must not be
                     # signalled by a stop that comes before this job writes its own
                     pid_file(run).unlink(missing_ok=True)
-                    stop_marker(pid_file(run)).unlink(missing_ok=True)  # a stop of before
+                    forget_stop(run)
                     executor.update_parameters(gpus_per_node=0 if slot is None else 1,
                                                visible_gpus=() if slot is None else (slot,))
                     # a stop that comes as the job starts must find it among those to stop
@@ -638,6 +644,8 @@ def submit_to_slurm(runs, executors):
             for needs, batch in arrays.items():
                 executor.update_parameters(
                     slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
+                for run in batch:
+                    forget_stop(run)
                 with executor.batch():
                     submitted = [executor.submit(job_function(run)) for run in batch]
                 for run, job in zip(batch, submitted):

@@ -62,9 +62,10 @@ if [[ $data == *.tar.gz ]]; then
   data=$(find "$work/data" -mindepth 1 -maxdepth 1 -type d | head -1)
 fi
 { nvidia-smi -L 2>&1 || true
-  $PYTHON -c "import torch, torchvision, importlib.util as u, importlib.metadata as m
+  $PYTHON -c "import torch, torchvision, importlib.util as u
+triton = getattr(__import__('triton'), '__version__', '?') if u.find_spec('triton') else 'none'
 print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| triton',
-m.version('triton') if u.find_spec('triton') else 'none', '| CUDA', torch.version.cuda,
+triton, '| CUDA', torch.version.cuda,
 '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')"
   git rev-parse HEAD 2>/dev/null || true; } > "$check/gpu.txt" 2>&1
 printf 'stage\tseconds\n' > "$check/timings.tsv"
@@ -94,6 +95,10 @@ stage() {
 # check cut short still brings back what it made, packed.
 finish() {
   printf 'check\t%s\n' "$(since "$check_start")" >> "$check/timings.tsv"
+  # the benchmark's table, of a run stopped by a TERM too (it keeps the rounds it finished)
+  if [ -f "$check/benchmark.log" ]; then
+    grep -v '^round ' "$check/benchmark.log" > "$check/benchmark.md"
+  fi
   $PYTHON benchmarks/gpu_summary.py "$check" > "$check/summary.md" 2>&1 || failed+=(summary)
   cp "$check/summary.md" "$out/summary.md"
   archive=gpu_check-$(date -u +%Y%m%d-%H%M%S)-${PARTS// /-}.tar.gz
@@ -142,7 +147,6 @@ pipeline() {
 benchmark() {
   stage benchmark $PYTHON benchmarks/throughput.py --device "$DEVICE" --data-root "$data" \
     $BENCH_FLAGS
-  grep -v '^round ' "$check/benchmark.log" > "$check/benchmark.md"
 }
 
 # in the order PARTS names them: the part a call is for first, where a time limit may cut

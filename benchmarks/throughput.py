@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 import methods  # noqa: E402
-from kd import cli, engine  # noqa: E402
+from kd import cli, engine, interrupts  # noqa: E402
 from kd.allocator import OFF_SWITCH  # noqa: E402
 from kd.data import (  # noqa: E402
     CROP_PADDING,
@@ -328,20 +328,22 @@ def peak_variants(device, precision):
 
 
 def measure(variants, rounds, device):
-    """Times `rounds` interleaved rounds of the variants, after a warm-up round; returns how
-    many it timed. A Ctrl-C or TERM (a time limit) keeps the rounds every row finished and
-    returns their number (none: the interrupt goes on), so that the table still comes."""
+    """Times `rounds` interleaved rounds of the variants, after a warm-up round; returns
+    whether a Ctrl-C or TERM (a time limit) stopped it. Stopped, it keeps the rounds every
+    row finished, so that their table still comes (none: the interrupt goes on), and holds
+    further signals (a time limit's TERM may reach the process twice)."""
     try:
         measure_rounds(variants, rounds, device)
     except KeyboardInterrupt:
+        interrupts.hold()
         done = min((len(v.seconds) for v in variants if not v.failed), default=0)
         if not done:
             raise
         for v in variants:
             del v.seconds[done:]  # a round cut short: dropped from every row alike
         print(f"interrupted: the {done} timed rounds that finished", file=sys.stderr)
-        return done
-    return rounds
+        return True
+    return False
 
 
 def measure_rounds(variants, rounds, device):
@@ -694,7 +696,7 @@ def main():
               allocator_comparison(args.rounds, steps=args.batches).to_markdown(index=False))
         return
     variants = build_variants(args, device)
-    if measure(variants, args.rounds, device) < args.rounds:
+    if measure(variants, args.rounds, device):
         report(variants, device, args.precision)
         raise KeyboardInterrupt  # an interrupted run's exit, after the table of what it timed
     if device.type == "cpu" and Path("/proc/self/clear_refs").exists():

@@ -57,16 +57,25 @@ def cpu_bf16_units():
     return [unit for unit, probe in probes.items() if getattr(torch.cpu, probe, lambda: False)()]
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def machine_name(device):
     """What a run computes on, for its records and the benchmark: the GPU's name, or the
-    CPU's model with its core count and bf16 units."""
+    CPU's model name with its family and model numbers (where Linux gives them: a virtual
+    machine may name a Zen 4 and a Zen 5 both "AMD EPYC", and their runs' numbers differ),
+    core count and bf16 units."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    model = next((line.split(":", 1)[1].strip() for line in lines
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{model} ({os.cpu_count()} CPUs, bf16 units: "
+    lines = CPUINFO.read_text().splitlines() if CPUINFO.exists() else []
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    generation = (f"family {fields['cpu family']}, model {fields['model']}; "
+                  if "cpu family" in fields and "model" in fields else "")
+    return (f"{name} ({generation}{os.cpu_count()} CPUs, bf16 units: "
             f"{', '.join(cpu_bf16_units()) or 'none'})")
 
 

@@ -9,8 +9,8 @@ the same key serves them instead, so it ends with bit-identical weights. The key
 the logits depend on: the teacher's weights, the data, the seed, batch size, subset,
 augmentation, precision, the models' code (models.py: a forward edited under the same
 weights), and the kernels: device type, torch version and machine
-(kd.device.machine_name; CPUs of one model name, core count and bf16 units, e.g. "AMD
-EPYC" of two generations, share a key). Not the run's length: epoch e's batches are the
+(kd.device.machine_name: the CPU's model name, family and model numbers, core count and
+bf16 units). Not the run's length: epoch e's batches are the
 same in a run of any length (the loader draws them from the seed and e), so a longer run is
 served the epochs stored and computes the rest, and then stores them all. Each stored
 batch carries a fingerprint of its images, checked against the batch being trained: a

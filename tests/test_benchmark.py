@@ -1,7 +1,9 @@
 """benchmarks/throughput.py runs end to end on a small set (its numbers are not checked:
 timing belongs to the benchmark, not to the tests)."""
 import functools
+import io
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ import torch
 import methods
 from benchmarks import throughput
 from conftest import ROOT, run_script
+from kd import interrupts
 from kd.device import resolve_precision
 from kd.schedule import make_optimizer
 from models import build_model
@@ -130,12 +133,28 @@ def test_an_interrupted_benchmark_keeps_the_rounds_that_finished(monkeypatch, ca
         if len(calls) == 11:  # the third timed round (after the warm-up), its second row
             raise KeyboardInterrupt
     variants = [throughput.Variant(name, step, images=1) for name in ("a", "b", "c")]
-    assert throughput.measure(variants, 5, torch.device("cpu")) == 2
-    assert [len(v.seconds) for v in variants] == [2, 2, 2]
-    calls.clear()
-    variants = [throughput.Variant(name, step, images=1) for name in "abcdefgh"]
-    with pytest.raises(KeyboardInterrupt):  # in the warm-up round
-        throughput.measure(variants, 5, torch.device("cpu"))
+    handlers = {sig: signal.getsignal(sig) for sig in interrupts.STOP_SIGNALS}
+    try:
+        assert throughput.measure(variants, 5, torch.device("cpu")) is True
+        assert [len(v.seconds) for v in variants] == [2, 2, 2]
+        calls.clear()
+        variants = [throughput.Variant(name, step, images=1) for name in "abcdefgh"]
+        with pytest.raises(KeyboardInterrupt):  # in the warm-up round (8 rows, call 11)
+            throughput.measure(variants, 5, torch.device("cpu"))
+        class InterruptedAtTheLastRoundsEnd(io.StringIO):
+            def write(self, text):
+                if text.startswith("round 2/2"):
+                    raise KeyboardInterrupt
+                return super().write(text)
+        monkeypatch.setattr(sys, "stderr", InterruptedAtTheLastRoundsEnd())
+        calls.clear()  # after the last row of the last round: still an interrupted run
+        variants = [throughput.Variant(name, step, images=1) for name in "ab"]
+        assert throughput.measure(variants, 2, torch.device("cpu")) is True
+        assert [len(v.seconds) for v in variants] == [2, 2]
+        monkeypatch.undo()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
     # the script prints the table of the rounds kept, then exits as interrupted
     calls.clear()

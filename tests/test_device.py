@@ -11,11 +11,12 @@ from torch.overrides import TorchFunctionMode
 
 import methods
 from conftest import run_script, synthetic_images
+from kd import device as device_module
 from kd import engine
 from kd.checkpoints import load_checkpoint
 from kd.cli import UserError
 from kd.data import BatchLoader
-from kd.device import cpu_bf16_units, ieee_fp32, resolve_precision, select_device
+from kd.device import cpu_bf16_units, ieee_fp32, machine_name, resolve_precision, select_device
 from kd.ema import ModelEMA
 from kd.schedule import lr_factor
 from models import build_model, load_model
@@ -196,3 +197,19 @@ def test_cuda_fp32_is_ieee_through_the_fp32_precision_settings(monkeypatch):
         assert cudnn.benchmark
     finally:
         matmul.fp32_precision, cudnn.conv.fp32_precision, cudnn.benchmark = before
+
+
+def test_the_machine_of_a_record_tells_cpu_generations_apart(tmp_path, monkeypatch):
+    """A virtual machine's CPU is often named "AMD EPYC" alone, so a Zen 4 and a Zen 5 (the
+    same bf16 units) were recorded alike, while their runs' numbers differ (docs/results.md:
+    a Zen 3 against a Zen 5); their family and model numbers tell them apart."""
+    names = []
+    for model in (17, 2):
+        cpuinfo = tmp_path / f"cpuinfo{model}"
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n"
+                           f"model\t\t: {model}\nmodel name\t: AMD EPYC\n")
+        monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+        names.append(machine_name(torch.device("cpu")))
+    assert names[1].startswith("AMD EPYC (family 26, model 2; ") and names[0] != names[1]
+    monkeypatch.setattr(device_module, "CPUINFO", tmp_path / "none")  # not Linux
+    assert "family" not in machine_name(torch.device("cpu"))

@@ -111,6 +111,32 @@ def test_the_parts_run_in_the_order_parts_names_them_and_a_misspelt_one_is_refus
     assert not (tmp_path / "x").exists()
 
 
+def test_a_benchmark_stopped_by_the_time_limit_leaves_its_table_in_the_archive(tmp_path):
+    """benchmark.md was written only after the benchmark ended: a TERM packed its log alone,
+    the table of the rounds it kept among the round lines."""
+    python = tmp_path / "python"  # the benchmark prints what it timed, then "runs" on
+    python.write_text(f'#!/bin/bash\n[ "$1" = benchmarks/throughput.py ] || '
+                      f'exec {sys.executable} "$@"\n'
+                      'echo "round 1/5 done" >&2\necho "| student: train | 7 |"\nexec sleep 60\n')
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    check = subprocess.Popen(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(out)],
+                             cwd=ROOT, env={**os.environ, "PYTHON": str(python),
+                                            "PARTS": "benchmark"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "check" / "benchmark.log"
+    for _ in range(200):  # until the stand-in has printed
+        if log.exists() and "student" in log.read_text():
+            break
+        time.sleep(0.05)
+    check.send_signal(signal.SIGTERM)
+    check.communicate(timeout=30)
+    [archive] = out.glob("gpu_check-*-benchmark.tar.gz")
+    with tarfile.open(archive) as packed:
+        table = packed.extractfile("check/benchmark.md").read().decode()
+    assert table == "| student: train | 7 |\n"
+
+
 def test_the_cuda_tests_are_collected_without_what_the_gpu_machine_lacks(tmp_path):
     """gpu_check.sh runs `pytest -m cuda tests`, which imports every test module: one that
     needs a package the GPU machine lacks must skip, or the collection error stops every

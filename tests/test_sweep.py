@@ -553,6 +553,27 @@ def test_a_stopped_job_is_not_requeued_by_its_time_limit(tmp_path):
     assert started[0] is not None
 
 
+def test_a_stop_of_a_local_sweep_does_not_keep_a_slurm_job_from_its_requeue(tmp_path):
+    """Only a local sweep removed a stopped run's marker: the same folder's runs submitted
+    to SLURM after a local --stop-after failed at their time limit instead of resuming."""
+    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
+                          command=lambda: ["true"])
+    marker = sweep_module.stop_marker(sweep_module.pid_file(run))
+    marker.parent.mkdir()
+    marker.touch()
+    requeued = []
+
+    class Slurm(Executor):
+        def batch(self):
+            return contextlib.nullcontext()
+
+        def submit(self, function):
+            requeued.append(function.checkpoint() is not None)
+            return SimpleNamespace(job_id="1", paths=SimpleNamespace(stdout="log"))
+    sweep_module.submit_to_slurm([run], {str(tmp_path): Slurm()})
+    assert requeued == [True]
+
+
 def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_path,
                                                                           monkeypatch):
     """At --stop-after, a run whose job ended since the last look is done: the sweep's table

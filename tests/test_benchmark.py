@@ -139,7 +139,7 @@ def test_an_interrupted_benchmark_keeps_the_rounds_that_finished(monkeypatch, ca
         assert [len(v.seconds) for v in variants] == [2, 2, 2]
         calls.clear()
         variants = [throughput.Variant(name, step, images=1) for name in "abcdefgh"]
-        with pytest.raises(KeyboardInterrupt):  # in the warm-up round (8 rows, call 11)
+        with pytest.raises(KeyboardInterrupt):  # no timed round finished (8 rows: call 11)
             throughput.measure(variants, 5, torch.device("cpu"))
         class InterruptedAtTheLastRoundsEnd(io.StringIO):
             def write(self, text):

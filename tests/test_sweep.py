@@ -485,6 +485,12 @@ class Executor:
         return FinishedJob()
 
 
+def one_run(folder):
+    """A run named "a" in `folder` that needs nothing, its command `true`."""
+    return SimpleNamespace(key="a", label="a", needs=[], folder=str(folder), name="a",
+                           command=lambda: ["true"])
+
+
 def test_a_stop_returns_once_the_training_processes_themselves_have_ended(tmp_path):
     """A terminal's Ctrl-C reaches submitit's job controller too, which kills the job's own
     process a second later: the job has ended while the training process it started may
@@ -521,8 +527,7 @@ def test_a_stop_as_a_job_starts_stops_that_job_too(tmp_path):
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # as the signal would
             return job
 
-    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
-                          command=lambda: ["true"])
+    run = one_run(tmp_path)
     # sweep.main's handler, set here: with whatever the process had (ignored, in a shell's
     # background job), the stop never came and the sweep waited on the job for ever
     signal.signal(signal.SIGINT, sweep_module.interrupt)
@@ -536,8 +541,7 @@ def test_a_stopped_job_is_not_requeued_by_its_time_limit(tmp_path):
     submitit asks the job's checkpoint() whether to requeue it, which said yes, and the run
     trained on after the sweep had said it stopped. A run the sweep starts again is
     requeued at its time limit as before."""
-    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
-                          command=lambda: ["true"])
+    run = one_run(tmp_path)
     sweep_module.pid_file(run).parent.mkdir()
     job = sweep_module.job_function(run)
     assert job.checkpoint() is not None
@@ -556,8 +560,7 @@ def test_a_stopped_job_is_not_requeued_by_its_time_limit(tmp_path):
 def test_a_stop_of_a_local_sweep_does_not_keep_a_slurm_job_from_its_requeue(tmp_path):
     """Only a local sweep removed a stopped run's marker: the same folder's runs submitted
     to SLURM after a local --stop-after failed at their time limit instead of resuming."""
-    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
-                          command=lambda: ["true"])
+    run = one_run(tmp_path)
     marker = sweep_module.stop_marker(sweep_module.pid_file(run))
     marker.parent.mkdir()
     marker.touch()
@@ -579,8 +582,7 @@ def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_pa
     """At --stop-after, a run whose job ended since the last look is done: the sweep's table
     must not send its user to resume a finished run."""
     monkeypatch.setattr(sweep_module, "POLL_SECONDS", 0.2)
-    run = SimpleNamespace(key="a", label="a", needs=[], folder=str(tmp_path), name="a",
-                          command=lambda: ["true"])
+    run = one_run(tmp_path)
     outcome = sweep_module.run_here([run], {str(tmp_path): Executor()}, gpus=[],
                                     stop_at=time.time() + 0.1)
     assert outcome["a"][0] == "done", outcome

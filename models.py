@@ -12,6 +12,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kd.checkpoints import CheckpointError, load_checkpoint
 
+# The customary values, from the original 50,000 training images (the validation split
+# included) before the JPEG re-encoding: the shared copy's training split differs by under
+# 1% (docs/usage.md), a scale and shift that the first conv and its BatchNorm absorb. Kept,
+# as every saved model holds them.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 IMAGE_SHAPE = (3, 32, 32)
@@ -95,7 +99,9 @@ def check_widths(widths, count):
 
 
 def he_init(module):
-    """Kaiming-normal (fan_in, ReLU gain) weights for every conv and linear layer, zero biases."""
+    """Kaiming-normal (fan_in, ReLU gain) weights for every conv and linear layer, zero biases.
+    The output layer too, as He initialisation was specified for the whole network: no ReLU
+    follows it, so its logits start sqrt(2) times larger than a linear gain would give."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

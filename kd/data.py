@@ -31,8 +31,11 @@ class DataError(ValueError):
     """The data root is missing, empty, or not CIFAR-10."""
 
 
+DOWNLOAD_ROOT = "./data"  # the default root, where torchvision may download CIFAR-10
+
+
 def default_data_root():
-    return os.environ.get("CIFAR10_ROOT", "./data")
+    return os.environ.get("CIFAR10_ROOT", DOWNLOAD_ROOT)
 
 
 def load_cifar10(root, cache_dir=CACHE_DIR):
@@ -44,7 +47,7 @@ def load_cifar10(root, cache_dir=CACHE_DIR):
     root = Path(root).expanduser()
     layout = _detect_layout(root)
     if layout is None:
-        _download_or_fail(root)
+        _download_or_fail(root) if _may_download(root) else _refuse(root)
         layout = "torchvision"
     fingerprint = _fingerprint(root, layout)
     root_id = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
@@ -89,6 +92,26 @@ def _torchvision():
     return torchvision
 
 
+def _may_download(root):
+    """Into the default root, or a folder made empty for it; never into a mistyped path,
+    where the original CIFAR-10 would be trained on in place of the data meant."""
+    if root.resolve() == Path(DOWNLOAD_ROOT).resolve():
+        return True
+    return root.is_dir() and not any(root.iterdir())
+
+
+def _not_found(root):
+    return (f"no CIFAR-10 at {root.resolve()} (looked for {root}/cifar-10-batches-py/ and for "
+            f"{root}/train/<class>/ + {root}/test/<class>/)")
+
+
+def _refuse(root):
+    raise DataError(
+        f"{_not_found(root)}. Fix: pass --data-root (or set CIFAR10_ROOT) to a folder with "
+        f"either layout, e.g. ../shared/data/cifar10-jpeg; to download CIFAR-10 there, "
+        f"`mkdir -p {root}` first")
+
+
 def _download_or_fail(root):
     created = [folder for folder in (root, *root.parents) if not folder.exists()]
     try:
@@ -99,11 +122,10 @@ def _download_or_fail(root):
                 break
             folder.rmdir()
         raise DataError(
-            f"no CIFAR-10 at {root.resolve()} (looked for {root}/cifar-10-batches-py/ and for "
-            f"{root}/train/<class>/ + {root}/test/<class>/) and the download failed "
-            f"({type(e).__name__}). Fix: pass --data-root (or set CIFAR10_ROOT) to a folder "
-            f"with either layout, e.g. ../shared/data/cifar10-jpeg, or run once where "
-            f"torchvision can download CIFAR-10 into {root}") from None
+            f"{_not_found(root)} and the download failed ({type(e).__name__}). Fix: pass "
+            f"--data-root (or set CIFAR10_ROOT) to a folder with either layout, e.g. "
+            f"../shared/data/cifar10-jpeg, or run once where torchvision can download "
+            f"CIFAR-10 into {root}") from None
 
 
 def _fingerprint(root, layout):

@@ -7,8 +7,8 @@ passes, about half of its time on a CPU. The first complete run of a seed stores
 computed (dtype included), in <checkpoint folder>/teacher_logits/<key>.pt; a later run with
 the same key serves them instead, so it ends with bit-identical weights. The key covers what
 the logits depend on: the teacher's weights, the data, the seed, batch size, subset,
-augmentation, precision, the models' code (models.py: a forward edited under the same
-weights), and the kernels: device type, torch version and machine
+augmentation, precision, the code (models.py: a forward edited under the same weights;
+kd/data.py: the split and the augmentation), and the kernels: device type, torch version and machine
 (kd.device.machine_name: the CPU's model name, family and model numbers, core count and
 bf16 units). Not the run's length: epoch e's batches are the
 same in a run of any length (the loader draws them from the seed and e), so a longer run is
@@ -27,8 +27,11 @@ from kd.device import machine_name
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
-# The teacher's forward: its weights' identity does not change when it is edited.
-MODELS_FILE = Path(__file__).resolve().parent.parent / "models.py"
+ROOT = Path(__file__).resolve().parent.parent
+# The teacher's forward (its weights' identity does not change when it is edited) and the
+# batches (an edited split or augmentation would be caught by the fingerprints, but only
+# after an epoch trained on the old batches' logits).
+CODE_FILES = ("models.py", "kd/data.py")
 
 
 def cache_path(args, device):
@@ -36,7 +39,8 @@ def cache_path(args, device):
     # torch and the machine name the kernels, whose bits a served run must share: a torch
     # upgrade, or a cluster's checkpoint folder shared by two GPU models, stores apart.
     key = {"teacher": args.teacher_identity["sha256"], "data": args.data_identity["sha256"],
-           "models": hashlib.sha256(MODELS_FILE.read_bytes()).hexdigest(),
+           "code": [hashlib.sha256((ROOT / name).read_bytes()).hexdigest()
+                    for name in CODE_FILES],
            "device": device.type, "torch": torch.__version__, "machine": machine_name(device),
            **{name: getattr(args, name) for name in KEY_SETTINGS}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,7 +11,14 @@ from PIL import Image
 
 from conftest import write_image_folder, write_torchvision_layout
 from kd import data
-from kd.data import BatchLoader, DataError, load_cifar10, random_crop_flip, split_train_val
+from kd.data import (
+    BatchLoader,
+    DataError,
+    default_data_root,
+    load_cifar10,
+    random_crop_flip,
+    split_train_val,
+)
 
 
 def test_the_suites_cache_folder_is_removed_when_its_process_exits(tmp_path):
@@ -134,28 +141,45 @@ def test_the_recorded_split_hash_is_the_validation_indices_of_the_split(monkeypa
 
 
 def test_a_failed_download_leaves_none_of_the_folders_it_made(tmp_path, monkeypatch):
-    """A mistyped --data-root a/b/c: torchvision makes the folders, then the download fails."""
+    """The default ./data, absent: torchvision makes the folder, then the download fails."""
     def offline(self, *args, **kwargs):
         Path(self.root).mkdir(parents=True, exist_ok=True)
         raise OSError("network unreachable")
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
-    (tmp_path / "kept").mkdir()
-    with pytest.raises(DataError):
-        load_cifar10(tmp_path / "kept" / "a" / "b" / "c", cache_dir=tmp_path / "cache")
-    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
-    assert list((tmp_path / "kept").iterdir()) == []
-
-
-def test_missing_root_names_where_it_looked_and_both_fixes(tmp_path, monkeypatch):
-    def offline(*args, **kwargs):
-        raise OSError("network unreachable")
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CIFAR10_ROOT", raising=False)
     with pytest.raises(DataError) as e:
-        load_cifar10(tmp_path / "nothing", cache_dir=tmp_path / "cache")
+        load_cifar10(default_data_root(), cache_dir=tmp_path / "cache")
+    assert "download failed" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mistyped_root_is_refused_without_a_download(tmp_path, monkeypatch):
+    """On a machine with a network, a typo in --data-root downloaded the original CIFAR-10
+    into a new folder of that name and trained on it: other data than the run was meant for
+    (its records would say so, after the training time was spent)."""
+    def download(*args, **kwargs):
+        raise AssertionError("a download was started")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", download)
+    with pytest.raises(DataError) as e:
+        load_cifar10(tmp_path / "cifar10-jpg", cache_dir=tmp_path / "cache")
     message = str(e.value)
     assert "cifar-10-batches-py" in message and "train/<class>" in message
-    assert "--data-root" in message and "download" in message
-    assert not (tmp_path / "nothing").exists()  # a failed download leaves no empty folder
+    assert "--data-root" in message and "mkdir" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_empty_folder_given_as_root_is_downloaded_into(tmp_path, monkeypatch):
+    started = []
+    def offline(self, *args, **kwargs):
+        started.append(Path(self.root))
+        raise OSError("network unreachable")
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    (tmp_path / "cifar").mkdir()
+    with pytest.raises(DataError) as e:
+        load_cifar10(tmp_path / "cifar", cache_dir=tmp_path / "cache")
+    assert started == [tmp_path / "cifar"] and "download failed" in str(e.value)
+    assert (tmp_path / "cifar").is_dir()  # the user's folder stays
 
 
 def test_wrong_class_folders(tmp_path):

@@ -192,17 +192,22 @@ def test_logits_are_stored_apart_per_torch_version_and_machine(monkeypatch):
     assert cache_path(args, cpu) != first
 
 
-def test_logits_are_stored_apart_per_version_of_the_models_code(monkeypatch, tmp_path):
-    """An edit to the teacher's forward that keeps its weights' names and shapes (and so
-    its identity) was served the old forward's logits: the fingerprints check only the
-    inputs."""
+@pytest.mark.parametrize("edited", ["models.py", "kd/data.py"])
+def test_logits_are_stored_apart_per_version_of_the_code_they_depend_on(
+        edited, monkeypatch, tmp_path):
+    """models.py: an edit to the teacher's forward that keeps its weights' names and shapes
+    (and so its identity) was served the old forward's logits, as the fingerprints check
+    only the inputs. kd/data.py: an edit to the split or the augmentation was served the old
+    batches' logits for a whole epoch, then stopped by the fingerprints."""
     args, cpu = cache_args(), torch.device("cpu")
     first = cache_path(args, cpu)
-    copy = tmp_path / "models.py"
-    copy.write_text(teacher_logits.MODELS_FILE.read_text())
-    monkeypatch.setattr(teacher_logits, "MODELS_FILE", copy)
+    files = [tmp_path / name.replace("/", "_") for name in teacher_logits.CODE_FILES]
+    for copy, name in zip(files, teacher_logits.CODE_FILES):
+        copy.write_text((teacher_logits.ROOT / name).read_text())
+    monkeypatch.setattr(teacher_logits, "CODE_FILES", tuple(str(f) for f in files))
     assert cache_path(args, cpu) == first
-    copy.write_text(copy.read_text().replace("def forward(", "def forward(  ", 1))
+    copy = tmp_path / edited.replace("/", "_")
+    copy.write_text(copy.read_text() + "\n")
     assert cache_path(args, cpu) != first
 
 

@@ -32,15 +32,17 @@ def parse(argv=None):
                         batch_size=256, lr=0.1, optimizer="sgd", schedule="onecycle",
                         ema_decay=EMA_DECAY)
     args = parser.parse_args(argv)
-    if args.resume and not args.restart_if_changed and "loss" not in cli.typed(argv) \
-            and Path(args.out).is_file():
-        # A bare --resume continues the run's own method, which decides below whether a
-        # teacher is part of its recipe (a student trained alone has none). Not with
+    method = methods.METHODS[args.loss]
+    if args.resume and not args.restart_if_changed and Path(args.out).is_file():
+        # --resume continues the run's own method, which decides below whether a teacher is
+        # part of its recipe (a student trained alone has none); a --loss typed is a recipe
+        # flag like the others (prepare_run says it is not used). Not with
         # --restart-if-changed, which compares the run with the command, defaults included.
         with contextlib.suppress(CheckpointError):  # an unreadable one says so when resumed
             recorded = load_checkpoint(args.out)["config"].get("loss")
-            args.loss = recorded if recorded in methods.METHODS else args.loss
-    method = methods.METHODS[args.loss]
+            method = methods.METHODS.get(recorded, method)
+            if "loss" not in cli.typed(argv):
+                args.loss = method.name
     args.out = args.out.replace("<loss>", run_variant(vars(args))).replace("<seed>",
                                                                            str(args.seed))
     flag_names = tuple(flag.name for flag in methods.all_flags())

@@ -22,7 +22,7 @@ from kd.device import autocast, machine_name
 from kd.ema import ModelEMA
 from kd.interrupts import check_interrupt, interrupts_deferred
 from kd.records import git_commit, record_paths, test_record_matches, write_json, write_records
-from kd.runs import initial_model, restore_training_state, training_state
+from kd.runs import initial_model, restore_training_state, trained_on, training_state
 from kd.schedule import lr_factor, make_optimizer
 from models import NUM_CLASSES, model_spec
 
@@ -224,10 +224,12 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
 
     config = {k: v for k, v in vars(args).items() if k != "default_epochs"}
     commit, dirty = git_commit()
+    machine = machine_name(device)
+    recorded_machine = ckpt["config"].get("machine") if ckpt is not None else None
     config.update(model=model_spec(model), torch_version=str(torch.__version__),
                   git_commit=commit, git_dirty=dirty, device=str(device),
-                  machine=machine_name(device), cpu_threads=torch.get_num_threads(),
-                  schedule_start_epoch=schedule_start)
+                  machine=trained_on(history, recorded_machine, machine),
+                  cpu_threads=torch.get_num_threads(), schedule_start_epoch=schedule_start)
     print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
     curves = CurvesFigure(Path(args.plots_dir) / f"{name}_curves.png", title or name)
@@ -253,8 +255,9 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                    "lr": train["lr"],
                    "epoch_seconds": time.perf_counter() - start,
                    "images_per_second": train["images"] / train_seconds, "device": str(device),
-                   # per epoch: a run resumed with another thread count ran with both
-                   "cpu_threads": torch.get_num_threads()}
+                   # per epoch: a run resumed elsewhere, or with another thread count, ran
+                   # with both
+                   "machine": machine, "cpu_threads": torch.get_num_threads()}
             row.update({f"train_{k}": v for k, v in train.items()
                         if k not in ("loss", "acc", "images", "lr")})
             if ema is not None:

@@ -22,7 +22,7 @@ import methods
 from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args, typed
 from kd.data import VAL_SEED, DataError, load_cifar10, split_sha256, split_train_val
-from kd.device import bf16_is_native, resolve_precision, select_device
+from kd.device import bf16_is_native, machine_name, resolve_precision, select_device
 from kd.records import record_paths
 from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
 from kd.schedule import load_optimizer_state
@@ -32,7 +32,7 @@ from models import build_model, model_from_checkpoint
 # checkpoint, so a resumed run is exactly the run that was interrupted.
 RECIPE_KEYS = ("batch_size", "lr", "seed", "train_subset", "optimizer", "momentum",
                "weight_decay", "schedule", "warmup", "no_augment", "dry_run", "precision",
-               "ema_decay", "clip_grad_norm")
+               "ema_decay", "clip_grad_norm", "widths")
 RESUMABLE_KEYS = ("model", "model_state", "optimizer_state", "scheduler_state", "epoch",
                   "epochs", "schedule_start_epoch", "history", "rng", "config")
 
@@ -58,8 +58,6 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     happens here, before anything is written.
     """
     check_args(args)
-    if args.dry_run:  # one epoch, whatever --epochs says, also on --resume (no extension)
-        args.epochs = 1
     device = select_device(args.device)
     out = check_out(args.out)
     for folder, flag in ((out.parent, "--out"), (Path(args.plots_dir), "--plots-dir")):
@@ -78,6 +76,8 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     teacher_of = teacher_of or (lambda args: None)
     ckpt = (load_resumable(out, model_name, args, recipe_keys, device, teacher_of)
             if args.resume else None)
+    if ckpt is None and args.dry_run:  # one epoch, whatever --epochs says
+        args.epochs = 1
     args.teacher_identity = teacher_identity(teacher_of(args), args.data_identity)
     if ckpt is None:
         args.precision = resolve_precision(args.precision, device)
@@ -222,6 +222,8 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
               f"it over with them)")
     for key in RECIPE_KEYS + tuple(recipe_keys):
         setattr(args, key, config[key])
+    if args.dry_run:  # the run's own --dry-run: one epoch, never extended
+        args.epochs = 1
     changes = changed_identity(config, args, teacher_of(args), strict=False)
     if changes:
         raise UserError(f"{out} cannot be resumed: {'; '.join(changes)}. Start it again "
@@ -241,11 +243,27 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
         print(f"note: {out} trains in bf16, which this {device.type} has no native units "
               f"for; --precision fp32 with --restart-if-changed starts it over in fp32")
     before = torch.device(config.get("device", "cpu")).type
+    last_machine = (config.get("machine") or "").split(MACHINES_SEPARATOR)[-1]
     if before != device.type:
         print(f"note: {out} ran on {before} and continues on {device.type}: same batches "
               f"and {args.precision} arithmetic, but other kernels, so not bit for bit "
               f"the run that stays on {before} (each epoch's device is in its metrics)")
+    elif args.epochs > done and last_machine and last_machine != machine_name(device):
+        print(f"note: {out} ran on {last_machine} and continues on {machine_name(device)}: "
+              f"same batches and arithmetic, but another machine's kernels, so not bit for "
+              f"bit the run that stays on either (each epoch's machine is in its metrics)")
     return ckpt
+
+
+MACHINES_SEPARATOR = ", then "  # a resumed run's config: every machine it trained on
+
+
+def trained_on(history, recorded, current):
+    """Every machine a run trained on, in order: its epochs' (those from before epochs
+    recorded one ran on the config's), then this one's, which trains the next."""
+    names = [row.get("machine", recorded) for row in history] + [current]
+    return MACHINES_SEPARATOR.join(name for i, name in enumerate(names)
+                                   if name and (i == 0 or name != names[i - 1]))
 
 
 def recorded_config(ckpt):
@@ -254,6 +272,7 @@ def recorded_config(ckpt):
     # Runs from before --precision existed trained in bf16 on CUDA and fp32 on the CPU.
     config.setdefault("precision", "bf16" if config.get("device", "").startswith("cuda")
                       else "fp32")
+    config.setdefault("widths", None)  # the models' defaults, which arch_args then held
     for key, value in ADDED_RECIPE_KEYS.items():
         config.setdefault(key, value)
     return config
@@ -381,7 +400,6 @@ def changed_recipe(config, args, recipe_keys, device):
     else:
         asked["precision"] = resolve_precision(args.precision, device)
     asked["epochs"] = 1 if args.dry_run else args.epochs or args.default_epochs  # as prepare_run
-    asked["widths"] = args.widths
     # A run extended past its planned epochs trained a second cycle on top (engine.fit):
     # what asks for its length asks for one cycle.
     asked["schedule_start_epoch"] = 0

@@ -547,3 +547,58 @@ def test_a_run_of_another_script_given_to_resume_says_so(image_folder, tmp_path)
                                               r"lacks 'mode', .* \(a run of another script\?\)"):
         run_in_process("train_ema.py", "--resume", "--out", tmp_path / "student.pt",
                        "--data-root", image_folder, "--plots-dir", tmp_path / "plots")
+
+
+def test_a_bare_resume_of_a_run_with_its_own_widths_keeps_them(image_folder, tmp_path):
+    """The model came back from the checkpoint at its widths, but args.widths stayed the
+    command's (None): the config then recorded the default widths, and the next
+    `--restart-if-changed --widths 16 48` (make's, the sweep's) found the run stale."""
+    with pytest.raises(KeyboardInterrupt):  # 64 images / 32 = 2 steps per epoch: in epoch 2
+        train(parse(image_folder, tmp_path, "--epochs", 2, "--train-subset", 64,
+                    "--widths", 16, 48), interrupt_after(3))
+    train(parse(image_folder, tmp_path, "--resume"))
+    ckpt = load_checkpoint(tmp_path / "student.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["widths"] == [16, 48]
+    current = runs.prepare_run(parse(image_folder, tmp_path, "--resume", "--restart-if-changed",
+                                     "--epochs", 2, "--train-subset", 64, "--widths", 16, 48),
+                               "student")[3]
+    assert current is not None  # resumed as it is, not started over
+
+
+def test_a_dry_run_is_capped_at_one_epoch_by_its_own_flag_not_the_commands(image_folder,
+                                                                           tmp_path, capsys):
+    """--resume restores --dry-run from the checkpoint, so the one-epoch cap must follow
+    it: a dry run resumed without retyping --dry-run was extended; a real run resumed with
+    a typed --dry-run (a flag not used, as the note says) was cut to one epoch and refused."""
+    train(parse(image_folder, tmp_path, "--dry-run", name="dry"))
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 3, name="dry"))
+    assert load_checkpoint(tmp_path / "dry.pt")["epoch"] == 1
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2, "--dry-run"))
+    assert load_checkpoint(tmp_path / "student.pt")["epoch"] == 2
+
+
+def test_a_run_resumed_on_another_machine_records_both(image_folder, tmp_path, monkeypatch,
+                                                       capsys):
+    """Another CPU model rounds otherwise (docs/reliability.md): a run resumed on one is
+    neither machine's straight run, yet its records named only the second, with no note."""
+    from kd import device as device_module
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+    cpuinfo.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n")
+    first = device_module.machine_name(torch.device("cpu"))
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
+    cpuinfo.write_text("model name\t: AMD EPYC\ncpu family\t: 26\nmodel\t\t: 2\n")
+    second = device_module.machine_name(torch.device("cpu"))
+    capsys.readouterr()
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    out = capsys.readouterr().out
+    assert f"ran on {first} and continues on {second}" in out
+    ckpt = load_checkpoint(tmp_path / "student.pt")
+    assert [row["machine"] for row in ckpt["history"]] == [first, second]
+    assert ckpt["config"]["machine"] == f"{first}, then {second}"
+    capsys.readouterr()
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 3))  # on the second again
+    assert "continues on" not in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "student.pt")["config"]["machine"] == \
+        f"{first}, then {second}"

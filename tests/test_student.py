@@ -273,6 +273,25 @@ def test_a_resumed_run_over_a_two_number_store_stores_its_longer_one(tmp_path):
     assert torch.equal(stored["fingerprints"][:2], old.view(2, 2, 2))
 
 
+def test_a_resume_with_another_loss_typed_continues_the_runs_method(teacher_checkpoint,
+                                                                    image_folder, tmp_path,
+                                                                    capsys):
+    """`--resume --out s.pt --loss ce` of a KD run: --loss is a recipe flag like the others,
+    not used and said so; it decided which teacher the run has, and the run was refused for
+    a teacher "changed" to none."""
+    common = ["--data-root", image_folder, "--plots-dir", tmp_path, "--out", tmp_path / "s.pt",
+              "--train-subset", "64"]
+    run_in_process("train_student.py", "--loss", "kd+ce", "--epochs", "1", "--teacher",
+                   teacher_checkpoint, *common)
+    capsys.readouterr()
+    run_in_process("train_student.py", "--resume", "--loss", "ce", "--epochs", "2", *common)
+    out = capsys.readouterr().out
+    assert "settings not used (recorded -> given): loss 'kd+ce' -> 'ce'" in out
+    ckpt = load_checkpoint(tmp_path / "s.pt")
+    assert ckpt["epoch"] == 2 and ckpt["config"]["loss"] == "kd+ce"
+    assert ckpt["config"]["teacher"] == str(teacher_checkpoint)
+
+
 def test_a_bare_resume_takes_the_runs_method_before_it_loads_a_teacher(image_folder, tmp_path,
                                                                        capsys):
     """`--resume --out s.pt` of a student trained alone: the method is the run's (ce, which

@@ -215,10 +215,13 @@ def family_table(tests, names):
         result = {**result, "p_adjusted": p, "tost_adjusted": t}
         ci = "" if math.isnan(result["ci_low"]) else \
             f"[{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
+        tost_p = result.get("tost", math.nan)
         rows.append({names[0]: f"{a} − {b}", "runs": result["runs"],
                      names[1]: f"{result['diff']:+.2f}", "95% CI": ci,
                      "p": "" if math.isnan(result["p"]) else format_p(result["p"]),
                      "adjusted p (Holm)": "" if math.isnan(p) else format_p(p),
+                     f"TOST p (±{MARGIN:g})": "" if math.isnan(tost_p) else format_p(tost_p),
+                     "TOST adjusted p (Holm)": "" if math.isnan(t) else format_p(t),
                      "verdict": verdict(a, b, result)})
     return pd.DataFrame(rows)
 

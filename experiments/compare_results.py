@@ -83,7 +83,9 @@ def same_labels(a, b):
 def unique_seeds(results, variants, path):
     """Refuse in one line a variant of `variants` with two runs of one seed in `results`:
     two recipes under one label, which a pairing by seed would mix up."""
-    shared = results[results["variant"].isin(variants)]
+    # runs without a seed pair with none (compare_runs: unpaired); duplicated() would
+    # match their NaNs with each other
+    shared = results[results["variant"].isin(variants)].dropna(subset=["seed"])
     twice = shared[shared.duplicated(["variant", "seed"], keep=False)]
     if not twice.empty:
         first = twice.iloc[0]
@@ -91,6 +93,20 @@ def unique_seeds(results, variants, path):
                                       (twice["seed"] == first["seed"])]["run"]))
         raise cli.UserError(f"{path}: variant {first['variant']} has two runs of seed "
                             f"{first['seed']} ({runs}); give a table with one of them")
+
+
+def note_unpaired(a, b):
+    """Name on stderr each variant the two share fewer than two seeds of, with two runs or
+    more a side: compare_runs tests it unpaired, where this comparison is meant to pair by
+    seed (with one run a side, its table says there is no test)."""
+    for variant in common_variants(a, b):
+        rows = [r[r["variant"] == variant] for r in (a, b)]
+        common = sorted(set(rows[0]["seed"].dropna()) & set(rows[1]["seed"].dropna()))
+        if len(common) < 2 and min(map(len, rows)) >= 2:
+            listed = f" ({', '.join(f'{s:g}' for s in common)})" if common else ""
+            print(f"note: {variant}: {len(common)} seed{'' if len(common) == 1 else 's'} in "
+                  f"common{listed}, fewer than 2: compared unpaired (Welch's test), not by "
+                  f"seed", file=sys.stderr)
 
 
 def main():
@@ -108,6 +124,7 @@ def main():
     for results, path in zip((a, b), args.results):
         unique_seeds(results, common_variants(a, b), path)
     table = compare_results(a, b, args.names)
+    note_unpaired(a, b)
     if table.empty:
         raise cli.UserError("the two results have no variant in common")
     print(markdown(table))

@@ -32,7 +32,9 @@ MARGIN = 1.0  # points of validation accuracy within which one seed does not dec
 
 def decisions(runs, margin=MARGIN, across=False):
     """One row per method and setting of `runs` (kd.results.run_table's rows; EMA rows left
-    out): seeds, mean validation accuracy, minutes per run and the decision: `chosen`,
+    out): seeds, mean validation accuracy, minutes per run and the decision: `chosen`
+    (`chosen among the finished` while a setting of its method is not: still training, or
+    stopped, which the records cannot tell apart),
     `within <d> of the best: decide on a second seed` (while either has one seed), `below`,
     `tied at the best: not decided`, `only setting`, or `incomplete (epoch k of n)`. Only
     runs that reached their method's length (the most epochs any of its runs was started
@@ -91,6 +93,11 @@ def decisions(runs, margin=MARGIN, across=False):
             table.loc[tied, "decision"] = "tied at the best: not decided"
         elif (table.loc[complete.index, "decision"].str.startswith("within")).any():
             table.at[best, "decision"] = "best so far: decide on a second seed"
+        elif len(complete) < len(rows):
+            waiting = len(rows) - len(complete)
+            table.at[best, "decision"] = (
+                f"chosen among the finished ({waiting} setting{'s' * (waiting > 1)} "
+                f"unfinished: still training, or stopped)")
         else:
             table.at[best, "decision"] = "chosen"
     table["decision"] += table["unfinished"]

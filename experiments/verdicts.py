@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compare_results import pooled  # noqa: E402
 
 import methods  # noqa: E402
+from kd import cli  # noqa: E402
 from kd.results import markdown, seed_table  # noqa: E402
 from report import (  # noqa: E402
     EMA_PAIRS,
@@ -103,6 +104,10 @@ def paired_from_summary(mean, std, n=RUNS):
     """The paired t-test, its interval and the paired TOST (±MARGIN) from the mean and std of
     n per-run differences: report.compare and report.equivalence on the differences
     themselves, by hand because only their (rounded) summary was kept."""
+    if std == 0:  # as report.compare: no spread, no test (t would be infinite)
+        return {"diff": mean, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
+                "tost": math.nan, "no_test": "the runs' differences do not vary",
+                "runs": f"{n} pairs by run (from the differences' mean and std)"}
     se = std / math.sqrt(n)
     t = stats.t(n - 1)
     half = t.ppf(1 - LEVEL / 2) * se
@@ -311,4 +316,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_cli(main)

@@ -146,9 +146,16 @@ def run_variant(config, ema=False):
 
 
 def seed_table(runs, keys, column="test_acc"):
-    """Mean ± std (sample std, ddof=1) of `column` over the runs (seeds) sharing `keys`;
-    runs without a value there are left out."""
+    """Mean ± std (sample std, ddof=1) of `column` over the seeds of the runs sharing `keys`;
+    runs without a value there are left out. A seed run twice (a rerun, another machine) is
+    one seed, its runs averaged, as report.compare_runs pairs it; a run without a seed is
+    one of its own."""
     tested = runs.dropna(subset=[column])
+    if "seed" in tested:
+        seeded = tested.dropna(subset=["seed"])
+        per_seed = seeded.groupby([*keys, "seed"], dropna=False, sort=False)[column].mean()
+        tested = pd.concat([per_seed.reset_index(),
+                            tested.loc[tested["seed"].isna(), [*keys, "seed", column]]])
     table = tested.groupby(keys, dropna=False, sort=False)[column]
     table = table.agg(["mean", "std", "count"]).reset_index()
     table[column] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"

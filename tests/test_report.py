@@ -531,3 +531,43 @@ def test_each_absent_label_is_named_once(tmp_path):
     assert lines == ["Not compared, as no run is labelled `kd+ce` (its runs here: "
                      "`kd+ce (temperature=2.0)`) or `ce` (its runs here: `ce (epochs=36)`): "
                      "kd+ce − ce; kd − ce; kd − kd+ce."]
+
+
+def test_a_family_table_shows_the_equivalence_tests_p_values_raw_and_adjusted():
+    """The docs quote TOST p-values before Holm ("0.035, 0.038 and 0.019") that no
+    command printed: only a significant adjusted one appeared, inside the verdict."""
+    a = pd.DataFrame({"seed": [0, 1, 2], "test_acc": [80.0, 81.0, 82.0]})
+    close = a.assign(test_acc=[80.1, 80.8, 82.05])
+    far = a.assign(test_acc=[78.0, 79.5, 79.0])
+    tests = [("a", "close", compare_runs(a, close, ["seed"])),
+             ("a", "far", compare_runs(a, far, ["seed"]))]
+    table = family_table(tests, ["comparison", "difference"])
+    raw = [equivalence(a["test_acc"], other["test_acc"]) for other in (close, far)]
+    assert table[f"TOST p (±{MARGIN:g})"].tolist() == [format_p(p) for p in raw]
+    assert table["TOST adjusted p (Holm)"].tolist() == [format_p(p) for p in holm(raw)]
+    assert list(table.columns)[-3:] == [f"TOST p (±{MARGIN:g})", "TOST adjusted p (Holm)",
+                                        "verdict"]
+
+
+def test_runs_without_a_seed_are_compared_unpaired_not_refused_as_one_seed(tmp_path):
+    """Two runs with no seed recorded were refused as "two runs of seed nan (); give a
+    table with one of them": pandas' duplicated() matches NaN with NaN, its == does not."""
+    a = pd.DataFrame({"checkpoint": ["c/x.pt", "c/y.pt"], "variant": ["kd"] * 2,
+                      "seed": [None, None], "test_acc": [79.0, 79.4]})
+    b = a.assign(test_acc=[78.0, 78.6])
+    proc = compare_two(tmp_path, a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert "unpaired (Welch)" in proc.stdout
+
+
+def test_variants_without_two_seeds_in_common_are_named_as_compared_unpaired(tmp_path):
+    """compare_results pairs by seed: where two tables share fewer than two seeds of a
+    variant, the test is Welch's, which its runs column said and nothing else did."""
+    a = pd.DataFrame({"checkpoint": [f"c/kd_seed{s}.pt" for s in (0, 1, 2)],
+                      "variant": ["kd"] * 3, "seed": [0, 1, 2], "test_acc": [79.0, 79.4, 79.1]})
+    b = a.assign(checkpoint=[f"c/kd_seed{s}.pt" for s in (2, 3, 4)], seed=[2, 3, 4])
+    proc = compare_two(tmp_path, a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ("note: kd: 1 seed in common (2), fewer than 2: compared unpaired "
+                           "(Welch's test), not by seed\n")
+    assert compare_two(tmp_path, a, a).stderr == ""

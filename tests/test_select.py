@@ -47,7 +47,9 @@ def test_the_best_setting_is_chosen_and_a_close_one_left_to_a_second_seed(tmp_pa
                                             "at_weight=1000.0": "below"}
     assert rows_by_setting(table, "kd") == {"default": "only setting"}
     assert rows_by_setting(table, "dkd") == {
-        "clip_grad_norm=5.0": "chosen", "clip_grad_norm=0.0": "incomplete (epoch 1 of 2)"}
+        "clip_grad_norm=5.0": "chosen among the finished (1 setting unfinished: still "
+                              "training, or stopped)",
+        "clip_grad_norm=0.0": "incomplete (epoch 1 of 2)"}
     assert "| fitnet" in proc.stdout and "test" not in pd.read_csv(
         tmp_path / "selection.csv").columns
 
@@ -190,3 +192,16 @@ def test_a_run_started_longer_holds_back_its_own_method_only(tmp_path):
         "temperature=4.0": "chosen", "temperature=2.0": "below",
         "at_weight=100.0, epochs=4": "incomplete (epoch 2 of 4)",
         "at_weight=1000.0, epochs=2": "incomplete (epoch 2 of 4)"}
+
+
+def test_no_setting_is_chosen_plainly_while_another_of_its_method_is_unfinished(tmp_path):
+    """A setting still training (or diverged: the records cannot tell) was not counted, and
+    its rival was called "chosen" as if the comparison were over."""
+    write_run(tmp_path, "kd_T4", "kd", 0, None, val_acc=79.0, temperature=4.0)
+    write_run(tmp_path, "kd_T2", "kd", 0, None, val_acc=75.0, temperature=2.0)
+    stop_after_first_epoch(tmp_path, "kd_T2")
+    table = decisions(run_table([tmp_path])).set_index("setting")
+    assert dict(table["decision"]) == {
+        "temperature=4.0": "chosen among the finished (1 setting unfinished: still "
+                           "training, or stopped)",
+        "temperature=2.0": "incomplete (epoch 1 of 2)"}

@@ -169,3 +169,14 @@ def test_an_extended_run_is_not_pooled_with_one_trained_straight():
     assert recipe_labels(runs) == ["kd (schedule_start_epoch=0)"] * 2 + [
         "kd (schedule_start_epoch=10)"]
     assert recipe_sha256(runs[0][1]) == recipe_sha256(runs[1][1])
+
+
+def test_a_seed_run_twice_is_one_seed_in_the_table():
+    """A seed rerun (on another machine, or to check its bits) counted as a further seed:
+    "4 seeds" and a std shrunk by the copy, while report.compare_runs averages it into one.
+    Runs without a seed stay each their own."""
+    runs = pd.DataFrame({"variant": ["ce"] * 4 + ["kd"] * 2, "seed": [0, 1, 2, 0, None, None],
+                         "test_acc": [75.65, 76.35, 75.21, 75.65, 70.0, 72.0]})
+    table = seed_table(runs, ["variant"]).set_index("variant")
+    assert table.loc["ce", "seeds"] == 3 and table.loc["ce", "test_acc"] == "75.74 ± 0.57"
+    assert table.loc["kd", "seeds"] == 2 and table.loc["kd", "test_acc"] == "71.00 ± 1.41"

@@ -1,5 +1,9 @@
 """experiments/verdicts.py: the tests it makes from a summary agree with report.py's on runs
 that have that summary (n = 3: mean m, std s for m - s, m, m + s)."""
+import math
+import os
+import shutil
+import subprocess
 import sys
 
 import pandas as pd
@@ -297,3 +301,23 @@ def test_the_timed_make_all_gives_every_recorded_number():
     [(_, table)] = pipeline_table(pd.read_csv(PER_SEED), pd.read_csv(MAKE_ALL))
     assert len(table) == 7 and (table["test accuracy as recorded"] == "1 of 1").all()
     assert table.set_index("variant").at["teacher", "minutes"] == 15.0
+
+
+def test_a_summary_whose_differences_do_not_vary_gives_no_test_not_a_crash():
+    """report.compare makes no test of differences that do not vary; from a summary the
+    same case divided by zero."""
+    result = paired_from_summary(0.3, 0.0)
+    assert math.isnan(result["p"]) and math.isnan(result["tost"])
+    assert result["no_test"] == "the runs' differences do not vary"
+
+
+def test_verdicts_fails_in_one_line_not_a_traceback(tmp_path):
+    """Its main ran outside cli.run_cli: a table missing (here every one, the script copied
+    away from them) gave a traceback."""
+    (tmp_path / "experiments").mkdir()
+    for name in ("verdicts.py", "compare_results.py"):
+        shutil.copy(ROOT / "experiments" / name, tmp_path / "experiments" / name)
+    proc = subprocess.run([sys.executable, tmp_path / "experiments" / "verdicts.py"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "per_seed.csv" in proc.stderr

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from kd import cli, engine, plotting
 from kd.checkpoints import load_checkpoint
 from kd.data import CLASSES, VAL_SIZE, BatchLoader, load_cifar10, split_train_val
-from kd.device import select_device
+from kd.device import machine_name, select_device
 from kd.interrupts import check_interrupt
 from kd.records import prediction_column, write_text
 from kd.results import (
@@ -46,6 +46,7 @@ from kd.results import (
     run_variant,
     seed_table,
     training_minutes,
+    unfinished,
     variant_rank,
 )
 from kd.runs import describe_data, make_folder, recorded_identity, same_data
@@ -185,7 +186,7 @@ def evaluate_all(models, loaders, device, batch_size):
     # An unfinished run shares its recipe with its finished seeds: labelled apart, so that
     # report.py does not pool it into their mean ± std, tests or training lengths.
     for i, (path, _, _, info) in enumerate(models):
-        if stopped := unfinished(info):
+        if stopped := unfinished(info["epoch"], info["epochs"]):
             variant, settings = label_settings(results.at[i, "variant"])
             results.at[i, "variant"] = join_label(variant, [*settings, stopped])
             print(f"note: {path}: {stopped}, labelled apart from the finished runs")
@@ -193,13 +194,6 @@ def evaluate_all(models, loaders, device, batch_size):
                                                  results.at[i, "checkpoint"]))
     return (results.loc[order].reset_index(drop=True), [confusions[i] for i in order],
             [corrects[i] for i in order])
-
-
-def unfinished(info):
-    """"unfinished: epoch 3 of 40" for a run stopped before its last epoch, else None."""
-    if info["epoch"] is not None and info["epoch"] < (info["epochs"] or 0):
-        return f"unfinished: epoch {info['epoch']} of {info['epochs']}"
-    return None
 
 
 def predictions_table(results, corrects):
@@ -263,8 +257,9 @@ def markdown_tables(results, test_images, device, batch_size):
     threads = torch.get_num_threads()
     return (f"# Results on the CIFAR-10 test set ({test_images:,} images)\n\n"
             f"Evaluated on {device}; latency (one image) and throughput (batch of "
-            f"{batch_size}) are forward passes on the "
-            f"CPU ({os.cpu_count()} cores, {threads} threads), median of {TIMED_RUNS} runs "
+            f"{batch_size}) are forward passes on this machine's "
+            f"CPU ({machine_name(torch.device('cpu'))}, torch {torch.__version__}, "
+            f"{threads} threads), median of {TIMED_RUNS} runs "
             f"after warm-up. `val_acc` is on the {VAL_SIZE:,} held-out training images, "
             f"`train_acc` on the training images each run trained on (the training split, or "
             f"its first N with --train-subset), in eval mode without augmentation: well above "

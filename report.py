@@ -151,6 +151,10 @@ def verdict(a, b, result):
     """The verdict in words from a test's Holm-adjusted p-values."""
     if result["p_adjusted"] < LEVEL:
         side = "above" if result["diff"] > 0 else "below"
+        if result.get("one_model_each"):  # McNemar's: another seed could reverse it
+            return (f"this {a} model {side} this {b} model on these test images (McNemar, "
+                    f"adjusted p = {format_p(result['p_adjusted'])}); one seed each: the "
+                    f"recipes are not compared")
         return f"{a} {side} {b} (adjusted p = {format_p(result['p_adjusted'])})"
     if result.get("tost_adjusted", math.nan) < LEVEL:
         return (f"equivalent within ±{MARGIN:g} points (TOST, adjusted p = "
@@ -202,6 +206,7 @@ def compare_runs(a, b, key, predictions=None):
         result["p"] = mcnemar(*correct)
         result["ci_low"], result["ci_high"] = paired_accuracy_ci(*correct)
         result["runs"] = f"1 and 1: McNemar on {len(predictions):,} images"
+        result["one_model_each"] = True
     return result
 
 
@@ -350,11 +355,13 @@ def provenance(results):
     return "\n".join(lines) + "\n"
 
 
-def section(title, figure, plots_dir, tables):
-    """A titled section with its figure and tables; empty when it has neither."""
+def section(title, figure, plots_dir, tables, figure_caption=None):
+    """A titled section with its figure (and what it shows) and tables; empty when it has
+    neither."""
     parts = []
     if figure and (Path(plots_dir) / figure).exists():
         parts.append(f"![{title}]({figure})\n")
+        parts += [f"{figure_caption}\n"] if figure_caption else []
     for caption, table in tables:
         if table is None:  # a line of its own
             parts.append(f"{caption}\n")
@@ -453,7 +460,8 @@ def write_report(results, plots_dir, predictions=None):
         section("The data", "samples.png", plots_dir, []),
         section("The teacher", "teacher_curves.png", plots_dir,
                 [("Test accuracy (± over teacher seeds):",
-                  per_variant(results[results["model"] == "teacher"]))]),
+                  per_variant(results[results["model"] == "teacher"]))],
+                figure_caption="The curves are of one run: seed 0's teacher (`teacher.pt`)."),
         section("The students", "students_compare.png", plots_dir,
                 [(f"Test accuracy (± over seeds). {teachers(students[~is_mean_teacher])}".strip(),
                   per_variant(students[~is_mean_teacher])),

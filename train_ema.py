@@ -62,7 +62,8 @@ def main():
         # The teacher changes every step: its logits are never stored and served.
         method = methods.KDCE(vars(args), teacher=teacher.module)
         engine.fit("student", method, args, device, splits, ckpt, title=f"student ({variant})",
-                   model=student, ema=teacher, update_ema=not args.no_ema)
+                   model=student, ema=teacher, update_ema=not args.no_ema,
+                   second_model="teacher")
     plotting.plot_ema_compare(Path(args.out).parent, Path(args.plots_dir) / "ema_compare.png")
 
 

@@ -39,14 +39,15 @@ class CurvesFigure:
     """A run's training-curve figure, redrawn after an epoch when PLOT_EVERY_SECONDS have
     passed since the last drawing, or when forced (the last epoch, an interrupt)."""
 
-    def __init__(self, path, title):
-        self.path, self.title = path, title
+    def __init__(self, path, title, second_model):
+        self.path, self.title, self.second_model = path, title, second_model
         self.drawn_epochs, self.drawn_at = 0, -math.inf
 
     def update(self, history, force=False):
         due = force or time.monotonic() - self.drawn_at >= PLOT_EVERY_SECONDS
         if due and len(history) > self.drawn_epochs:
-            plotting.plot_curves(history, self.path, title=self.title)
+            plotting.plot_curves(history, self.path, title=self.title,
+                                 second_model=self.second_model)
             self.drawn_epochs, self.drawn_at = len(history), time.monotonic()
 
     def update_as_the_run_stops(self, history):
@@ -149,14 +150,14 @@ def compiled(model, mode):
 
 
 def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=None,
-        ema=None, update_ema=True):
+        ema=None, update_ema=True, second_model="EMA"):
     """Train `model_name` (or a given `model`) with `method` (a methods.Method, whose own
     parameters train beside the model's and whose state is saved with the run),
     checkpointing every epoch.
 
     An EMA of the model's weights (kd.ema.ModelEMA with --ema-decay, unless that is 0, or the
     given `ema`) is updated after every step (unless `update_ema` is False: a frozen copy),
-    evaluated every epoch, saved and resumed.
+    evaluated every epoch, saved and resumed; `second_model` names it in the figure.
     Writes the checkpoint (--out), its config JSON and metrics CSV beside it, and
     `<plots-dir>/<name>_curves.png` (redrawn at most every PLOT_EVERY_SECONDS, and after the
     last epoch or an interrupt). Returns the trained model.
@@ -210,6 +211,8 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
             advice = "; exported without its training state, it cannot be extended"
         elif args.restart_if_changed:  # make and sweep.py rerun finished stages this way
             advice = ""
+        elif args.dry_run:
+            advice = "; a dry run is one epoch, never extended"
         else:
             advice = f"; pass --epochs N > {start_epoch} with --resume to extend it"
         print(f"{args.out} is already complete ({start_epoch} epoch{'s' * (start_epoch != 1)})"
@@ -232,7 +235,8 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                   cpu_threads=torch.get_num_threads(), schedule_start_epoch=schedule_start)
     print(f"{name}: {model_spec(model)} on {device}, {len(splits['train'][1]):,} training / "
           f"{len(splits['val'][1]):,} validation images, epochs {start_epoch + 1}-{args.epochs}")
-    curves = CurvesFigure(Path(args.plots_dir) / f"{name}_curves.png", title or name)
+    curves = CurvesFigure(Path(args.plots_dir) / f"{name}_curves.png", title or name,
+                          second_model)
     after_step = (lambda: ema.update_parameters(model)) if ema and update_ema else None
     try:
         for epoch in range(start_epoch, args.epochs):

@@ -14,7 +14,14 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kd.records import replace_atomically  # noqa: E402
-from kd.results import MEAN_TEACHER_VARIANTS, recipe_labels, run_variant  # noqa: E402
+from kd.results import (  # noqa: E402
+    MEAN_TEACHER_VARIANTS,
+    join_label,
+    label_settings,
+    recipe_labels,
+    run_variant,
+    unfinished,
+)
 
 # What a first drawing would import, imported now: a Ctrl-C that lands in the import of a
 # compiled module (matplotlib's Agg renderer) leaves it unable to initialise again in this
@@ -27,17 +34,19 @@ LEGEND_ROWS = 20  # at fontsize 8 in a 4-inch-high figure
 LEGEND_INCHES_PER_CHAR = 0.05  # a legend column's width at fontsize 8, its line included
 
 
-def plot_curves(history, path, title):
-    """Loss and accuracy per epoch, train and validation, side by side. A distilling run's
-    training objective (KD term included) is not on the scale of a cross-entropy, so its
-    cross-entropy part is drawn beside it: that is the line to compare with validation."""
+def plot_curves(history, path, title, second_model="EMA"):
+    """Loss and accuracy per epoch, train and validation, side by side, and the validation
+    of the run's second model (`ema_val` columns), named `second_model`: its EMA, or a
+    mean-teacher run's teacher. A distilling run's training objective (KD term included) is
+    not on the scale of a cross-entropy, so its cross-entropy part is drawn beside it: that
+    is the line to compare with validation."""
     df = pd.DataFrame(history)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     distilling = "train_ce" in df
     splits = [("train", "-", "C0"), ("val", "--", "C1")]
     splits += [("ema_val", ":", "C2")] * ("ema_val_acc" in df)
     for split, style, color in splits:
-        label = split.replace("ema_val", "EMA val")
+        label = split.replace("ema_val", f"{second_model} val")
         loss_label = "train objective (with its KD term)" if distilling and split == "train" \
             else label
         ax_loss.plot(df["epoch"], df[f"{split}_loss"], style, color=color, marker="o", ms=3,
@@ -66,10 +75,14 @@ def run_records(runs_dir, pattern):
 def labelled_records(runs_dir, pattern):
     """(settings, config, metrics) of every run matching `pattern`, where `settings` is what
     sets its recipe apart from other runs of its variant ("" if nothing: seeds of one recipe
-    are pooled, different recipes never are)."""
+    are pooled, different recipes never are, nor a stopped run with finished ones)."""
     records = list(run_records(runs_dir, pattern))
     variants = [run_variant(config) for config, _ in records]
     labels = recipe_labels(list(zip(variants, (config for config, _ in records))))
+    for i, (config, df) in enumerate(records):
+        if stopped := unfinished(int(df["epoch"].max()) if len(df) else 0, config.get("epochs")):
+            variant, settings = label_settings(labels[i])
+            labels[i] = join_label(variant, [*settings, stopped])
     return [(label[len(variant):], config, df)
             for label, variant, (config, df) in zip(labels, variants, records)]
 
@@ -213,7 +226,11 @@ def plot_samples(images, labels, class_names, path):
 
 def style_axes(*axes, legend=True):
     for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+        low, high = ax.get_xlim()
+        if high - low < 2:  # one epoch: the locator would fall back to fractions of it
+            ax.set_xticks(range(math.ceil(low), math.floor(high) + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         if legend:
             ax.legend()
@@ -224,6 +241,8 @@ def save(fig, path):
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     # Replaced whole: runs that end together each redraw the shared comparison figures.
-    replace_atomically(path, lambda tmp: fig.savefig(  # legends beside the axes included
-        tmp, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        replace_atomically(path, lambda tmp: fig.savefig(  # legends beside the axes included
+            tmp, format=path.suffix.lstrip("."), dpi=110, bbox_inches="tight"))
+    finally:  # a failed save (a full disk) must not leave the figure open
+        plt.close(fig)

@@ -109,6 +109,15 @@ def label_settings(label):
     return variant, [s for s in parts + [settings[start:]] if s]
 
 
+def unfinished(epoch, epochs):
+    """"unfinished: epoch 3 of 40" for a run stopped before its last epoch, else None: a
+    setting of its own in its label, so that it is never pooled with its recipe's finished
+    seeds (their mean ± std, tests, training lengths, curves)."""
+    if epoch is not None and epoch < (epochs or 0):
+        return f"unfinished: epoch {epoch} of {epochs}"
+    return None
+
+
 def join_label(variant, settings):
     """label_settings' inverse: ("kd EMA", ["epochs=36"]) -> "kd EMA (epochs=36)"."""
     return f"{variant} ({', '.join(settings)})" if settings else variant

@@ -571,8 +571,11 @@ def test_a_dry_run_is_capped_at_one_epoch_by_its_own_flag_not_the_commands(image
     it: a dry run resumed without retyping --dry-run was extended; a real run resumed with
     a typed --dry-run (a flag not used, as the note says) was cut to one epoch and refused."""
     train(parse(image_folder, tmp_path, "--dry-run", name="dry"))
+    capsys.readouterr()
     train(parse(image_folder, tmp_path, "--resume", "--epochs", 3, name="dry"))
     assert load_checkpoint(tmp_path / "dry.pt")["epoch"] == 1
+    assert "is already complete (1 epoch); a dry run is one epoch, never extended" in \
+        capsys.readouterr().out
     train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
     train(parse(image_folder, tmp_path, "--resume", "--epochs", 2, "--dry-run"))
     assert load_checkpoint(tmp_path / "student.pt")["epoch"] == 2

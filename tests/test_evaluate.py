@@ -12,6 +12,7 @@ import evaluate
 from conftest import ROOT, run_in_process, run_script, synthetic_images, write_image_folder
 from kd.checkpoints import load_checkpoint, save_checkpoint, weights_sha256
 from kd.data import CLASSES, load_cifar10, split_train_val
+from kd.device import machine_name
 from models import load_model
 
 N_TEST_PER_CLASS = 5  # the image_folder fixture's test split
@@ -97,6 +98,8 @@ def test_tables_and_figures_are_written(pipeline):
                      markdown, re.M)
     assert "mean-teacher teacher" in markdown and "teacher EMA" in markdown
     assert "mean-teacher EMA" not in markdown  # its second model is its teacher
+    # latency is this machine's, not the "trained on" machine's of the rows: named
+    assert f"CPU ({machine_name(torch.device('cpu'))}, torch {torch.__version__}, " in markdown
     assert "student_kd+ce_seed1" in proc.stdout
     names = {p.name for p in plots.glob("*.png")}
     assert "confusion_teacher.png" in names and "per_class_accuracy.png" in names

@@ -111,6 +111,16 @@ def test_the_parts_run_in_the_order_parts_names_them_and_a_misspelt_one_is_refus
     assert not (tmp_path / "x").exists()
 
 
+def wait_until(condition, seconds=120):
+    """Poll `condition` until it holds. Generous: on cores busy with the rest of the suite,
+    the check's start (torch imported for gpu.txt) took over 10 s, and a TERM sent before
+    the script's trap is set kills it outright (-15, not 143)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not so after {seconds} s"
+        time.sleep(0.05)
+
+
 def test_a_benchmark_stopped_by_the_time_limit_leaves_its_table_in_the_archive(tmp_path):
     """benchmark.md was written only after the benchmark ended: a TERM packed its log alone,
     the table of the rounds it kept among the round lines."""
@@ -125,10 +135,7 @@ def test_a_benchmark_stopped_by_the_time_limit_leaves_its_table_in_the_archive(t
                                             "PARTS": "benchmark"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "check" / "benchmark.log"
-    for _ in range(200):  # until the stand-in has printed
-        if log.exists() and "student" in log.read_text():
-            break
-        time.sleep(0.05)
+    wait_until(lambda: log.exists() and "student" in log.read_text())  # the stand-in printed
     check.send_signal(signal.SIGTERM)
     check.communicate(timeout=30)
     [archive] = out.glob("gpu_check-*-benchmark.tar.gz")
@@ -175,10 +182,7 @@ def test_a_check_stopped_by_its_time_limit_packs_what_it_made(tmp_path):
     check = subprocess.Popen(["bash", "benchmarks/gpu_check.sh", str(tmp_path), str(out)],
                              cwd=ROOT, env={**os.environ, "PYTHON": str(python), "PARTS": "tests"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(200):  # until the stage has started
-        if (out / "check" / "tests.log").exists():
-            break
-        time.sleep(0.05)
+    wait_until((out / "check" / "tests.log").exists)  # the stage has started
     time.sleep(0.5)
     check.send_signal(signal.SIGTERM)  # the shell alone: the trap must stop the stage
     _, stderr = check.communicate(timeout=30)

@@ -345,11 +345,17 @@ def test_a_finished_run_exported_without_its_training_state_is_the_same_teacher(
     assert "is already complete (1 epoch); exported without its training state" in done.stdout
     assert "stale" not in done.stdout and out.read_bytes() == weights
     assert (tmp_path / "exported.test.json").exists()
+    # (of a real run: a dry run is one epoch, whatever --epochs says)
+    real = load_checkpoint(out)
+    real["config"]["dry_run"] = False
+    save_checkpoint(real, tmp_path / "real.pt")
+    weights = (tmp_path / "real.pt").read_bytes()
     refused = run_script("train_teacher.py", "--resume", "--epochs", "2", "--data-root",
-                         image_folder, "--out", out, "--plots-dir", tmp_path, check=False)
+                         image_folder, "--out", tmp_path / "real.pt", "--plots-dir", tmp_path,
+                         check=False)
     assert last_line(refused).endswith("exported without its training state: it serves as "
                                        "--teacher and for evaluate.py, and cannot be extended")
-    assert out.read_bytes() == weights
+    assert (tmp_path / "real.pt").read_bytes() == weights
     unfinished = {**original, "epoch": original["epochs"] - 1}
     torch.save(unfinished, tmp_path / "unfinished.pt")
     with pytest.raises(CheckpointError, match="unfinished run"):

@@ -180,3 +180,44 @@ def test_a_seed_run_twice_is_one_seed_in_the_table():
     table = seed_table(runs, ["variant"]).set_index("variant")
     assert table.loc["ce", "seeds"] == 3 and table.loc["ce", "test_acc"] == "75.74 ± 0.57"
     assert table.loc["kd", "seeds"] == 2 and table.loc["kd", "test_acc"] == "71.00 ± 1.41"
+
+
+def test_a_stopped_run_is_drawn_apart_from_its_recipes_finished_seeds(tmp_path):
+    """evaluate.py labels an unfinished run apart; the comparison figures averaged it into
+    its recipe's curve, whose mean then jumped where it stopped."""
+    for seed in (0, 1):
+        write_run(tmp_path, f"student_kd_seed{seed}", "kd", seed, 70.0)
+    metrics = tmp_path / "student_kd_seed1.metrics.csv"
+    pd.read_csv(metrics).iloc[:1].to_csv(metrics, index=False)
+    curves = student_curves(tmp_path)
+    assert {label: len(runs) for label, runs in curves.items()} == {
+        "kd": 1, "kd (unfinished: epoch 1 of 2)": 1}
+
+
+def test_a_one_epoch_run_is_drawn_on_whole_epochs(tmp_path, monkeypatch):
+    """A dry run's figure had an axis from 0.945 to 1.065 in fractions of an epoch."""
+    from kd import plotting
+    ticks = []
+    monkeypatch.setattr(plotting, "save", lambda fig, path: ticks.extend(
+        [ax.get_xticks().tolist() for ax in fig.axes]) or plotting.plt.close(fig))
+    history = [{"epoch": 1, "train_loss": 2.0, "train_acc": 10.0, "val_loss": 2.1,
+                "val_acc": 9.0}]
+    plotting.plot_curves(history, tmp_path / "one.png", "one")
+    assert ticks and all(set(t) == {1.0} for t in ticks)
+
+
+def test_a_mean_teacher_runs_curves_name_its_second_model_its_teacher(tmp_path, monkeypatch):
+    """train_ema.py's second model is the student's teacher (frozen at its start, or the
+    student itself): its curve was labelled "EMA val"."""
+    from kd import plotting
+    labels = []
+    monkeypatch.setattr(plotting, "save", lambda fig, path: labels.extend(
+        [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()])
+        or plotting.plt.close(fig))
+    history = [{"epoch": e, "train_loss": 2.0, "train_acc": 10.0, "val_loss": 2.1,
+                "val_acc": 9.0, "ema_val_loss": 2.3, "ema_val_acc": 10.0} for e in (1, 2)]
+    plotting.plot_curves(history, tmp_path / "c.png", "student", second_model="teacher")
+    assert "teacher val" in labels and not any("EMA" in label for label in labels)
+    labels.clear()
+    plotting.plot_curves(history, tmp_path / "c.png", "student")
+    assert "EMA val" in labels

@@ -21,7 +21,7 @@
 # recipe (a changed default), data or teacher changed is trained again from the start.
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+PY ?= $(VENV)/bin/python
 # the stages' prerequisite: .venv, set up, unless PY names another interpreter. make splits
 # words at spaces and filter reads '%' as a wildcard, so paths are compared with both as '?'
 # (a clone in "my projects/" or "50%/")
@@ -40,12 +40,15 @@ TEACHER = $(CKPT)/teacher$$([ $$s = 0 ] || echo _seed$$s).pt
 
 # $(call stage,script,checkpoint,flags): resume the run if its checkpoint exists (or train it
 # again if its recipe, data or teacher differ from this command's), else start it
-stage = if [ -f "$(2)" ]; then $(PY) $(1) --resume --restart-if-changed --out "$(2)" $(3) \
+stage = if [ -f "$(2)" ]; then "$(PY)" $(1) --resume --restart-if-changed --out "$(2)" $(3) \
           $(RUN_FLAGS); \
-        else $(PY) $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
+        else "$(PY)" $(1) --out "$(2)" $(3) $(RUN_FLAGS); fi
 RUN_FLAGS = --plots-dir "$(PLOTS)" $(FLAGS)
 
 .PHONY: all quick teacher students ema evaluate report best test bench clean-venv
+# Each stage uses every core: two at once (make -j) would each run at a fraction of its speed
+# and record inflated minutes.
+.NOTPARALLEL:
 
 all: report
 
@@ -55,8 +58,8 @@ quick:
 
 $(VENV)/installed: requirements.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
+	"$(PY)" -m pip install --quiet --upgrade pip -c constraints.txt
+	"$(PY)" -m pip install --quiet -r requirements.txt -c constraints.txt
 	touch $@
 
 teacher: $(SETUP)
@@ -78,24 +81,25 @@ ema: $(SETUP)
 	done
 
 evaluate: students ema
-	$(PY) evaluate.py "$(CKPT)"/*.pt --plots-dir "$(PLOTS)"
+	"$(PY)" evaluate.py "$(CKPT)"/*.pt --plots-dir "$(PLOTS)"
 
 report: evaluate
-	$(PY) report.py --plots-dir "$(PLOTS)"
+	"$(PY)" report.py --plots-dir "$(PLOTS)"
 
 BEST_GRID := experiments/grids/best.toml
 best: $(SETUP)
-	$(PY) sweep.py $(BEST_GRID)
-	$(PY) evaluate.py $$($(PY) sweep.py $(BEST_GRID) --checkpoints) --plots-dir runs/best
-	$(PY) report.py --plots-dir runs/best
+	"$(PY)" sweep.py $(BEST_GRID)
+	checkpoints=$$("$(PY)" sweep.py $(BEST_GRID) --checkpoints) && \
+	  "$(PY)" evaluate.py $$checkpoints --plots-dir runs/best
+	"$(PY)" report.py --plots-dir runs/best
 
 test: $(SETUP)
-	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n auto tests
+	"$(PY)" -m ruff check .
+	"$(PY)" -m pytest -q -n auto tests
 
 bench: $(SETUP)
-	$(PY) benchmarks/throughput.py --compile --profile
-	$(PY) benchmarks/throughput.py --allocator
+	"$(PY)" benchmarks/throughput.py --compile --profile
+	"$(PY)" benchmarks/throughput.py --allocator
 
 clean-venv:
 	rm -rf $(VENV)

@@ -115,7 +115,10 @@ def as_flags(settings):
 def parse_flags(text):
     """'--epochs 1 --dry-run' -> {'epochs': '1', 'dry-run': True}: extra flags given on the
     command line, merged into every run's settings."""
-    tokens, settings = shlex.split(text or ""), {}
+    # argparse's --flag=value form, split as the scripts read it
+    tokens = [part for token in shlex.split(text or "")
+              for part in (token.split("=", 1) if token.startswith("--") else [token])]
+    settings = {}
     i = 0
     while i < len(tokens):
         if not tokens[i].startswith("--"):
@@ -125,6 +128,22 @@ def parse_flags(text):
                                    else values)
         i += 1 + len(values)
     return settings
+
+
+def retrained_by_flags(outdated, extra):
+    """Refuse --flags that would train finished runs again from the start (`outdated`: each
+    one's stale reasons; those of a key of `extra` count): a trial's '--epochs 1' on the
+    grid's own folder trained its every finished run again over its results. A grid
+    changed on purpose trains them again as make does."""
+    keys = {key.replace("-", "_") for key in extra}
+    hit = {label: flagged for label, reasons in outdated.items()
+           if (flagged := [r for r in reasons if r.split()[0] in keys])}
+    if hit:
+        label, reasons = next(iter(hit.items()))
+        more = f"; and {len(hit) - 1} more" if len(hit) > 1 else ""
+        refuse(f"--flags would train {len(hit)} finished run{'s' * (len(hit) != 1)} again from "
+               f"the start ({label}: {'; '.join(reasons)}{more}): give the trial a --folder "
+               f"of its own, or set the flags in the grid to change its runs")
 
 
 def refuse(message):
@@ -162,10 +181,14 @@ def check_types(table, where):
         raise GridError(f"{where}seeds must be a list of integers, got {seeds!r}")
     if not isinstance(table.get("flags", {}), dict):
         raise GridError(f"{where}flags must be a table, got {table['flags']!r}")
+    if "seeds" in table and not seeds:
+        raise GridError(f"{where}seeds must be a list of integers, got none")
     if "seed" in table.get("flags", {}):
         raise GridError(f"{where}flags set 'seed': seeds come from `seeds`")
-    if not isinstance(table.get("name", ""), str):
-        raise GridError(f"{where}name must be a string, got {table['name']!r}")
+    if not isinstance(table.get("name", "-"), str) or not table.get("name", "-"):
+        raise GridError(f"{where}name must be a non-empty string, got {table['name']!r}")
+    if not isinstance(table.get("folder", ""), str):
+        raise GridError(f"{where}folder must be a string, got {table['folder']!r}")
 
 
 def expand(grid, folder, seeds, extra=None):
@@ -178,6 +201,8 @@ def expand(grid, folder, seeds, extra=None):
     stages = grid.get("stage")
     if not stages:
         raise GridError("the grid has no [[stage]]")
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        raise GridError(f"stage must be a list of tables ([[stage]]), got {stages!r}")
     runs = []
     for number, stage in enumerate(stages, 1):
         if (key := unknown_key(stage, STAGE_KEYS)) is not None:
@@ -190,8 +215,10 @@ def expand(grid, folder, seeds, extra=None):
                             f"got {script!r}")
         subgrids = stage.get("grid", [{}])
         subgrids = [subgrids] if isinstance(subgrids, dict) else subgrids
-        if not isinstance(subgrids, list) or not all(isinstance(g, dict) for g in subgrids):
-            raise GridError(f"stage {number}: grid must be a table or a list of tables")
+        if not subgrids or not isinstance(subgrids, list) or not all(isinstance(g, dict)
+                                                                       for g in subgrids):
+            raise GridError(f"stage {number}: grid must be a table or a non-empty list of "
+                            f"tables")
         for subgrid in subgrids:
             for key, values in subgrid.items():
                 if not isinstance(values, list) or not values:
@@ -695,8 +722,9 @@ def main():
       "runs/sweeps/<grid name>); one grid only")
     a("--seeds", type=int, nargs="+", help="seeds of every stage without seeds of its own "
       "(default: the grid's, else 0)")
-    a("--flags", default="", help="extra flags for every run, e.g. '--train-subset 5000 "
-      "--epochs 3' (they take part in the finished-run check)")
+    a("--flags", default="", help="extra flags for every run, for a trial in a --folder of "
+      "its own, e.g. --flags='--train-subset 5000 --epochs 3' (they take part in the "
+      "finished-run check; flags that would train a finished run again are refused)")
     a("--only", nargs="+", metavar="PATTERN", help="only the runs whose names match one of "
       "these shell patterns, e.g. 'fitnet_w100_*' (a second seed of close settings), in "
       "every grid")
@@ -734,6 +762,17 @@ def main():
     s.add_argument("--no-wait", action="store_true", help="exit once the jobs are submitted "
                    "(rerun the sweep later: finished runs are skipped)")
     args = parser.parse_args()
+    # from the start: the checks before the first job (the data decoded on a fresh machine)
+    # spend the lent machine's time too
+    stop_at = time.time() + 60 * args.stop_after if args.stop_after else None
+    local_only = [flag for flag, given in (("--stop-after", args.stop_after is not None),
+                                           ("--runs-per-device", args.runs_per_device != 1))
+                  if given]
+    if args.executor == "slurm" and local_only:
+        refuse(f"{local_only[0]} is for --executor local (SLURM jobs end at --time-min, "
+               f"one run each)")
+    if args.executor == "local" and args.no_wait:
+        refuse("--no-wait is for --executor slurm: a local sweep runs its jobs itself")
     if args.runs_per_device < 1:
         refuse(f"--runs-per-device must be at least 1, got {args.runs_per_device}")
     if args.stop_after is not None and args.stop_after <= 0:
@@ -775,6 +814,9 @@ def main():
             todo.append(run)
         if reasons:
             outdated[run.label] = reasons
+    if extra := parse_flags(args.flags):
+        retrained_by_flags({run.label: stale(run) for run in runs
+                            if ran_to_end(run) is not None}, extra)
     todo, recheck = with_dependents(runs, todo)
     # Asked before any job starts: a typo in a later stage would otherwise show once the
     # stages before it have trained (a teacher: 16 minutes on a CPU).
@@ -814,7 +856,6 @@ def main():
         outcome = wait_for(jobs)
     else:
         try:
-            stop_at = time.time() + 60 * args.stop_after if args.stop_after else None
             outcome = run_here(todo, executors, visible_gpus(), args.runs_per_device, stop_at)
         except KeyboardInterrupt:  # the running jobs got the Ctrl-C too: they save and stop
             sys.exit("\ninterrupted: every finished run and each stopped run's last complete "

@@ -35,7 +35,7 @@ DOWNLOAD_ROOT = "./data"  # the default root, where torchvision may download CIF
 
 
 def default_data_root():
-    return os.environ.get("CIFAR10_ROOT", DOWNLOAD_ROOT)
+    return os.environ.get("CIFAR10_ROOT") or DOWNLOAD_ROOT
 
 
 def load_cifar10(root, cache_dir=CACHE_DIR):

@@ -328,3 +328,9 @@ def test_about_half_the_images_are_flipped_and_every_offset_drawn():
     dy, dx, flips = draws
     assert 0.47 < flips.float().mean() < 0.53  # 4000 fair coins: 3.2 standard deviations
     assert set(dy.tolist()) == set(dx.tolist()) == set(range(9))  # every 4-pixel offset
+
+
+def test_an_empty_cifar10_root_means_the_default(monkeypatch):
+    """`CIFAR10_ROOT= make all` read the empty string as the working folder."""
+    monkeypatch.setenv("CIFAR10_ROOT", "")
+    assert default_data_root() == data.DOWNLOAD_ROOT

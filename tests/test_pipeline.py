@@ -1,4 +1,5 @@
 """The Makefile pipeline: stages in order, and the quick variant kept apart from the real one."""
+import os
 import subprocess
 
 import pytest
@@ -90,9 +91,18 @@ def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
                               text=True, check=True).stdout
     own = every_command("all", "test", "PY=python3")
     assert "venv" not in own and "pip" not in own
-    assert "python3 -m ruff check ." in own and "python3 train_teacher.py" in own
+    assert '"python3" -m ruff check .' in own and '"python3" train_teacher.py' in own
+    # from the environment too, as SEEDS and FLAGS are: it was ignored, and .venv made
+    from_env = subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True,
+                              text=True, check=True, env={**os.environ, "PY": "python3"}).stdout
+    assert "venv" not in from_env and '"python3" -m pytest' in from_env
+    # an interpreter whose path has a space is one word to the shell
+    spaced = every_command("all", "best", "test", "PY=/opt/my env/bin/python")
+    assert '"/opt/my env/bin/python" -m ruff check .' in spaced
+    assert '"/opt/my env/bin/python" train_teacher.py' in spaced
+    assert '"/opt/my env/bin/python" sweep.py experiments/grids/best.toml --checkpoints' in spaced
     default = every_command("test")
-    assert "-m venv .venv" in default and ".venv/bin/python -m ruff check ." in default
+    assert "-m venv .venv" in default and '".venv/bin/python" -m ruff check .' in default
     spelled = every_command("test", "PY=./.venv/bin/python3")
     assert "-m venv .venv" in spelled  # the venv's interpreter, however it is written
 

@@ -139,12 +139,21 @@ STAGE = {"script": "train_student.py", "name": "s_{loss}_seed{seed}", "grid": {"
     ({"seeds": ["0"], "stage": [STAGE]}, None, "seeds must be a list of integers"),
     ({"flags": "x", "stage": [STAGE]}, None, "flags must be a table"),
     ({"stage": [{**STAGE, "grid": [1]}]}, None, "stage 1: grid must be a table"),
-    ({"stage": [{**STAGE, "name": 5}]}, None, "stage 1: name must be a string"),
+    ({"stage": [{**STAGE, "name": 5}]}, None, "stage 1: name must be a non-empty string"),
     ({"stage": [{**STAGE, "flags": {"plots-dir": "p/{x}"}}]}, None, "cannot be filled"),
     # runs silently other than their names said
     ({"stage": [{**STAGE, "grid": {"seed": [0, 1]}}]}, None, "'seed'"),
     ({"stage": [{**STAGE, "flags": {"seed": 3}}]}, None, "'seed'"),
     ({"stage": [STAGE]}, {"loss": "ce"}, "--flags sets 'loss', an axis of stage 1"),
+    # a traceback, or nothing run and exit 0
+    ({"stage": 5}, None, "stage must be a list of tables ([[stage]])"),
+    ({"stage": {"script": "train_student.py"}}, None, "stage must be a list of tables"),
+    ({"stage": []}, None, "the grid has no [[stage]]"),
+    ({"folder": 5, "stage": [STAGE]}, None, "folder must be a string"),
+    ({"seeds": [], "stage": [STAGE]}, None, "seeds must be a list of integers"),
+    ({"stage": [{**STAGE, "grid": []}]}, None, "stage 1: grid must be a table or a non-empty "
+                                                "list of tables"),
+    ({"stage": [{**STAGE, "name": ""}]}, None, "stage 1: name must be a non-empty string"),
     # a path among the values: a name with a folder in it failed every run as it started
     ({"stage": [{"script": "train_student.py", "grid": {"teacher": ["ckpt/teacher.pt"]}}]},
      None, None),
@@ -263,6 +272,13 @@ def test_a_sweep_of_two_grids_runs_a_student_after_the_other_grids_teacher(image
 def test_extra_flags_parse_like_the_scripts_take_them():
     assert parse_flags("--train-subset 500 --dry-run --widths 32 64") == {
         "train-subset": "500", "dry-run": True, "widths": ["32", "64"]}
+    # argparse's --flag=value: the key 'epochs=3' passed the axis guard, and the run kept
+    # its grid's --epochs 96 beside a later --epochs=3 under the e96 name
+    assert parse_flags("--epochs=3 --widths=32 --lr 0.1") == {"epochs": "3", "widths": "32",
+                                                              "lr": "0.1"}
+    with pytest.raises(GridError, match="--flags sets 'epochs', an axis of stage 1"):
+        expand({"stage": [{**STAGE, "grid": {"epochs": [12, 96]}}]}, "out", seeds=[0],
+               extra=parse_flags("--epochs=3"))
     with pytest.raises(GridError):
         parse_flags("epochs 3")
 
@@ -586,6 +602,25 @@ def test_a_run_that_finished_by_the_deadline_is_reported_done_not_stopped(tmp_pa
     outcome = sweep_module.run_here([run], {str(tmp_path): Executor()}, gpus=[],
                                     stop_at=time.time() + 0.1)
     assert outcome["a"][0] == "done", outcome
+
+
+def test_flags_that_would_train_finished_runs_again_are_refused(image_folder, tmp_path):
+    """`--flags '--epochs 1'` for a trial on the grid's own folder made every finished run
+    stale and trained it again from the start, over its results (the 40-epoch teacher of
+    checkpoints/ among them); a grid changed on purpose still trains its runs again."""
+    grid = write_grid(tmp_path / "grid.toml", '[[stage]]\nscript = "train_teacher.py"\n'
+                      'name = "teacher"\n', image_folder)
+    assert sweep(grid).returncode == 0
+    weights = (tmp_path / "sweep" / "teacher.pt").read_bytes()
+    proc = sweep(grid, "--flags", "--epochs 1")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --flags would train 1 finished run again from the "
+                                  "start (teacher: epochs 2 -> 1)")
+    assert (tmp_path / "sweep" / "teacher.pt").read_bytes() == weights
+    assert sweep(grid, "--flags", "--epochs 1", "--folder", tmp_path / "trial").returncode == 0
+    grid.write_text(grid.read_text().replace("epochs = 2", "epochs = 1"))
+    assert sweep(grid).returncode == 0
+    assert load_checkpoint(tmp_path / "sweep" / "teacher.pt")["epochs"] == 1
 
 
 def test_a_finished_run_whose_teacher_changed_is_run_again_as_make_would(
@@ -919,3 +954,17 @@ def test_a_sweep_of_relative_folders_from_outside_the_repository_is_refused(tmp_
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: the runs' folders are relative to the repository, where their jobs run: "
         f"run sweep.py from {ROOT}, or give the grid an absolute folder"], proc.stderr
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--executor", "slurm", "--stop-after", "5"], "--stop-after is for --executor local"),
+    (["--executor", "slurm", "--runs-per-device", "2"],
+     "--runs-per-device is for --executor local"),
+    (["--no-wait"], "--no-wait is for --executor slurm"),
+])
+def test_an_option_of_the_other_executor_is_refused_not_ignored(tmp_path, flags, says):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'folder = "{tmp_path}"\n[[stage]]\nscript = "train_teacher.py"\n')
+    proc = sweep(grid, *flags)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert says in proc.stderr

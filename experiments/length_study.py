@@ -8,7 +8,8 @@ each other, lengths against the shortest, a method's side settings in a family o
 own), each run's EMA against its raw weights (a family of its own), and the best
 student's recipe: the choice on validation among the methods at the longest length.
 
-    python experiments/length_study.py                    # the study: five seeds, two machines
+    python experiments/length_study.py --figure docs/figures/length.png   # the study: five
+                                            # seeds, two machines, and README's figure
     python experiments/length_study.py --beside experiments/xeon_runs.csv   # beside seeds 0-2
     python experiments/length_study.py experiments/xeon_runs.csv --figure /tmp/length.png \
         --beside experiments/h200_runs.csv experiments/zen1_runs.csv \
@@ -381,8 +382,10 @@ def main():
     parser.add_argument("results", nargs="*", default=[ROOT / path for path in DEFAULT_TABLES],
                         help="evaluate.py's results.csv or copies with its columns, read as "
                              f"one (default: {' '.join(DEFAULT_TABLES)})")
-    parser.add_argument("--figure", default=str(ROOT / "docs/figures/length.png"),
-                        help="where the figure goes (default: docs/figures/length.png)")
+    # Not docs/figures/length.png, README's: a run on other tables replaced it unseen.
+    parser.add_argument("--figure", default="plots/length.png",
+                        help="where the figure goes (default: plots/length.png; README's "
+                             "is docs/figures/length.png, of the default tables)")
     parser.add_argument("--leave-out", nargs="+", default=[], metavar="PATTERN",
                         help="leave out the methods whose label (without the length) matches "
                              "a shell-style pattern, e.g. 'dkd (clip_grad_norm=0.0*': the "

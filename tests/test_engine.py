@@ -235,7 +235,7 @@ def test_the_curves_figure_is_drawn_with_every_epoch_at_the_end(image_folder, tm
     epoch forces it."""
     drawn = []
     monkeypatch.setattr(engine.plotting, "plot_curves",
-                        lambda history, path, title: drawn.append(len(history)))
+                        lambda history, path, title, second_model: drawn.append(len(history)))
     train(parse(image_folder, tmp_path, "--epochs", 3))
     assert drawn[0] == 1 and drawn[-1] == 3  # epoch 2 as well on a machine slower than 30 s
 

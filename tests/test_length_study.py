@@ -408,3 +408,13 @@ def test_one_recipe_labelled_two_ways_by_two_evaluations_is_read_as_one():
     assert list(second["variant"]) == [
         "dkd (clip_grad_norm=0.0, dkd_beta=0.5, dkd_warmup=1.0)",
         "dkd (clip_grad_norm=5.0, dkd_beta=8.0, epochs=36)", "kd"]
+
+
+def test_readmes_figure_is_what_the_study_draws_from_the_committed_tables(tmp_path):
+    """README's docs/figures/length.png was the default --figure, so a run on other tables
+    (the three-machine version) replaced it with a figure of runs the README's table does
+    not hold. The default is plots/ now; the committed figure must be the study's own."""
+    figure = tmp_path / "length.png"
+    subprocess.run([sys.executable, "experiments/length_study.py", "--figure", figure],
+                   cwd=ROOT, check=True, capture_output=True)
+    assert figure.read_bytes() == (ROOT / "docs/figures/length.png").read_bytes()

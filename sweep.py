@@ -297,6 +297,19 @@ def select(runs, patterns):
     return chosen
 
 
+def left_out_needs(selected, pool):
+    """Refuse a run of `selected` (--only's) that needs a run of the grids it leaves out
+    and that has not finished: the run would start and fail in its job log for want of that
+    checkpoint."""
+    by_key = {run.key: run for run in pool}
+    chosen = {run.key for run in selected}
+    for run in selected:
+        for need in run.needs:
+            if need not in chosen and ran_to_end(by_key[need]) is None:
+                refuse(f"--only: {run.label} needs {by_key[need].label}, which it leaves out "
+                       f"and which has not finished: add it to --only, or run it first")
+
+
 def teacher_name(seed):
     """`{teacher}` in a grid: the name of the seed's teacher run as make names it, so a
     student can distil from its own seed's teacher (`teacher = "{folder}/{teacher}.pt"`)."""
@@ -790,7 +803,8 @@ def main():
             grids[path] = folder
             runs.append(expand(grid, folder, args.seeds or grid.get("seeds", [0]),
                                parse_flags(args.flags)))
-        runs = select(combine(runs), args.only)
+        pool = combine(runs)
+        runs = select(pool, args.only)
     except GridError as e:
         refuse(str(e))
     if Path.cwd().resolve() != ROOT and not all(Path(run.folder).is_absolute() for run in runs):
@@ -807,6 +821,7 @@ def main():
             else:
                 print(f"not finished: {run.out}", file=sys.stderr)
         return
+    left_out_needs(runs, pool)
     todo, outdated = [], {}
     for run in runs:
         reasons = stale(run) if finished(run) else None

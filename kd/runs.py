@@ -248,10 +248,16 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
         print(f"note: {out} ran on {before} and continues on {device.type}: same batches "
               f"and {args.precision} arithmetic, but other kernels, so not bit for bit "
               f"the run that stays on {before} (each epoch's device is in its metrics)")
-    elif args.epochs > done and last_machine and last_machine != machine_name(device):
-        print(f"note: {out} ran on {last_machine} and continues on {machine_name(device)}: "
-              f"same batches and arithmetic, but another machine's kernels, so not bit for "
-              f"bit the run that stays on either (each epoch's machine is in its metrics)")
+    elif args.epochs > done:  # same device type, more epochs to train: other kernels?
+        if config.get("compile") != args.compile:
+            print(f"note: {out} ran with --compile {config.get('compile')} and continues "
+                  f"with --compile {args.compile}: same batches and arithmetic, but other "
+                  f"kernels, so not bit for bit the run that keeps its mode")
+        if last_machine and last_machine != machine_name(device):
+            print(f"note: {out} ran on {last_machine} and continues on "
+                  f"{machine_name(device)}: same batches and arithmetic, but another "
+                  f"machine's kernels, so not bit for bit the run that stays on either (each "
+                  f"epoch's machine is in its metrics)")
     return ckpt
 
 

@@ -605,3 +605,18 @@ def test_a_run_resumed_on_another_machine_records_both(image_folder, tmp_path, m
     assert "continues on" not in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "student.pt")["config"]["machine"] == \
         f"{first}, then {second}"
+
+
+def test_a_run_resumed_with_another_compile_mode_says_so(image_folder, tmp_path, capsys):
+    """--compile is no part of the recipe (the same arithmetic), but other kernels: a run
+    resumed with another mode is not bit for bit the straight run, and said nothing."""
+    with pytest.raises(KeyboardInterrupt):  # 64 images / 32 = 2 steps per epoch: in epoch 2
+        train(parse(image_folder, tmp_path, "--epochs", 2, "--train-subset", 64),
+              interrupt_after(3))
+    capsys.readouterr()
+    runs.prepare_run(parse(image_folder, tmp_path, "--resume", "--compile", "default"),
+                     "student")
+    assert (f"note: {tmp_path / 'student.pt'} ran with --compile None and continues with "
+            "--compile default" in capsys.readouterr().out)
+    runs.prepare_run(parse(image_folder, tmp_path, "--resume"), "student")
+    assert "--compile" not in capsys.readouterr().out

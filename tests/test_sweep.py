@@ -968,3 +968,14 @@ def test_an_option_of_the_other_executor_is_refused_not_ignored(tmp_path, flags,
     proc = sweep(grid, *flags)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert says in proc.stderr
+
+
+def test_only_refuses_a_run_whose_needed_run_it_leaves_out_unfinished(image_folder, tmp_path):
+    """`--only 'student_*'` before the grid's teacher had run: each student started, then
+    failed in its job log for want of the teacher's checkpoint."""
+    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
+    proc = sweep(grid, "--only", "student_*")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --only: student_loss=kd+ce_seed0 needs teacher, "
+                                  "which it leaves out and which has not finished")
+    assert sweep(grid, "--only", "student_*", "--list").returncode == 0  # nothing runs

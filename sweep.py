@@ -130,14 +130,34 @@ def parse_flags(text):
     return settings
 
 
-def retrained_by_flags(outdated, extra):
-    """Refuse --flags that would train finished runs again from the start (`outdated`: each
-    one's stale reasons; those of a key of `extra` count): a trial's '--epochs 1' on the
-    grid's own folder trained its every finished run again over its results. A grid
-    changed on purpose trains them again as make does."""
-    keys = {key.replace("-", "_") for key in extra}
-    hit = {label: flagged for label, reasons in outdated.items()
-           if (flagged := [r for r in reasons if r.split()[0] in keys])}
+# The options of the slurm group, which a local sweep would ignore
+SLURM_OPTIONS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
+                 "sbatch", "no_wait")
+
+
+def load_pool(args, extra):
+    """({grid file: its folder}, the runs of every grid as one pool) with `extra` flags."""
+    grids, runs = {}, []
+    for path in args.grids:
+        grid = load_grid(path)
+        folder = args.folder or grid.get("folder") or f"runs/sweeps/{Path(path).stem}"
+        grids[path] = folder
+        runs.append(expand(grid, folder, args.seeds or grid.get("seeds", [0]), extra))
+    return grids, combine(runs)
+
+
+def retrained_by_flags(runs, plain):
+    """Refuse --flags that would train finished runs again from the start: a trial's
+    '--epochs 1' (or another --data-root) on the grid's own folder trained its every
+    finished run again over its results. `plain`: the same runs without the flags (by
+    key); the reasons the flags add count. A grid changed on purpose trains them again, as
+    make does."""
+    hit = {}
+    for run in runs:
+        if ran_to_end(run) is not None and run.key in plain:
+            before = stale(plain[run.key])
+            if added := [reason for reason in stale(run) if reason not in before]:
+                hit[run.label] = added
     if hit:
         label, reasons = next(iter(hit.items()))
         more = f"; and {len(hit) - 1} more" if len(hit) > 1 else ""
@@ -784,8 +804,10 @@ def main():
     if args.executor == "slurm" and local_only:
         refuse(f"{local_only[0]} is for --executor local (SLURM jobs end at --time-min, "
                f"one run each)")
-    if args.executor == "local" and args.no_wait:
-        refuse("--no-wait is for --executor slurm: a local sweep runs its jobs itself")
+    slurm_only = [f"--{dest.replace('_', '-')}" for dest in SLURM_OPTIONS
+                  if getattr(args, dest) != parser.get_default(dest)]
+    if args.executor == "local" and slurm_only:
+        refuse(f"{slurm_only[0]} is for --executor slurm: a local sweep runs its jobs itself")
     if args.runs_per_device < 1:
         refuse(f"--runs-per-device must be at least 1, got {args.runs_per_device}")
     if args.stop_after is not None and args.stop_after <= 0:
@@ -795,16 +817,11 @@ def main():
     if args.folder and len(args.grids) > 1:
         refuse("--folder takes one grid; several grids go each into its own folder")
     try:
-        grids = {}  # grid file -> its folder
-        runs = []
-        for path in args.grids:
-            grid = load_grid(path)
-            folder = args.folder or grid.get("folder") or f"runs/sweeps/{Path(path).stem}"
-            grids[path] = folder
-            runs.append(expand(grid, folder, args.seeds or grid.get("seeds", [0]),
-                               parse_flags(args.flags)))
-        pool = combine(runs)
+        extra = parse_flags(args.flags)
+        grids, pool = load_pool(args, extra)
         runs = select(pool, args.only)
+        # the same runs without --flags: what the flags change of each
+        plain = {run.key: run for run in load_pool(args, None)[1]} if extra else {}
     except GridError as e:
         refuse(str(e))
     if Path.cwd().resolve() != ROOT and not all(Path(run.folder).is_absolute() for run in runs):
@@ -829,9 +846,8 @@ def main():
             todo.append(run)
         if reasons:
             outdated[run.label] = reasons
-    if extra := parse_flags(args.flags):
-        retrained_by_flags({run.label: stale(run) for run in runs
-                            if ran_to_end(run) is not None}, extra)
+    if extra:
+        retrained_by_flags(runs, plain)
     todo, recheck = with_dependents(runs, todo)
     # Asked before any job starts: a typo in a later stage would otherwise show once the
     # stages before it have trained (a teacher: 16 minutes on a CPU).

@@ -67,7 +67,9 @@ def short_machine_names(machines):
     stays short; a machine whose short name another machine shares keeps its whole name.
     main prints the whole names below the table."""
     machines = sorted(set(machines.dropna()))
-    short = {m: re.sub(r" \(.*\)$", "", m).replace("(R)", "") for m in machines}
+    # a run resumed elsewhere names each machine: "A (...), then B (...)"
+    short = {m: ", then ".join(re.sub(r" \(.*\)$", "", part).replace("(R)", "")
+                               for part in m.split(", then ")) for m in machines}
     taken = pd.Series(list(short.values())).value_counts()
     return {m: name if taken[name] == 1 else m for m, name in short.items()}
 

@@ -89,17 +89,21 @@ class _Deferral:
         are given theirs (submitit's time-limit handler ends its job by one): no stand-in
         is left in place and no held signal is dropped."""
         stop = None
+        # Blocking holds a signal only for this thread: one sent to the process may land on
+        # another (torch's), and this thread then runs its handler at any line, not only in
+        # a call below. So each loop is inside its try, and resumes where it was stopped:
+        # putting a handler back twice is harmless; a signal is given on at most once.
         with _blocked(self.handlers):
             self.over = True
-            for sig, handler in self.handlers.items():
+            to_restore, to_give = list(self.handlers.items()), list(self.arrived)
+            while to_restore or to_give:
                 try:
-                    signal.signal(sig, handler)
+                    while to_restore:
+                        signal.signal(*to_restore[0])
+                        to_restore.pop(0)
+                    while to_give:
+                        self.give_on(to_give.pop(0))
                 except BaseException as e:  # a handler already back, given a signal
-                    stop = stop or e
-            for sig in self.arrived:
-                try:
-                    self.give_on(sig)
-                except BaseException as e:
                     stop = stop or e
         if stop is not None:
             raise stop

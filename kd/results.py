@@ -160,11 +160,13 @@ def seed_table(runs, keys, column="test_acc"):
     one seed, its runs averaged, as report.compare_runs pairs it; a run without a seed is
     one of its own."""
     tested = runs.dropna(subset=[column])
-    if "seed" in tested:
-        seeded = tested.dropna(subset=["seed"])
-        per_seed = seeded.groupby([*keys, "seed"], dropna=False, sort=False)[column].mean()
-        tested = pd.concat([per_seed.reset_index(),
-                            tested.loc[tested["seed"].isna(), [*keys, "seed", column]]])
+    if "seed" in tested:  # each seed's runs as their mean, in the rows' order (callers
+        seeded = tested["seed"].notna()  # add columns by position)
+        by_seed = [*keys, "seed"]
+        means = tested[seeded].groupby(by_seed, dropna=False, sort=False)[column]
+        tested = tested.assign(**{column: means.transform("mean").reindex(tested.index)
+                                  .where(seeded, tested[column])})
+        tested = tested[~(seeded & tested.duplicated(by_seed))]
     table = tested.groupby(keys, dropna=False, sort=False)[column]
     table = table.agg(["mean", "std", "count"]).reset_index()
     table[column] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"

@@ -267,7 +267,10 @@ MACHINES_SEPARATOR = ", then "  # a resumed run's config: every machine it train
 def trained_on(history, recorded, current):
     """Every machine a run trained on, in order: its epochs' (those from before epochs
     recorded one ran on the config's), then this one's, which trains the next."""
-    names = [row.get("machine", recorded) for row in history] + [current]
+    # rows from before epochs recorded one: the config's first machine (after a resume
+    # elsewhere, it names both)
+    first = (recorded or "").split(MACHINES_SEPARATOR)[0] or None
+    names = [row.get("machine", first) for row in history] + [current]
     return MACHINES_SEPARATOR.join(name for i, name in enumerate(names)
                                    if name and (i == 0 or name != names[i - 1]))
 

@@ -620,3 +620,11 @@ def test_a_run_resumed_with_another_compile_mode_says_so(image_folder, tmp_path,
             "--compile default" in capsys.readouterr().out)
     runs.prepare_run(parse(image_folder, tmp_path, "--resume"), "student")
     assert "--compile" not in capsys.readouterr().out
+
+
+def test_a_run_from_before_per_epoch_machines_is_not_named_twice():
+    """Rows from before each epoch recorded its machine took the config's whole string,
+    which after one resume elsewhere already named both: "A, then B, then B"."""
+    assert runs.trained_on([{}, {"machine": "B"}], "A, then B", "B") == "A, then B"
+    assert runs.trained_on([{}, {}], "A", "B") == "A, then B"
+    assert runs.trained_on([], None, "A") == "A"

@@ -418,3 +418,11 @@ def test_readmes_figure_is_what_the_study_draws_from_the_committed_tables(tmp_pa
     subprocess.run([sys.executable, "experiments/length_study.py", "--figure", figure],
                    cwd=ROOT, check=True, capture_output=True)
     assert figure.read_bytes() == (ROOT / "docs/figures/length.png").read_bytes()
+
+
+def test_a_run_resumed_on_another_machine_keeps_both_short_names():
+    """A config's machine of a run resumed elsewhere is "A (...), then B (...)": the greedy
+    shortening kept "A" alone, as if it had run there only."""
+    both = "AMD EPYC (family 25, model 1; 2 CPUs), then Intel Xeon (family 6; 2 CPUs)"
+    names = short_machine_names(pd.Series([both, "AMD EPYC (family 25, model 1; 2 CPUs)"]))
+    assert names[both] == "AMD EPYC, then Intel Xeon"

@@ -177,7 +177,11 @@ def test_a_seed_run_twice_is_one_seed_in_the_table():
     Runs without a seed stay each their own."""
     runs = pd.DataFrame({"variant": ["ce"] * 4 + ["kd"] * 2, "seed": [0, 1, 2, 0, None, None],
                          "test_acc": [75.65, 76.35, 75.21, 75.65, 70.0, 72.0]})
-    table = seed_table(runs, ["variant"]).set_index("variant")
+    table = seed_table(runs, ["variant"])
+    # rows in the order of first appearance: report.per_variant adds columns by position
+    assert table["variant"].tolist() == ["ce", "kd"]
+    assert seed_table(runs.iloc[::-1], ["variant"])["variant"].tolist() == ["kd", "ce"]
+    table = table.set_index("variant")
     assert table.loc["ce", "seeds"] == 3 and table.loc["ce", "test_acc"] == "75.74 ± 0.57"
     assert table.loc["kd", "seeds"] == 2 and table.loc["kd", "test_acc"] == "71.00 ± 1.41"
 

@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("submitit")
 
 import sweep as sweep_module  # noqa: E402
-from conftest import ROOT, interrupted_run, run_script  # noqa: E402
+from conftest import ROOT, interrupted_run, run_script, write_image_folder  # noqa: E402
 from kd.checkpoints import load_checkpoint, weights_sha256  # noqa: E402
 from sweep import GridError, combine, expand, load_grid, parse_flags, select  # noqa: E402
 
@@ -617,6 +617,11 @@ def test_flags_that_would_train_finished_runs_again_are_refused(image_folder, tm
     assert proc.stderr.startswith("error: --flags would train 1 finished run again from the "
                                   "start (teacher: epochs 2 -> 1)")
     assert (tmp_path / "sweep" / "teacher.pt").read_bytes() == weights
+    # other data too: its reason is no flag's ("its data (...) is not --data-root ...")
+    other = tmp_path / "other-data"
+    write_image_folder(other, n_train=30, n_test=5, seed=7)
+    proc = sweep(grid, "--flags", f"--data-root {other}")
+    assert proc.returncode == 2 and "--flags would train 1 finished run again" in proc.stderr
     assert sweep(grid, "--flags", "--epochs 1", "--folder", tmp_path / "trial").returncode == 0
     grid.write_text(grid.read_text().replace("epochs = 2", "epochs = 1"))
     assert sweep(grid).returncode == 0
@@ -961,6 +966,8 @@ def test_a_sweep_of_relative_folders_from_outside_the_repository_is_refused(tmp_
     (["--executor", "slurm", "--runs-per-device", "2"],
      "--runs-per-device is for --executor local"),
     (["--no-wait"], "--no-wait is for --executor slurm"),
+    (["--partition", "gpu"], "--partition is for --executor slurm"),
+    (["--sbatch", "account=x"], "--sbatch is for --executor slurm"),
 ])
 def test_an_option_of_the_other_executor_is_refused_not_ignored(tmp_path, flags, says):
     grid = tmp_path / "grid.toml"

@@ -130,11 +130,6 @@ def parse_flags(text):
     return settings
 
 
-# The options of the slurm group, which a local sweep would ignore
-SLURM_OPTIONS = ("partition", "gpus_per_node", "cpus_per_task", "mem_gb", "array_parallelism",
-                 "sbatch", "no_wait")
-
-
 def load_pool(args, extra):
     """({grid file: its folder}, the runs of every grid as one pool) with `extra` flags."""
     grids, runs = {}, []
@@ -784,16 +779,17 @@ def main():
       "(default: 1440)")
     a("--job-name", default="kd-sweep", help="the jobs' name (default: kd-sweep)")
     s = parser.add_argument_group("slurm")
-    s.add_argument("--partition", help="SLURM partition")
-    s.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per job (default: 1)")
-    s.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per job (default: 8)")
-    s.add_argument("--mem-gb", type=int, default=32, help="memory per job (default: 32)")
-    s.add_argument("--array-parallelism", type=int, default=64,
-                   help="most jobs of one array running at once (default: 64)")
-    s.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
-                   help="more sbatch parameters, e.g. account=myproject qos=high")
-    s.add_argument("--no-wait", action="store_true", help="exit once the jobs are submitted "
-                   "(rerun the sweep later: finished runs are skipped)")
+    slurm_options = [  # which a local sweep would ignore: refused there
+        s.add_argument("--partition", help="SLURM partition"),
+        s.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per job (default: 1)"),
+        s.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per job (default: 8)"),
+        s.add_argument("--mem-gb", type=int, default=32, help="memory per job (default: 32)"),
+        s.add_argument("--array-parallelism", type=int, default=64,
+                       help="most jobs of one array running at once (default: 64)"),
+        s.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
+                       help="more sbatch parameters, e.g. account=myproject qos=high"),
+        s.add_argument("--no-wait", action="store_true", help="exit once the jobs are "
+                       "submitted (rerun the sweep later: finished runs are skipped)")]
     args = parser.parse_args()
     # from the start: the checks before the first job (the data decoded on a fresh machine)
     # spend the lent machine's time too
@@ -804,8 +800,8 @@ def main():
     if args.executor == "slurm" and local_only:
         refuse(f"{local_only[0]} is for --executor local (SLURM jobs end at --time-min, "
                f"one run each)")
-    slurm_only = [f"--{dest.replace('_', '-')}" for dest in SLURM_OPTIONS
-                  if getattr(args, dest) != parser.get_default(dest)]
+    slurm_only = [option.option_strings[0] for option in slurm_options
+                  if getattr(args, option.dest) != option.default]
     if args.executor == "local" and slurm_only:
         refuse(f"{slurm_only[0]} is for --executor slurm: a local sweep runs its jobs itself")
     if args.runs_per_device < 1:

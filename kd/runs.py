@@ -243,12 +243,12 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
         print(f"note: {out} trains in bf16, which this {device.type} has no native units "
               f"for; --precision fp32 with --restart-if-changed starts it over in fp32")
     before = torch.device(config.get("device", "cpu")).type
-    last_machine = (config.get("machine") or "").split(MACHINES_SEPARATOR)[-1]
     if before != device.type:
         print(f"note: {out} ran on {before} and continues on {device.type}: same batches "
               f"and {args.precision} arithmetic, but other kernels, so not bit for bit "
               f"the run that stays on {before} (each epoch's device is in its metrics)")
     elif args.epochs > done:  # same device type, more epochs to train: other kernels?
+        last_machine = (config.get("machine") or "").split(MACHINES_SEPARATOR)[-1]
         if config.get("compile") != args.compile:
             print(f"note: {out} ran with --compile {config.get('compile')} and continues "
                   f"with --compile {args.compile}: same batches and arithmetic, but other "

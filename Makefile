@@ -7,14 +7,18 @@
 # make test  : set up .venv, lint (ruff) and run the test suite, one worker per core
 # make bench : set up .venv and print benchmarks/throughput.py's table (idle machine!)
 # make best  : the best student's frozen recipe (experiments/grids/best.toml) on its seeds,
-#              each distilling from its seed's teacher, then evaluate.py and report.py in
-#              runs/best (hours on a 2-core CPU)
+#              each distilling from its seed's teacher, into CKPT; then evaluate.py and
+#              report.py of those runs alone in PLOTS/best (hours on a 2-core CPU)
 #
 # CIFAR10_ROOT=path  torchvision layout or ImageFolder root (default ./data, where
 #                    torchvision downloads CIFAR-10 if the network allows)
 # SEEDS="0 1 2"      seeds to run (default 0): a teacher per seed, and each seed's students
 #                    distil from their own seed's teacher (teacher.pt for seed 0,
 #                    teacher_seed<s>.pt else), so the spread over seeds covers both
+# CKPT, PLOTS        where the runs go (default checkpoints) and their figures and report
+#                    (default plots)
+# FLAGS="..."        more flags for every training run, e.g. FLAGS="--precision fp32" (with
+#                    a CKPT of its own: else the runs in checkpoints/ are trained again)
 # PY=python3         use this interpreter and the packages it has (requirements.txt) instead
 #                    of making .venv: an existing environment, a machine without a network
 # Safe to rerun: a finished stage is skipped, an interrupted one resumes, and one whose
@@ -86,12 +90,16 @@ evaluate: students ema
 report: evaluate
 	"$(PY)" report.py --plots-dir "$(PLOTS)"
 
-BEST_GRID := experiments/grids/best.toml
+# the grid's runs with this command's CKPT, PLOTS and FLAGS (single quotes escaped for the
+# shell; sweep.py splits the flags as a shell would)
+single_quoted = '$(subst ','\'',$(1))'
+BEST_SWEEP = "$(PY)" sweep.py experiments/grids/best.toml --folder "$(CKPT)" \
+  --flags=$(call single_quoted,$(strip --plots-dir "$(PLOTS)" $(FLAGS)))
 best: $(SETUP)
-	"$(PY)" sweep.py $(BEST_GRID)
-	checkpoints=$$("$(PY)" sweep.py $(BEST_GRID) --checkpoints) && \
-	  "$(PY)" evaluate.py $$checkpoints --plots-dir runs/best
-	"$(PY)" report.py --plots-dir runs/best
+	$(BEST_SWEEP)
+	checkpoints=$$($(BEST_SWEEP) --checkpoints) && \
+	  "$(PY)" evaluate.py $$checkpoints --plots-dir "$(PLOTS)/best"
+	"$(PY)" report.py --plots-dir "$(PLOTS)/best"
 
 test: $(SETUP)
 	"$(PY)" -m ruff check .

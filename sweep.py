@@ -943,5 +943,10 @@ if __name__ == "__main__":
         signal.signal(_signal, interrupt)
     try:
         main()
+        sys.stdout.flush()
     except KeyboardInterrupt:  # before any job ran, or while SLURM's jobs go on without it
         sys.exit("\ninterrupted")
+    except BrokenPipeError:  # `--list | head`: its reader has what it wanted
+        if not cli.reader_gone():
+            raise
+        sys.exit(1)

@@ -2,7 +2,9 @@
 (one line, never a traceback)."""
 import argparse
 import math
+import os
 import re
+import select
 import sys
 
 import methods
@@ -186,6 +188,7 @@ def run_cli(main, trains=True):
     try:
         main()
         check_interrupt()  # one a finalizer swallowed: the user still asked to stop
+        sys.stdout.flush()  # here, where a reader gone (below) is caught, not at exit
     except (UserError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -194,5 +197,26 @@ def run_cli(main, trains=True):
         print("\n" + stopped_line(trains), file=sys.stderr)
         sys.exit(130)
     except OSError as e:  # a full disk or a vanished folder mid-run: say what, not where
+        if isinstance(e, BrokenPipeError) and reader_gone():
+            if trains:
+                print(stopped_line(trains), file=sys.stderr)
+            sys.exit(1)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def reader_gone():
+    """Whether stdout's reader has gone (`script | head`). A shell tool then ends quietly,
+    killed by SIGPIPE; Python raises BrokenPipeError instead. Stdout then points at devnull,
+    so that the flush at exit cannot raise it again (the way out Python's docs give, in
+    the signal module's note on SIGPIPE)."""
+    # asked of the pipe, not read off the error: a BrokenPipeError from another pipe is an
+    # error to report (Linux marks a pipe's writing end POLLERR once no reader is left)
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return True

@@ -78,11 +78,35 @@ def test_best_sweeps_the_frozen_recipe_then_evaluates_its_runs_alone():
     # evaluate.py only if the sweep could list its checkpoints: else it got none, and
     # evaluated checkpoints/ into runs/best
     plan = [line.strip() for line in planned("best").splitlines() if '"python"' in line]
+    sweep = ('"python" sweep.py experiments/grids/best.toml --folder "checkpoints" '
+             """--flags='--plots-dir "plots"'""")
     assert plan[-4:] == [
-        '"python" sweep.py experiments/grids/best.toml',
-        'checkpoints=$("python" sweep.py experiments/grids/best.toml --checkpoints) && \\',
-        '"python" evaluate.py $checkpoints --plots-dir runs/best',
-        '"python" report.py --plots-dir runs/best']
+        sweep, f'checkpoints=$({sweep} --checkpoints) && \\',
+        '"python" evaluate.py $checkpoints --plots-dir "plots/best"',
+        '"python" report.py --plots-dir "plots/best"']
+
+
+def test_best_takes_the_folders_and_flags_given_to_it(tmp_path):
+    """make best FLAGS="--precision fp32" CKPT=... trained in bf16 into checkpoints/ (the
+    grid's folder and flags won) and put its report over the default one."""
+    import sweep
+    args = tmp_path / "args"  # stands in for python: one line per call, [argument] each
+    args.write_text('#!/bin/sh\nfor a in "$@"; do printf "[%s]" "$a"; done; echo\n')
+    args.chmod(0o755)
+    folder, plots = tmp_path / "my runs", tmp_path / "my plots"
+    calls = subprocess.run(["make", "-s", "best", f"PY={args}", f"CKPT={folder}",
+                            f"PLOTS={plots}", "FLAGS=--precision fp32 --tag \"it's\"",
+                            "-o", ".venv/installed"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    sweep_call, evaluate_call, report_call = [call[1:-1].split("][") for call in calls]
+    assert sweep_call[:4] == ["sweep.py", "experiments/grids/best.toml", "--folder",
+                              str(folder)]
+    flags = sweep_call[4].removeprefix("--flags=")
+    assert sweep.parse_flags(flags) == {"plots-dir": str(plots), "precision": "fp32",
+                                        "tag": "it's"}
+    assert evaluate_call[0] == "evaluate.py" and evaluate_call[-2:] == ["--plots-dir",
+                                                                        f"{plots}/best"]
+    assert report_call == ["report.py", "--plots-dir", f"{plots}/best"]
 
 
 def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
@@ -102,7 +126,7 @@ def test_a_given_interpreter_is_used_as_it_is_and_no_venv_is_made():
     spaced = every_command("all", "best", "test", "PY=/opt/my env/bin/python")
     assert '"/opt/my env/bin/python" -m ruff check .' in spaced
     assert '"/opt/my env/bin/python" train_teacher.py' in spaced
-    assert '"/opt/my env/bin/python" sweep.py experiments/grids/best.toml --checkpoints' in spaced
+    assert '"/opt/my env/bin/python" sweep.py experiments/grids/best.toml --folder' in spaced
     default = every_command("test")
     assert "-m venv .venv" in default and '".venv/bin/python" -m ruff check .' in default
     spelled = every_command("test", "PY=./.venv/bin/python3")

@@ -692,6 +692,42 @@ def test_a_ctrl_c_while_starting_ends_the_process_even_where_a_library_catches_e
     assert proc.returncode == 130 and "trained" not in proc.stdout
 
 
+def read_a_line_then_stop(command):
+    """`command | head -1`: the first line of stdout, then the reader goes."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=120)
+    return first, stderr, proc.returncode
+
+
+@pytest.mark.parametrize("main", [
+    "lambda: [print(i) for i in range(200_000)]",  # more than the pipe holds
+    # the rest of the output written as the script ends
+    "lambda: (print(0, flush=True), time.sleep(1), print(1))"])
+def test_a_script_whose_reader_stops_early_ends_quietly(main):
+    """`evaluate.py ... | head -1` said "error: [Errno 32] Broken pipe" on stderr, or Python's
+    "Exception ignored ... BrokenPipeError" where the output was written at exit: quiet, as a
+    shell tool is, exit status 1."""
+    code = (f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom kd import cli\n"
+            f"cli.run_cli({main}, trains=False)\n")
+    first, stderr, returncode = read_a_line_then_stop([sys.executable, "-c", code])
+    assert (first, stderr, returncode) == ("0\n", "", 1)
+
+
+def test_a_sweep_listing_whose_reader_stops_early_ends_quietly(tmp_path):
+    """`sweep.py GRID --list | head` ended in a traceback."""
+    grid = tmp_path / "many.toml"
+    grid.write_text(f'folder = "{tmp_path}"\n[[stage]]\nscript = "train_teacher.py"\n'
+                    f"grid = {{epochs = {list(range(1, 3001))}}}\n")
+    first, stderr, returncode = read_a_line_then_stop(
+        [sys.executable, "sweep.py", str(grid), "--list"])
+    assert first.startswith("teacher_epochs=1_seed0 train_teacher.py")
+    assert (stderr, returncode) == ("", 1)
+
+
 def test_a_run_started_over_drops_the_old_test_record_before_its_first_checkpoint(
         image_folder, tmp_path, monkeypatch):
     """A finished run trained again from the start (--overwrite, or --restart-if-changed on

@@ -85,6 +85,10 @@ TEACHERS_AGAIN = [Path(__file__).with_name(f"teachers12_{precision}.csv")
 MAKE_ALL = Path(__file__).with_name("make_all_73dfb69.csv")
 # the EMA models of the bf16 − fp32 family, from rows where both precisions have them
 EMA_MODELS = (*EMA_SUMMARY, *EMA_TEACHERS)
+# docs/results.md, "The same study on three machines": evaluate.py's rows of the one lent
+# GPU session (an H200, bf16); seed 0's pipeline runs (the teacher, the 12-epoch students,
+# the mean-teacher runs) are README's GPU column.
+H200_RUNS = Path(__file__).with_name("h200_runs.csv")
 
 
 def welch_from_summary(a, b, n=RUNS):
@@ -159,6 +163,26 @@ def tables(runs, again):
                       if len(ema) == len(raw) == RUNS else paired_from_summary(*gain)))
     out.append(("EMA against raw weights, fp32", family_table(tests, names)))
     return out
+
+
+def first_table(runs, seeds_34, gpu):
+    """(title, table): README's first table, each variant's test accuracy per precision, mean
+    ± std over its seeds (the mean-teacher runs' with SEEDS_34's seeds 3 and 4), and the
+    GPU's seed-0 pipeline run beside them."""
+    later = seeds_34[(seeds_34["weights"] == "raw")
+                     & seeds_34["variant"].str.startswith("mean-teacher")]
+    both = pd.concat([runs, later[runs.columns]], ignore_index=True)
+    table = seed_table(both, ["variant", "precision"])
+    table = table.assign(cell=table["test_acc"] + " (" + table["seeds"].astype(str) + ")")
+    table = table.pivot(index="variant", columns="precision", values="cell")
+    table = table.reindex(both["variant"].unique())[["bf16", "fp32"]]
+    table.columns = ["bf16 (seeds)", "fp32 (seeds)"]
+    pipeline = gpu[(gpu["seed"] == 0) & (gpu["weights"] == "raw")
+                   & gpu["epochs"].isin([12, 40])]
+    variants = pipeline["variant"].str.removesuffix(" (epochs=12)")
+    table["GPU, seed 0"] = table.index.map(
+        dict(zip(variants, pipeline["test_acc"].map("{:.2f}".format)))).fillna("")
+    return [("README's first table: test accuracy (%)", table.reset_index())]
 
 
 def five_seed_tables(runs, seeds_34):
@@ -302,7 +326,8 @@ def main():
     again = pd.concat([rerun, mean_teacher, fp32, teachers], ignore_index=True)
     all_teachers = again[again["model"] == "teacher"]
     again = trusted_rows(runs, again)
-    for title, table in (tables(runs, again)
+    for title, table in (first_table(runs, seeds_34, pd.read_csv(H200_RUNS))
+                         + tables(runs, again)
                          + again_tables("Mean-teacher runs of seeds 0-2", runs, mean_teacher,
                                         EMA_TEACHERS)
                          + again_tables("fp32 teacher and students", runs, fp32,

@@ -1,5 +1,6 @@
 """experiments/verdicts.py: the tests it makes from a summary agree with report.py's on runs
 that have that summary (n = 3: mean m, std s for m - s, m, m + s)."""
+import itertools
 import math
 import os
 import shutil
@@ -22,12 +23,15 @@ from verdicts import (  # noqa: E402
     EMA_SUMMARY,
     EMA_TEACHERS,
     FP32_AGAIN,
+    H200_RUNS,
     MAKE_ALL,
     MEAN_TEACHER_AGAIN,
     PER_SEED,
     RERUN,
+    SEEDS_34,
     TEACHERS_AGAIN,
     again_tables,
+    first_table,
     five_seed_tables,
     method_tables,
     paired_from_summary,
@@ -301,6 +305,37 @@ def test_the_timed_make_all_gives_every_recorded_number():
     [(_, table)] = pipeline_table(pd.read_csv(PER_SEED), pd.read_csv(MAKE_ALL))
     assert len(table) == 7 and (table["test accuracy as recorded"] == "1 of 1").all()
     assert table.set_index("variant").at["teacher", "minutes"] == 15.0
+
+
+README_ROWS = {"teacher (7 conv)": "teacher", "student (2 conv), KD + CE": "kd+ce",
+               "student, KD alone": "kd", "student, DKD": "dkd", "student, DIST": "dist",
+               "student, KD + CE with logit standardization": "kd+ce+ls",
+               "student trained alone": "ce", "mean-teacher student": "mean-teacher",
+               "mean-teacher, teacher = the student": "mean-teacher-no-averaging",
+               "mean-teacher, teacher frozen": "mean-teacher-no-ema"}
+
+
+def test_readmes_first_table_is_the_one_verdicts_prints():
+    """README's first table had no command printing its 3-seed rows (they were grouped by
+    hand from per_seed.csv): each of its cells is verdicts.py's, and its seeds are those
+    README's text gives."""
+    seeds_34 = pd.concat([pd.read_csv(path) for path in SEEDS_34], ignore_index=True)
+    [(_, printed)] = first_table(pd.read_csv(PER_SEED), seeds_34, pd.read_csv(H200_RUNS))
+    printed = printed.set_index("variant")
+    readme = (ROOT / "README.md").read_text()
+    assert ("mean ± std over 3 seeds (KD + CE and KD alone in bf16: 10; the mean-teacher "
+            "rows: 5") in " ".join(readme.split())
+    lines = readme.split("| model | MACs / image |")[1].splitlines()[2:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in itertools.takewhile(
+        lambda line: line.startswith("| "), lines)]
+    assert len(rows) == len(README_ROWS)
+    for label, _macs, bf16, fp32, gpu, *_ in rows:
+        variant = next(v for k, v in README_ROWS.items() if label.startswith(k))
+        seeds = 10 if variant in ("kd+ce", "kd") else 5 if "mean" in variant else 3
+        assert f"{bf16.strip('*')} ({seeds})" == printed.at[variant, "bf16 (seeds)"], label
+        assert f"{fp32} ({5 if 'mean' in variant else 3})" == \
+            printed.at[variant, "fp32 (seeds)"], label
+        assert gpu == printed.at[variant, "GPU, seed 0"], label
 
 
 def test_a_summary_whose_differences_do_not_vary_gives_no_test_not_a_crash():

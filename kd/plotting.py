@@ -64,19 +64,28 @@ def plot_curves(history, path, title, second_model="EMA"):
     save(fig, path)
 
 
-def run_records(runs_dir, pattern):
-    """(config, metrics DataFrame) of every run in `runs_dir` whose records match `pattern`."""
-    for metrics in sorted(Path(runs_dir).glob(f"{pattern}.metrics.csv")):
-        config = Path(str(metrics).replace(".metrics.csv", ".config.json"))
-        if config.is_file():
-            yield json.loads(config.read_text()), pd.read_csv(metrics)
+def run_records(runs_dir, keep):
+    """(config, metrics DataFrame) of every run in `runs_dir` whose config `keep` accepts: a
+    run is known by its records, not its name (a sweep names its runs as it likes)."""
+    for metrics in sorted(Path(runs_dir).glob("*.metrics.csv")):
+        path = Path(str(metrics).replace(".metrics.csv", ".config.json"))
+        if path.is_file() and keep(config := json.loads(path.read_text())):
+            yield config, pd.read_csv(metrics)
 
 
-def labelled_records(runs_dir, pattern):
-    """(settings, config, metrics) of every run matching `pattern`, where `settings` is what
+def is_student(config):
+    return "loss" in config  # a train_student.py run
+
+
+def is_mean_teacher(config):
+    return "mode" in config  # a train_ema.py run
+
+
+def labelled_records(runs_dir, keep):
+    """(settings, config, metrics) of every run `keep` accepts, where `settings` is what
     sets its recipe apart from other runs of its variant ("" if nothing: seeds of one recipe
     are pooled, different recipes never are, nor a stopped run with finished ones)."""
-    records = list(run_records(runs_dir, pattern))
+    records = list(run_records(runs_dir, keep))
     variants = [run_variant(config) for config, _ in records]
     labels = recipe_labels(list(zip(variants, (config for config, _ in records))))
     for i, (config, df) in enumerate(records):
@@ -97,7 +106,7 @@ def student_curves(runs_dir):
     """label -> [(metrics, column prefix)]: one label per variant and recipe, e.g. `kd+ce`,
     `kd+ce+ls` (never pooled with `kd+ce`), `kd+ce EMA`."""
     curves = {}
-    for settings, config, df in labelled_records(runs_dir, "student_*"):
+    for settings, config, df in labelled_records(runs_dir, is_student):
         variant = run_variant(config)
         curves.setdefault(variant + settings, []).append((df, "val"))
         if "ema_val_acc" in df:
@@ -107,11 +116,16 @@ def student_curves(runs_dir):
 
 def plot_ema_compare(runs_dir, path):
     """The mean-teacher student's validation curves for each kind of teacher."""
+    plot_mean_curves(mean_teacher_curves(runs_dir), path, "mean-teacher")
+
+
+def mean_teacher_curves(runs_dir):
+    """label -> [(metrics, column prefix)]: one label per kind of teacher and recipe."""
     curves = {}
-    for settings, config, df in labelled_records(runs_dir, "ema_*"):
+    for settings, config, df in labelled_records(runs_dir, is_mean_teacher):
         label = MEAN_TEACHER_VARIANTS.get(run_variant(config), run_variant(config))
         curves.setdefault(f"student, {label}{settings}", []).append((df, "val"))
-    plot_mean_curves(curves, path, "mean-teacher")
+    return curves
 
 
 def plot_mean_curves(curves, path, title):

@@ -1,9 +1,11 @@
+import json
+import shutil
 import warnings
 
 import pandas as pd
 
 from conftest import write_run
-from kd.plotting import plot_compare, student_curves
+from kd.plotting import mean_teacher_curves, plot_compare, student_curves
 from kd.results import (
     ADDED_RECIPE_KEYS,
     label_settings,
@@ -124,6 +126,24 @@ def test_the_comparison_figure_never_pools_a_standardized_run_with_its_base_loss
     assert {label: len(runs) for label, runs in curves.items()} == {"kd+ce": 2, "kd+ce+ls": 1}
     plot_compare(tmp_path, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_the_comparison_figures_find_runs_by_their_records_not_their_names(tmp_path):
+    """students_compare.png drew only runs named student_*: a sweep's `kd+ce_T2_a0.5` or
+    `ce_w48-96` was left out of it, a mean-teacher run named otherwise out of
+    ema_compare.png."""
+    write_run(tmp_path, "student_kd_seed0", "kd", 0, 70.0)
+    write_run(tmp_path, "kd+ce_T2_seed0", "kd+ce", 0, 70.0, temperature=2.0)
+    write_run(tmp_path, "mt_seed0", "kd", 0, 70.0)
+    config = tmp_path / "mt_seed0.config.json"
+    mean_teacher = {**json.loads(config.read_text()), "mode": "mean-teacher", "no_ema": False}
+    config.write_text(json.dumps({k: v for k, v in mean_teacher.items() if k != "loss"}))
+    teacher = tmp_path / "teacher.config.json"
+    teacher.write_text(json.dumps({"model": {"name": "teacher", "arch_args": {}}, "epochs": 2}))
+    shutil.copy(tmp_path / "student_kd_seed0.metrics.csv", tmp_path / "teacher.metrics.csv")
+    assert sorted(student_curves(tmp_path)) == ["kd", "kd+ce"]
+    assert [label for label, _ in mean_teacher_curves(tmp_path).items()] == [
+        "student, teacher = EMA of the student"]
 
 
 def test_a_mean_teacher_runs_second_model_is_named_its_teacher():

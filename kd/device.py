@@ -3,6 +3,7 @@ precision of the training steps, and the backend settings that go with them."""
 import contextlib
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 
@@ -77,6 +78,17 @@ def machine_name(device):
                   if "cpu family" in fields and "model" in fields else "")
     return (f"{name} ({generation}{os.cpu_count()} CPUs, bf16 units: "
             f"{', '.join(cpu_bf16_units()) or 'none'})")
+
+
+def same_machine(recorded, current):
+    """Whether two names of machine_name's give one machine. A name recorded before the
+    names held the CPU's family and model numbers (commit e519480) matches a name with any:
+    those records cannot tell, and saying the run moved would be a guess."""
+    if recorded == current:
+        return True
+    generation = re.compile(r"family \d+, model \d+; ")
+    return (generation.sub("", recorded) == generation.sub("", current)
+            and not (generation.search(recorded) and generation.search(current)))
 
 
 def bf16_is_native(device):

@@ -22,7 +22,13 @@ import methods
 from kd.checkpoints import TRAINING_STATE, CheckpointError, load_checkpoint, weights_sha256
 from kd.cli import UserError, check_args, typed
 from kd.data import VAL_SEED, DataError, load_cifar10, split_sha256, split_train_val
-from kd.device import bf16_is_native, machine_name, resolve_precision, select_device
+from kd.device import (
+    bf16_is_native,
+    machine_name,
+    resolve_precision,
+    same_machine,
+    select_device,
+)
 from kd.records import record_paths
 from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
 from kd.schedule import load_optimizer_state
@@ -253,7 +259,7 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
             print(f"note: {out} ran with --compile {config.get('compile')} and continues "
                   f"with --compile {args.compile}: same batches and arithmetic, but other "
                   f"kernels, so not bit for bit the run that keeps its mode")
-        if last_machine and last_machine != machine_name(device):
+        if last_machine and not same_machine(last_machine, machine_name(device)):
             print(f"note: {out} ran on {last_machine} and continues on "
                   f"{machine_name(device)}: same batches and arithmetic, but another "
                   f"machine's kernels, so not bit for bit the run that stays on either (each "
@@ -270,9 +276,13 @@ def trained_on(history, recorded, current):
     # rows from before epochs recorded one: the config's first machine (after a resume
     # elsewhere, it names both)
     first = (recorded or "").split(MACHINES_SEPARATOR)[0] or None
-    names = [row.get("machine", first) for row in history] + [current]
-    return MACHINES_SEPARATOR.join(name for i, name in enumerate(names)
-                                   if name and (i == 0 or name != names[i - 1]))
+    names = []
+    for name in [row.get("machine", first) for row in history] + [current]:
+        if names and name and same_machine(names[-1], name):
+            names[-1] = name  # the later spelling: the one with the CPU's family, if any
+        elif name:
+            names.append(name)
+    return MACHINES_SEPARATOR.join(names)
 
 
 def recorded_config(ckpt):

@@ -607,6 +607,31 @@ def test_a_run_resumed_on_another_machine_records_both(image_folder, tmp_path, m
         f"{first}, then {second}"
 
 
+def test_a_run_recorded_before_machines_named_their_cpu_family_is_not_said_to_move(
+        image_folder, tmp_path, monkeypatch, capsys):
+    """Records name the CPU's family and model numbers since commit e519480: a run from
+    before, resumed on its own machine, was said to continue on another and its config
+    named the one machine twice ("A, then A" in two spellings)."""
+    from kd import device as device_module
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(device_module, "CPUINFO", cpuinfo)
+    cpuinfo.write_text("model name\t: AMD EPYC\n")  # the name as it was recorded then
+    before = device_module.machine_name(torch.device("cpu"))
+    train(parse(image_folder, tmp_path, "--epochs", 1, "--train-subset", 64))
+    cpuinfo.write_text("model name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 1\n")
+    now = device_module.machine_name(torch.device("cpu"))
+    assert now != before
+    capsys.readouterr()
+    train(parse(image_folder, tmp_path, "--resume", "--epochs", 2))
+    assert "continues on" not in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "student.pt")["config"]["machine"] == now
+    assert runs.trained_on([{}, {}], before, now) == now
+    other = now.replace("family 25, model 1", "family 26, model 2")
+    assert runs.trained_on([{}], now, other) == f"{now}, then {other}"
+    assert runs.trained_on([{}], before.replace("AMD EPYC", "Intel Xeon"), now) == \
+        f"{before.replace('AMD EPYC', 'Intel Xeon')}, then {now}"
+
+
 def test_a_run_resumed_with_another_compile_mode_says_so(image_folder, tmp_path, capsys):
     """--compile is no part of the recipe (the same arithmetic), but other kernels: a run
     resumed with another mode is not bit for bit the straight run, and said nothing."""

@@ -82,8 +82,8 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     teacher_of = teacher_of or (lambda args: None)
     ckpt = (load_resumable(out, model_name, args, recipe_keys, device, teacher_of)
             if args.resume else None)
-    if ckpt is None and args.dry_run:  # one epoch, whatever --epochs says
-        args.epochs = 1
+    if ckpt is None:
+        args.epochs = epochs_asked(args)
     args.teacher_identity = teacher_identity(teacher_of(args), args.data_identity)
     if ckpt is None:
         args.precision = resolve_precision(args.precision, device)
@@ -228,8 +228,7 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
               f"it over with them)")
     for key in RECIPE_KEYS + tuple(recipe_keys):
         setattr(args, key, config[key])
-    if args.dry_run:  # the run's own --dry-run: one epoch, never extended
-        args.epochs = 1
+    args.epochs = epochs_asked(args)  # with the run's own --dry-run: never extended
     changes = changed_identity(config, args, teacher_of(args), strict=False)
     if changes:
         raise UserError(f"{out} cannot be resumed: {'; '.join(changes)}. Start it again "
@@ -265,6 +264,12 @@ def load_resumable(out, model_name, args, recipe_keys, device, teacher_of):
                   f"machine's kernels, so not bit for bit the run that stays on either (each "
                   f"epoch's machine is in its metrics)")
     return ckpt
+
+
+def epochs_asked(args):
+    """The epochs a command asks for (None: not given): a dry run is one epoch, whatever
+    --epochs says."""
+    return 1 if args.dry_run else args.epochs
 
 
 MACHINES_SEPARATOR = ", then "  # a resumed run's config: every machine it trained on
@@ -418,7 +423,7 @@ def changed_recipe(config, args, recipe_keys, device):
         del asked["precision"]
     else:
         asked["precision"] = resolve_precision(args.precision, device)
-    asked["epochs"] = 1 if args.dry_run else args.epochs or args.default_epochs  # as prepare_run
+    asked["epochs"] = epochs_asked(args) or args.default_epochs
     # A run extended past its planned epochs trained a second cycle on top (engine.fit):
     # what asks for its length asks for one cycle.
     asked["schedule_start_epoch"] = 0

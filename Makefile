@@ -18,7 +18,8 @@
 # CKPT, PLOTS        where the runs go (default checkpoints) and their figures and report
 #                    (default plots)
 # FLAGS="..."        more flags for every training run, e.g. FLAGS="--precision fp32" (with
-#                    a CKPT of its own: else the runs in checkpoints/ are trained again)
+#                    a CKPT of its own: else make all trains the runs in checkpoints/ again,
+#                    and make best is refused)
 # PY=python3         use this interpreter and the packages it has (requirements.txt) instead
 #                    of making .venv: an existing environment, a machine without a network
 # Safe to rerun: a finished stage is skipped, an interrupted one resumes, and one whose
@@ -93,12 +94,16 @@ report: evaluate
 # the grid's runs with this command's CKPT, PLOTS and FLAGS (single quotes escaped for the
 # shell; sweep.py splits the flags as a shell would)
 single_quoted = '$(subst ','\'',$(1))'
+BEST_FLAGS = --plots-dir "$(PLOTS)"$(if $(FLAGS), $(FLAGS))
 BEST_SWEEP = "$(PY)" sweep.py experiments/grids/best.toml --folder "$(CKPT)" \
-  --flags=$(call single_quoted,$(strip --plots-dir "$(PLOTS)" $(FLAGS)))
+  --flags=$(call single_quoted,$(BEST_FLAGS))
+# evaluate.py reads the checkpoints from a file, one per line: a folder with a space in its
+# name stays one path
 best: $(SETUP)
 	$(BEST_SWEEP)
-	checkpoints=$$($(BEST_SWEEP) --checkpoints) && \
-	  "$(PY)" evaluate.py $$checkpoints --plots-dir "$(PLOTS)/best"
+	mkdir -p "$(PLOTS)/best"
+	$(BEST_SWEEP) --checkpoints > "$(PLOTS)/best/checkpoints.txt"
+	"$(PY)" evaluate.py @"$(PLOTS)/best/checkpoints.txt" --plots-dir "$(PLOTS)/best"
 	"$(PY)" report.py --plots-dir "$(PLOTS)/best"
 
 test: $(SETUP)

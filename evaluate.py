@@ -272,8 +272,10 @@ def markdown_tables(results, test_images, device, batch_size):
 
 def main():
     parser = cli.parser(__doc__)
+    parser.fromfile_prefix_chars = "@"
     parser.add_argument("checkpoints", nargs="*",
-                        help="checkpoint files (default: every checkpoints/*.pt)")
+                        help="checkpoint files, or @FILE: a file that lists them, one per line "
+                             "(default: every checkpoints/*.pt)")
     cli.add_data_device_args(parser)
     parser.add_argument("--batch-size", type=int, default=256,
                         help="images per evaluation batch and per throughput measurement "

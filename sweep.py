@@ -635,8 +635,13 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                         running[run.key] = (job, slot, time.time())
                     print(f" started  {run.label}  (log: {job.paths.stdout})", flush=True)
             time.sleep(POLL_SECONDS if running else 0)
-    except KeyboardInterrupt:  # stop the jobs too: each saves its last complete epoch
+    except (KeyboardInterrupt, BrokenPipeError) as e:
+        # stop the jobs too, each keeping its last complete epoch: after a Ctrl-C, or once
+        # the output's reader has gone (`sweep.py GRID | head`) and no one watches them
         stop_jobs(running, by_key)
+        if isinstance(e, BrokenPipeError):
+            print("output closed: the running jobs were stopped, each keeping its last "
+                  "complete epoch; run the sweep again to go on", file=sys.stderr)
         raise
     return outcome
 
@@ -943,7 +948,8 @@ if __name__ == "__main__":
         signal.signal(_signal, interrupt)
     try:
         main()
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
     except KeyboardInterrupt:  # before any job ran, or while SLURM's jobs go on without it
         sys.exit("\ninterrupted")
     except BrokenPipeError:  # `--list | head`: its reader has what it wanted

@@ -188,7 +188,8 @@ def run_cli(main, trains=True):
     try:
         main()
         check_interrupt()  # one a finalizer swallowed: the user still asked to stop
-        sys.stdout.flush()  # here, where a reader gone (below) is caught, not at exit
+        if sys.stdout is not None:  # None: no stdout at all (`script >&-`)
+            sys.stdout.flush()  # here, where a reader gone (below) is caught, not at exit
     except (UserError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -211,12 +212,17 @@ def reader_gone():
     so that the flush at exit cannot raise it again (the way out Python's docs give, in
     the signal module's note on SIGPIPE)."""
     # asked of the pipe, not read off the error: a BrokenPipeError from another pipe is an
-    # error to report (Linux marks a pipe's writing end POLLERR once no reader is left)
+    # error to report (Linux marks a pipe's writing end POLLERR once no reader is left, BSDs
+    # POLLHUP; Windows has no poll)
+    try:
+        stdout = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # none, or no file (a harness's StringIO)
+        return False
     if not hasattr(select, "poll"):
         return False
     poller = select.poll()
-    poller.register(sys.stdout.fileno(), select.POLLOUT)
-    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+    poller.register(stdout, select.POLLOUT)
+    if not any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0)):
         return False
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return True

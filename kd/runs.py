@@ -283,9 +283,10 @@ def trained_on(history, recorded, current):
     first = (recorded or "").split(MACHINES_SEPARATOR)[0] or None
     names = []
     for name in [row.get("machine", first) for row in history] + [current]:
-        if names and name and same_machine(names[-1], name):
-            names[-1] = name  # the later spelling: the one with the CPU's family, if any
-        elif name:
+        # one machine under two spellings (before and since the CPU's family was recorded)
+        # keeps the first: the later one would claim the whole run for a family its first
+        # epochs did not record
+        if name and not (names and same_machine(names[-1], name)):
             names.append(name)
     return MACHINES_SEPARATOR.join(names)
 

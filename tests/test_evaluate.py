@@ -217,6 +217,17 @@ def test_bad_input_is_one_line(image_folder, tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0]
 
 
+def test_checkpoints_can_be_listed_in_a_file_one_per_line(image_folder, tmp_path):
+    """`make best` handed evaluate.py the sweep's checkpoints through an unquoted shell
+    variable: a folder with a space became two paths. @FILE reads one path per line."""
+    listed = tmp_path / "checkpoints.txt"
+    listed.write_text(f"{tmp_path / 'my runs' / 'missing.pt'}\n")
+    proc = run_script("evaluate.py", f"@{listed}", "--data-root", image_folder, "--plots-dir",
+                      tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: checkpoint not found: {tmp_path / 'my runs' / 'missing.pt'}"], proc.stderr
+
+
 def test_a_bare_checkpoint_is_evaluated_as_its_model(teacher_checkpoint, image_folder, tmp_path):
     """A checkpoint with only its model and weights (which load_model accepts) gets a row."""
     ckpt = load_checkpoint(teacher_checkpoint)

@@ -75,14 +75,14 @@ def test_quick_keeps_the_flags_given_to_it():
 
 def test_best_sweeps_the_frozen_recipe_then_evaluates_its_runs_alone():
     # (under `make test` a nested make also prints its "Entering/Leaving directory" lines)
-    # evaluate.py only if the sweep could list its checkpoints: else it got none, and
-    # evaluated checkpoints/ into runs/best
+    # evaluate.py reads the checkpoints the sweep lists, once it could list them: else it
+    # got none, and evaluated checkpoints/
     plan = [line.strip() for line in planned("best").splitlines() if '"python"' in line]
     sweep = ('"python" sweep.py experiments/grids/best.toml --folder "checkpoints" '
              """--flags='--plots-dir "plots"'""")
     assert plan[-4:] == [
-        sweep, f'checkpoints=$({sweep} --checkpoints) && \\',
-        '"python" evaluate.py $checkpoints --plots-dir "plots/best"',
+        sweep, f'{sweep} --checkpoints > "plots/best/checkpoints.txt"',
+        '"python" evaluate.py @"plots/best/checkpoints.txt" --plots-dir "plots/best"',
         '"python" report.py --plots-dir "plots/best"']
 
 
@@ -93,7 +93,7 @@ def test_best_takes_the_folders_and_flags_given_to_it(tmp_path):
     args = tmp_path / "args"  # stands in for python: one line per call, [argument] each
     args.write_text('#!/bin/sh\nfor a in "$@"; do printf "[%s]" "$a"; done; echo\n')
     args.chmod(0o755)
-    folder, plots = tmp_path / "my runs", tmp_path / "my plots"
+    folder, plots = tmp_path / "my runs", tmp_path / "my  plots"
     calls = subprocess.run(["make", "-s", "best", f"PY={args}", f"CKPT={folder}",
                             f"PLOTS={plots}", "FLAGS=--precision fp32 --tag \"it's\"",
                             "-o", ".venv/installed"], cwd=ROOT, capture_output=True,
@@ -104,8 +104,10 @@ def test_best_takes_the_folders_and_flags_given_to_it(tmp_path):
     flags = sweep_call[4].removeprefix("--flags=")
     assert sweep.parse_flags(flags) == {"plots-dir": str(plots), "precision": "fp32",
                                         "tag": "it's"}
-    assert evaluate_call[0] == "evaluate.py" and evaluate_call[-2:] == ["--plots-dir",
-                                                                        f"{plots}/best"]
+    # the sweep's list of checkpoints, as a file evaluate.py reads one path per line
+    listed = plots / "best" / "checkpoints.txt"
+    assert listed.read_text() == f"[{']['.join(sweep_call)}][--checkpoints]\n"
+    assert evaluate_call == ["evaluate.py", f"@{listed}", "--plots-dir", f"{plots}/best"]
     assert report_call == ["report.py", "--plots-dir", f"{plots}/best"]
 
 

@@ -2,6 +2,7 @@
 import ast
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from conftest import (
     run_script,
     write_image_folder,
 )
-from kd import engine, plotting
+from kd import cli, engine, plotting
 from kd.checkpoints import (
     CheckpointError,
     export_finished,
@@ -715,6 +716,20 @@ def test_a_script_whose_reader_stops_early_ends_quietly(main):
             f"cli.run_cli({main}, trains=False)\n")
     first, stderr, returncode = read_a_line_then_stop([sys.executable, "-c", code])
     assert (first, stderr, returncode) == ("0\n", "", 1)
+
+
+def test_a_script_without_stdout_or_with_another_one_still_ends_as_it_did(monkeypatch):
+    """`script >&-` leaves Python no sys.stdout (print does nothing): the flush that
+    catches a gone reader raised AttributeError there. A stdout without a file (a test
+    harness's StringIO) is no pipe whose reader went."""
+    code = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nfrom kd import cli\n"
+            "cli.run_cli(lambda: print('x'), trains=False)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=False,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert cli.reader_gone() is False
 
 
 def test_a_sweep_listing_whose_reader_stops_early_ends_quietly(tmp_path):

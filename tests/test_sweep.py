@@ -493,6 +493,18 @@ class FinishedJob:
         pass
 
 
+class StartingJob(FinishedJob):
+    """A job still starting when it is looked at; a cancel is noted in `cancelled`."""
+    def __init__(self, cancelled):
+        self.cancelled = cancelled
+
+    def done(self):
+        return False
+
+    def cancel(self, check=True):
+        self.cancelled.append(self)
+
+
 class Executor:
     def update_parameters(self, **parameters):
         pass
@@ -530,16 +542,9 @@ def test_a_stop_as_a_job_starts_stops_that_job_too(tmp_path):
     still finds the job among those to stop; it would otherwise train on unseen."""
     cancelled = []
 
-    class StartingJob(FinishedJob):
-        def done(self):
-            return False
-
-        def cancel(self, check=True):
-            cancelled.append(self)
-
     class InterruptedAsItSubmits(Executor):
         def submit(self, function):
-            job = StartingJob()
+            job = StartingJob(cancelled)
             signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # as the signal would
             return job
 
@@ -550,6 +555,29 @@ def test_a_stop_as_a_job_starts_stops_that_job_too(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         sweep_module.run_here([run], {str(tmp_path): InterruptedAsItSubmits()}, gpus=[])
     assert len(cancelled) == 1  # no training process yet: the job itself is stopped
+
+
+def test_a_sweep_whose_output_closes_stops_its_jobs_and_says_so(tmp_path, monkeypatch,
+                                                                capsys):
+    """`sweep.py GRID | head`: the progress line after the reader went raised BrokenPipeError
+    and the sweep ended silently, its started jobs training on unwatched and its waiting
+    runs never started. It stops them as a Ctrl-C does, each keeping its last complete
+    epoch, and says so on stderr."""
+    cancelled = []
+
+    class Starts(Executor):
+        def submit(self, function):
+            return StartingJob(cancelled)
+
+    def closed_stdout(*args, file=None, **kwargs):
+        if file is None:
+            raise BrokenPipeError(32, "Broken pipe")
+        print(*args, file=file, **kwargs)
+    monkeypatch.setattr(sweep_module, "print", closed_stdout, raising=False)
+    with pytest.raises(BrokenPipeError):
+        sweep_module.run_here([one_run(tmp_path)], {str(tmp_path): Starts()}, gpus=[])
+    assert len(cancelled) == 1
+    assert "output closed: the running jobs were stopped" in capsys.readouterr().err
 
 
 def test_a_stopped_job_is_not_requeued_by_its_time_limit(tmp_path):

@@ -29,7 +29,7 @@ from select_settings import SHOWN, decisions  # noqa: E402
 
 import report  # noqa: E402
 from kd import cli, plotting  # noqa: E402
-from kd.results import label_settings, markdown  # noqa: E402
+from kd.results import MACHINES_SEPARATOR, label_settings, markdown  # noqa: E402
 from report import compare_runs, family_table, one_row_per_run, without_epochs  # noqa: E402
 
 STUDENT_RUN = "student_"  # the length runs' names; the teachers and mean-teacher runs are left out
@@ -68,8 +68,9 @@ def short_machine_names(machines):
     main prints the whole names below the table."""
     machines = sorted(set(machines.dropna()))
     # a run resumed elsewhere names each machine: "A (...), then B (...)"
-    short = {m: ", then ".join(re.sub(r" \(.*\)$", "", part).replace("(R)", "")
-                               for part in m.split(", then ")) for m in machines}
+    short = {m: MACHINES_SEPARATOR.join(re.sub(r" \(.*\)$", "", part).replace("(R)", "")
+                                        for part in m.split(MACHINES_SEPARATOR))
+             for m in machines}
     taken = pd.Series(list(short.values())).value_counts()
     return {m: name if taken[name] == 1 else m for m, name in short.items()}
 

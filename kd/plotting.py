@@ -16,6 +16,8 @@ from PIL import Image  # noqa: E402
 from kd.records import replace_atomically  # noqa: E402
 from kd.results import (  # noqa: E402
     MEAN_TEACHER_VARIANTS,
+    is_mean_teacher_run,
+    is_student_run,
     join_label,
     label_settings,
     recipe_labels,
@@ -73,14 +75,6 @@ def run_records(runs_dir, keep):
             yield config, pd.read_csv(metrics)
 
 
-def is_student(config):
-    return "loss" in config  # a train_student.py run
-
-
-def is_mean_teacher(config):
-    return "mode" in config  # a train_ema.py run
-
-
 def labelled_records(runs_dir, keep):
     """(settings, config, metrics) of every run `keep` accepts, where `settings` is what
     sets its recipe apart from other runs of its variant ("" if nothing: seeds of one recipe
@@ -106,7 +100,7 @@ def student_curves(runs_dir):
     """label -> [(metrics, column prefix)]: one label per variant and recipe, e.g. `kd+ce`,
     `kd+ce+ls` (never pooled with `kd+ce`), `kd+ce EMA`."""
     curves = {}
-    for settings, config, df in labelled_records(runs_dir, is_student):
+    for settings, config, df in labelled_records(runs_dir, is_student_run):
         variant = run_variant(config)
         curves.setdefault(variant + settings, []).append((df, "val"))
         if "ema_val_acc" in df:
@@ -122,7 +116,7 @@ def plot_ema_compare(runs_dir, path):
 def mean_teacher_curves(runs_dir):
     """label -> [(metrics, column prefix)]: one label per kind of teacher and recipe."""
     curves = {}
-    for settings, config, df in labelled_records(runs_dir, is_mean_teacher):
+    for settings, config, df in labelled_records(runs_dir, is_mean_teacher_run):
         label = MEAN_TEACHER_VARIANTS.get(run_variant(config), run_variant(config))
         curves.setdefault(f"student, {label}{settings}", []).append((df, "val"))
     return curves

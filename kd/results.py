@@ -137,17 +137,29 @@ def recipe_labels(runs):
     return labels
 
 
+# a run resumed on another machine: its config names every machine it trained on, in order
+MACHINES_SEPARATOR = ", then "
+
+
+def is_mean_teacher_run(config):
+    return "mode" in config  # a train_ema.py run
+
+
+def is_student_run(config):
+    return "loss" in config  # a train_student.py run
+
+
 def run_variant(config, ema=False):
     """The variant a run's config describes: `teacher`, the student's method (`kd+ce`,
     `kd+ce+ls`, `ce`, ...; methods.variant), or the mean-teacher setting (`mean-teacher`,
     `mean-teacher-no-ema`: the teacher frozen, `mean-teacher-no-averaging`: decay 0). With
     `ema`, the run's second model: `<variant> EMA`, the EMA of its weights, or for a
     mean-teacher run `<variant> teacher`, its teacher."""
-    if "mode" in config:  # a train_ema.py run
+    if is_mean_teacher_run(config):
         variant = config["mode"] + ("-no-ema" if config["no_ema"] else
                                     "-no-averaging" if config.get("ema_decay") == 0 else "")
         return variant + " teacher" * ema
-    if "loss" in config:
+    if is_student_run(config):
         variant = methods.variant(config)
     else:  # the teacher, or a bare checkpoint known by its model alone
         variant = config["model"]["name"]

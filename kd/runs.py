@@ -30,7 +30,7 @@ from kd.device import (
     select_device,
 )
 from kd.records import record_paths
-from kd.results import ADDED_RECIPE_KEYS, recipe_sha256
+from kd.results import ADDED_RECIPE_KEYS, MACHINES_SEPARATOR, recipe_sha256
 from kd.schedule import load_optimizer_state
 from models import build_model, model_from_checkpoint
 
@@ -82,10 +82,9 @@ def prepare_run(args, model_name, recipe_keys=(), teacher_of=None):
     teacher_of = teacher_of or (lambda args: None)
     ckpt = (load_resumable(out, model_name, args, recipe_keys, device, teacher_of)
             if args.resume else None)
-    if ckpt is None:
-        args.epochs = epochs_asked(args)
     args.teacher_identity = teacher_identity(teacher_of(args), args.data_identity)
     if ckpt is None:
+        args.epochs = epochs_asked(args)
         args.precision = resolve_precision(args.precision, device)
         if args.precision == "bf16" and not bf16_is_native(device):
             print(f"note: --precision bf16 on this {device.type}, which has no native bf16 "
@@ -270,9 +269,6 @@ def epochs_asked(args):
     """The epochs a command asks for (None: not given): a dry run is one epoch, whatever
     --epochs says."""
     return 1 if args.dry_run else args.epochs
-
-
-MACHINES_SEPARATOR = ", then "  # a resumed run's config: every machine it trained on
 
 
 def trained_on(history, recorded, current):

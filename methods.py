@@ -134,6 +134,13 @@ CUTMIX = Flag(
     "term, where the method has one, takes the two labels weighted by the areas kept",
     before=False, suffix="cutmix")
 MIXING = (MIXUP, CUTMIX)
+MIX_PER_BATCH = Flag(
+    "mix_per_batch", False, "with --mixup or --cutmix: one ratio (and for CutMix one box) "
+    "for the whole batch, from Dirichlet(1, 1), each image keeping the larger share and "
+    "mixed with the image before it in the batch, as Beyer et al.'s code (big_vision) "
+    "draws; default: a ratio and a random partner per image", before=False)
+# The flags of a method that takes function matching's mixing.
+FUNCTION_MATCHING = (*MIXING, MIX_PER_BATCH)
 
 
 def mixup_batch(images, targets, ratio, partner):
@@ -272,15 +279,26 @@ class Method(nn.Module):
     def mix(self, images, labels):
         """The hook that may change a batch before the student's forward; the teacher sees
         the images it returns. With --mixup or --cutmix: each image mixed with a partner
-        (a permutation of the batch) at a ratio from Beta(1, 1), and the labels returned as
+        (a permutation of the batch) at a ratio from Beta(1, 1) (with --mix-per-batch: one
+        ratio, the larger share, and the previous image), and the labels returned as
         the mixed targets (N, classes), which F.cross_entropy takes as class probabilities,
         i.e. CE against both labels weighted by the ratio. Else the batch as it came."""
         if not self.mixing:
             return images, labels
         generator, n = self.mix_generator, len(images)
-        ratio = torch.rand(n, generator=generator)  # Beta(1, 1) is the uniform on [0, 1]
-        partner = torch.randperm(n, generator=generator)
-        centre = torch.rand(n, 2, generator=generator) if self.mixing == "cutmix" else None
+        cutmix = self.mixing == "cutmix"
+        if getattr(self, "mix_per_batch", False):
+            # big_vision's utils.mixup at p = 1, n = 2: Dirichlet(1, 1) sorted, so the
+            # image's share is the larger of a uniform draw and its complement, and the
+            # partner is the batch rolled by one (a shuffled batch: a random other image)
+            drawn = torch.rand(1, generator=generator)
+            ratio = torch.maximum(drawn, 1 - drawn).repeat(n)
+            partner = torch.arange(n).roll(1)
+            centre = torch.rand(1, 2, generator=generator).repeat(n, 1) if cutmix else None
+        else:
+            ratio = torch.rand(n, generator=generator)  # Beta(1, 1): the uniform on [0, 1]
+            partner = torch.randperm(n, generator=generator)
+            centre = torch.rand(n, 2, generator=generator) if cutmix else None
         ratio, partner, centre = (to_device(t, images.device) for t in (ratio, partner, centre))
         targets = F.one_hot(labels, NUM_CLASSES).float()
         if self.mixing == "mixup":
@@ -438,6 +456,9 @@ def check_flags(config):
                             f"not {loss}")
     if all(config.get(flag.name) for flag in MIXING):
         problems.append("--mixup and --cutmix exclude each other; choose one")
+    if config.get(MIX_PER_BATCH.name) and not any(config.get(f.name) for f in MIXING):
+        problems.append(f"{MIX_PER_BATCH.option} says how --mixup or --cutmix draw; give one "
+                        "of them")
     if loss in METHODS:
         problems += METHODS[loss].problems(config)
     return [p for p in problems if p]
@@ -461,7 +482,7 @@ class KDCE(Method):
     with --kd-weight and --ce-weight, kd_weight · T² · KL + ce_weight · CE."""
     name = "kd+ce"
     summary = "alpha * KD + (1 - alpha) * CE (Hinton et al., 2015)"
-    flags = (TEMPERATURE, ALPHA, KD_WEIGHT, CE_WEIGHT, LOGIT_STANDARDIZE, *MIXING)
+    flags = (TEMPERATURE, ALPHA, KD_WEIGHT, CE_WEIGHT, LOGIT_STANDARDIZE, *FUNCTION_MATCHING)
     compared_with = ("ce",)
 
     @classmethod
@@ -490,7 +511,7 @@ class KD(Method):
     labels (the report's `distillation_loss_ex`); the CE is logged, not trained on."""
     name = "kd"
     summary = "the KD term alone, no labels"
-    flags = (TEMPERATURE, KD_WEIGHT, LOGIT_STANDARDIZE, *MIXING)
+    flags = (TEMPERATURE, KD_WEIGHT, LOGIT_STANDARDIZE, *FUNCTION_MATCHING)
     compared_with = ("ce", "kd+ce")
 
     def loss(self, student, teacher, labels, positions):
@@ -534,7 +555,7 @@ class DIST(Method):
              Flag("dist_beta", 0.5, "weight of the inter-class (per-image) relation",
                   nonnegative, before=1.0),
              Flag("dist_gamma", 0.5, "weight of the intra-class (per-class) relation",
-                  nonnegative, before=1.0), *MIXING)
+                  nonnegative, before=1.0), *FUNCTION_MATCHING)
 
     def loss(self, student, teacher, labels, positions):
         ce = F.cross_entropy(student.logits.float(), labels)
@@ -578,7 +599,8 @@ class FitNet(FeatureMethod):
     name = "fitnet"
     summary = ("CE + FitNet's hint (Romero et al., 2015): the student's conv2 regressed onto "
                "the teacher's conv6, both 8x8 after ReLU")
-    flags = (Flag("fitnet_weight", 100.0, "weight of the hint term", nonnegative), *MIXING)
+    flags = (Flag("fitnet_weight", 100.0, "weight of the hint term", nonnegative),
+             *FUNCTION_MATCHING)
 
     def __init__(self, config, teacher=None, *args, **kwargs):
         super().__init__(config, teacher, *args, **kwargs)
@@ -605,7 +627,7 @@ class AT(FeatureMethod):
     summary = ("CE + attention transfer (Zagoruyko & Komodakis, 2017) at 32x32, 16x16 and "
                "8x8, the last map of each resolution in both networks")
     flags = (Flag("at_weight", 1000.0, "weight of the attention-transfer term", nonnegative),
-             *MIXING)
+             *FUNCTION_MATCHING)
 
     def loss(self, student, teacher, labels, positions):
         ce = self.ce(student, labels)
@@ -634,7 +656,7 @@ class ReviewKD(FeatureMethod):
              Flag("reviewkd_warmup", 1.0, "epochs over which the ReviewKD term's weight rises "
                   "linearly from 0 to 1", nonnegative),
              Flag("reviewkd_mid_channels", 64, "width of the review path's fused maps",
-                  positive, before=64), *MIXING)
+                  positive, before=64), *FUNCTION_MATCHING)
 
     def __init__(self, config, teacher=None, *args, **kwargs):
         super().__init__(config, teacher, *args, **kwargs)

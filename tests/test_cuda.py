@@ -126,7 +126,8 @@ def test_the_batches_are_the_same_on_cpu_and_cuda():
 
 
 @pytest.mark.parametrize("config", [{"loss": "kd+ce"}, {"loss": "kd", "mixup": True},
-                                    {"loss": "kd", "cutmix": True}])
+                                    {"loss": "kd", "cutmix": True},
+                                    {"loss": "kd", "mixup": True, "mix_per_batch": True}])
 def test_kd_and_ema_steps_on_cuda_wait_for_the_device_only_at_loss_reads(config):
     """Mixing draws on the CPU each step: its draws reach the GPU without waiting for it."""
     device = select_device("cuda")

@@ -22,7 +22,7 @@ def common(teacher_checkpoint, image_folder, folder):
 
 @pytest.mark.parametrize("flags", [["--loss", "fitnet", "--mixup"], ["--loss", "crd"],
                                    ["--loss", "reviewkd", "--reviewkd-mid-channels", "8"],
-                                   ["--loss", "at", "--cutmix"]],
+                                   ["--loss", "at", "--cutmix", "--mix-per-batch"]],
                          ids=lambda f: "".join(f[1:]))
 def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, image_folder,
                                                    tmp_path):
@@ -155,9 +155,47 @@ def test_cutmix_weighs_each_label_by_the_area_kept():
     assert torch.equal(mixed[:, 0] == images[:, 0], mixed[:, 1] == images[:, 1])
 
 
+def test_per_batch_mixup_is_big_visions_draw():
+    """--mix-per-batch: one ratio for the batch, the larger share each image's own, the
+    partner the image before it (big_vision's mixup: Dirichlet(1, 1) sorted, the batch
+    rolled); over many batches the ratio is uniform on [0.5, 1]. Image i is filled with the
+    value i, so a mixed pixel tells the ratio and the partner."""
+    n = 6
+    method = methods.build({"loss": "kd+ce", "seed": 3, "mixup": True, "mix_per_batch": True},
+                           build_model("teacher").eval())
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 32, 32)
+    previous = torch.arange(n).roll(1)
+    ratios = []
+    for _ in range(400):
+        mixed, targets = method.mix(images, torch.arange(n))
+        ratio = targets[0, 0]
+        ratios.append(float(ratio))
+        assert torch.allclose(mixed, (ratio * images + (1 - ratio) * images[previous]))
+        assert torch.allclose(targets[torch.arange(n), torch.arange(n)], ratio.expand(n))
+        assert torch.allclose(targets[torch.arange(n), previous], 1 - ratio.expand(n))
+    ratios = torch.tensor(ratios)
+    assert 0.5 <= ratios.min() < 0.52 and 0.98 < ratios.max() <= 1
+    assert abs(ratios.mean() - 0.75) < 0.02  # the uniform's mean on [0.5, 1], sd 0.0072
+
+
+def test_per_batch_cutmix_pastes_one_box_into_every_image():
+    n = 6
+    method = methods.build({"loss": "kd", "seed": 3, "cutmix": True, "mix_per_batch": True},
+                           build_model("teacher").eval())
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 32, 32)
+    for _ in range(20):
+        mixed, targets = method.mix(images, torch.arange(n))
+        kept = mixed[:, 0] == images[:, 0]
+        assert (kept == kept[0]).all()  # one box
+        assert torch.equal(mixed[:, 0][~kept], images[:, 0].roll(1, 0)[~kept])
+        assert kept[0].float().mean() >= 0.5 - 1 / 32  # the larger share, up to rounding
+        assert torch.allclose(targets[torch.arange(n), torch.arange(n)],
+                              kept.flatten(1).float().mean(1))
+
+
 def test_mixing_is_refused_where_it_does_not_fit(teacher_checkpoint, image_folder, tmp_path):
     """DKD needs one target class: one line and exit 2. --mixup and --cutmix exclude each
-    other (the same check, in process)."""
+    other, and --mix-per-batch needs one of them (the same check, in process)."""
     proc = run_script("train_student.py", "--loss", "dkd", "--mixup", "--dry-run", "--out",
                       tmp_path / "x.pt", *common(teacher_checkpoint, image_folder, tmp_path),
                       check=False)
@@ -166,6 +204,10 @@ def test_mixing_is_refused_where_it_does_not_fit(teacher_checkpoint, image_folde
     both = {"loss": "kd", "mixup": True, "cutmix": True}
     assert methods.check_flags(both) == ["--mixup and --cutmix exclude each other; choose one"]
     assert methods.check_flags({**both, "cutmix": False}) == []
+    alone = {"loss": "kd", "mix_per_batch": True}
+    assert methods.check_flags(alone) == [
+        "--mix-per-batch says how --mixup or --cutmix draw; give one of them"]
+    assert methods.check_flags({**alone, "cutmix": True}) == []
 
 
 @pytest.mark.parametrize("loss", ["fitnet", "reviewkd"])
@@ -181,17 +223,20 @@ def test_mixing_leaves_the_methods_own_modules_as_they_start_without_it(loss):
         assert torch.equal(weights, mixed_state[name]), name
 
 
-def test_the_mixing_state_stays_on_the_cpu_and_travels_in_the_state_dict():
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_the_mixing_state_stays_on_the_cpu_and_travels_in_the_state_dict(per_batch):
     """No buffer holds it (a buffer follows the method to the GPU, where reading it each step
     waits for the device); its state dict does, and loading it continues the draws."""
     teacher = build_model("teacher").eval()
-    method = methods.build({"loss": "kd", "seed": 3, "cutmix": True}, teacher)
+    method = methods.build({"loss": "kd", "seed": 3, "cutmix": True,
+                            "mix_per_batch": per_batch}, teacher)
     assert list(method.buffers()) == []
     images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
     method.mix(images, labels)
     saved = method.state_dict()
     following = method.mix(images, labels)
-    again = methods.build({"loss": "kd", "seed": 4, "cutmix": True}, teacher)
+    again = methods.build({"loss": "kd", "seed": 4, "cutmix": True,
+                           "mix_per_batch": per_batch}, teacher)
     again.load_state_dict(saved)
     for a, b in zip(following, again.mix(images, labels)):
         assert torch.equal(a, b)

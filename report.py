@@ -171,7 +171,9 @@ def compare_runs(a, b, key, predictions=None):
     runs share initialisation and batches) where at least two keys match, else Welch's over
     all of them (its label says which); one run a side: McNemar's test on `predictions`.
     Runs of one key on one side (a seed run on two machines) are not independent replicates:
-    they are averaged into one value, for the pairs and for Welch's test alike."""
+    they are averaged into one value, for the pairs and for Welch's test alike. The result
+    says which test it is ("test": "paired", "welch", "mcnemar" or None) and which keys both
+    sides hold ("in_common": a frame of the `key` columns)."""
     a, b = a.dropna(subset=["test_acc"]), b.dropna(subset=["test_acc"])
     keyed = [runs.dropna(subset=key) for runs in (a, b)]
     twice = any(runs.duplicated(key).any() for runs in keyed)
@@ -183,6 +185,7 @@ def compare_runs(a, b, key, predictions=None):
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
         result["tost"] = equivalence(x, y)
+        result["test"], result["in_common"] = "paired", both[key]
         notes = [f"of {len(a)} and {len(b)} runs"] if len(both) < max(len(a), len(b)) else []
         notes += [averaged] if averaged else []
         result["runs"] = f"{len(both)} pairs by {by}" + (
@@ -193,6 +196,7 @@ def compare_runs(a, b, key, predictions=None):
               for means, runs in zip(per_key, (a, b))]
     result = compare(*values)
     fewest = min(map(len, values))
+    result["test"], result["in_common"] = ("welch" if fewest >= 2 else None), both[key]
     if averaged and fewest < 2:  # no McNemar either: runs were averaged
         result["no_test"] = (f"{len(values[0])} and {len(values[1])} seeds ({averaged}), "
                              f"fewer than 2 on one side")
@@ -206,6 +210,7 @@ def compare_runs(a, b, key, predictions=None):
         result["p"] = mcnemar(*correct)
         result["ci_low"], result["ci_high"] = paired_accuracy_ci(*correct)
         result["runs"] = f"1 and 1: McNemar on {len(predictions):,} images"
+        result["test"] = "mcnemar"
         result["one_model_each"] = True
     return result
 

@@ -23,10 +23,13 @@ from report import compare_runs, family_table, one_row_per_run, read_results  # 
 
 def compare_results(a, b, names):
     """One row per variant that both results (evaluate.py's results.csv) hold: b − a, paired
-    by seed (the same variant and seed in both share initialisation and batch order)."""
+    by seed (the same variant and seed in both share initialisation and batch order). Each
+    variant tested unpaired, with two runs or more a side, is named on stderr."""
     variants = common_variants(a, b)
     tests = [(names[1], names[0], compare_runs(*(r[r["variant"] == variant] for r in (b, a)),
                                                ["seed"])) for variant in variants]
+    for variant, (_, _, result) in zip(variants, tests):
+        note_unpaired(variant, result)
     table = family_table(tests, ["variant", f"{names[1]} − {names[0]} (points)"])
     if table.empty:
         return table
@@ -95,18 +98,17 @@ def unique_seeds(results, variants, path):
                             f"{first['seed']} ({runs}); give a table with one of them")
 
 
-def note_unpaired(a, b):
-    """Name on stderr each variant the two share fewer than two seeds of, with two runs or
-    more a side: compare_runs tests it unpaired, where this comparison is meant to pair by
-    seed (with one run a side, its table says there is no test)."""
-    for variant in common_variants(a, b):
-        rows = [r[r["variant"] == variant] for r in (a, b)]
-        common = sorted(set(rows[0]["seed"].dropna()) & set(rows[1]["seed"].dropna()))
-        if len(common) < 2 and min(map(len, rows)) >= 2:
-            listed = f" ({', '.join(f'{s:g}' for s in common)})" if common else ""
-            print(f"note: {variant}: {len(common)} seed{'' if len(common) == 1 else 's'} in "
-                  f"common{listed}, fewer than 2: compared unpaired (Welch's test), not by "
-                  f"seed", file=sys.stderr)
+def note_unpaired(variant, result):
+    """Name on stderr a variant compare_runs tested by Welch's test, as the two share fewer
+    than two seeds of it, where this comparison is meant to pair by seed (with one run a
+    side, its table says there is no test)."""
+    if result["test"] != "welch":
+        return
+    common = sorted(result["in_common"]["seed"])
+    listed = f" ({', '.join(f'{s:g}' for s in common)})" if common else ""
+    print(f"note: {variant}: {len(common)} seed{'' if len(common) == 1 else 's'} in "
+          f"common{listed}, fewer than 2: compared unpaired (Welch's test), not by seed",
+          file=sys.stderr)
 
 
 def main():
@@ -124,7 +126,6 @@ def main():
     for results, path in zip((a, b), args.results):
         unique_seeds(results, common_variants(a, b), path)
     table = compare_results(a, b, args.names)
-    note_unpaired(a, b)
     if table.empty:
         raise cli.UserError("the two results have no variant in common")
     print(markdown(table))

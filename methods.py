@@ -135,10 +135,11 @@ CUTMIX = Flag(
     before=False, suffix="cutmix")
 MIXING = (MIXUP, CUTMIX)
 MIX_PER_BATCH = Flag(
-    "mix_per_batch", False, "with --mixup or --cutmix: one ratio (and for CutMix one box) "
-    "for the whole batch, from Dirichlet(1, 1), each image keeping the larger share and "
-    "mixed with the image before it in the batch, as Beyer et al.'s code (big_vision) "
-    "draws; default: a ratio and a random partner per image", before=False)
+    "mix_per_batch", False, "with --mixup or --cutmix: one ratio for the whole batch, from "
+    "Dirichlet(1, 1), each image keeping the larger share and mixed with the image before "
+    "it in the batch, as Beyer et al.'s code (big_vision) mixes up (with --cutmix: one box "
+    "for the batch, this code's extension); default: a ratio and a random partner per "
+    "image", before=False)
 # The flags of a method that takes function matching's mixing.
 FUNCTION_MATCHING = (*MIXING, MIX_PER_BATCH)
 
@@ -389,11 +390,17 @@ def ignored_flags(config):
     hold them, but no part of the run."""
     loss = config.get("loss")
     unused = unused_flags(loss)
-    # a suffix flag set for another method is check_flags' error, not a note
     return [f"note: --loss {loss} does not use {flag.option} (used by "
             f"{', '.join(flag_users(flag))}); it is ignored"
-            for flag in all_flags() if flag.name in unused and not flag.suffix
+            for flag in all_flags() if flag.name in unused and not refused_elsewhere(flag)
             and config.get(flag.name, flag.default) != flag.default]
+
+
+def refused_elsewhere(flag):
+    """Whether the flag, set for a method that does not take it, is check_flags' error rather
+    than ignored_flags' note: a flag that names a variant, or --mix-per-batch (a method that
+    takes the mixing flags but not it would mix per image under it)."""
+    return bool(flag.suffix) or flag is MIX_PER_BATCH
 
 
 def flags_before():
@@ -450,13 +457,14 @@ def check_flags(config):
     problems = [flag.problem(config[flag.name]) for flag in all_flags() if flag.name in config]
     loss = config.get("loss")
     for flag in all_flags():
-        if flag.suffix and config.get(flag.name) and loss in METHODS \
+        if refused_elsewhere(flag) and config.get(flag.name) and loss in METHODS \
                 and flag not in METHODS[loss].flags:
             problems.append(f"{flag.option} goes with --loss {', '.join(flag_users(flag))}, "
                             f"not {loss}")
     if all(config.get(flag.name) for flag in MIXING):
         problems.append("--mixup and --cutmix exclude each other; choose one")
-    if config.get(MIX_PER_BATCH.name) and not any(config.get(f.name) for f in MIXING):
+    if config.get(MIX_PER_BATCH.name) and not any(config.get(f.name) for f in MIXING) \
+            and (loss not in METHODS or MIX_PER_BATCH in METHODS[loss].flags):
         problems.append(f"{MIX_PER_BATCH.option} says how --mixup or --cutmix draw; give one "
                         "of them")
     if loss in METHODS:

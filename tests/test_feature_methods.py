@@ -22,7 +22,8 @@ def common(teacher_checkpoint, image_folder, folder):
 
 @pytest.mark.parametrize("flags", [["--loss", "fitnet", "--mixup"], ["--loss", "crd"],
                                    ["--loss", "reviewkd", "--reviewkd-mid-channels", "8"],
-                                   ["--loss", "at", "--cutmix", "--mix-per-batch"]],
+                                   ["--loss", "at", "--cutmix"],
+                                   ["--loss", "fitnet", "--cutmix", "--mix-per-batch"]],
                          ids=lambda f: "".join(f[1:]))
 def test_a_resumed_run_equals_an_uninterrupted_one(flags, teacher_checkpoint, image_folder,
                                                    tmp_path):
@@ -208,6 +209,23 @@ def test_mixing_is_refused_where_it_does_not_fit(teacher_checkpoint, image_folde
     assert methods.check_flags(alone) == [
         "--mix-per-batch says how --mixup or --cutmix draw; give one of them"]
     assert methods.check_flags({**alone, "cutmix": True}) == []
+    takers = "kd+ce, kd, dist, fitnet, at, reviewkd"
+    assert methods.check_flags({**alone, "loss": "ce"}) == [
+        f"--mix-per-batch goes with --loss {takers}, not ce"]
+    assert methods.ignored_flags({**alone, "loss": "ce"}) == []  # refused, not a note
+
+
+def test_a_method_that_mixes_but_does_not_take_per_batch_refuses_it(monkeypatch):
+    """A method declaring --mixup and --cutmix alone (one kept outside the repo, or from
+    before --mix-per-batch) would mix per image under it: refused, not ignored."""
+    class PerImage(methods.Method):
+        name = "per-image"
+        flags = methods.MIXING
+    monkeypatch.setitem(methods.METHODS, "per-image", PerImage)
+    config = {"loss": "per-image", "mixup": True, "mix_per_batch": True}
+    assert methods.check_flags(config) == [
+        "--mix-per-batch goes with --loss kd+ce, kd, dist, fitnet, at, reviewkd, not per-image"]
+    assert methods.check_flags({**config, "mix_per_batch": False}) == []
 
 
 @pytest.mark.parametrize("loss", ["fitnet", "reviewkd"])
@@ -250,6 +268,22 @@ def test_the_mixing_state_stays_on_the_cpu_and_travels_in_the_state_dict(per_bat
     other.load_state_dict(holder.state_dict())
     for a, b in zip(method.mix(images, labels), again.mix(images, labels)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
+def test_the_per_image_draws_keep_their_order(mixing):
+    """Recorded runs stay reproducible: per image, a batch draws its ratios, then its
+    partners, then (CutMix) the boxes' centres, from the mixing generator in that order."""
+    n = 6
+    method = methods.build({"loss": "kd", "seed": 3, mixing: True}, build_model("teacher"))
+    generator = torch.Generator().manual_seed(method.mix_generator.initial_seed())
+    ratio, partner = torch.rand(n, generator=generator), torch.randperm(n, generator=generator)
+    centre = torch.rand(n, 2, generator=generator)
+    images, targets = torch.rand(n, 3, 32, 32), torch.eye(10)[:n]
+    expected = (methods.mixup_batch(images, targets, ratio, partner) if mixing == "mixup" else
+                methods.cutmix_batch(images, targets, ratio, partner, centre))
+    for got, want in zip(method.mix(images, torch.arange(n)), expected):
+        assert torch.equal(got, want)
 
 
 def test_the_mixing_stream_is_the_seeds_first_draw():

@@ -448,6 +448,19 @@ def length_section(students, plots_dir):
                      "machines the provenance lists):", length_table(runs))])
 
 
+def teacher_figures(results, plots_dir):
+    """(figure, caption) of the report's teacher section: with several teacher seeds, their
+    validation curves over seeds (teachers_compare.png, which each teacher run redraws);
+    else, or where that figure is missing, seed 0's own curves, training included."""
+    teachers = results[(results["model"] == "teacher") & ~second_models(results)]
+    if teachers["seed"].nunique() > 1 and (Path(plots_dir) / "teachers_compare.png").exists():
+        return ("teachers_compare.png", "Validation loss and accuracy of every teacher run: "
+                "the mean over seeds, a band of ± 1 std; dashed: their EMA weights. Each "
+                "run's own curves, training included: `teacher_curves.png` (seed 0), "
+                "`teacher_seed<s>_curves.png`.")
+    return "teacher_curves.png", "The curves are of one run: seed 0's teacher (`teacher.pt`)."
+
+
 def write_report(results, plots_dir, predictions=None):
     seeds = sorted(results["seed"].dropna().astype(int).unique())
     students = results[results["model"] == "student"]
@@ -455,6 +468,7 @@ def write_report(results, plots_dir, predictions=None):
     is_mean_teacher = students["variant"].str.startswith("mean-teacher").astype(bool)
     raw = results[~second_models(results)]
     key = ["seed"]
+    teacher_figure, teacher_caption = teacher_figures(results, plots_dir)
     text = [
         "# Knowledge distillation on CIFAR-10: the report of this run\n",
         f"Seeds present: {', '.join(map(str, seeds))}. Written by report.py from results.csv "
@@ -463,10 +477,10 @@ def write_report(results, plots_dir, predictions=None):
         f"{len(results)} models from {results['checkpoint'].nunique()} checkpoints:\n",
         provenance(results),
         section("The data", "samples.png", plots_dir, []),
-        section("The teacher", "teacher_curves.png", plots_dir,
+        section("The teacher", teacher_figure, plots_dir,
                 [("Test accuracy (± over teacher seeds):",
                   per_variant(results[results["model"] == "teacher"]))],
-                figure_caption="The curves are of one run: seed 0's teacher (`teacher.pt`)."),
+                figure_caption=teacher_caption),
         section("The students", "students_compare.png", plots_dir,
                 [(f"Test accuracy (± over seeds). {teachers(students[~is_mean_teacher])}".strip(),
                   per_variant(students[~is_mean_teacher])),

@@ -35,6 +35,7 @@ def main():
         plotting.plot_samples(train_images[first_of_class], train_labels[first_of_class], CLASSES,
                               Path(args.plots_dir) / "samples.png")
         engine.fit("teacher", methods.CE({}), args, device, splits, ckpt, title="teacher")
+    plotting.plot_teachers(Path(args.out).parent, Path(args.plots_dir) / "teachers_compare.png")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from kd.results import (  # noqa: E402
     MEAN_TEACHER_VARIANTS,
     is_mean_teacher_run,
     is_student_run,
+    is_teacher_run,
     join_label,
     label_settings,
     recipe_labels,
@@ -99,8 +100,26 @@ def plot_compare(runs_dir, path):
 def student_curves(runs_dir):
     """label -> [(metrics, column prefix)]: one label per variant and recipe, e.g. `kd+ce`,
     `kd+ce+ls` (never pooled with `kd+ce`), `kd+ce EMA`."""
+    return run_curves(runs_dir, is_student_run)
+
+
+def plot_teachers(runs_dir, path):
+    """Validation loss and accuracy of the teacher runs in `runs_dir`, over their seeds, and
+    of their EMA weights (dashed); each run's own curves, its training ones included, are
+    in its `<name>_curves.png`."""
+    plot_mean_curves(teacher_curves(runs_dir), path, "teachers")
+
+
+def teacher_curves(runs_dir):
+    """label -> [(metrics, column prefix)]: `teacher` and `teacher EMA`, one pair per recipe."""
+    return run_curves(runs_dir, is_teacher_run)
+
+
+def run_curves(runs_dir, keep):
+    """label -> [(metrics, column prefix)] of the runs `keep` accepts: one label per variant
+    and recipe, and one for its EMA weights where the runs kept them."""
     curves = {}
-    for settings, config, df in labelled_records(runs_dir, is_student_run):
+    for settings, config, df in labelled_records(runs_dir, keep):
         variant = run_variant(config)
         curves.setdefault(variant + settings, []).append((df, "val"))
         if "ema_val_acc" in df:

@@ -149,6 +149,10 @@ def is_student_run(config):
     return "loss" in config  # a train_student.py run
 
 
+def is_teacher_run(config):
+    return run_variant(config) == "teacher"  # a train_teacher.py run
+
+
 def run_variant(config, ema=False):
     """The variant a run's config describes: `teacher`, the student's method (`kd+ce`,
     `kd+ce+ls`, `ce`, ...; methods.variant), or the mean-teacher setting (`mean-teacher`,

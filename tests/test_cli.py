@@ -29,6 +29,7 @@ def test_train_teacher_dry_run_writes_everything(image_folder, tmp_path):
     test = json.loads((tmp_path / "ck" / "teacher.test.json").read_text())
     assert 0 <= test["test_acc"] <= 100 and test["test_images"] == 50  # 2 dry-run batches
     assert (plots / "teacher_curves.png").stat().st_size > 0
+    assert (plots / "teachers_compare.png").stat().st_size > 0
     assert (plots / "samples.png").stat().st_size > 0
 
 

@@ -351,6 +351,21 @@ def test_raw_against_ema_pairs_each_runs_two_models_and_leaves_out_mean_teacher(
     assert labels[3] == "kd EMA (epochs=12)" and labels[0] == "kd (ema_decay=0.999, epochs=12)"
 
 
+@pytest.mark.parametrize("seeds", [[0], [0, 1, 2]])
+def test_the_report_shows_every_teacher_seeds_curves_where_there_are_several(tmp_path, seeds):
+    """Its teacher figure was seed 0's curves alone, with three teachers in its table."""
+    results_csv(tmp_path, seeds)
+    for figure in ("teacher_curves.png", "teachers_compare.png"):
+        (tmp_path / figure).write_bytes(b"")
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    report = (tmp_path / "report.md").read_text()
+    shown = "teachers_compare.png" if len(seeds) > 1 else "teacher_curves.png"
+    assert f"![The teacher]({shown})" in report and report.count("![The teacher]") == 1
+    (tmp_path / "teachers_compare.png").unlink()  # runs from before the figure existed
+    subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
+    assert "![The teacher](teacher_curves.png)" in (tmp_path / "report.md").read_text()
+
+
 def test_a_report_of_teachers_alone_is_written(tmp_path):
     rows = [{**row, "epochs": 30} for row in results_csv(tmp_path, [0, 1, 2])
             if row["model"] == "teacher"]

@@ -5,7 +5,13 @@ import warnings
 import pandas as pd
 
 from conftest import write_run
-from kd.plotting import mean_teacher_curves, plot_compare, student_curves
+from kd.plotting import (
+    mean_teacher_curves,
+    plot_compare,
+    plot_teachers,
+    student_curves,
+    teacher_curves,
+)
 from kd.results import (
     ADDED_RECIPE_KEYS,
     label_settings,
@@ -144,6 +150,27 @@ def test_the_comparison_figures_find_runs_by_their_records_not_their_names(tmp_p
     assert sorted(student_curves(tmp_path)) == ["kd", "kd+ce"]
     assert [label for label, _ in mean_teacher_curves(tmp_path).items()] == [
         "student, teacher = EMA of the student"]
+
+
+def test_the_teachers_figure_pools_their_seeds_and_nothing_else(tmp_path):
+    """teachers_compare.png: each recipe's teacher runs over their seeds, and their EMA
+    weights; a teacher of another recipe apart; students and mean-teacher runs left out."""
+    def teacher(name, seed, epochs=2):
+        config = {"model": {"name": "teacher", "arch_args": {"widths": [8]}}, "seed": seed,
+                  "epochs": epochs, "lr": 0.1, "run_id": name}
+        (tmp_path / f"{name}.config.json").write_text(json.dumps(config))
+        pd.DataFrame({"epoch": range(1, epochs + 1), "val_acc": 50.0, "val_loss": 1.0,
+                      "ema_val_acc": 49.0, "ema_val_loss": 1.1}).to_csv(
+            tmp_path / f"{name}.metrics.csv", index=False)
+    teacher("teacher", 0)
+    teacher("teacher_seed1", 1)
+    teacher("teacher_e3", 0, epochs=3)
+    write_run(tmp_path, "student_kd_seed0", "kd", 0, 70.0)
+    counts = {label: len(runs) for label, runs in teacher_curves(tmp_path).items()}
+    assert counts == {"teacher (epochs=2)": 2, "teacher EMA (epochs=2)": 2,
+                      "teacher (epochs=3)": 1, "teacher EMA (epochs=3)": 1}
+    plot_teachers(tmp_path, tmp_path / "teachers.png")
+    assert (tmp_path / "teachers.png").stat().st_size > 0
 
 
 def test_a_mean_teacher_runs_second_model_is_named_its_teacher():

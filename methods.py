@@ -125,12 +125,14 @@ LOGIT_STANDARDIZE = Flag(
 # patient and consistent"): the student matches the teacher on mixed images.
 MIXUP = Flag(
     "mixup", False, "function matching (Beyer et al., 2022): each image mixed pixel by pixel "
-    "with another of its batch at a ratio drawn from Beta(1, 1); the teacher sees the mixed "
+    "with another of its batch at a ratio drawn from Beta(1, 1), per image unless "
+    "--mix-per-batch; the teacher sees the mixed "
     "images; a CE term, where the method has one, takes the two labels weighted by the "
     "ratio", before=False, suffix="mixup")
 CUTMIX = Flag(
     "cutmix", False, "function matching with CutMix: a box of another image of the batch "
-    "pasted in, its area drawn from Beta(1, 1); the teacher sees the mixed images; a CE "
+    "pasted in, its area drawn from Beta(1, 1), per image unless --mix-per-batch; the "
+    "teacher sees the mixed images; a CE "
     "term, where the method has one, takes the two labels weighted by the areas kept",
     before=False, suffix="cutmix")
 MIXING = (MIXUP, CUTMIX)

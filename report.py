@@ -453,11 +453,14 @@ def teacher_figures(results, plots_dir):
     validation curves over seeds (teachers_compare.png, which each teacher run redraws);
     else, or where that figure is missing, seed 0's own curves, training included."""
     teachers = results[(results["model"] == "teacher") & ~second_models(results)]
-    if teachers["seed"].nunique() > 1 and (Path(plots_dir) / "teachers_compare.png").exists():
-        return ("teachers_compare.png", "Validation loss and accuracy of every teacher run: "
-                "the mean over seeds, a band of ± 1 std; dashed: their EMA weights. Each "
-                "run's own curves, training included: `teacher_curves.png` (seed 0), "
-                "`teacher_seed<s>_curves.png`.")
+    folders = {str(Path(checkpoint).parent) for checkpoint in teachers["checkpoint"]}
+    # the figure is of the teacher runs in one folder: the last teacher run's to end
+    if teachers["seed"].nunique() > 1 and len(folders) == 1 \
+            and (Path(plots_dir) / "teachers_compare.png").exists():
+        return ("teachers_compare.png", f"Validation loss and accuracy of the teacher runs in "
+                f"`{folders.pop()}/` (each teacher run redraws it as it ends): the mean over "
+                "seeds, per recipe, a band of ± 1 std; dashed: their EMA weights. Each run's "
+                "own curves, training included, are in `<run>_curves.png`.")
     return "teacher_curves.png", "The curves are of one run: seed 0's teacher (`teacher.pt`)."
 
 

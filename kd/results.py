@@ -150,7 +150,9 @@ def is_student_run(config):
 
 
 def is_teacher_run(config):
-    return run_variant(config) == "teacher"  # a train_teacher.py run
+    """A train_teacher.py run (a folder may hold other configs, with no model named)."""
+    return (not is_student_run(config) and not is_mean_teacher_run(config)
+            and (config.get("model") or {}).get("name") == "teacher")
 
 
 def run_variant(config, ema=False):

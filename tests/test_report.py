@@ -361,6 +361,15 @@ def test_the_report_shows_every_teacher_seeds_curves_where_there_are_several(tmp
     report = (tmp_path / "report.md").read_text()
     shown = "teachers_compare.png" if len(seeds) > 1 else "teacher_curves.png"
     assert f"![The teacher]({shown})" in report and report.count("![The teacher]") == 1
+    if len(seeds) > 1:
+        assert "teacher runs in `./`" in report  # results.csv's checkpoints: no folder
+        results = pd.read_csv(tmp_path / "results.csv")
+        moved = results["checkpoint"] == "teacher_seed1.pt"
+        results.loc[moved, "checkpoint"] = "elsewhere/teacher_seed1.pt"
+        results.to_csv(tmp_path / "results.csv", index=False)
+        subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT,
+                       check=True)  # the figure is of one folder's teachers: not shown
+        assert "![The teacher](teacher_curves.png)" in (tmp_path / "report.md").read_text()
     (tmp_path / "teachers_compare.png").unlink()  # runs from before the figure existed
     subprocess.run([sys.executable, "report.py", "--plots-dir", tmp_path], cwd=ROOT, check=True)
     assert "![The teacher](teacher_curves.png)" in (tmp_path / "report.md").read_text()

@@ -166,6 +166,8 @@ def test_the_teachers_figure_pools_their_seeds_and_nothing_else(tmp_path):
     teacher("teacher_seed1", 1)
     teacher("teacher_e3", 0, epochs=3)
     write_run(tmp_path, "student_kd_seed0", "kd", 0, 70.0)
+    (tmp_path / "notes.config.json").write_text("{}")  # not a run's: no model named
+    shutil.copy(tmp_path / "teacher.metrics.csv", tmp_path / "notes.metrics.csv")
     counts = {label: len(runs) for label, runs in teacher_curves(tmp_path).items()}
     assert counts == {"teacher (epochs=2)": 2, "teacher EMA (epochs=2)": 2,
                       "teacher (epochs=3)": 1, "teacher EMA (epochs=3)": 1}

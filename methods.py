@@ -126,15 +126,13 @@ LOGIT_STANDARDIZE = Flag(
 MIXUP = Flag(
     "mixup", False, "function matching (Beyer et al., 2022): each image mixed pixel by pixel "
     "with another of its batch at a ratio drawn from Beta(1, 1), per image unless "
-    "--mix-per-batch; the teacher sees the mixed "
-    "images; a CE term, where the method has one, takes the two labels weighted by the "
-    "ratio", before=False, suffix="mixup")
+    "--mix-per-batch; the teacher sees the mixed images; a CE term, where the method has "
+    "one, takes the two labels weighted by the ratio", before=False, suffix="mixup")
 CUTMIX = Flag(
     "cutmix", False, "function matching with CutMix: a box of another image of the batch "
     "pasted in, its area drawn from Beta(1, 1), per image unless --mix-per-batch; the "
-    "teacher sees the mixed images; a CE "
-    "term, where the method has one, takes the two labels weighted by the areas kept",
-    before=False, suffix="cutmix")
+    "teacher sees the mixed images; a CE term, where the method has one, takes the two "
+    "labels weighted by the areas kept", before=False, suffix="cutmix")
 MIXING = (MIXUP, CUTMIX)
 MIX_PER_BATCH = Flag(
     "mix_per_batch", False, "with --mixup or --cutmix: one ratio for the whole batch, from "

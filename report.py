@@ -73,7 +73,7 @@ def compare(a, b, paired=False):
         same = paired and np.array_equal(a, b)
         return {"diff": diff, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
                 "no_test": "identical in every pair" if same else
-                "the runs' differences do not vary"}
+                "the runs' differences do not vary" if paired else "neither side's runs vary"}
     with warnings.catch_warnings():
         # scipy warns of "precision loss" on a side whose runs all agree (e.g. two seeds at
         # 75.00%): its variance is 0 exactly, and Welch's test of the other side's spread holds.
@@ -172,8 +172,9 @@ def compare_runs(a, b, key, predictions=None):
     all of them (its label says which); one run a side: McNemar's test on `predictions`.
     Runs of one key on one side (a seed run on two machines) are not independent replicates:
     they are averaged into one value, for the pairs and for Welch's test alike. The result
-    says which test it is ("test": "paired", "welch", "mcnemar" or None) and which keys both
-    sides hold ("in_common": a frame of the `key` columns)."""
+    says which test it is ("test": "paired", "welch", "mcnemar" or None), whether it compared
+    two runs or more a side unpaired ("unpaired", tested or not) and which keys both sides
+    hold ("in_common": a frame of the `key` columns)."""
     a, b = a.dropna(subset=["test_acc"]), b.dropna(subset=["test_acc"])
     keyed = [runs.dropna(subset=key) for runs in (a, b)]
     twice = any(runs.duplicated(key).any() for runs in keyed)
@@ -185,7 +186,7 @@ def compare_runs(a, b, key, predictions=None):
         x, y = both["test_acc_x"], both["test_acc_y"]
         result = compare(x, y, paired=True)
         result["tost"] = equivalence(x, y)
-        result["test"], result["in_common"] = "paired", both[key]
+        result["test"], result["in_common"], result["unpaired"] = "paired", both[key], False
         notes = [f"of {len(a)} and {len(b)} runs"] if len(both) < max(len(a), len(b)) else []
         notes += [averaged] if averaged else []
         result["runs"] = f"{len(both)} pairs by {by}" + (
@@ -196,12 +197,15 @@ def compare_runs(a, b, key, predictions=None):
               for means, runs in zip(per_key, (a, b))]
     result = compare(*values)
     fewest = min(map(len, values))
-    result["test"], result["in_common"] = ("welch" if fewest >= 2 else None), both[key]
+    welch = fewest >= 2 and "no_test" not in result  # none where neither side varies
+    result["test"], result["in_common"] = ("welch" if welch else None), both[key]
+    result["unpaired"] = fewest >= 2
     if averaged and fewest < 2:  # no McNemar either: runs were averaged
         result["no_test"] = (f"{len(values[0])} and {len(values[1])} seeds ({averaged}), "
                              f"fewer than 2 on one side")
+    labels = (["Welch"] if welch else []) + ([averaged] if averaged and fewest >= 2 else [])
     result["runs"] = f"{len(a)} and {len(b)}, unpaired" + (
-        f" (Welch{'; ' + averaged if averaged else ''})" if fewest >= 2 else "")
+        f" ({'; '.join(labels)})" if labels else "")
     columns = [prediction_column(run["checkpoint"], run.get("weights", "raw"))
                for run in (a.iloc[0], b.iloc[0])] \
         if predictions is not None and len(a) == len(b) == 1 else []

@@ -99,16 +99,18 @@ def unique_seeds(results, variants, path):
 
 
 def note_unpaired(variant, result):
-    """Name on stderr a variant compare_runs tested by Welch's test, as the two share fewer
-    than two seeds of it, where this comparison is meant to pair by seed (with one run a
-    side, its table says there is no test)."""
-    if result["test"] != "welch":
+    """Name on stderr a variant compare_runs compared unpaired with two runs or more a side
+    (by Welch's test, or by none where neither side varies), as the two share fewer than
+    two seeds of it, where this comparison is meant to pair by seed (with one run a side,
+    its table says there is no test)."""
+    if not result["unpaired"]:
         return
     common = sorted(result["in_common"]["seed"])
     listed = f" ({', '.join(f'{s:g}' for s in common)})" if common else ""
+    how = ("compared unpaired (Welch's test), not by seed" if result["test"] == "welch" else
+           f"compared unpaired, not by seed (no test: {result['no_test']})")
     print(f"note: {variant}: {len(common)} seed{'' if len(common) == 1 else 's'} in "
-          f"common{listed}, fewer than 2: compared unpaired (Welch's test), not by seed",
-          file=sys.stderr)
+          f"common{listed}, fewer than 2: {how}", file=sys.stderr)
 
 
 def main():

@@ -598,3 +598,20 @@ def test_variants_without_two_seeds_in_common_are_named_as_compared_unpaired(tmp
     assert proc.stderr == ("note: kd: 1 seed in common (2), fewer than 2: compared unpaired "
                            "(Welch's test), not by seed\n")
     assert compare_two(tmp_path, a, a).stderr == ""
+
+
+def test_unpaired_runs_without_spread_are_named_as_untested_not_as_welchs(tmp_path):
+    """Where neither side's runs vary, compare() makes no test: the runs column said
+    "(Welch)" and compare_results' note "compared unpaired (Welch's test)" all the same."""
+    a = pd.DataFrame({"checkpoint": [f"c/kd_seed{s}.pt" for s in (0, 1)],
+                      "variant": ["kd"] * 2, "seed": [0, 1], "test_acc": [79.0, 79.0]})
+    b = a.assign(checkpoint=[f"c/kd_seed{s}.pt" for s in (2, 3)], seed=[2, 3],
+                 test_acc=[78.0, 78.0])
+    result = compare_runs(b, a, ["seed"])
+    assert result["test"] is None and math.isnan(result["p"])
+    assert result["runs"] == "2 and 2, unpaired"
+    assert result["no_test"] == "neither side's runs vary"
+    proc = compare_two(tmp_path, a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ("note: kd: 0 seeds in common, fewer than 2: compared unpaired, "
+                           "not by seed (no test: neither side's runs vary)\n")

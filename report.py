@@ -231,7 +231,8 @@ def family_table(tests, names):
             f"[{result['ci_low']:+.2f}, {result['ci_high']:+.2f}]"
         tost_p = result.get("tost", math.nan)
         rows.append({names[0]: f"{a} − {b}", "runs": result["runs"],
-                     names[1]: f"{result['diff']:+.2f}", "95% CI": ci,
+                     names[1]: "" if math.isnan(result["diff"]) else f"{result['diff']:+.2f}",
+                     "95% CI": ci,
                      "p": "" if math.isnan(result["p"]) else format_p(result["p"]),
                      "adjusted p (Holm)": "" if math.isnan(p) else format_p(p),
                      f"TOST p (±{MARGIN:g})": "" if math.isnan(tost_p) else format_p(tost_p),
@@ -411,7 +412,8 @@ def rules(results, predictions):
     images = len(predictions) if predictions is not None else TEST_IMAGES
     errors = [binomial_se(acc, images) for acc in results["test_acc"].dropna()]
     one_run = ("With one run a side a comparison uses McNemar's exact test on the per-image "
-               "predictions (predictions.csv): it says whether the two models differ on "
+               "predictions (predictions.csv), its interval the Wald interval of paired "
+               "proportions: it says whether the two models differ on "
                "these test images, not whether their recipes differ over seeds."
                if predictions is not None else
                "With one run a side and no predictions.csv no test is made.")
@@ -423,8 +425,9 @@ def rules(results, predictions):
         "by accuracy alone.\n\n"
         "Each comparison gives the difference in points with its 95% t-interval "
         "(unadjusted), paired on the per-seed differences where both variants have runs of "
-        "the same seed (those share initialisation and batch order; the `runs` column says "
-        "how many pairs; a seed's runs on one side, from two machines say, are averaged "
+        "two seeds or more in common (those share initialisation and batch order; the "
+        "`runs` column says how many pairs; a seed's runs on one side, from two machines "
+        "say, are averaged "
         "into one value), Welch's otherwise. Students pair by seed whatever teacher they "
         "distil from; the students' `Teachers:` line says whether a variant's ± is over "
         "student seeds only (one teacher) or over teacher and student seeds (each its own "

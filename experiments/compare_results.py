@@ -2,8 +2,10 @@
 (mean ± std over seeds), the difference with its 95% interval, paired by seed where both
 have runs of that seed (report.compare_runs), and a verdict: the variants are one family,
 Holm-adjusted; "equivalent within ±0.5 points" only from a paired TOST (report.MARGIN).
-Then every variant both hold, pooled: each seed's mean over them, paired by seed. Runs
-are matched by name (evaluate.py's `checkpoint` column, or a trimmed copy's `run`).
+Then every variant both hold at two seeds or more, pooled over the seeds all of them hold:
+each seed's mean over them, paired by seed. What is left out (a variant in one table
+only, a seed or a variant left out of the pooling) is named on stderr. Runs are matched
+by name (evaluate.py's `checkpoint` column, or a trimmed copy's `run`).
 For a change that should not move accuracy: another precision, device, machine or library
 version.
 
@@ -47,22 +49,34 @@ def common_variants(a, b):
 
 
 def pooled(a, b, names):
-    """Every variant both hold at every seed both hold (their first models: no EMA), pooled:
-    per seed, the mean test accuracy over those variants, b − a paired by seed. Pooled per
-    seed, not as one pair per variant and seed, because the runs of one seed share a teacher
-    (and a machine's teacher of that seed): their differences are not independent. None
-    with fewer than two such seeds."""
+    """Every variant both hold at two seeds or more (their first models: no EMA), pooled
+    over the seeds all of those hold: per seed, the mean test accuracy over the variants,
+    b − a paired by seed. Pooled per seed, not as one pair per variant and seed, because the
+    runs of one seed share a teacher (and a machine's teacher of that seed): their
+    differences are not independent. Like for like: each seed's mean is over the same
+    variants; the runs and variants left out for it are named on stderr. None with fewer
+    than two such seeds."""
     variants = [v for v in common_variants(a, b) if not is_second_model(v)]
     rows = [r[r["variant"].isin(variants)].dropna(subset=["seed"])[["variant", "seed",
                                                                      "test_acc"]]
             for r in (a, b)]
     both = rows[0].merge(rows[1], on=["variant", "seed"], suffixes=("_a", "_b"))
-    seeds = both["seed"].nunique()
-    both = both[both.groupby("variant")["seed"].transform("nunique") == seeds]  # like for like
-    if seeds < 2 or both.empty:
+    seeds_of = both.groupby("variant", sort=False)["seed"].agg(set)
+    too_few = seeds_of[seeds_of.map(len) < 2]
+    kept = seeds_of.drop(too_few.index)
+    seeds = set.intersection(*kept) if len(kept) else set()
+    if len(seeds) < 2:
         return None
+    left_out = [f"{v} seed{'s' * (len(extra) > 1)} {', '.join(f'{s:g}' for s in sorted(extra))}"
+                for v, extra in ((v, s - seeds) for v, s in kept.items()) if extra]
+    left_out += [f"{v} ({len(s)} seed in common)" for v, s in too_few.items()]
+    if left_out:
+        print(f"note: pooled over seeds {', '.join(f'{s:g}' for s in sorted(seeds))}; "
+              f"left out: {', '.join(left_out)}", file=sys.stderr)
+    both = both[both["variant"].isin(kept.index) & both["seed"].isin(seeds)]
     means = both.groupby("seed")[["test_acc_a", "test_acc_b"]].mean().reset_index()
-    label = (f"{both['variant'].nunique()} variants, {len(both)} runs a side, "
+    count = both["variant"].nunique()
+    label = (f"{count} variant{'s' * (count > 1)}, {len(both)} runs a side, "
              "each seed's mean")
     test = compare_runs(*(means.rename(columns={f"test_acc_{side}": "test_acc"})
                           for side in ("b", "a")), ["seed"])
@@ -98,6 +112,16 @@ def unique_seeds(results, variants, path):
                             f"{first['seed']} ({runs}); give a table with one of them")
 
 
+def note_one_sided(a, b, names):
+    """Name on stderr the variants one table holds and the other does not (as report.py's
+    "Not compared" line does): a label that differs between them drops a variant too."""
+    common = set(common_variants(a, b))
+    alone = [f"{v} ({name})" for frame, name in zip((a, b), names)
+             for v in frame["variant"].drop_duplicates() if v not in common]
+    if alone:
+        print(f"note: not compared, in one table only: {'; '.join(alone)}", file=sys.stderr)
+
+
 def note_unpaired(variant, result):
     """Name on stderr a variant compare_runs compared unpaired with two runs or more a side
     (by Welch's test, or by none where neither side varies), as the two share fewer than
@@ -127,6 +151,7 @@ def main():
     b = same_labels(a, b)
     for results, path in zip((a, b), args.results):
         unique_seeds(results, common_variants(a, b), path)
+    note_one_sided(a, b, args.names)
     table = compare_results(a, b, args.names)
     if table.empty:
         raise cli.UserError("the two results have no variant in common")

@@ -121,6 +121,14 @@ def paired_from_summary(mean, std, n=RUNS):
             "runs": f"{n} pairs by run (from the differences' mean and std)"}
 
 
+def untested(a, b, why):
+    """The runs `a` against `b` where no test can be made, in family_table's terms: the
+    difference of their means alone."""
+    return {"diff": a["test_acc"].mean() - b["test_acc"].mean(), "ci_low": math.nan,
+            "ci_high": math.nan, "p": math.nan, "no_test": why,
+            "runs": f"{len(a)} and {len(b)}, unpaired"}
+
+
 def by_variant(runs):
     return {v: rows for v, rows in runs.groupby("variant", sort=False)}
 
@@ -148,7 +156,9 @@ def tables(runs, again):
     for v in EMA_MODELS:
         a, b = (seeds_0_2(again, p, v) for p in ("bf16", "fp32"))
         tests.append(("bf16", "fp32", compare_runs(a, b, ["seed"]) if len(a) == len(b) == RUNS
-                      else welch_from_summary(*EMA_SUMMARY[v])))
+                      else welch_from_summary(*EMA_SUMMARY[v]) if v in EMA_SUMMARY
+                      else untested(a, b, f"fewer than {RUNS} runs again a side, and no "
+                                    "summary kept")))
     table = family_table(tests, ["variant", "bf16 − fp32 (points)"])
     table["variant"] = list(fp32) + list(EMA_MODELS)
     out.append(("bf16 against fp32", table))

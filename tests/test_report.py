@@ -473,6 +473,39 @@ def test_two_machines_runs_are_matched_by_name_and_pooled_per_seed(tmp_path):
     assert cells[3] == f"[{0.1 - half:+.2f}, {0.1 + half:+.2f}]"
 
 
+def test_variants_only_one_table_holds_are_named_not_dropped_silently(tmp_path):
+    a = pd.DataFrame({"checkpoint": [f"c/{v}_seed{s}.pt" for v in ("kd", "at") for s in (0, 1)],
+                      "variant": ["kd", "kd", "at", "at"], "seed": [0, 1, 0, 1],
+                      "test_acc": [79.0, 79.4, 78.0, 78.2]})
+    b = a.assign(variant=["kd", "kd", "at (at_weight=100)", "at (at_weight=100)"],
+                 checkpoint=[f"d/{v}_seed{s}.pt" for v in ("kd", "at100") for s in (0, 1)])
+    proc = compare_two(tmp_path, a, b)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: not compared, in one table only: at (gpu); at (at_weight=100) (cpu)\n" \
+        in proc.stderr
+
+
+def test_pooling_leaves_out_a_variants_extra_seed_not_every_other_variant(tmp_path):
+    """Pooled over the seeds every variant holds: one variant with a seed more in both
+    tables pooled over that variant alone ("1 variants, 4 runs a side") and dropped the
+    other three without a word."""
+    def runs(shift):
+        rows = [{"checkpoint": f"c/{v}_seed{s}.pt", "variant": v, "seed": s,
+                 "test_acc": 80 + s + shift[s] + i} for i, v in enumerate(["ce", "kd", "dkd"])
+                for s in (0, 1, 2)]
+        rows += [{"checkpoint": "c/kd_seed3.pt", "variant": "kd", "seed": 3, "test_acc": 60.0},
+                 {"checkpoint": "c/at_seed0.pt", "variant": "at", "seed": 0, "test_acc": 70.0}]
+        return pd.DataFrame(rows)
+    proc = compare_two(tmp_path, runs([0.0] * 3), runs([0.1, -0.1, 0.3]))
+    assert proc.returncode == 0, proc.stderr
+    pool = proc.stdout.split("\n\n")[1]
+    cells = [cell.strip() for cell in pool.splitlines()[2].split("|")[1:-1]]
+    assert cells[:3] == ["3 variants, 9 runs a side, each seed's mean", "3 pairs by seed",
+                         "+0.10"]
+    assert "note: pooled over seeds 0, 1, 2; left out: kd seed 3, at (1 seed in common)\n" \
+        in proc.stderr
+
+
 def test_two_runs_of_one_seed_under_one_label_are_refused_in_one_line(tmp_path):
     a = pd.DataFrame({"checkpoint": ["c/kd_seed0.pt", "c/kd_seed1.pt"], "variant": ["kd"] * 2,
                       "seed": [0, 1], "test_acc": [79.0, 79.1]})

@@ -114,6 +114,23 @@ def test_the_ema_teachers_of_runs_again_join_bf16_against_fp32_paired_by_seed():
     assert table.at["kd+ce EMA", "runs"].endswith("(Welch, from mean ± std)")
 
 
+def test_an_ema_teacher_without_its_runs_again_is_no_test_not_a_key_error():
+    """The EMA teachers have no kept summary to fall back on (EMA_SUMMARY names the
+    students' EMA weights only): without their three trusted runs a side, the fallback's
+    EMA_SUMMARY[v] raised a KeyError."""
+    rows = [{"precision": precision, "variant": "kd", "seed": seed, "test_acc": 79.0 + seed}
+            for seed in range(3) for precision in ("fp32", "bf16")]
+    again = ema_teachers([0.1, 0.2, 0.3])
+    again = again[~((again["variant"] == EMA_TEACHERS[0]) & (again["seed"] == 2))]
+    _, table = tables(pd.DataFrame(rows), again)[-3]
+    table = table.set_index("variant")
+    assert table.at[EMA_TEACHERS[0], "verdict"] == \
+        "no test: fewer than 3 runs again a side, and no summary kept"
+    assert table.at[EMA_TEACHERS[0], "runs"] == "2 and 2, unpaired"
+    assert table.at[EMA_TEACHERS[0], "bf16 − fp32 (points)"] == "+0.15"  # (0.1 + 0.2) / 2
+    assert table.at[EMA_TEACHERS[1], "runs"] == "3 pairs by seed"
+
+
 def test_runs_again_are_checked_against_their_record_and_their_teachers_summarised():
     recorded = pd.DataFrame([{"precision": p, "variant": "mean-teacher", "seed": seed,
                               "test_acc": 73.0 + seed} for p in ("bf16", "fp32")

@@ -307,13 +307,16 @@ class Method(nn.Module):
         return cutmix_batch(images, targets, ratio, partner, centre)
 
     def forward(self, student, images, labels, positions):
-        images, labels = self.mix(images, labels)
+        """The student's logits, the loss and its parts, and the labels its training accuracy
+        is scored against: the batch's own, or for a mixed batch each image's larger share
+        (the image's own label scored a mixed image against a class it may hold little of)."""
+        images, targets = self.mix(images, labels)
         out = student(images, features=True) if self.features else student(images)
         student_out = Outputs(*out) if self.features else Outputs(out)
         teacher_out = self.teacher_outputs(images) if self.uses_teacher else None
-        parts = self.loss(student_out, teacher_out, labels, positions)
+        parts = self.loss(student_out, teacher_out, targets, positions)
         self.step += 1
-        return student_out.logits, parts
+        return student_out.logits, parts, targets if targets.dim() == 1 else targets.argmax(1)
 
     @torch.no_grad()
     def teacher_outputs(self, images):

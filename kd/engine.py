@@ -2,8 +2,9 @@
 checkpoints every epoch and writes the run records beside each checkpoint.
 
 The training objective is an argument: a methods.Method, called as
-`method(model, images, labels, positions)`, returns the model's logits and a dict whose
-"loss" entry is minimised; any other entries (e.g. "ce", "kd") are logged as parts.
+`method(model, images, labels, positions)`, returns the model's logits, a dict whose
+"loss" entry is minimised (any other entries, e.g. "ce", "kd", are logged as parts) and the
+labels the training accuracy is scored against (a mixed image's larger share).
 """
 import math
 import sys
@@ -86,7 +87,7 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0)
     for step, (images, labels, positions) in enumerate(bar):
         with autocast(device, precision):
-            logits, losses = method(model, images, labels, positions)
+            logits, losses, scored = method(model, images, labels, positions)
         loss = losses["loss"]
         if step % sync_every == 0:
             # Before the step, so on the CPU a NaN loss never reaches the weights. On a GPU it
@@ -108,7 +109,7 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
         check_interrupt()
         n = len(labels)
         seen += n
-        correct += (logits.argmax(1) == labels).sum()
+        correct += (logits.argmax(1) == scored).sum()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() * n
     if not math.isfinite(total := sums.pop("loss").item()):

@@ -80,6 +80,23 @@ def tiny_loader(n=96, batch_size=16, seed=0):
                        drop_last=True, positions=True)
 
 
+def test_the_training_accuracy_is_scored_against_the_labels_the_method_gives():
+    """A method that scores every batch against the model's own predictions: 100%, however
+    far the batch's labels are from them (the loop scored the loader's labels)."""
+    torch.manual_seed(0)
+    model = build_model("student")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ce = methods.CE({})
+
+    def method(model, *batch):
+        logits, parts, _ = ce(model, *batch)
+        return logits, parts, logits.argmax(1)
+    metrics = engine.train_one_epoch(model, tiny_loader(), method, optimizer, scheduler,
+                                     torch.device("cpu"), "fp32")
+    assert metrics["acc"] == 100.0
+
+
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_training_steps_run_in_the_precision_asked_for(precision, dtype):
     torch.manual_seed(0)
@@ -91,9 +108,9 @@ def test_training_steps_run_in_the_precision_asked_for(precision, dtype):
     ce = methods.CE({})
 
     def method(model, *batch):
-        logits, parts = ce(model, *batch)
+        logits, parts, scored = ce(model, *batch)
         seen.append(logits.dtype)
-        return logits, parts
+        return logits, parts, scored
     metrics = engine.train_one_epoch(model, tiny_loader(), method, optimizer, scheduler,
                                      torch.device("cpu"), precision)
     assert set(seen) == {dtype} and len(seen) == 6

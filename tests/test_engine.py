@@ -188,10 +188,10 @@ class RecordingCE(methods.CE):
         self.epochs.append([])
 
     def forward(self, student, images, labels, positions):
-        logits, parts = super().forward(student, images, labels, positions)
+        logits, parts, scored = super().forward(student, images, labels, positions)
         self.epochs[-1].append((images.detach().clone(), positions.clone(),
                                 parts["loss"].item()))
-        return logits, parts
+        return logits, parts, scored
 
     def images_by_position(self, epoch):
         return {int(p): image for images, positions, _ in self.epochs[epoch]

@@ -73,7 +73,7 @@ def test_no_gradient_reaches_the_teacher_and_its_batchnorm_stays_put(loss):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     method = methods.build({"loss": loss}, teacher, None, torch.arange(40) % 10).train()
     images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
-    _, parts = method(student, images, labels, torch.arange(8))
+    _, parts, _ = method(student, images, labels, torch.arange(8))
     parts["loss"].backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert all(p.grad is not None for p in [*student.parameters(), *method.parameters()])
@@ -100,7 +100,7 @@ def test_every_gradient_in_the_student_stays_channels_last(loss):
         if isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) and module not in teacher.modules():
             module.register_forward_hook(check_gradient)
     images = torch.rand(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    _, parts = method(student, images, torch.arange(8), torch.arange(8))
+    _, parts, _ = method(student, images, torch.arange(8), torch.arange(8))
     parts["loss"].backward()
     assert layouts and all(channels_last for _, channels_last in layouts), layouts
 
@@ -128,6 +128,25 @@ def test_the_student_and_the_teacher_see_the_same_mixed_batch(config):
     method(student, images, torch.arange(8), torch.arange(8))
     (s,), (t,) = student.seen, teacher.seen
     assert torch.equal(s, t) and not torch.equal(s, images)
+
+
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix"])
+def test_a_mixed_images_training_accuracy_is_scored_against_its_larger_share(mixing):
+    """The training accuracy compared the logits of mixed images with the images' own
+    labels, of which a per-image mix may hold little: each is scored against the class
+    with the larger share of its target."""
+    torch.manual_seed(0)
+    method = methods.build({"loss": "kd", "seed": 1, mixing: True}, build_model("teacher").eval())
+    state = method.mix_generator.get_state()
+    labels = torch.arange(10)
+    _, _, scored = method(build_model("student"), torch.rand(10, 3, 32, 32), labels, labels)
+    method.mix_generator.set_state(state)
+    _, targets = method.mix(torch.rand(10, 3, 32, 32), labels)
+    assert torch.equal(scored, targets.argmax(1))
+    assert not torch.equal(scored, labels)  # some images hold less than half of their own
+    assert torch.equal(methods.build({"loss": "ce"})(build_model("student"),
+                                                     torch.rand(4, 3, 32, 32),
+                                                     labels[:4], labels[:4])[2], labels[:4])
 
 
 def test_a_ratio_of_one_leaves_the_batch_unchanged():

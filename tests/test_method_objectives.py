@@ -104,7 +104,7 @@ def feature_run(config, n=4, step=10 ** 6, steps_per_epoch=1):
                            train_labels=torch.arange(64) % 10)
     method.step, method.steps_per_epoch = step, steps_per_epoch
     before = copy.deepcopy(method)
-    _, parts = method(student, images, labels, positions)
+    _, parts, _ = method(student, images, labels, positions)
     with torch.no_grad():
         _, s_feats = student(images, features=True)
         _, t_feats = teacher(images, features=True)

@@ -138,7 +138,8 @@ def test_a_method_sees_each_images_position_and_the_teachers_features():
     torch.manual_seed(0)
     student, teacher = build_model("student"), build_model("teacher").eval()
     images, positions = torch.rand(4, 3, 32, 32), torch.tensor([7, 3, 9, 0])
-    logits, _ = Probe({}, teacher)(student, images, torch.zeros(4, dtype=torch.long), positions)
+    logits, _, _ = Probe({}, teacher)(student, images, torch.zeros(4, dtype=torch.long),
+                                      positions)
     assert seen["positions"] is positions
     assert [f.shape[1:] for f in seen["student"].features["blocks"]] == [
         (32, 32, 32), (32, 16, 16), (64, 8, 8)]

@@ -30,9 +30,9 @@ def run_variant(kind, teacher, image_folder, out, record):
 
     class Recorded(methods.METHODS[kind]):
         def forward(self, student, images, labels, positions):
-            logits, parts = super().forward(student, images, labels, positions)
+            logits, parts, scored = super().forward(student, images, labels, positions)
             record.append((images.clone(), labels.clone(), logits.detach().clone()))
-            return logits, parts
+            return logits, parts, scored
     method = Recorded(config, teacher if Recorded.uses_teacher else None,
                       train_labels=splits["train"][1])
     engine.fit("student", method, args, device, splits, ckpt)
@@ -123,11 +123,11 @@ def test_dkd_weight_warms_up_with_the_optimizer_step():
     method.set_epoch(0, steps_per_epoch=4)
     weights = []
     for _ in range(5):
-        _, parts = method(lambda images: logits, images, labels, None)
+        _, parts, _ = method(lambda images: logits, images, labels, None)
         weights.append(((parts["loss"] - parts["ce"]) / parts["kd"]).item())
     assert weights == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
     method.set_epoch(1, steps_per_epoch=4)  # a resumed run starts past the warm-up
-    _, parts = method(lambda images: logits, images, labels, None)
+    _, parts, _ = method(lambda images: logits, images, labels, None)
     assert ((parts["loss"] - parts["ce"]) / parts["kd"]).item() == pytest.approx(1.0)
 
 

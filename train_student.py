@@ -62,7 +62,7 @@ def main():
             print(note)
         teacher = (runs.load_teacher(args.teacher, device, args.teacher_identity)
                    if method.uses_teacher else None)
-        shared = (SharedTeacherLogits(teacher, cache_path(args, device), args.epochs)
+        shared = (SharedTeacherLogits(teacher, cache_path(args, device, teacher), args.epochs)
                   if method.uses_teacher and method.shared_logits and not args.no_shared_logits
                   else None)
         engine.fit("student", methods.build(args, teacher, shared, splits["train"][1]), args,

@@ -8,7 +8,9 @@ computed (dtype included), in <checkpoint folder>/teacher_logits/<key>.pt; a lat
 the same key serves them instead, so it ends with bit-identical weights. The key covers what
 the logits depend on: the teacher's weights, the data, the seed, batch size, subset,
 augmentation, precision, the code (models.py: a forward edited under the same weights;
-kd/data.py: the split and the augmentation), and the kernels: device type, torch version and machine
+kd/data.py: the split and the augmentation; and a digest of the teacher's forward on a
+fixed batch, for what no file list covers: the autocast dtype, how the teacher is
+loaded), and the kernels: device type, torch version and machine
 (kd.device.machine_name: the CPU's model name, family and model numbers, core count and
 bf16 units). Not the run's length: epoch e's batches are the
 same in a run of any length (the loader draws them from the seed and e), so a longer run is
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from kd.checkpoints import CheckpointError, save_cache
-from kd.device import machine_name
+from kd.device import autocast, machine_name
 
 # The run settings the teacher's logits depend on, besides its weights and the data.
 KEY_SETTINGS = ("seed", "batch_size", "train_subset", "no_augment", "dry_run", "precision")
@@ -34,17 +36,31 @@ ROOT = Path(__file__).resolve().parent.parent
 CODE_FILES = ("models.py", "kd/data.py")
 
 
-def cache_path(args, device):
-    """Where the logits of this run's teacher, data and batches are (or will be) stored."""
+def cache_path(args, device, teacher):
+    """Where the logits of this run's teacher (as loaded), data and batches are (or will be)
+    stored."""
     # torch and the machine name the kernels, whose bits a served run must share: a torch
     # upgrade, or a cluster's checkpoint folder shared by two GPU models, stores apart.
     key = {"teacher": args.teacher_identity["sha256"], "data": args.data_identity["sha256"],
            "code": [hashlib.sha256((ROOT / name).read_bytes()).hexdigest()
                     for name in CODE_FILES],
+           "forward": forward_digest(teacher, device, args.precision),
            "device": device.type, "torch": torch.__version__, "machine": machine_name(device),
            **{name: getattr(args, name) for name in KEY_SETTINGS}}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(args.out).parent / "teacher_logits" / f"{digest}.pt"
+
+
+def forward_digest(teacher, device, precision):
+    """SHA-256 of the teacher's logits on a fixed batch, computed as a run computes them (as
+    loaded, in the loader's layout, under the run's autocast): it changes with whatever
+    changes those bits under the same weights and is in no file of CODE_FILES (the autocast
+    dtype kd.device gives a precision, how runs.load_teacher prepares the teacher)."""
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    images = images.to(device, memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(device, precision):
+        logits = teacher(images)
+    return hashlib.sha256(logits.float().cpu().numpy().tobytes()).hexdigest()
 
 
 def fingerprint(images):

@@ -171,6 +171,11 @@ def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
     assert torch.equal(longer["logits"][:2], store["logits"])
 
 
+def a_teacher():
+    torch.manual_seed(0)
+    return build_model("teacher").eval().requires_grad_(False)
+
+
 def cache_args():
     """A student run's settings, as cache_path reads them."""
     return SimpleNamespace(teacher_identity={"sha256": "t"}, data_identity={"sha256": "d"},
@@ -182,14 +187,31 @@ def test_logits_are_stored_apart_per_torch_version_and_machine(monkeypatch):
     """Served logits must be the ones this run would compute: other kernels (a torch
     upgrade, a checkpoint folder shared by a cluster's A100 and H100 nodes) give other
     bits, which were served under one key."""
-    args, cpu = cache_args(), torch.device("cpu")
-    first = cache_path(args, cpu)
+    args, cpu, teacher = cache_args(), torch.device("cpu"), a_teacher()
+    first = cache_path(args, cpu, teacher)
     with monkeypatch.context() as patch:
         patch.setattr(torch, "__version__", "9.9.9")
-        assert cache_path(args, cpu) != first
-    assert cache_path(args, cpu) == first
+        assert cache_path(args, cpu, teacher) != first
+    assert cache_path(args, cpu, teacher) == first
     monkeypatch.setattr(teacher_logits, "machine_name", lambda device: "another CPU")
-    assert cache_path(args, cpu) != first
+    assert cache_path(args, cpu, teacher) != first
+
+
+def test_logits_are_stored_apart_per_way_the_teacher_computes_them(monkeypatch):
+    """Under the same weights, code outside CODE_FILES may change the teacher's logits: the
+    autocast kd.device gives a bf16 run, a forward changed at run time. The key holds a
+    digest of the teacher's forward on a fixed batch, computed as a run computes it; without
+    it the old logits were served."""
+    args, cpu, teacher = cache_args(), torch.device("cpu"), a_teacher()
+    first = cache_path(args, cpu, teacher)
+    assert cache_path(args, cpu, a_teacher()) == first  # the same teacher: the same key
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher_logits, "autocast",
+                      lambda device, precision: torch.autocast("cpu", dtype=torch.float16))
+        assert cache_path(args, cpu, teacher) != first
+    forward = teacher.forward
+    monkeypatch.setattr(teacher, "forward", lambda images: forward(images) + 1)
+    assert cache_path(args, cpu, teacher) != first
 
 
 @pytest.mark.parametrize("edited", ["models.py", "kd/data.py"])
@@ -199,16 +221,16 @@ def test_logits_are_stored_apart_per_version_of_the_code_they_depend_on(
     (and so its identity) was served the old forward's logits, as the fingerprints check
     only the inputs. kd/data.py: an edit to the split or the augmentation was served the old
     batches' logits for a whole epoch, then stopped by the fingerprints."""
-    args, cpu = cache_args(), torch.device("cpu")
-    first = cache_path(args, cpu)
+    args, cpu, teacher = cache_args(), torch.device("cpu"), a_teacher()
+    first = cache_path(args, cpu, teacher)
     files = [tmp_path / name.replace("/", "_") for name in teacher_logits.CODE_FILES]
     for copy, name in zip(files, teacher_logits.CODE_FILES):
         copy.write_text((teacher_logits.ROOT / name).read_text())
     monkeypatch.setattr(teacher_logits, "CODE_FILES", tuple(str(f) for f in files))
-    assert cache_path(args, cpu) == first
+    assert cache_path(args, cpu, teacher) == first
     copy = tmp_path / edited.replace("/", "_")
     copy.write_text(copy.read_text() + "\n")
-    assert cache_path(args, cpu) != first
+    assert cache_path(args, cpu, teacher) != first
 
 
 def test_a_batch_rearranged_within_its_images_has_another_fingerprint():

@@ -142,23 +142,26 @@ def load_pool(args, extra):
 
 
 def retrained_by_flags(runs, plain):
-    """Refuse --flags that would train finished runs again from the start: a trial's
-    '--epochs 1' (or another --data-root) on the grid's own folder trained its every
-    finished run again over its results. `plain`: the same runs without the flags (by
-    key); the reasons the flags add count. A grid changed on purpose trains them again, as
-    make does."""
-    hit = {}
+    """Refuse --flags that would train runs with a checkpoint again from the start: a
+    trial's '--epochs 1' (or another --data-root) on the grid's own folder trained its every
+    finished run again over its results, and restarted an interrupted one from epoch 0
+    (its `--resume --restart-if-changed` finds the recipe changed). `plain`: the same runs
+    without the flags (by key); the reasons the flags add count. A grid changed on purpose
+    trains them again, as make does."""
+    hit, kinds = {}, set()
     for run in runs:
-        if ran_to_end(run) is not None and run.key in plain:
+        if run.out.exists() and run.key in plain:
             before = stale(plain[run.key])
             if added := [reason for reason in stale(run) if reason not in before]:
                 hit[run.label] = added
+                kinds.add("finished" if ran_to_end(run) is not None else "interrupted")
     if hit:
         label, reasons = next(iter(hit.items()))
         more = f"; and {len(hit) - 1} more" if len(hit) > 1 else ""
-        refuse(f"--flags would train {len(hit)} finished run{'s' * (len(hit) != 1)} again from "
-               f"the start ({label}: {'; '.join(reasons)}{more}): give the trial a --folder "
-               f"of its own, or set the flags in the grid to change its runs")
+        refuse(f"--flags would train {len(hit)} {' or '.join(sorted(kinds))} "
+               f"run{'s' * (len(hit) != 1)} again from the start ({label}: "
+               f"{'; '.join(reasons)}{more}): give the trial a --folder of its own, or set "
+               f"the flags in the grid to change its runs")
 
 
 def refuse(message):

@@ -656,6 +656,23 @@ def test_flags_that_would_train_finished_runs_again_are_refused(image_folder, tm
     assert load_checkpoint(tmp_path / "sweep" / "teacher.pt")["epochs"] == 1
 
 
+def test_flags_that_would_restart_an_interrupted_run_are_refused_too(image_folder, tmp_path):
+    """The refusal looked at finished runs only: a run interrupted mid-way was resumed with
+    `--resume --restart-if-changed` and the trial's flags, which started it again from
+    epoch 0 and threw its epochs away."""
+    grid = write_grid(tmp_path / "grid.toml", '[[stage]]\nscript = "train_teacher.py"\n'
+                      'name = "teacher"\n', image_folder)
+    teacher, = expand(tomllib.loads(grid.read_text()), str(tmp_path / "sweep"), seeds=[0])
+    interrupted_run("train_teacher.py", teacher.command()[2:], step=2 + 1)
+    assert load_checkpoint(teacher.out)["epoch"] == 1
+    weights = teacher.out.read_bytes()
+    proc = sweep(grid, "--flags", "--epochs 1")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: --flags would train 1 interrupted run again from "
+                                  "the start (teacher: epochs 2 -> 1)")
+    assert teacher.out.read_bytes() == weights
+
+
 def test_a_finished_run_whose_teacher_changed_is_run_again_as_make_would(
         image_folder, teacher_checkpoint, tmp_path):
     """A sweep skips the finished runs that make would skip, not every run whose flags

@@ -344,10 +344,16 @@ def name_part(value):
 
 def finished(run):
     """Whether the run's records say it ran to its end (ran_to_end) with the flags this
-    sweep gives it."""
+    sweep gives it. A run records what `--device auto` and `--precision auto` resolved to:
+    "auto" matches any (whether it would resolve otherwise now is stale()'s question, as
+    for make)."""
     config = ran_to_end(run)
-    return config is not None and all(same(config.get(key.replace("-", "_")), value)
-                                      for key, value in run.settings.items())
+    return config is not None and all(
+        (key in RESOLVED and value == "auto") or same(config.get(key.replace("-", "_")), value)
+        for key, value in run.settings.items())
+
+
+RESOLVED = ("device", "precision")  # the flags whose "auto" a run records resolved
 
 
 def ran_to_end(run):

@@ -673,6 +673,20 @@ def test_flags_that_would_restart_an_interrupted_run_are_refused_too(image_folde
     assert teacher.out.read_bytes() == weights
 
 
+def test_a_finished_run_is_skipped_under_auto_device_and_precision(image_folder, tmp_path):
+    """A run records the device and precision `auto` resolved to: benchmarks/gpu_runs.sh's
+    `--flags "--device auto"` found no finished run ("cpu" is not "auto") and started every
+    one again; whether auto now resolves otherwise is stale()'s question, as for make."""
+    grid = write_grid(tmp_path / "grid.toml", '[[stage]]\nscript = "train_teacher.py"\n'
+                      'name = "teacher"\n', image_folder)
+    assert sweep(grid).returncode == 0
+    proc = sweep(grid, "--flags", "--device auto --precision auto", "--list")
+    assert proc.returncode == 0, proc.stderr
+    proc = sweep(grid, "--flags", "--device auto --precision auto")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 run in " in proc.stdout and ": 1 finished (skipped), 0 to run" in proc.stdout
+
+
 def test_a_finished_run_whose_teacher_changed_is_run_again_as_make_would(
         image_folder, teacher_checkpoint, tmp_path):
     """A sweep skips the finished runs that make would skip, not every run whose flags

@@ -358,8 +358,9 @@ RESOLVED = ("device", "precision")  # the flags whose "auto" a run records resol
 
 def ran_to_end(run):
     """The run's recorded config where its records say it ran to its last epoch (and was
-    tested, unless it skips the test), whatever flags it ran with (a run copied from
-    another grid, with its own plots folder, say); else None."""
+    tested, unless this sweep's flags for it skip the test: a probe's run reused by a grid
+    that tests is resumed, which writes the test record), whatever other flags it ran with
+    (a run copied from another grid, with its own plots folder, say); else None."""
     paths = record_paths(run.out)
     try:
         config = json.loads(paths["config"].read_text())
@@ -368,7 +369,7 @@ def ran_to_end(run):
         return None
     if not run.out.exists() or last != config.get("epochs"):
         return None
-    if not config.get("skip_test") and not test_record_matches(
+    if not run.settings.get("skip-test") and not test_record_matches(
             paths["test"], config.get("run_id"), int(last)):
         return None
     return config

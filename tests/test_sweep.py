@@ -687,6 +687,26 @@ def test_a_finished_run_is_skipped_under_auto_device_and_precision(image_folder,
     assert "1 run in " in proc.stdout and ": 1 finished (skipped), 0 to run" in proc.stdout
 
 
+def test_a_run_trained_without_its_test_is_not_finished_for_a_grid_that_tests(image_folder,
+                                                                              tmp_path):
+    """ran_to_end read `skip_test` from the run's own record: a probe's run (--skip-test)
+    reused by a grid that wants the test was skipped for good, without a test record."""
+    stage = '[[stage]]\nscript = "train_teacher.py"\nname = "teacher"\n'
+    probe = write_grid(tmp_path / "probe.toml", stage + "flags = {skip-test = true}\n",
+                       image_folder)
+    assert sweep(probe).returncode == 0
+    test_record = tmp_path / "sweep" / "teacher.test.json"
+    assert not test_record.exists()
+    weights = weights_sha256(load_checkpoint(tmp_path / "sweep" / "teacher.pt")["model_state"])
+    grid = write_grid(tmp_path / "grid.toml", stage, image_folder)
+    proc = sweep(grid)
+    assert proc.returncode == 0, proc.stderr
+    assert ": 0 finished (skipped), 1 to run" in proc.stdout
+    assert test_record.exists()  # resumed at its end: tested, not trained again
+    assert weights_sha256(
+        load_checkpoint(tmp_path / "sweep" / "teacher.pt")["model_state"]) == weights
+
+
 def test_a_finished_run_whose_teacher_changed_is_run_again_as_make_would(
         image_folder, teacher_checkpoint, tmp_path):
     """A sweep skips the finished runs that make would skip, not every run whose flags

@@ -231,6 +231,10 @@ def expand(grid, folder, seeds, extra=None):
         if script not in SCRIPTS:
             raise GridError(f"stage {number}: script must be one of {', '.join(SCRIPTS)}, "
                             f"got {script!r}")
+        if overridden := sorted(set(extra or {}) & set(stage.get("flags", {}))):
+            raise GridError(f"--flags sets {overridden[0]!r}, which stage {number} sets itself: "
+                            f"its runs would train another value than their grid says; "
+                            f"change it in the grid")
         subgrids = stage.get("grid", [{}])
         subgrids = [subgrids] if isinstance(subgrids, dict) else subgrids
         if not subgrids or not isinstance(subgrids, list) or not all(isinstance(g, dict)

@@ -145,6 +145,9 @@ STAGE = {"script": "train_student.py", "name": "s_{loss}_seed{seed}", "grid": {"
     ({"stage": [{**STAGE, "grid": {"seed": [0, 1]}}]}, None, "'seed'"),
     ({"stage": [{**STAGE, "flags": {"seed": 3}}]}, None, "'seed'"),
     ({"stage": [STAGE]}, {"loss": "ce"}, "--flags sets 'loss', an axis of stage 1"),
+    # a stage's own flag (fm-mixing.toml's `epochs = 36`, its names' "e36") overridden
+    ({"stage": [{**STAGE, "flags": {"epochs": 36}}]}, {"epochs": "3"},
+     "--flags sets 'epochs', which stage 1 sets itself"),
     # a traceback, or nothing run and exit 0
     ({"stage": 5}, None, "stage must be a list of tables ([[stage]])"),
     ({"stage": {"script": "train_student.py"}}, None, "stage must be a list of tables"),

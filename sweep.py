@@ -43,6 +43,7 @@ import importlib
 import io
 import itertools
 import json
+import math
 import os
 import shlex
 import signal
@@ -116,7 +117,11 @@ def parse_flags(text):
     """'--epochs 1 --dry-run' -> {'epochs': '1', 'dry-run': True}: extra flags given on the
     command line, merged into every run's settings."""
     # argparse's --flag=value form, split as the scripts read it
-    tokens = [part for token in shlex.split(text or "")
+    try:
+        split = shlex.split(text or "")
+    except ValueError as e:  # an unclosed quote
+        raise GridError(f"--flags: {e}") from None
+    tokens = [part for token in split
               for part in (token.split("=", 1) if token.startswith("--") else [token])]
     settings = {}
     i = 0
@@ -825,8 +830,13 @@ def main():
         refuse(f"{slurm_only[0]} is for --executor slurm: a local sweep runs its jobs itself")
     if args.runs_per_device < 1:
         refuse(f"--runs-per-device must be at least 1, got {args.runs_per_device}")
-    if args.stop_after is not None and args.stop_after <= 0:
-        refuse(f"--stop-after must be positive, got {args.stop_after}")
+    if args.stop_after is not None and not 0 < args.stop_after < math.inf:
+        refuse(f"--stop-after must be a positive number of minutes, got {args.stop_after:g}")
+    for option, least in (("time_min", 1), ("array_parallelism", 1), ("cpus_per_task", 1),
+                          ("mem_gb", 1), ("gpus_per_node", 0)):
+        if getattr(args, option) < least:
+            refuse(f"--{option.replace('_', '-')} must be at least {least}, got "
+                   f"{getattr(args, option)}")
     if args.finished and not args.checkpoints:
         refuse("--finished qualifies --checkpoints")
     if args.folder and len(args.grids) > 1:
@@ -889,7 +899,10 @@ def main():
             print(f" repeats  {run.label}  (the same recipe, seed, teacher and data as {twin}, "
                   "finished: the same run under another name)")
     for path, folder in grids.items():
-        Path(folder).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            refuse(f"cannot make the folder {folder}: {e.strerror}")
         save_grid(path, folder)
     try:
         executors = {folder: make_executor(args, Path(folder) / "logs") for folder in folders}

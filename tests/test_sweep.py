@@ -479,6 +479,36 @@ def test_a_sweep_refuses_no_runs_at_a_time_in_one_line(tmp_path):
     assert proc.stderr.strip() == "error: --runs-per-device must be at least 1, got 0"
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--time-min", 0], "--time-min must be at least 1, got 0"),
+    (["--stop-after", "nan"], "--stop-after must be a positive number of minutes, got nan"),
+    (["--executor", "slurm", "--array-parallelism", 0],
+     "--array-parallelism must be at least 1, got 0"),
+    (["--executor", "slurm", "--cpus-per-task", -1], "--cpus-per-task must be at least 1, got -1"),
+    (["--executor", "slurm", "--mem-gb", 0], "--mem-gb must be at least 1, got 0"),
+    (["--executor", "slurm", "--gpus-per-node", -1], "--gpus-per-node must be at least 0, got -1"),
+    (["--flags", "--epochs 'x"], "--flags: No closing quotation"),
+], ids=str)
+def test_a_sweep_refuses_nonsense_numbers_and_flags_in_one_line(tmp_path, flags, says):
+    """Each was accepted: --time-min 0 failed every local run at once, --stop-after nan
+    never stopped, SLURM's counts reached sbatch, an unclosed quote was a traceback."""
+    grid = tmp_path / "grid.toml"
+    grid.write_text('[[stage]]\nscript = "train_teacher.py"\n')
+    proc = sweep(grid, "--list", *flags)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.strip() == f"error: {says}"
+
+
+def test_a_folder_that_is_a_file_is_refused_in_one_line(tmp_path, image_folder):
+    grid = write_grid(tmp_path / "grid.toml", '[[stage]]\nscript = "train_teacher.py"\n',
+                      image_folder)
+    (tmp_path / "afile").write_text("")
+    proc = sweep(grid, "--folder", tmp_path / "afile")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: cannot make the folder {tmp_path / 'afile'}: " \
+                                  "File exists"
+
+
 class FinishedJob:
     """A submitit job that has already finished successfully when it is first looked at."""
     paths = SimpleNamespace(stdout="job.out", stderr="job.err")

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pandas as pd
 import submitit
-from submitit.core.utils import UncompletedJobError
+from submitit.core.utils import FailedJobError, FailedSubmissionError, UncompletedJobError
 
 from kd import cli
 from kd.interrupts import STOP_SIGNALS, interrupts_deferred
@@ -725,13 +725,27 @@ def submit_to_slurm(runs, executors):
                     slurm_dependency=f"afterok:{':'.join(needs)}" if needs else None)
                 for run in batch:
                     forget_stop(run)
-                with executor.batch():
-                    submitted = [executor.submit(job_function(run)) for run in batch]
+                try:
+                    with executor.batch():
+                        submitted = [executor.submit(job_function(run)) for run in batch]
+                except (FailedJobError, FailedSubmissionError) as e:
+                    refused_by_sbatch(batch, jobs, by_key, e)
                 for run, job in zip(batch, submitted):
                     jobs[run.key] = job
                     print(f"submitted  {run.label}  (job {job.job_id}, log: "
                           f"{job.paths.stdout})")
     return [(run, jobs[run.key]) for run in runs]
+
+
+def refused_by_sbatch(batch, jobs, by_key, error):
+    """Refuse in one line: sbatch refused `batch`'s array; name the jobs submitted before it
+    (`jobs`, by run key), which SLURM still runs, and how to stop them."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    queued = ", ".join(f"job {job.job_id} ({by_key[key].label})" for key, job in jobs.items())
+    ids = " ".join(job.job_id for job in jobs.values())
+    refuse(f"sbatch refused the jobs of {', '.join(run.label for run in batch)}: {first}"
+           + (f"; submitted before them and still queued: {queued}: scancel {ids} to stop them"
+              if jobs else ""))
 
 
 def wait_for(jobs):

@@ -822,6 +822,30 @@ class SlurmExecutor:
         return job
 
 
+def test_an_sbatch_refusal_is_one_line_that_names_the_jobs_already_queued(capsys):
+    """sbatch refusing an array (a partition misspelt, an account over its limit) was a
+    traceback, and the teachers' array submitted before it went on unreported."""
+    teacher = {"script": "train_teacher.py", "name": "{teacher}"}
+    student = {"script": "train_student.py", "name": "kd_seed{seed}",
+               "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
+    runs = expand({"stage": [teacher, student]}, "checkpoints", seeds=[0])
+
+    class Refusing(SlurmExecutor):
+        @contextlib.contextmanager
+        def batch(self):
+            yield
+            if self.submitted[-1][0] is not None:  # the students' array, held for the teacher
+                raise sweep_module.FailedJobError("sbatch: error: Batch job submission failed:"
+                                                  " Invalid account\nmore")
+    with pytest.raises(SystemExit) as exit:
+        sweep_module.submit_to_slurm(runs, {"checkpoints": Refusing()})
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: sbatch refused the jobs of kd_seed0: sbatch: error: Batch job submission "
+        "failed: Invalid account; submitted before them and still queued: job 700 (teacher): "
+        "scancel 700 to stop them\n")
+
+
 def test_slurm_holds_a_run_listed_before_the_run_it_needs():
     """Two grids pooled, the selection's student first and the study's teacher after it:
     the student's array still waits for the teacher's (a need later in the pool once

@@ -26,6 +26,7 @@ method kept outside the repo registers itself the same way.
 """
 import importlib
 import inspect
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -51,11 +52,11 @@ from models import NUM_CLASSES, StudentNet
 
 
 def positive(value):
-    return None if value > 0 else "must be > 0"
+    return None if 0 < value < math.inf else "must be > 0 and finite"
 
 
 def nonnegative(value):
-    return None if value >= 0 else "must be >= 0"
+    return None if 0 <= value < math.inf else "must be >= 0 and finite"
 
 
 def unit_interval(value):

@@ -141,8 +141,10 @@ def check_args(args):
             raise UserError(f"{flag} must be positive, got {value}")
     if not math.isfinite(args.lr):
         raise UserError(f"--lr must be finite, got {args.lr}")
-    if not 0 <= args.momentum < 1 or args.weight_decay < 0 or not 0 <= args.warmup < 1:
-        raise UserError("need 0 <= --momentum < 1, --weight-decay >= 0 and 0 <= --warmup < 1")
+    if not 0 <= args.momentum < 1 or not 0 <= args.weight_decay < math.inf \
+            or not 0 <= args.warmup < 1:
+        raise UserError("need 0 <= --momentum < 1, a finite --weight-decay >= 0 and "
+                        "0 <= --warmup < 1")
     if not args.clip_grad_norm >= 0:
         raise UserError(f"--clip-grad-norm must be >= 0, got {args.clip_grad_norm}")
     if not 0 <= args.seed < 2**32:  # the seeds derived from it stay in manual_seed's range

@@ -71,6 +71,8 @@ def test_existing_checkpoint_is_never_overwritten_by_accident(teacher_checkpoint
     (["--seed", "1000000000000000"], "--seed"),  # the loader's seed * 100,003 overflowed
     (["--seed", "-1"], "--seed"),
     (["--out", "."], "is a folder"),
+    (["--weight-decay", "nan"], "--weight-decay"),  # trained to NaN
+    (["--weight-decay", "inf"], "--weight-decay"),
 ])
 def test_bad_flags_get_one_line_errors(image_folder, tmp_path, flags, fragment):
     proc = run_script("train_teacher.py", "--data-root", image_folder, "--out",

@@ -2,6 +2,7 @@
 table order, the report's comparisons), and a method registered from outside the repo taken
 through every script with no other edit."""
 import argparse
+import math
 import subprocess
 import sys
 
@@ -66,10 +67,14 @@ def test_flags_are_declared_once_and_checked():
     assert methods.check_flags(vars(args)) == []
     bad = {**vars(args), "loss": "dist", "temperature": 0.0, "dkd_beta": -1.0,
            "logit_standardize": True}
-    assert methods.check_flags(bad) == ["--temperature must be > 0, got 0.0",
-                                        "--dkd-beta must be >= 0, got -1.0",
+    assert methods.check_flags(bad) == ["--temperature must be > 0 and finite, got 0.0",
+                                        "--dkd-beta must be >= 0 and finite, got -1.0",
                                         "--logit-standardize goes with --loss kd+ce, kd, dkd, "
                                         "not dist"]
+    assert methods.check_flags({**vars(args), "temperature": math.inf}) == [
+        "--temperature must be > 0 and finite, got inf"]  # softmax of logits / inf: NaN
+    assert methods.check_flags({**vars(args), "dkd_beta": math.nan}) == [
+        "--dkd-beta must be >= 0 and finite, got nan"]
     clash = type("Clash", (methods.Method,), {
         "name": "clash", "flags": (methods.Flag("temperature", 2.0, "another T"),)})
     with pytest.raises(ValueError, match="share its Flag object"):
@@ -115,7 +120,7 @@ def test_kd_and_ce_weights_replace_alpha():
     assert methods.check_flags({**given, "alpha": 0.9}) == [
         "--alpha or --kd-weight and --ce-weight, not both"]
     assert methods.check_flags({**given, "kd_weight": -1.0}) == [
-        "--kd-weight must be >= 0, got -1.0"]
+        "--kd-weight must be >= 0 and finite, got -1.0"]
     assert methods.check_flags({**given, "loss": "kd", "ce_weight": None}) == []
 
 

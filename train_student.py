@@ -38,7 +38,8 @@ def parse(argv=None):
         # part of its recipe (a student trained alone has none); a --loss typed is a recipe
         # flag like the others (prepare_run says it is not used). Not with
         # --restart-if-changed, which compares the run with the command, defaults included.
-        with contextlib.suppress(CheckpointError):  # an unreadable one says so when resumed
+        # an unreadable one, or one with no run's config (a model alone), says so when resumed
+        with contextlib.suppress(CheckpointError, KeyError, AttributeError):
             recorded = load_checkpoint(args.out)["config"].get("loss")
             method = methods.METHODS.get(recorded, method)
             if "loss" not in cli.typed(argv):

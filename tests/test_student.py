@@ -10,7 +10,7 @@ import train_student
 import methods
 from conftest import run_in_process, run_script
 from kd import cli, engine, runs, teacher_logits
-from kd.checkpoints import CheckpointError, load_checkpoint
+from kd.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from kd.teacher_logits import SharedTeacherLogits, cache_path, fingerprint
 from models import build_model, load_model
 
@@ -169,6 +169,16 @@ def test_shared_teacher_logits_give_the_same_weights_and_catch_other_batches(
     longer = torch.load(stored[0], weights_only=True)  # the longer run's store replaced it
     assert longer["fingerprints"].shape[:2] == (3, 2)
     assert torch.equal(longer["logits"][:2], store["logits"])
+
+
+def test_resuming_a_checkpoint_without_a_run_config_is_no_key_error(tmp_path):
+    """A model-only checkpoint (one evaluate.py and --teacher accept) given to --resume:
+    reading its recorded loss raised KeyError: 'config' before any check could say why."""
+    out = tmp_path / "model.pt"
+    save_checkpoint({"model": "student", "model_state": build_model("student").state_dict()},
+                    out)
+    args, _ = train_student.parse(["--resume", "--out", str(out), "--loss", "kd"])
+    assert args.loss == "kd"
 
 
 def a_teacher():

@@ -9,9 +9,10 @@ import pandas as pd
 
 
 def record_paths(out):
-    """Run records are named after the checkpoint, so runs sharing a folder never collide;
-    the lock file exists while a process trains the run (kd.runs.run_lock)."""
-    stem = Path(out).with_suffix("")
+    """Run records are named after the checkpoint (less its .pt), so runs sharing a folder
+    never collide; the lock file exists while a process trains the run (kd.runs.run_lock)."""
+    # only .pt: any last suffix made --out teacher_lr0.05 and teacher_lr0.1 share records
+    stem = Path(out).with_suffix("") if Path(out).suffix == ".pt" else Path(out)
     return {"config": Path(f"{stem}.config.json"), "metrics": Path(f"{stem}.metrics.csv"),
             "test": Path(f"{stem}.test.json"), "lock": Path(f"{stem}.lock")}
 

@@ -19,6 +19,16 @@ from kd.results import recipe, recipe_sha256
 from kd.runs import stale_reasons
 
 
+def test_run_records_of_two_outs_without_pt_never_collide():
+    """Records were named after the out without its last suffix: --out teacher_lr0.05 and
+    --out teacher_lr0.1 shared teacher_lr0.config.json, metrics and lock."""
+    assert record_paths("runs/teacher.pt")["config"].name == "teacher.config.json"
+    names = [set(p.name for p in record_paths(f"runs/teacher_lr{lr}").values())
+             for lr in ("0.05", "0.1")]
+    assert not names[0] & names[1]
+    assert record_paths("runs/teacher_lr0.05")["lock"].name == "teacher_lr0.05.lock"
+
+
 def last_line(proc):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     return proc.stderr.strip().splitlines()[-1]

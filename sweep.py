@@ -221,6 +221,9 @@ def expand(grid, folder, seeds, extra=None):
     check_types(grid, "")
     if "seed" in (extra or {}):
         raise GridError("--flags sets 'seed': seeds come from --seeds")
+    if "out" in (extra or {}):
+        raise GridError("--flags sets 'out': the sweep names each run's checkpoint "
+                        "(<folder>/<name>.pt); give --folder, or a stage's name")
     stages = grid.get("stage")
     if not stages:
         raise GridError("the grid has no [[stage]]")
@@ -796,11 +799,11 @@ def main():
       "every grid")
     a("--list", action="store_true", help="print the runs and their commands, run nothing")
     a("--checkpoints", action="store_true", help="print each run's checkpoint, one per line, "
-      "run nothing (for evaluate.py: python evaluate.py $(python sweep.py GRID "
-      "--checkpoints))")
+      "run nothing (for evaluate.py: python sweep.py GRID --checkpoints --finished | xargs "
+      "-r -d '\\n' python evaluate.py, safe for spaces and for none finished)")
     a("--finished", action="store_true", help="with --checkpoints: only the finished runs' "
-      "(their records reach their last epoch, and their test where they take one, whatever "
-      "flags they ran with), each other run named on stderr")
+      "(their records reach their last epoch, and their test unless this sweep skips it, "
+      "whatever other flags they ran with), each other run named on stderr")
     a("--executor", choices=("local", "slurm"), default="local",
       help="local: on this machine, --runs-per-device runs per visible GPU or in all on a "
            "CPU; "
@@ -815,10 +818,11 @@ def main():
            "a fixed time)")
     a("--time-min", type=int, default=24 * 60, help="a job's time limit in minutes "
       "(default: 1440)")
-    a("--job-name", default="kd-sweep", help="the jobs' name (default: kd-sweep)")
     s = parser.add_argument_group("slurm")
     slurm_options = [  # which a local sweep would ignore: refused there
         s.add_argument("--partition", help="SLURM partition"),
+        s.add_argument("--job-name", default="kd-sweep", help="the jobs' name (default: "
+                       "kd-sweep)"),
         s.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per job (default: 1)"),
         s.add_argument("--cpus-per-task", type=int, default=8, help="CPUs per job (default: 8)"),
         s.add_argument("--mem-gb", type=int, default=32, help="memory per job (default: 32)"),
@@ -827,7 +831,8 @@ def main():
         s.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                        help="more sbatch parameters, e.g. account=myproject qos=high"),
         s.add_argument("--no-wait", action="store_true", help="exit once the jobs are "
-                       "submitted (rerun the sweep later: finished runs are skipped)")]
+                       "submitted (rerun the sweep once they have ended, not before: it skips "
+                       "finished runs, and would submit queued ones twice)")]
     args = parser.parse_args()
     # from the start: the checks before the first job (the data decoded on a fresh machine)
     # spend the lent machine's time too

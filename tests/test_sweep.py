@@ -145,6 +145,8 @@ STAGE = {"script": "train_student.py", "name": "s_{loss}_seed{seed}", "grid": {"
     ({"stage": [{**STAGE, "grid": {"seed": [0, 1]}}]}, None, "'seed'"),
     ({"stage": [{**STAGE, "flags": {"seed": 3}}]}, None, "'seed'"),
     ({"stage": [STAGE]}, {"loss": "ce"}, "--flags sets 'loss', an axis of stage 1"),
+    # no effect: the sweep's own --out came after it (and the run never counted as finished)
+    ({"stage": [STAGE]}, {"out": "x.pt"}, "--flags sets 'out': the sweep names each run's"),
     # a stage's own flag (fm-mixing.toml's `epochs = 36`, its names' "e36") overridden
     ({"stage": [{**STAGE, "flags": {"epochs": 36}}]}, {"epochs": "3"},
      "--flags sets 'epochs', which stage 1 sets itself"),
@@ -1104,6 +1106,7 @@ def test_a_sweep_of_relative_folders_from_outside_the_repository_is_refused(tmp_
     (["--no-wait"], "--no-wait is for --executor slurm"),
     (["--partition", "gpu"], "--partition is for --executor slurm"),
     (["--sbatch", "account=x"], "--sbatch is for --executor slurm"),
+    (["--job-name", "x"], "--job-name is for --executor slurm"),  # was ignored
 ])
 def test_an_option_of_the_other_executor_is_refused_not_ignored(tmp_path, flags, says):
     grid = tmp_path / "grid.toml"

@@ -202,7 +202,8 @@ class Outputs(NamedTuple):
 class Method(nn.Module):
     """The training objective of one variant. `forward(student, images, labels, positions)`
     runs the student (and the teacher, unless stored logits serve it) on one batch and
-    returns (student logits, parts): parts["loss"] is minimised, every other part is logged.
+    returns (student logits, parts, scored labels): parts["loss"] is minimised, every other
+    part is logged, and the training accuracy is scored against the labels.
 
     Class attributes a method sets: `name` (its --loss), `summary` (one line of --help),
     `flags`, `uses_teacher`, `shared_logits` (stored teacher logits may stand in for the

@@ -39,6 +39,7 @@ import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is on
 import argparse
 import contextlib
 import fnmatch
+import getpass
 import importlib
 import io
 import itertools
@@ -559,6 +560,64 @@ def pid_file(run):
     return Path(run.folder) / "logs" / f"{run.name}.pid"
 
 
+def job_file(run):
+    """The SLURM job id of the run's last submission, beside its pid file."""
+    return pid_file(run).with_suffix(".job")
+
+
+def in_flight(runs):
+    """{label: where} for each of `runs` an earlier sweep still runs: a training process on
+    this machine that its pid file names (a sweep ended while its runs went on, or one still
+    running), or a SLURM job still in the queue (a `--no-wait` sweep's). Started again, two
+    processes would write one checkpoint."""
+    found, submitted = {}, {}
+    for run in runs:
+        with contextlib.suppress(OSError, ValueError):  # none, or being written
+            pid = int(pid_file(run).read_text())
+            if trains(pid, run):
+                found[run.label] = f"still training here (process {pid})"
+        with contextlib.suppress(OSError):
+            submitted[run.label] = job_file(run).read_text().strip()
+    if submitted:
+        queue = slurm_queue()
+        if queue is None:
+            print(f"warning: {', '.join(submitted)} went to SLURM before, and squeue cannot "
+                  "say whether the jobs have ended: one still queued would run twice",
+                  file=sys.stderr)
+        for label, job in submitted.items():
+            if queue is not None and job in queue:
+                found.setdefault(label, f"still queued or running in SLURM (job {job})")
+    return found
+
+
+def trains(pid, run):
+    """Whether process `pid` is the training process of `run`: its command's --out is the
+    run's checkpoint (the pid of a process ended long ago may name another by now). Where
+    /proc cannot say (not Linux), any live process counts."""
+    if not Path("/proc/self").exists():
+        return alive(pid)
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # ended
+        return False
+    if command == [""]:  # starting (not yet the new program) or ending: not sure
+        return alive(pid)
+    outs = [value for flag, value in zip(command, command[1:]) if flag == "--out"]
+    return any((ROOT / out).resolve() == (ROOT / run.out).resolve() for out in outs)
+
+
+def slurm_queue():
+    """The ids of this user's jobs in SLURM's queue, pending or running, an array's tasks
+    each (`700_3`), or None where squeue cannot say."""
+    try:
+        listing = subprocess.run(
+            ["squeue", "--noheader", "--array", "--format=%i", f"--user={getpass.getuser()}"],
+            capture_output=True, text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(listing.split())
+
+
 def stop_marker(pid_file):
     """The file that tells a job the sweep has stopped it, beside its pid file."""
     return pid_file.with_suffix(".stopped")
@@ -735,6 +794,7 @@ def submit_to_slurm(runs, executors):
                     refused_by_sbatch(batch, jobs, by_key, e)
                 for run, job in zip(batch, submitted):
                     jobs[run.key] = job
+                    job_file(run).write_text(job.job_id)
                     print(f"submitted  {run.label}  (job {job.job_id}, log: "
                           f"{job.paths.stdout})")
     return [(run, jobs[run.key]) for run in runs]
@@ -831,8 +891,8 @@ def main():
         s.add_argument("--sbatch", nargs="+", default=[], metavar="KEY=VALUE", type=key_value,
                        help="more sbatch parameters, e.g. account=myproject qos=high"),
         s.add_argument("--no-wait", action="store_true", help="exit once the jobs are "
-                       "submitted (rerun the sweep once they have ended, not before: it skips "
-                       "finished runs, and would submit queued ones twice)")]
+                       "submitted (a rerun skips the finished runs, and refuses while any it "
+                       "would run is still queued)")]
     args = parser.parse_args()
     # from the start: the checks before the first job (the data decoded on a fresh machine)
     # spend the lent machine's time too
@@ -893,6 +953,14 @@ def main():
     if extra:
         retrained_by_flags(runs, plain)
     todo, recheck = with_dependents(runs, todo)
+    busy = in_flight(todo)
+    if busy:
+        (label, where), *more = busy.items()
+        refuse(f"{label} is {where}: run the sweep again once it has ended"
+               + (" (or scancel it)" if "SLURM" in where else "")
+               + ", or leave it out with --only"
+               + (f" (and {len(more)} more run{'s' * (len(more) != 1)}: "
+                  f"{', '.join(label for label, _ in more)})" if more else ""))
     # Asked before any job starts: a typo in a later stage would otherwise show once the
     # stages before it have trained (a teacher: 16 minutes on a CPU).
     refused = [(run.label, reason) for run in todo if (reason := refusal(run))]

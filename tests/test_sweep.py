@@ -1125,3 +1125,72 @@ def test_only_refuses_a_run_whose_needed_run_it_leaves_out_unfinished(image_fold
     assert proc.stderr.startswith("error: --only: student_loss=kd+ce_seed0 needs teacher, "
                                   "which it leaves out and which has not finished")
     assert sweep(grid, "--only", "student_*", "--list").returncode == 0  # nothing runs
+
+
+def _stand_ins(bin_dir, submitted, queue):
+    """sbatch that keeps each file it is given, squeue that lists the ids in `queue`."""
+    bin_dir.mkdir(exist_ok=True)
+    submitted.mkdir(exist_ok=True)
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nn=$(ls {submitted} | wc -l)\n'
+                                    f'cp "$1" {submitted}/$n.sh\n'
+                                    f'echo "Submitted batch job $((700 + n))"\n')
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\ncat {queue}\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_rerun_of_a_no_wait_sweep_does_not_submit_the_runs_still_queued(image_folder,
+                                                                           tmp_path):
+    """A second `--no-wait` sweep before the first one's jobs had ended submitted every
+    queued run again: two jobs writing one checkpoint."""
+    submitted, queue = tmp_path / "submitted", tmp_path / "queue"
+    env = _stand_ins(tmp_path / "bin", submitted, queue)
+    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
+    slurm = ("--executor", "slurm", "--no-wait")
+    queue.write_text("")
+    assert sweep(grid, *slurm, env=env).returncode == 0
+    assert sorted(path.name for path in submitted.iterdir()) == ["0.sh", "1.sh"]
+    queue.write_text("700\n701_0\n701_1\n")  # squeue --array: an array's tasks one by one
+    proc = sweep(grid, *slurm, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: teacher is still queued or running in SLURM (job 700): run the sweep again "
+        "once it has ended (or scancel it), or leave it out with --only (and 2 more runs: "
+        "student_loss=kd+ce_seed0, student_loss=ce_seed0)")
+    assert len(list(submitted.iterdir())) == 2
+    queue.write_text("701_1\n")  # the teacher and one student ended (failed: no checkpoints)
+    proc = sweep(grid, *slurm, env=env)
+    assert "student_loss=ce_seed0" in proc.stderr and "teacher is" not in proc.stderr
+    queue.write_text("")  # all ended: the unfinished runs are submitted again
+    assert sweep(grid, *slurm, env=env).returncode == 0
+    assert len(list(submitted.iterdir())) == 4
+
+
+def test_a_run_still_training_here_is_not_started_twice(image_folder, tmp_path):
+    """A sweep ended while its training processes went on (killed, or its terminal closed),
+    or one still running, and a second sweep of the same runs started each run again."""
+    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
+    runs = expand(load_grid(grid), str(tmp_path / "sweep"), seeds=[0])
+    teacher = next(run for run in runs if run.name == "teacher")
+    sweep_module.pid_file(teacher).parent.mkdir(parents=True)
+    # a process of this run's command (its --out), and one of another's, with a pid file
+    training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                 "--out", str(teacher.out)])
+    try:
+        sweep_module.pid_file(teacher).write_text(str(training.pid))
+        assert sweep_module.in_flight(runs) == {
+            "teacher": f"still training here (process {training.pid})"}
+        proc = sweep(grid)
+        assert proc.returncode == 2 and not (tmp_path / "sweep" / "teacher.pt").exists()
+        assert proc.stderr.startswith(f"error: teacher is still training here (process "
+                                      f"{training.pid}): run the sweep again once it has ended")
+        # a pid reused by another process (a machine restarted) is no run in flight
+        sweep_module.pid_file(teacher).write_text(str(os.getpid()))
+        assert sweep_module.in_flight(runs) == {}
+    finally:
+        training.kill()
+        training.wait()
+    sweep_module.pid_file(teacher).write_text(str(training.pid))  # ended
+    assert sweep_module.in_flight(runs) == {}

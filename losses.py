@@ -159,7 +159,8 @@ def at_loss(f_s, f_t, p=2):
     attention"), in the form of the authors' code, RepDistiller and mdistiller.
 
     f_s, f_t: one student and one teacher feature map (N, C, H, W), channel counts free.
-    p: the power applied to the activations before the channel mean (the paper's p = 2).
+    p: the power applied to the activations before the channel mean (the paper's p = 2; it
+    writes |f|^p, the reference code f^p, which keeps the sign for an odd p).
     When the spatial sizes differ, the larger map is first adaptive-average pooled to the
     smaller. Returns the mean over images and positions of (a(f_s) - a(f_t))², a being
     attention_map. The methods' weight (RepDistiller's beta = 1000) is the caller's."""

@@ -110,7 +110,8 @@ TEMPERATURE = Flag("temperature", 4.0, "softmax temperature T of the distillatio
                    check=positive)
 ALPHA = Flag("alpha", 0.5, "weight of the KD term; CE gets 1 - alpha", check=unit_interval)
 # Weights outside alpha's convex mix: logit standardization's authors train KD + CE with a KD
-# weight of 9 and a CE weight of 0.1 (mdistiller's default), which alpha <= 1 cannot express.
+# weight of 9 (their --kd-weight) and a CE weight of 0.1 (mdistiller's), which alpha <= 1
+# cannot express.
 KD_WEIGHT = Flag(
     "kd_weight", None, "weight of the KD term, in place of --alpha's (kd+ce: with "
     "--ce-weight; default: --alpha for kd+ce, 1 for kd)", check=nonnegative, before=None,

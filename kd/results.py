@@ -215,9 +215,11 @@ def run_table(folders):
                 "images": config["train_subset"] or TRAIN_SIZE, "epochs": int(last["epoch"]),
                 "planned_epochs": config.get("epochs"),  # what the run was started for
                 "batch": config["batch_size"], "lr": config["lr"], "wd": config["weight_decay"],
-                # T and alpha only where the run's loss uses them
+                # T and alpha only where the run's loss uses them (--kd-weight and
+                # --ce-weight replace alpha's mix: methods.KDCE)
                 "T": None if "temperature" in unused else config.get("temperature"),
-                "alpha": None if "alpha" in unused else config.get("alpha"),
+                "alpha": None if "alpha" in unused or config.get("kd_weight") is not None
+                else config.get("alpha"),
                 "seed": config["seed"],
                 "val_acc": round(last["val_acc"], 2), "val_loss": round(last["val_loss"], 4),
                 "test_acc": test.get("test_acc"),

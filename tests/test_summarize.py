@@ -68,6 +68,16 @@ def test_runs_of_different_recipes_are_never_pooled(tmp_path):
     assert table.loc["ce", "test_acc"] == "66.00 ± 1.41"
 
 
+def test_the_table_shows_alpha_only_where_it_weighs_the_loss(tmp_path):
+    """A KD + CE run weighted by --kd-weight 9 --ce-weight 0.1 (logit standardization's
+    authors' setting) showed alpha 0.5, its unused default, beside runs that mix by it."""
+    write_run(tmp_path, "mixed", "kd+ce", 0, 70.0, alpha=0.5)
+    write_run(tmp_path, "weighted", "kd+ce", 0, 70.0, alpha=0.5, kd_weight=9.0, ce_weight=0.1)
+    write_run(tmp_path, "alone", "kd", 0, 70.0)
+    alpha = run_table([tmp_path]).set_index("run")["alpha"]
+    assert alpha["mixed"] == 0.5 and alpha[["weighted", "alone"]].isna().all()
+
+
 def test_recipe_labels_name_only_what_differs():
     base = {"model": {"name": "student", "arch_args": {"widths": [32, 64]}}, "loss": "kd+ce",
             "temperature": 4.0, "lr": 0.1, "seed": 0, "out": "a.pt", "git_commit": "x",

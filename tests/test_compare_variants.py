@@ -1,0 +1,69 @@
+"""experiments/compare_variants.py: variants of one evaluate.py table, named by their runs,
+compared paired by seed in one Holm family."""
+import subprocess
+import sys
+
+import pandas as pd
+
+from conftest import ROOT
+
+# test accuracy per seed: standardization at DKD's weights 2 points down, at the authors' ~0
+ACCURACY = {"dkd": [78.0, 78.5, 78.2], "dkd+ls": [76.0, 76.4, 76.3],
+            "dkd+ls-authors": [78.1, 78.4, 78.3]}
+LABELS = {"dkd": "dkd", "dkd+ls": "dkd+ls (dkd_alpha=1.0)", "dkd+ls-authors":
+          "dkd+ls (dkd_alpha=9.0)"}
+
+
+def write_results(path, ema=("dkd", "dkd+ls")):
+    rows = []
+    for name, accuracies in ACCURACY.items():
+        for seed, acc in enumerate(accuracies):
+            row = {"checkpoint": f"runs/x/{name}_seed{seed}.pt", "weights": "raw",
+                   "variant": LABELS[name], "seed": seed, "val_acc": acc + 1,
+                   "test_acc": acc}
+            rows.append(row)
+            if name in ema:
+                rows.append({**row, "weights": "ema", "variant": LABELS[name] + " EMA",
+                             "test_acc": acc + 0.1})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def compare(path, *pairs):
+    flags = [flag for pair in pairs for flag in ("--pair", *pair)]
+    return subprocess.run([sys.executable, "experiments/compare_variants.py", path, *flags],
+                          cwd=ROOT, capture_output=True, text=True)
+
+
+def table_rows(markdown):
+    return {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in markdown.splitlines()[2:]}
+
+
+def test_each_pair_is_compared_by_seed_in_one_family(tmp_path):
+    proc = compare(write_results(tmp_path / "results.csv"),
+                   ("dkd+ls_seed*", "dkd_seed*"), ("dkd+ls-authors_seed*", "dkd_seed*"))
+    assert proc.returncode == 0, proc.stderr
+    accuracy, family = map(table_rows, proc.stdout.split("\n\n"))
+    assert accuracy["dkd_seed*"][:2] == ["3", "78.23 ± 0.25"]
+    assert accuracy["dkd_seed*"][2:] == ["79.23 ± 0.25", "dkd"]  # validation, the label
+    assert "dkd_seed* EMA" in accuracy and "dkd+ls-authors_seed* EMA" not in accuracy
+    # the EMA only where both sides have one: three comparisons, one Holm family
+    assert list(family) == ["dkd+ls_seed* − dkd_seed*", "dkd+ls_seed* EMA − dkd_seed* EMA",
+                            "dkd+ls-authors_seed* − dkd_seed*"]
+    ls, _, authors = family.values()
+    assert ls[0] == "3 pairs by seed" and ls[1] == "-2.00"
+    assert ls[-1].startswith("dkd+ls_seed* below dkd_seed*")
+    assert authors[1] == "+0.03" and authors[-1].startswith("equivalent within ±0.5")
+    # Holm over the three: the smallest p times 3
+    assert float(ls[4]) > float(ls[3])
+
+
+def test_names_that_match_no_run_or_two_recipes_are_refused_in_one_line(tmp_path):
+    path = write_results(tmp_path / "results.csv")
+    for pair, says in ((("dkd+ls_seed*", "kd_seed*"), "no run is named like 'kd_seed*'"),
+                       (("dkd+ls*", "dkd_seed*"), "the runs named like 'dkd+ls*' are of 2 "
+                        "recipes (dkd+ls (dkd_alpha=1.0); dkd+ls (dkd_alpha=9.0)): name one")):
+        proc = compare(path, pair)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith(f"error: {says}")

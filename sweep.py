@@ -39,13 +39,13 @@ import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is on
 import argparse
 import contextlib
 import fnmatch
-import getpass
 import importlib
 import io
 import itertools
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -570,30 +570,41 @@ def in_flight(runs):
     this machine that its pid file names (a sweep ended while its runs went on, or one still
     running), or a SLURM job still in the queue (a `--no-wait` sweep's). Started again, two
     processes would write one checkpoint."""
-    found, submitted = {}, {}
+    found, submitted = {}, []
     for run in runs:
-        with contextlib.suppress(OSError, ValueError):  # none, or being written
-            pid = int(pid_file(run).read_text())
-            if trains(pid, run):
-                found[run.label] = f"still training here (process {pid})"
+        pid = training_here(run)
+        if pid is not None:
+            found[run.label] = f"still training here (process {pid})"
         with contextlib.suppress(OSError):
-            submitted[run.label] = job_file(run).read_text().strip()
+            submitted.append((run, job_file(run).read_text().strip()))
     if submitted:
         queue = slurm_queue()
         if queue is None:
-            print(f"warning: {', '.join(submitted)} went to SLURM before, and squeue cannot "
-                  "say whether the jobs have ended: one still queued would run twice",
-                  file=sys.stderr)
-        for label, job in submitted.items():
-            if queue is not None and job in queue:
-                found.setdefault(label, f"still queued or running in SLURM (job {job})")
+            print(f"warning: {', '.join(run.label for run, _ in submitted)} went to SLURM "
+                  "before, and squeue cannot say whether the jobs have ended: one still "
+                  "queued would run twice", file=sys.stderr)
+            return found
+        for run, job in submitted:
+            if job in queue:
+                found.setdefault(run.label, f"still queued or running in SLURM (job {job})")
+            else:  # ended: no later sweep needs to ask
+                job_file(run).unlink(missing_ok=True)
     return found
+
+
+def training_here(run):
+    """The pid of the run's training process on this machine, from its pid file, or None."""
+    try:
+        pid = int(pid_file(run).read_text())
+    except (OSError, ValueError):  # none, or being written
+        return None
+    return pid if trains(pid, run) else None
 
 
 def trains(pid, run):
     """Whether process `pid` is the training process of `run`: its command's --out is the
     run's checkpoint (the pid of a process ended long ago may name another by now). Where
-    /proc cannot say (not Linux), any live process counts."""
+    /proc cannot say (not Linux), any live process counts, as does one ending (a zombie)."""
     if not Path("/proc/self").exists():
         return alive(pid)
     try:
@@ -610,12 +621,26 @@ def slurm_queue():
     """The ids of this user's jobs in SLURM's queue, pending or running, an array's tasks
     each (`700_3`), or None where squeue cannot say."""
     try:
-        listing = subprocess.run(
-            ["squeue", "--noheader", "--array", "--format=%i", f"--user={getpass.getuser()}"],
+        listing = subprocess.run(  # the uid: a user name may not be known in a container
+            ["squeue", "--noheader", "--array", "--format=%i", f"--user={os.getuid()}"],
             capture_output=True, text=True, timeout=60, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return set(listing.split())
+    return {job for listed in listing.split() for job in array_tasks(listed)}
+
+
+def array_tasks(listed):
+    """The job ids in one of squeue's ids: `700_[0-3,5%2]` (a pending array, as a Slurm that
+    ignores --array lists it) is 700_0 to 700_3 and 700_5; any other id is itself."""
+    match = re.fullmatch(r"(\d+)_\[([\d,\-]+)(?:%\d+)?\]", listed)
+    if not match:
+        return [listed]
+    job, spans = match.groups()
+    tasks = []
+    for span in spans.split(","):
+        first, _, last = span.partition("-")
+        tasks += [f"{job}_{task}" for task in range(int(first), int(last or first) + 1)]
+    return tasks
 
 
 def stop_marker(pid_file):
@@ -702,6 +727,14 @@ def run_here(runs, executors, gpus, per_device=1, stop_at=None):
                     print(f" not run  {run.label}  (needs {', '.join(failed)}, which failed)")
                 elif slots and all(need in outcome for need in needs):
                     waiting.remove(run)
+                    pid = training_here(run)
+                    if pid is not None:  # started since this sweep began, by another one
+                        outcome[run.label] = ("not run", f"another sweep started it (process "
+                                                         f"{pid}); run this one again once "
+                                                         "it has ended")
+                        print(f" not run  {run.label}  (training in process {pid}, started "
+                              "by another sweep)", flush=True)
+                        continue
                     slot = slots.pop(0)
                     executor = executors[run.folder]
                     # one left by a process before (a machine restarted mid-run) must not be

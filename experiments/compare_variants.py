@@ -3,8 +3,8 @@ B − A in test accuracy, paired by seed, with its 95% interval, all pairs one f
 "equivalent within ±0.5 points" only from a paired TOST), as report.py compares the methods
 it registers. B and A are shell patterns on the runs' names (their checkpoints' stems), so
 a variant is what its runs are called, not evaluate.py's label for it (which names the
-settings its runs differ in, and so changes with the runs it read). A run's EMA, where the
-runs of both sides have one, is a comparison of its own in the same family.
+settings its runs differ in, and so changes with the runs it read). The runs' EMAs, where
+both sides have them, are a comparison of their own in the same family.
 
     python experiments/compare_variants.py runs/dkd-ls/eval/results.csv \\
         --pair 'dkd+ls_seed*' 'dkd_seed*' --pair 'dkd+ls-authors_seed*' 'dkd_seed*'
@@ -33,7 +33,8 @@ def runs_named(results, pattern):
     if len(labels) > 1:
         raise cli.UserError(f"the runs named like {pattern!r} are of {len(labels)} recipes "
                             f"({'; '.join(labels)}): name one")
-    twice = raw[raw.duplicated("seed", keep=False)]
+    seeded = raw.dropna(subset=["seed"])  # runs without one pair with none
+    twice = seeded[seeded.duplicated("seed", keep=False)]
     if not twice.empty:
         raise cli.UserError(f"the runs named like {pattern!r} hold seed "
                             f"{twice['seed'].iloc[0]:g} twice ({', '.join(twice['run'])})")

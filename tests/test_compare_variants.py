@@ -67,3 +67,15 @@ def test_names_that_match_no_run_or_two_recipes_are_refused_in_one_line(tmp_path
         proc = compare(path, pair)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert proc.stderr.startswith(f"error: {says}")
+
+
+def test_runs_without_a_seed_are_runs_of_their_own(tmp_path):
+    """Two bare checkpoints (no seed) were refused as "seed nan twice"."""
+    path = write_results(tmp_path / "results.csv")
+    results = pd.read_csv(path)
+    bare = results[results["checkpoint"].str.startswith("runs/x/dkd_seed")].assign(
+        seed=float("nan"), checkpoint=lambda r: r["checkpoint"].str.replace("dkd_", "bare_"))
+    pd.concat([results, bare]).to_csv(path, index=False)
+    proc = compare(path, ("bare_*", "dkd+ls_seed*"))
+    assert proc.returncode == 0, proc.stderr
+    assert "3 and 3, unpaired (Welch)" in proc.stdout

@@ -1163,6 +1163,9 @@ def test_a_rerun_of_a_no_wait_sweep_does_not_submit_the_runs_still_queued(image_
     queue.write_text("701_1\n")  # the teacher and one student ended (failed: no checkpoints)
     proc = sweep(grid, *slurm, env=env)
     assert "student_loss=ce_seed0" in proc.stderr and "teacher is" not in proc.stderr
+    # an ended job's id is forgotten: no later sweep asks squeue about it
+    logs = tmp_path / "sweep" / "logs"
+    assert not (logs / "teacher.job").exists() and (logs / "student_loss=ce_seed0.job").exists()
     queue.write_text("")  # all ended: the unfinished runs are submitted again
     assert sweep(grid, *slurm, env=env).returncode == 0
     assert len(list(submitted.iterdir())) == 4
@@ -1194,3 +1197,39 @@ def test_a_run_still_training_here_is_not_started_twice(image_folder, tmp_path):
         training.wait()
     sweep_module.pid_file(teacher).write_text(str(training.pid))  # ended
     assert sweep_module.in_flight(runs) == {}
+
+
+def test_squeue_s_pending_arrays_are_read_task_by_task():
+    """A Slurm that lists a pending array collapsed, --array or not."""
+    assert sweep_module.array_tasks("700_[0-3,5%2]") == ["700_0", "700_1", "700_2", "700_3",
+                                                          "700_5"]
+    assert sweep_module.array_tasks("700_[4]") == ["700_4"]
+    assert sweep_module.array_tasks("701_3") == ["701_3"]
+    assert sweep_module.array_tasks("702") == ["702"]
+
+
+def test_a_run_another_sweep_starts_meanwhile_is_not_started_again(tmp_path):
+    """A sweep checked for runs in flight only as it began: a run it was still waiting to
+    start, started meanwhile by a second sweep (`--only` the waiting runs), was started again
+    on the checkpoint the other was writing, its pid file removed."""
+    run = sweep_module.Run(name="alone_seed0", script="train_student.py", settings={},
+                           folder=str(tmp_path))
+    sweep_module.pid_file(run).parent.mkdir()
+    training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                 "--out", str(run.out)])
+
+    class NoStart:
+        def update_parameters(self, **kwargs):
+            pass
+
+        def submit(self, function):
+            raise AssertionError("started a run another sweep trains")
+    try:
+        sweep_module.pid_file(run).write_text(str(training.pid))
+        outcome = sweep_module.run_here([run], {str(tmp_path): NoStart()}, [])
+        assert outcome["alone_seed0"][0] == "not run"
+        assert f"process {training.pid}" in outcome["alone_seed0"][1]
+        assert sweep_module.pid_file(run).read_text() == str(training.pid)  # kept
+    finally:
+        training.kill()
+        training.wait()

@@ -827,6 +827,7 @@ def submit_to_slurm(runs, executors):
                     refused_by_sbatch(batch, jobs, by_key, e)
                 for run, job in zip(batch, submitted):
                     jobs[run.key] = job
+                    job_file(run).parent.mkdir(parents=True, exist_ok=True)
                     job_file(run).write_text(job.job_id)
                     print(f"submitted  {run.label}  (job {job.job_id}, log: "
                           f"{job.paths.stdout})")

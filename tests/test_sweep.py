@@ -824,9 +824,11 @@ class SlurmExecutor:
         return job
 
 
-def test_an_sbatch_refusal_is_one_line_that_names_the_jobs_already_queued(capsys):
+def test_an_sbatch_refusal_is_one_line_that_names_the_jobs_already_queued(
+        capsys, tmp_path, monkeypatch):
     """sbatch refusing an array (a partition misspelt, an account over its limit) was a
     traceback, and the teachers' array submitted before it went on unreported."""
+    monkeypatch.chdir(tmp_path)  # the runs' folders, their job ids kept in logs/
     teacher = {"script": "train_teacher.py", "name": "{teacher}"}
     student = {"script": "train_student.py", "name": "kd_seed{seed}",
                "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
@@ -848,10 +850,11 @@ def test_an_sbatch_refusal_is_one_line_that_names_the_jobs_already_queued(capsys
         "scancel 700 to stop them\n")
 
 
-def test_slurm_holds_a_run_listed_before_the_run_it_needs():
+def test_slurm_holds_a_run_listed_before_the_run_it_needs(tmp_path, monkeypatch):
     """Two grids pooled, the selection's student first and the study's teacher after it:
     the student's array still waits for the teacher's (a need later in the pool once
     counted as none)."""
+    monkeypatch.chdir(tmp_path)  # the runs' folders, their job ids kept in logs/
     teacher = {"script": "train_teacher.py", "name": "{teacher}"}
     student = {"script": "train_student.py", "name": "kd_seed{seed}",
                "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}
@@ -867,11 +870,13 @@ def test_slurm_holds_a_run_listed_before_the_run_it_needs():
     assert student_dependency == f"afterok:{jobs['checkpoints/teacher_seed1'].job_id}"
 
 
-def test_slurm_holds_each_run_for_its_own_needs_only_and_drops_those_a_failure_strands():
+def test_slurm_holds_each_run_for_its_own_needs_only_and_drops_those_a_failure_strands(
+        tmp_path, monkeypatch):
     """One array per level held for the union of its runs' needs: one failed teacher held
     every seed's students, pending for ever (SLURM's default), and the sweep waited on
     them. Now each array waits for what its runs need, and a job whose need failed is
     cancelled by SLURM (kill-on-invalid-dep) and reported as not run."""
+    monkeypatch.chdir(tmp_path)  # the runs' folders, their job ids kept in logs/
     teacher = {"script": "train_teacher.py", "name": "{teacher}"}
     student = {"script": "train_student.py", "name": "kd_seed{seed}",
                "flags": {"teacher": "checkpoints/{teacher}.pt", "loss": "kd"}}

@@ -14,6 +14,7 @@ import kd.startup  # noqa: F401  (first: a Ctrl-C during the imports below is on
 # isort: split
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -542,13 +543,23 @@ def read_results(path, required=RESULTS_COLUMNS):
     return results
 
 
+def run_names(checkpoints):
+    """Each checkpoint's stem, the run's name in every table it is in, or where two files of
+    one table share a stem (runs/a/kd_seed0.pt and runs/b/kd_seed0.pt: two runs), its path
+    without the suffix."""
+    paths = checkpoints.map(os.path.normpath)
+    stems = paths.map(lambda path: Path(path).stem)
+    shared = paths.groupby(stems).transform("nunique") > 1
+    return stems.where(~shared, paths.map(lambda path: str(Path(path).with_suffix(""))))
+
+
 def one_row_per_run(results, where):
     """`results` with each run named in a `run` column (evaluate.py's results.csv names it by
-    its checkpoint, a trimmed copy may name it `run`) and listed once: a run (name, weights,
-    seed) listed twice is one run evaluated twice, kept once if its accuracies agree and
-    refused in one line, naming `where`, if not."""
+    its checkpoint, run_names; a trimmed copy may name it `run`) and listed once: a run
+    (name, weights, seed) listed twice is one run evaluated twice, kept once if its
+    accuracies agree and refused in one line, naming `where`, if not."""
     if "run" not in results.columns and "checkpoint" in results.columns:
-        results = results.assign(run=results["checkpoint"].map(lambda c: Path(c).stem))
+        results = results.assign(run=run_names(results["checkpoint"]))
     if "run" not in results.columns:
         raise cli.UserError(f"{where}: no column run or checkpoint to name its runs by")
     key = [column for column in ("run", "weights", "seed") if column in results.columns]

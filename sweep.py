@@ -569,24 +569,24 @@ def in_flight(runs):
     """{label: where} for each of `runs` an earlier sweep still runs: a training process on
     this machine that its pid file names (a sweep ended while its runs went on, or one still
     running), or a SLURM job still in the queue (a `--no-wait` sweep's). Started again, two
-    processes would write one checkpoint."""
+    processes would write one checkpoint; so a job of the run that squeue cannot list (no
+    squeue here, or it failed) counts too."""
     found, submitted = {}, []
     for run in runs:
         pid = training_here(run)
         if pid is not None:
-            found[run.label] = f"still training here (process {pid})"
+            found[run.label] = f"is still training here (process {pid})"
         with contextlib.suppress(OSError):
             submitted.append((run, job_file(run).read_text().strip()))
     if submitted:
         queue = slurm_queue()
-        if queue is None:
-            print(f"warning: {', '.join(run.label for run, _ in submitted)} went to SLURM "
-                  "before, and squeue cannot say whether the jobs have ended: one still "
-                  "queued would run twice", file=sys.stderr)
-            return found
         for run, job in submitted:
-            if job in queue:
-                found.setdefault(run.label, f"still queued or running in SLURM (job {job})")
+            if queue is None:  # not known to have ended: submitted again, it might run twice
+                found.setdefault(run.label, f"was submitted to SLURM (job {job}), and squeue "
+                                 "cannot say whether it has ended (if it has: delete "
+                                 f"{job_file(run)})")
+            elif job in queue:
+                found.setdefault(run.label, f"is still queued or running in SLURM (job {job})")
             else:  # ended: no later sweep needs to ask
                 job_file(run).unlink(missing_ok=True)
     return found
@@ -603,13 +603,17 @@ def training_here(run):
 
 def trains(pid, run):
     """Whether process `pid` is the training process of `run`: its command's --out is the
-    run's checkpoint (the pid of a process ended long ago may name another by now). Where
-    /proc cannot say (not Linux), any live process counts, as does one ending (a zombie)."""
+    run's checkpoint (the pid of a process ended long ago may name another by now), and it
+    has not exited (a zombie, not yet waited for by its parent, has: its command reads
+    empty). Where /proc cannot say (not Linux), any live process counts, a zombie too."""
     if not Path("/proc/self").exists():
         return alive(pid)
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:  # ended
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # ended
+        return False
+    if state in ("Z", "X"):  # exited: a zombie, or being reaped
         return False
     if command == [""]:  # starting (not yet the new program) or ending: not sure
         return alive(pid)
@@ -990,7 +994,7 @@ def main():
     busy = in_flight(todo)
     if busy:
         (label, where), *more = busy.items()
-        refuse(f"{label} is {where}: run the sweep again once it has ended"
+        refuse(f"{label} {where}: run the sweep again once it has ended"
                + (" (or scancel it)" if "SLURM" in where else "")
                + ", or leave it out with --only"
                + (f" (and {len(more)} more run{'s' * (len(more) != 1)}: "

@@ -3,8 +3,10 @@ B − A in test accuracy, paired by seed, with its 95% interval, all pairs one f
 "equivalent within ±0.5 points" only from a paired TOST), as report.py compares the methods
 it registers. B and A are shell patterns on the runs' names (their checkpoints' stems), so
 a variant is what its runs are called, not evaluate.py's label for it (which names the
-settings its runs differ in, and so changes with the runs it read). The runs' EMAs, where
-both sides have them, are a comparison of their own in the same family.
+settings its runs differ in, and so changes with the runs it read); where two folders of the
+table hold runs of one name, those are named by their paths (`runs/a/kd_seed0`). The runs'
+EMAs (a mean-teacher run's teacher), where both sides have them, are a comparison of their
+own in the same family.
 
     python experiments/compare_variants.py runs/dkd-ls/eval/results.csv \\
         --pair 'dkd+ls_seed*' 'dkd_seed*' --pair 'dkd+ls-authors_seed*' 'dkd_seed*'
@@ -41,6 +43,13 @@ def runs_named(results, pattern):
     return runs
 
 
+def second_model(runs):
+    """What the runs' `ema` weights are, as evaluate.py labels them: " teacher" for a
+    mean-teacher run's teacher, " EMA" for the EMA of a run's weights."""
+    labels = runs.loc[runs["weights"] == "ema", "variant"].map(lambda v: v.split(" (")[0])
+    return " teacher" if len(labels) and labels.str.endswith(" teacher").all() else " EMA"
+
+
 def compare_variants(results, pairs):
     """(the family of comparisons, one row per pair and weights both sides have; the table of
     each side's test and validation accuracy, mean ± std over seeds)."""
@@ -51,13 +60,13 @@ def compare_variants(results, pairs):
         for weights in ("raw", "ema"):
             chosen = [runs[p][runs[p]["weights"] == weights] for p in (b, a)]
             if all(len(c) for c in chosen):
-                suffix = " EMA" if weights == "ema" else ""
-                tests.append((b + suffix, a + suffix, compare_runs(*chosen, ["seed"])))
+                b_name, a_name = (p + second_model(runs[p]) * (weights == "ema") for p in (b, a))
+                tests.append((b_name, a_name, compare_runs(*chosen, ["seed"])))
     table = family_table(tests, ["comparison", "difference (points)"])
     rows = []
     for pattern, runs in sides.items():
         for weights, kept in runs.groupby("weights", sort=False):
-            kept = kept.assign(runs=pattern + (" EMA" if weights == "ema" else ""))
+            kept = kept.assign(runs=pattern + second_model(runs) * (weights == "ema"))
             row = seed_table(kept, ["runs"])
             row["validation"] = seed_table(kept, ["runs"], "val_acc")["val_acc"]
             row["variant (evaluate.py)"] = kept["variant"].iloc[0]

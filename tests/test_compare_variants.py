@@ -23,7 +23,8 @@ def write_results(path, ema=("dkd", "dkd+ls")):
                    "test_acc": acc}
             rows.append(row)
             if name in ema:
-                rows.append({**row, "weights": "ema", "variant": LABELS[name] + " EMA",
+                base, settings = (LABELS[name] + " ").split(" ", 1)  # as evaluate.py labels
+                rows.append({**row, "weights": "ema", "variant": f"{base} EMA {settings}".strip(),
                              "test_acc": acc + 0.1})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -79,3 +80,34 @@ def test_runs_without_a_seed_are_runs_of_their_own(tmp_path):
     proc = compare(path, ("bare_*", "dkd+ls_seed*"))
     assert proc.returncode == 0, proc.stderr
     assert "3 and 3, unpaired (Welch)" in proc.stdout
+
+
+def test_runs_of_one_name_in_two_folders_are_two_runs(tmp_path):
+    """Two folders' dkd_seed0.pt were refused as one run "listed twice" (the run named by its
+    checkpoint's stem alone); now each is named by its path where stems clash."""
+    path = write_results(tmp_path / "results.csv")
+    results = pd.read_csv(path)
+    again = results[results["checkpoint"].str.startswith("runs/x/dkd_seed")].assign(
+        checkpoint=lambda r: r["checkpoint"].str.replace("runs/x/", "runs/y/"),
+        test_acc=lambda r: r["test_acc"] + 1)
+    pd.concat([results, again]).to_csv(path, index=False)
+    proc = compare(path, ("runs/y/dkd_seed*", "runs/x/dkd_seed*"))
+    assert proc.returncode == 0, proc.stderr
+    family = table_rows(proc.stdout.split("\n\n")[1])
+    assert family["runs/y/dkd_seed* − runs/x/dkd_seed*"][1] == "+1.00"
+    # the other runs, their stems unique, keep their short names
+    assert compare(path, ("dkd+ls_seed*", "runs/x/dkd_seed*")).returncode == 0
+
+
+def test_a_mean_teacher_runs_second_model_is_called_its_teacher(tmp_path):
+    """train_ema.py's mean-teacher runs keep their teacher as the `ema` weights: labelled
+    "EMA" here, though evaluate.py calls it "<variant> teacher"."""
+    path = write_results(tmp_path / "results.csv")
+    results = pd.read_csv(path)
+    results["variant"] = results["variant"].str.replace(" EMA", " teacher")
+    results.to_csv(path, index=False)
+    proc = compare(path, ("dkd+ls_seed*", "dkd_seed*"))
+    assert proc.returncode == 0, proc.stderr
+    accuracy, family = map(table_rows, proc.stdout.split("\n\n"))
+    assert "dkd_seed* teacher" in accuracy and "dkd_seed* EMA" not in accuracy
+    assert "dkd+ls_seed* teacher − dkd_seed* teacher" in family

@@ -1146,19 +1146,28 @@ def _stand_ins(bin_dir, submitted, queue):
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
+def _submitted_once(image_folder, tmp_path):
+    """A `--no-wait` sweep of STAGES submitted to the stand-ins, the queue empty: (the folder
+    of the submitted job files, the queue's file, a function that sweeps the grid again)."""
+    submitted, queue = tmp_path / "submitted", tmp_path / "queue"
+    env = _stand_ins(tmp_path / "bin", submitted, queue)
+    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
+    queue.write_text("")
+
+    def sweep_again():
+        return sweep(grid, "--executor", "slurm", "--no-wait", env=env)
+    assert sweep_again().returncode == 0
+    return submitted, queue, sweep_again
+
+
 def test_a_rerun_of_a_no_wait_sweep_does_not_submit_the_runs_still_queued(image_folder,
                                                                            tmp_path):
     """A second `--no-wait` sweep before the first one's jobs had ended submitted every
     queued run again: two jobs writing one checkpoint."""
-    submitted, queue = tmp_path / "submitted", tmp_path / "queue"
-    env = _stand_ins(tmp_path / "bin", submitted, queue)
-    grid = write_grid(tmp_path / "grid.toml", STAGES, image_folder)
-    slurm = ("--executor", "slurm", "--no-wait")
-    queue.write_text("")
-    assert sweep(grid, *slurm, env=env).returncode == 0
+    submitted, queue, sweep_again = _submitted_once(image_folder, tmp_path)
     assert sorted(path.name for path in submitted.iterdir()) == ["0.sh", "1.sh"]
     queue.write_text("700\n701_0\n701_1\n")  # squeue --array: an array's tasks one by one
-    proc = sweep(grid, *slurm, env=env)
+    proc = sweep_again()
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "error: teacher is still queued or running in SLURM (job 700): run the sweep again "
@@ -1166,14 +1175,53 @@ def test_a_rerun_of_a_no_wait_sweep_does_not_submit_the_runs_still_queued(image_
         "student_loss=kd+ce_seed0, student_loss=ce_seed0)")
     assert len(list(submitted.iterdir())) == 2
     queue.write_text("701_1\n")  # the teacher and one student ended (failed: no checkpoints)
-    proc = sweep(grid, *slurm, env=env)
+    proc = sweep_again()
     assert "student_loss=ce_seed0" in proc.stderr and "teacher is" not in proc.stderr
     # an ended job's id is forgotten: no later sweep asks squeue about it
     logs = tmp_path / "sweep" / "logs"
     assert not (logs / "teacher.job").exists() and (logs / "student_loss=ce_seed0.job").exists()
     queue.write_text("")  # all ended: the unfinished runs are submitted again
-    assert sweep(grid, *slurm, env=env).returncode == 0
+    assert sweep_again().returncode == 0
     assert len(list(submitted.iterdir())) == 4
+
+
+def test_a_submitted_run_is_not_submitted_again_where_squeue_cannot_say(image_folder,
+                                                                         tmp_path):
+    """Where squeue failed, a sweep warned and submitted again the runs of jobs that might
+    still be queued: two jobs writing one checkpoint. It refuses them, saying how to go on."""
+    submitted, queue, sweep_again = _submitted_once(image_folder, tmp_path)
+    (tmp_path / "bin" / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error' >&2\n"
+                                             "exit 1\n")
+    proc = sweep_again()
+    assert proc.returncode == 2 and len(list(submitted.iterdir())) == 2
+    job_file = tmp_path / "sweep" / "logs" / "teacher.job"
+    assert proc.stderr.strip().startswith(
+        f"error: teacher was submitted to SLURM (job 700), and squeue cannot say whether it "
+        f"has ended (if it has: delete {job_file}): run the sweep again once it has ended")
+    for run in ("teacher", "student_loss=kd+ce_seed0", "student_loss=ce_seed0"):
+        (tmp_path / "sweep" / "logs" / f"{run}.job").unlink()
+    assert sweep_again().returncode == 0
+    assert len(list(submitted.iterdir())) == 4
+
+
+def test_a_training_process_that_has_ended_unreaped_is_not_in_flight(tmp_path):
+    """A process that has exited but that its parent has not yet waited for (a zombie: on
+    Linux its command line reads empty) counted as the run still training."""
+    if not Path("/proc/self").exists():
+        pytest.skip("zombies are told by /proc")
+    run = sweep_module.Run(name="alone_seed0", script="train_student.py", settings={},
+                           folder=str(tmp_path))
+    sweep_module.pid_file(run).parent.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass", "--out", str(run.out)])
+    try:
+        deadline = time.monotonic() + 30
+        while (Path(f"/proc/{ended.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        sweep_module.pid_file(run).write_text(str(ended.pid))
+        assert sweep_module.training_here(run) is None
+    finally:
+        ended.wait()
 
 
 def test_a_run_still_training_here_is_not_started_twice(image_folder, tmp_path):
@@ -1189,7 +1237,7 @@ def test_a_run_still_training_here_is_not_started_twice(image_folder, tmp_path):
     try:
         sweep_module.pid_file(teacher).write_text(str(training.pid))
         assert sweep_module.in_flight(runs) == {
-            "teacher": f"still training here (process {training.pid})"}
+            "teacher": f"is still training here (process {training.pid})"}
         proc = sweep(grid)
         assert proc.returncode == 2 and not (tmp_path / "sweep" / "teacher.pt").exists()
         assert proc.stderr.startswith(f"error: teacher is still training here (process "

@@ -213,6 +213,7 @@ class HintRegressor(torch.nn.Module):
 
     def __init__(self, s_channels, t_channels):
         super().__init__()
+        # No bias (mdistiller's conv has one): the BatchNorm right after subtracts it again.
         self.conv = torch.nn.Conv2d(s_channels, t_channels, kernel_size=1, bias=False)
         self.bn = torch.nn.BatchNorm2d(t_channels)
 

@@ -67,6 +67,19 @@ class CurvesFigure:
                   file=sys.stderr)
 
 
+def check_method_outputs(method, outputs):
+    """Refuses, in one line, a method (one kept outside the repository, say) whose call returns
+    what the loop does not take, which would otherwise fail deep in it with a traceback."""
+    name = type(method).__name__
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != 3:
+        count = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+        raise UserError(f"{name}.forward returns {count} values, not 3: the logits, the loss "
+                        "and its parts, the labels scored")
+    if not isinstance(outputs[1], dict) or "loss" not in outputs[1]:
+        raise UserError(f"{name}.loss returns {type(outputs[1]).__name__}, not a dict with a "
+                        "'loss' entry (and any parts to log)")
+
+
 def train_one_epoch(model, loader, method, optimizer, scheduler, device, precision="fp32",
                     desc="train", after_step=None, sync_every=None, clip_grad_norm=0.0):
     """One pass over `loader` (batches of images, labels and positions); returns mean loss,
@@ -87,7 +100,10 @@ def train_one_epoch(model, loader, method, optimizer, scheduler, device, precisi
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", mininterval=1.0)
     for step, (images, labels, positions) in enumerate(bar):
         with autocast(device, precision):
-            logits, losses, scored = method(model, images, labels, positions)
+            outputs = method(model, images, labels, positions)
+        if step == 0:
+            check_method_outputs(method, outputs)
+        logits, losses, scored = outputs
         loss = losses["loss"]
         if step % sync_every == 0:
             # Before the step, so on the CPU a NaN loss never reaches the weights. On a GPU it

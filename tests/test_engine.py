@@ -1,5 +1,6 @@
 import argparse
 import json
+import re
 import signal
 import sys
 
@@ -347,6 +348,31 @@ def test_onecycle_schedule_shape():
     assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
     assert lr_factor(150, 10, 10, 20, "onecycle", 0.2) > 0.5  # extension: a second cycle
     assert lr_factor(7, 10, 0, 10, "constant", 0.2) == 1.0
+
+
+class LossAlone(methods.CE):  # loss() returns the tensor, not {"loss": ...}
+    def loss(self, student, teacher, labels, positions):
+        return super().loss(student, teacher, labels, positions)["loss"]
+
+
+class TwoOutputs(methods.CE):  # forward() overridden, the scored labels left out
+    def forward(self, student, images, labels, positions):
+        return super().forward(student, images, labels, positions)[:2]
+
+
+@pytest.mark.parametrize(("method", "says"), [
+    (LossAlone, "LossAlone.loss returns Tensor, not a dict with a 'loss' entry"),
+    (TwoOutputs, "TwoOutputs.forward returns 2 values, not 3")])
+def test_a_method_breaking_the_loops_contract_is_refused_in_one_line(method, says):
+    """A method kept outside the repository whose loss() or forward() returns what the loop
+    does not take failed with a traceback deep in the loop."""
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), None)]
+    model = build_model("student")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(cli.UserError, match=re.escape(says)):
+        engine.train_one_epoch(model, batches, method({}), optimizer, scheduler,
+                               torch.device("cpu"))
 
 
 def test_clip_grad_norm_bounds_each_step_and_is_off_at_zero():

@@ -77,12 +77,19 @@ def fingerprint(images):
 
 class SharedTeacherLogits:
     """teacher(images) for step `step` of epoch `epoch`, served from the stored logits when
-    there are any for that batch, else computed (and kept, to be stored by `finish`)."""
+    there are any for that batch, else computed (and kept, to be stored by `end_epoch`).
+
+    The logits and fingerprints of the whole run live in two tensors allocated once, never a
+    small tensor kept per batch: those, left between each step's temporaries on glibc's
+    heap, kept it from being reused, and a DKD run on one thread grew by about 260 MB per
+    epoch (docs/usage.md)."""
 
     def __init__(self, teacher, path, epochs):
         self.teacher, self.path, self.epochs = teacher, Path(path), epochs
-        self.steps_per_epoch, self.batches, self.mismatch = None, {}, None
-        self.stored_epochs, self.served, self.device = 0, 0, torch.device("cpu")
+        self.steps_per_epoch, self.mismatch = None, None
+        self.logits = self.fingerprints = None  # (epochs, steps, ...), from the first known
+        self.width = {}  # (epoch, step) of each batch known: the numbers its fingerprint has
+        self.stored_epochs, self.served = 0, 0
 
     def set_epoch(self, epoch, steps_per_epoch):
         """On the first call, load the stored logits, if any."""
@@ -95,37 +102,45 @@ class SharedTeacherLogits:
             return
         try:
             stored = torch.load(self.path, weights_only=True)
-            epochs, steps_per_epoch = stored["fingerprints"].shape[:2]
+            epochs, steps_per_epoch, width = stored["fingerprints"].shape
         except Exception:  # an unreadable store is never trusted: this run rewrites it
             return
         if steps_per_epoch != self.steps_per_epoch:
             return
-        self.stored_epochs = epochs
-        for e in range(min(epochs, self.epochs)):
-            for s in range(steps_per_epoch):
-                self.batches[e, s] = (stored["fingerprints"][e, s], stored["logits"][e, s])
+        self.stored_epochs, kept = epochs, min(epochs, self.epochs)
+        self.allocate(stored["logits"][0, 0])
+        self.logits[:kept] = stored["logits"][:kept]
+        self.fingerprints[:kept, :, :width] = stored["fingerprints"][:kept]
+        self.width = {(e, s): width for e in range(kept) for s in range(steps_per_epoch)}
+
+    def allocate(self, batch_logits):
+        """The run's two tensors, shaped and typed after one batch's logits."""
+        runs = (self.epochs, self.steps_per_epoch)
+        self.logits = batch_logits.new_empty(runs + tuple(batch_logits.shape))
+        self.fingerprints = batch_logits.new_zeros(runs + (3,), dtype=torch.float64)
 
     def __call__(self, epoch, step, images):
-        found = self.batches.get((epoch, step))
-        if found is None:
+        if self.logits is not None and self.logits.device != images.device:
+            # the stored logits go to a GPU once, not per step
+            self.logits, self.fingerprints = (t.to(images.device)
+                                              for t in (self.logits, self.fingerprints))
+        width, current = self.width.get((epoch, step)), fingerprint(images)
+        if width is None:
             logits = self.teacher(images)
-            self.batches[epoch, step] = (fingerprint(images), logits)
+            if self.logits is None:
+                self.allocate(logits)
+            self.logits[epoch, step] = logits
+            self.fingerprints[epoch, step] = current
+            self.width[epoch, step] = len(current)
             return logits
-        if images.device != self.device:  # the stored logits go to a GPU once, not per step
-            self.device = images.device
-            self.batches = {k: (f.to(self.device), v.to(self.device))
-                            for k, (f, v) in self.batches.items()}
-            expected, logits = self.batches[epoch, step]
-        else:
-            expected, logits = found
         # Compared on the device and read at the epoch's end: no host sync per step on a GPU.
         # An older store's two numbers are checked as they are, and kept whole from here on.
-        current = fingerprint(images)
-        wrong = (current[:len(expected)] != expected).any()
-        self.batches[epoch, step] = (current, logits)
+        wrong = (current[:width] != self.fingerprints[epoch, step, :width]).any()
+        self.fingerprints[epoch, step] = current
+        self.width[epoch, step] = len(current)
         self.mismatch = wrong if self.mismatch is None else self.mismatch | wrong
         self.served += 1
-        return logits
+        return self.logits[epoch, step]
 
     def end_epoch(self, epoch):
         """Raise if a batch served this epoch was not the batch its logits were computed
@@ -137,14 +152,10 @@ class SharedTeacherLogits:
                 f"run's (a change in the data pipeline?); delete the file or pass "
                 f"--no-shared-logits")
         self.mismatch = None
-        complete = len(self.batches) == self.epochs * self.steps_per_epoch
+        complete = len(self.width) == self.epochs * self.steps_per_epoch
         if epoch < self.epochs - 1 or self.stored_epochs >= self.epochs or not complete:
             return
-        keys = [(e, s) for e in range(self.epochs) for s in range(self.steps_per_epoch)]
         # Epochs of an older store that this (resumed) run did not serve keep its numbers.
-        width = min(len(self.batches[k][0]) for k in keys)
-        fingerprints = torch.stack([self.batches[k][0][:width].cpu() for k in keys])
-        logits = torch.stack([self.batches[k][1].cpu() for k in keys])
-        save_cache({"fingerprints": fingerprints.view(self.epochs, self.steps_per_epoch, -1),
-                    "logits": logits.view(self.epochs, self.steps_per_epoch, *logits.shape[1:])},
-                   self.path, "the teacher's logits")
+        width = min(self.width.values())
+        save_cache({"fingerprints": self.fingerprints[..., :width].cpu(),
+                    "logits": self.logits.cpu()}, self.path, "the teacher's logits")

@@ -610,15 +610,23 @@ def trains(pid, run):
         return alive(pid)
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # ended
+    except OSError:  # ended
         return False
-    if state in ("Z", "X"):  # exited: a zombie, or being reaped
+    if process_state(pid) in (None, "Z", "X"):  # ended, a zombie, or being reaped
         return False
     if command == [""]:  # starting (not yet the new program) or ending: not sure
         return alive(pid)
     outs = [value for flag, value in zip(command, command[1:]) if flag == "--out"]
     return any((ROOT / out).resolve() == (ROOT / run.out).resolve() for out in outs)
+
+
+def process_state(pid):
+    """The state /proc gives process `pid` (R, S, Z for a zombie, ...), or None once it has
+    ended (Linux only: the field after the command name, which may itself hold ")")."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def slurm_queue():

@@ -173,6 +173,8 @@ def evaluate_all(models, loaders, device, batch_size):
             "macs": macs, "latency_ms": latency_ms, "images_per_s": images_per_s,
             "train_minutes": training_minutes(r["epoch_seconds"] for r in history
                                               if "epoch_seconds" in r),
+            "peak_memory_mb": max((r["peak_memory_mb"] for r in history
+                                   if "peak_memory_mb" in r), default=None),
             **provenance(config),
             **{f"acc_{name}": float(acc) for name, acc in zip(CLASSES, per_class)}})
         confusions.append(test["confusion"])

@@ -875,7 +875,7 @@ def summary(runs, folder):
     if table.empty:
         return "no run of this sweep has records yet"
     columns = [c for c in ("run", "variant", "seed", "epochs", "val_acc", "test_acc",
-                           "minutes") if table[c].notna().any()]
+                           "minutes", "peak_gb") if table[c].notna().any()]
     text = table[columns].to_string(index=False)
     keys = ["model", "variant", "epochs"]
     per_recipe = seed_table(table, keys, column="val_acc").merge(

@@ -4,12 +4,18 @@ import contextlib
 import os
 import platform
 import re
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 
 from kd.cli import UserError
+
+try:
+    import resource
+except ImportError:  # not on Windows: its runs record no peak
+    resource = None
 
 
 def select_device(name):
@@ -78,6 +84,20 @@ def machine_name(device):
                   if "cpu family" in fields and "model" in fields else "")
     return (f"{name} ({generation}{os.cpu_count()} CPUs, bf16 units: "
             f"{', '.join(cpu_bf16_units()) or 'none'})")
+
+
+def peak_memory_mb(device):
+    """The most memory this process has held so far, in MiB, for a run's records: a memory
+    leak shows as a peak that climbs epoch by epoch. On the CPU the peak resident set (of the
+    whole process, since it started: a resumed run starts again), on a CUDA device also the
+    peak of its tensors there."""
+    peak = {}
+    if resource is not None:
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak["peak_memory_mb"] = maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    if device.type == "cuda":
+        peak["cuda_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
 
 
 def same_machine(recorded, current):

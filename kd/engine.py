@@ -19,7 +19,7 @@ from kd import plotting
 from kd.checkpoints import save_checkpoint
 from kd.cli import DRY_RUN_BATCHES, UserError, note_checkpoint
 from kd.data import BatchLoader
-from kd.device import autocast, machine_name
+from kd.device import autocast, machine_name, peak_memory_mb
 from kd.ema import ModelEMA
 from kd.interrupts import check_interrupt, interrupts_deferred
 from kd.records import git_commit, record_paths, test_record_matches, write_json, write_records
@@ -278,7 +278,8 @@ def fit(model_name, method, args, device, splits, ckpt=None, title=None, model=N
                    "images_per_second": train["images"] / train_seconds, "device": str(device),
                    # per epoch: a run resumed elsewhere, or with another thread count, ran
                    # with both
-                   "machine": machine, "cpu_threads": torch.get_num_threads()}
+                   "machine": machine, "cpu_threads": torch.get_num_threads(),
+                   **peak_memory_mb(device)}
             row.update({f"train_{k}": v for k, v in train.items()
                         if k not in ("loss", "acc", "images", "lr")})
             if ema is not None:

@@ -224,7 +224,9 @@ def run_table(folders):
                 "val_acc": round(last["val_acc"], 2), "val_loss": round(last["val_loss"], 4),
                 "test_acc": test.get("test_acc"),
                 "minutes": round(training_minutes(history["epoch_seconds"]), 1),
-                "img/s": round(history["images_per_second"].median())}
+                "img/s": round(history["images_per_second"].median()),
+                "peak_gb": (round(history["peak_memory_mb"].max() / 1024, 2)
+                            if "peak_memory_mb" in history else None)}
             rows.append(row)
             configs.append(config)
             if "ema_val_acc" in history:  # the EMA model of the same run, as a row of its own

@@ -26,6 +26,8 @@ def test_train_teacher_dry_run_writes_everything(image_folder, tmp_path):
     assert list(metrics.columns[:8]) == ["epoch", "train_loss", "train_acc", "val_loss",
                                          "val_acc", "lr", "epoch_seconds", "images_per_second"]
     assert len(metrics) == 1
+    # the process's peak: above what importing torch alone holds, well below the machine
+    assert 100 < metrics["peak_memory_mb"].iloc[0] < 64 * 1024
     test = json.loads((tmp_path / "ck" / "teacher.test.json").read_text())
     assert 0 <= test["test_acc"] <= 100 and test["test_images"] == 50  # 2 dry-run batches
     assert (plots / "teacher_curves.png").stat().st_size > 0

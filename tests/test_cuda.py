@@ -112,6 +112,9 @@ def test_a_cpu_checkpoint_resumes_on_cuda(image_folder, tmp_path):
     ckpt = load_checkpoint(out)
     assert [row["device"] for row in ckpt["history"]] == ["cpu", "cuda"]
     assert ckpt["config"]["precision"] == "fp32"  # the run's own, kept across devices
+    # the GPU's peak only where the epoch ran there; a 256-wide student holds some MB
+    assert "cuda_peak_memory_mb" not in ckpt["history"][0]
+    assert 0 < ckpt["history"][1]["cuda_peak_memory_mb"] < 1024
 
 
 def test_the_batches_are_the_same_on_cpu_and_cuda():

@@ -2,7 +2,9 @@
 fp32 evaluation, resuming on another device, and a training loop that never waits on the
 device between its loss reads."""
 import json
+import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,14 @@ from kd import engine
 from kd.checkpoints import load_checkpoint
 from kd.cli import UserError
 from kd.data import BatchLoader
-from kd.device import cpu_bf16_units, ieee_fp32, machine_name, resolve_precision, select_device
+from kd.device import (
+    cpu_bf16_units,
+    ieee_fp32,
+    machine_name,
+    peak_memory_mb,
+    resolve_precision,
+    select_device,
+)
 from kd.ema import ModelEMA
 from kd.schedule import lr_factor
 from models import build_model, load_model
@@ -230,3 +239,21 @@ def test_the_machine_of_a_record_tells_cpu_generations_apart(tmp_path, monkeypat
     assert names[1].startswith("AMD EPYC (family 26, model 2; ") and names[0] != names[1]
     monkeypatch.setattr(device_module, "CPUINFO", tmp_path / "none")  # not Linux
     assert "family" not in machine_name(torch.device("cpu"))
+
+
+def test_the_peak_memory_is_the_process_peak_in_mb():
+    """The peak so far is about the resident set now, read from /proc, or above it (the
+    kernel's counters behind getrusage lag /proc's by some MB), and within the machine's
+    memory: a peak in the wrong unit (getrusage gives KiB on Linux, bytes on macOS) would be
+    1,024 times off one way or the other."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("no /proc to read the resident set from")
+    held = torch.ones(64, 2**20, dtype=torch.uint8)  # 64 MiB touched: the peak is at least it
+    rss_kib = next(int(line.split()[1]) for line in status.read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+    peak = peak_memory_mb(torch.device("cpu"))
+    assert set(peak) == {"peak_memory_mb"}
+    machine_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    assert rss_kib / 1024 / 2 < peak["peak_memory_mb"] < machine_mb
+    del held

@@ -117,6 +117,15 @@ def test_every_row_says_where_its_run_came_from(pipeline):
         assert row["machine"] == config["machine"] and "bf16 units: " in row["machine"]
 
 
+def test_every_row_gives_the_most_memory_its_run_held(pipeline):
+    """The highest of the peaks its epochs recorded: a leak shows in the table."""
+    folder, _ = pipeline
+    results = pd.read_csv(folder / "plots" / "results.csv").set_index("checkpoint")
+    for checkpoint, peak in results["peak_memory_mb"].items():
+        history = load_checkpoint(checkpoint)["history"]
+        assert peak == pytest.approx(max(row["peak_memory_mb"] for row in history))
+
+
 def test_every_row_names_the_commit_its_run_was_trained_at(pipeline):
     """The runs trained in this checkout: each records a commit of this repository, and its
     row shows it, marked when tracked files had changed. Unconditional here, so that a run

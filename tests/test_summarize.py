@@ -68,6 +68,18 @@ def test_runs_of_different_recipes_are_never_pooled(tmp_path):
     assert table.loc["ce", "test_acc"] == "66.00 ± 1.41"
 
 
+def test_the_table_gives_the_most_memory_a_run_held(tmp_path):
+    """In GB, the highest epoch's peak; blank for a run from before peaks were recorded, and
+    a resumed old run's epochs without one do not hide the peaks of the rest."""
+    for name in ("new", "resumed", "old"):
+        write_run(tmp_path, name, "kd", 0, 70.0)
+    for name, peaks in {"new": [1536, 2048], "resumed": [None, 1024]}.items():
+        metrics = tmp_path / f"{name}.metrics.csv"
+        pd.read_csv(metrics).assign(peak_memory_mb=peaks).to_csv(metrics, index=False)
+    peak = run_table([tmp_path]).set_index("run")["peak_gb"]
+    assert peak["new"] == 2.0 and peak["resumed"] == 1.0 and pd.isna(peak["old"])
+
+
 def test_the_table_shows_alpha_only_where_it_weighs_the_loss(tmp_path):
     """A KD + CE run weighted by --kd-weight 9 --ce-weight 0.1 (logit standardization's
     authors' setting) showed alpha 0.5, its unused default, beside runs that mix by it."""

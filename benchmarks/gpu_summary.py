@@ -87,6 +87,13 @@ def cuda_tests_outcome(log):
             *(f"- {line}" for line in done if " PASSED" not in line)]
 
 
+def highest_gb(rows, column):
+    """The highest of the epochs' `column` (MiB), in GB with two decimals; blank where no
+    epoch recorded it."""
+    values = [float(row[column]) for row in rows if row.get(column)]
+    return f"{max(values) / 1024:.2f}" if values else ""
+
+
 def summary(check):
     check = Path(check)
     gpu = (check / "gpu.txt").read_text().strip() if (check / "gpu.txt").is_file() else "?"
@@ -101,12 +108,16 @@ def summary(check):
                       "own): " + ", ".join(startup)]
     runs = []
     for metrics in sorted((check / "runs").glob("*.metrics.csv")):
-        speeds = [float(row["images_per_second"]) for row in read_rows(metrics)]
-        if speeds:
-            runs.append(f"| {metrics.name[:-len('.metrics.csv')]} | "
-                        f"{statistics.median(speeds):,.0f} |")
+        rows = read_rows(metrics)
+        if rows:
+            speed = statistics.median(float(row["images_per_second"]) for row in rows)
+            peaks = [highest_gb(rows, column)
+                     for column in ("peak_memory_mb", "cuda_peak_memory_mb")]
+            runs.append(f"| {metrics.name[:-len('.metrics.csv')]} | {speed:,.0f} | "
+                        + " | ".join(peaks) + " |")
     if runs:
-        lines += ["", "| run | images/s (median epoch) |", "|---|---|", *runs]
+        lines += ["", "| run | images/s (median epoch) | peak memory, host (GB) | peak memory, "
+                      "GPU tensors (GB) |", "|---|---|---|---|", *runs]
     if (check / "tests.log").is_file():
         lines += ["", *cuda_tests_outcome((check / "tests.log").read_text())]
     results = read_rows(check / "results.csv")

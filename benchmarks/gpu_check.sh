@@ -13,7 +13,8 @@
 # and results.csv from evaluate.py, the runs' config/metrics/test records, the figures,
 # benchmark.md, summary.md), and summary.md, which is also printed at the end (device,
 # torch, minutes per stage, images/s and peak memory per run, test accuracies beside the
-# CPU's seeds from benchmarks/cpu_reference.csv). Only letters, digits, '.', '_' and '-' in those names.
+# CPU's seeds from benchmarks/cpu_reference.csv). Only letters, digits, '.', '_' and '-' in
+# those names.
 # Until the end the files are in OUT_DIR/check/; a TERM (a time limit) packs them as the end
 # does, and a KILL leaves them there.
 # Checkpoints stay in a temporary folder, removed at the end, unless CHECKPOINTS names a

@@ -1,4 +1,4 @@
-"""Compare variants of one evaluate.py table as a study planned them: each `--pair B A` is
+"""Compare variants of an evaluate.py table as a study planned them: each `--pair B A` is
 B − A in test accuracy, paired by seed, with its 95% interval, all pairs one family (Holm;
 "equivalent within ±0.5 points" only from a paired TOST), as report.py compares the methods
 it registers. B and A are shell patterns on the runs' names (their checkpoints' stems), so
@@ -77,15 +77,18 @@ def compare_variants(results, pairs):
 
 def main():
     parser = cli.parser(__doc__)
-    parser.add_argument("results", help="a results.csv of evaluate.py")
+    parser.add_argument("results", nargs="+", help="results.csv files of evaluate.py, read "
+                        "as one table (a study evaluated a seed at a time leaves several)")
     parser.add_argument("--pair", nargs=2, action="append", required=True, metavar=("B", "A"),
                         help="compare the runs named like B with those named like A (shell "
                         "patterns), B − A; once per comparison")
     args = parser.parse_args()
-    if not Path(args.results).is_file():
-        raise cli.UserError(f"no {args.results}: run evaluate.py to write it")
-    results = one_row_per_run(read_results(args.results, ["variant", "seed", "test_acc",
-                                                          "val_acc"]), args.results)
+    for path in args.results:
+        if not Path(path).is_file():
+            raise cli.UserError(f"no {path}: run evaluate.py to write it")
+    tables = [read_results(path, ["variant", "seed", "test_acc", "val_acc"])
+              for path in args.results]
+    results = one_row_per_run(pd.concat(tables, ignore_index=True), " and ".join(args.results))
     if "weights" not in results:
         results = results.assign(weights="raw")
     table, accuracy = compare_variants(results, args.pair)

@@ -30,9 +30,11 @@ def write_results(path, ema=("dkd", "dkd+ls")):
     return path
 
 
-def compare(path, *pairs):
+def compare(paths, *pairs):
+    """compare_variants.py on one results.csv (a path) or several (a list of paths)."""
+    paths = paths if isinstance(paths, list) else [paths]
     flags = [flag for pair in pairs for flag in ("--pair", *pair)]
-    return subprocess.run([sys.executable, "experiments/compare_variants.py", path, *flags],
+    return subprocess.run([sys.executable, "experiments/compare_variants.py", *paths, *flags],
                           cwd=ROOT, capture_output=True, text=True)
 
 
@@ -111,3 +113,24 @@ def test_a_mean_teacher_runs_second_model_is_called_its_teacher(tmp_path):
     accuracy, family = map(table_rows, proc.stdout.split("\n\n"))
     assert "dkd_seed* teacher" in accuracy and "dkd_seed* EMA" not in accuracy
     assert "dkd+ls_seed* teacher − dkd_seed* teacher" in family
+
+
+def test_a_study_evaluated_in_parts_is_compared_as_one_table(tmp_path):
+    """A study whose seeds are evaluated one session at a time (docs/results.md, "Each seed's
+    own teacher") leaves one results.csv per seed: read together, they compare as the one
+    table they make, and a run in two of them with two accuracies is refused."""
+    pairs = ("dkd+ls_seed*", "dkd_seed*"), ("dkd+ls-authors_seed*", "dkd_seed*")
+    whole = compare(write_results(tmp_path / "results.csv"), *pairs)
+    results = pd.read_csv(tmp_path / "results.csv")
+    parts = []
+    for seed, part in results.groupby("seed"):
+        parts.append(tmp_path / f"seed{seed}.csv")
+        part.to_csv(parts[-1], index=False)
+    in_parts = compare(parts, *pairs)
+    assert whole.returncode == in_parts.returncode == 0, in_parts.stderr
+    assert in_parts.stdout == whole.stdout
+    clash = results[results["seed"] == 0].assign(test_acc=lambda r: r["test_acc"] + 1)
+    clash.to_csv(tmp_path / "again.csv", index=False)
+    proc = compare([*parts, tmp_path / "again.csv"], *pairs)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "listed twice" in proc.stderr and "again.csv" in proc.stderr

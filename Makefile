@@ -106,9 +106,10 @@ best: $(SETUP)
 	"$(PY)" evaluate.py @"$(PLOTS)/best/checkpoints.txt" --plots-dir "$(PLOTS)/best"
 	"$(PY)" report.py --plots-dir "$(PLOTS)/best"
 
+# --durations: the slowest tests, named at the end, say where the suite's time goes
 test: $(SETUP)
 	"$(PY)" -m ruff check .
-	"$(PY)" -m pytest -q -n auto tests
+	"$(PY)" -m pytest -q -n auto --durations=15 tests
 
 bench: $(SETUP)
 	"$(PY)" benchmarks/throughput.py --compile --profile

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import integrate, stats
 from statsmodels.stats.contingency_tables import mcnemar as mcnemar_test
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
@@ -111,6 +111,41 @@ def equivalence(a, b, margin=MARGIN):
     if not varies(a, b, paired=True):
         return math.nan
     return float(ttost_paired(a, b, -margin, margin)[0])
+
+
+def difference_power(seeds, sd, difference, family=1):
+    """Probability that `seeds` paired runs resolve a true mean difference of `difference`
+    points (a two-sided paired t-test rejecting 0), the per-seed differences spread with
+    standard deviation `sd`, in a Holm family of `family` tests: at level LEVEL / family,
+    which a test passing always passes Holm's, so a lower bound for the family. By hand:
+    statsmodels' TTestPower is NaN for a large effect and few seeds (scipy's noncentral t
+    cdf far in its lower tail); each tail here is a survival function, which holds."""
+    df, shift = seeds - 1, difference / sd * math.sqrt(seeds)
+    t = stats.t.ppf(1 - LEVEL / family / 2, df)
+    return float(stats.nct.sf(t, df, shift) + stats.nct.sf(t, df, -shift))
+
+
+def equivalence_power(seeds, sd, difference=0.0, margin=MARGIN, family=1):
+    """Probability that `seeds` paired runs call two recipes equivalent within ±margin (the
+    paired TOST of `equivalence`, at LEVEL / family as in difference_power) when their true
+    mean difference is `difference`. By hand: statsmodels has no TOST power. Exact, not
+    simulated: given the sample standard deviation s, TOST passes when the mean difference
+    lies within ±(margin - t * s / sqrt(seeds)), a normal probability; that is integrated
+    over s, whose (seeds - 1) s² / sd² is chi-square."""
+    df, se = seeds - 1, sd / math.sqrt(seeds)
+    t = stats.t.ppf(1 - LEVEL / family, df)
+
+    def given(chi2):
+        half = margin - t * math.sqrt(chi2 / df) * se
+        if half <= 0:
+            return 0.0
+        inside = (stats.norm.cdf((half - difference) / se)
+                  - stats.norm.cdf((-half - difference) / se))
+        return inside * stats.chi2.pdf(chi2, df)
+
+    # beyond this s the window is closed: the integrand is 0 there
+    closed = df * (margin / (t * se)) ** 2
+    return float(integrate.quad(given, 0, closed, limit=200)[0])
 
 
 def mcnemar(correct_a, correct_b):

@@ -137,13 +137,11 @@ def equivalence_power(seeds, sd, difference=0.0, margin=MARGIN, family=1):
 
     def given(chi2):
         half = margin - t * math.sqrt(chi2 / df) * se
-        if half <= 0:
-            return 0.0
         inside = (stats.norm.cdf((half - difference) / se)
                   - stats.norm.cdf((-half - difference) / se))
         return inside * stats.chi2.pdf(chi2, df)
 
-    # beyond this s the window is closed: the integrand is 0 there
+    # up to the s at which the window closes (half = 0): beyond it TOST never passes
     closed = df * (margin / (t * se)) ** 2
     return float(integrate.quad(given, 0, closed, limit=200)[0])
 
